@@ -1,0 +1,3 @@
+"""mlx-bridge: an Ollama-compatible server running MLX models in-process."""
+
+__version__ = "0.1.0"

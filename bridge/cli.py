@@ -1,0 +1,46 @@
+"""The `mlx-bridge` command line: thin, delegates to the modules that do the work."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .config import load_config
+from .registry import MappingError, Registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlx-bridge")
+def cli() -> None:
+    """Ollama-compatible server: MLX models in-process, everything else forwarded to Ollama."""
+
+
+@cli.command()
+@click.option("--host", help="Bind address, any OLLAMA_HOST form (default 127.0.0.1:11434; env MLX_BRIDGE_HOST).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (overrides the one in --host).")
+@click.option("--mappings", type=click.Path(dir_okay=False), help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS).")
+@click.option("--upstream", help="The real Ollama, e.g. http://127.0.0.1:11435 (env MLX_BRIDGE_UPSTREAM).")
+@click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Log every request and debug details.")
+def serve(host: str | None, port: int | None, mappings: str | None, upstream: str | None,
+          home: str | None, verbose: bool | None) -> None:
+    """Run the server in the foreground (gunicorn, one worker process)."""
+    from .server import serve as run_server
+
+    config = load_config(host=host, port=port, mappings_path=mappings, upstream=upstream,
+                         home=home, verbose=verbose)
+    try:
+        Registry(config.mappings_path, config.home)
+    except MappingError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_server(config)
+
+
+def main() -> None:
+    cli(prog_name="mlx-bridge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Work items handed to the engine thread, and the events it sends back."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BridgeError
+from ..options import Options
+
+
+@dataclass
+class PromptSpec:
+    """What to run: a chat (messages) or a completion (prompt); rendered on the engine thread."""
+
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    prompt: str = ""
+    system: str = ""
+    template: str = ""
+    suffix: str = ""
+    raw: bool = False
+    context: list[int] = field(default_factory=list)
+    think: bool | str | None = None
+    truncate: bool = True
+
+
+@dataclass
+class Chunk:
+    """A piece of generated text."""
+
+    text: str
+
+
+@dataclass
+class Done:
+    """The end of a job, with Ollama's metrics (durations in nanoseconds)."""
+
+    done_reason: str
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    load_duration: int = 0
+    cached_tokens: int = 0
+    context: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Failed:
+    """The job failed; `error` is re-raised on the request thread."""
+
+    error: BridgeError
+
+
+Event = Chunk | Done | Failed
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    """One request for the engine: generate, or just load/unload a model (spec is None)."""
+
+    model_path: str
+    model_name: str
+    spec: PromptSpec | None = None
+    options: Options = field(default_factory=Options)
+    keep_alive: float | None = None
+    request_id: str = ""
+    id: int = field(default_factory=lambda: next(_ids))
+    events: queue.Queue[Event] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this job at its next step (safe from any thread)."""
+        self.cancelled.set()

@@ -1,0 +1,149 @@
+"""Loaded MLX models: load, LRU eviction, keep_alive expiry, freeing memory. Engine thread only."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+FOREVER = float("inf")
+
+
+@dataclass
+class LoadedModel:
+    """A model resident in memory, keyed by the real path of its weights."""
+
+    key: str
+    name: str
+    model: Any
+    tokenizer: Any
+    size: int
+    context_length: int
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    keep_alive: float = 300.0
+    expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
+    active: int = 0
+
+    def touch(self, keep_alive: float) -> None:
+        """Record a use; expiry is set when the last active job ends."""
+        self.keep_alive = keep_alive
+        self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        """One job finished: restart the keep_alive clock."""
+        self.active = max(0, self.active - 1)
+        self.last_used = time.monotonic()
+        if self.active == 0:
+            self.expires_at = FOREVER if self.keep_alive < 0 else time.time() + self.keep_alive
+
+
+def load_weights(path: str) -> tuple[Any, Any]:
+    """mlx_lm.load on a local directory, errors made clear."""
+    from mlx_lm import load  # imported here: only the engine thread touches MLX
+
+    if not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"no MLX model at {path} (config.json missing)")
+    try:
+        return load(path)
+    except ValueError as exc:
+        if "not supported" in str(exc):
+            raise ModelLoadError(f"unsupported architecture: {exc}") from None
+        raise ModelLoadError(f"failed to load model: {exc}") from None
+    except Exception as exc:
+        raise ModelLoadError(f"failed to load model: {type(exc).__name__}: {exc}") from None
+
+
+def _model_bytes(model: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def _context_length(path: str) -> int:
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 2048
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return 2048
+
+
+class ModelCache:
+    """The resident models, at most `max_loaded`, least recently used evicted first."""
+
+    def __init__(self, max_loaded: int = 3) -> None:
+        self.max_loaded = max(1, max_loaded)
+        self.models: dict[str, LoadedModel] = {}
+
+    def get(self, key: str) -> LoadedModel | None:
+        return self.models.get(key)
+
+    def load(self, key: str, name: str) -> tuple[LoadedModel, int]:
+        """Return the loaded model (loading it if needed) and the load time in ns."""
+        if key in self.models:
+            return self.models[key], 0
+        self._make_room()
+        t0 = time.perf_counter_ns()
+        model, tokenizer = load_weights(key)
+        loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model), _context_length(key))
+        self.models[key] = loaded
+        elapsed = time.perf_counter_ns() - t0
+        log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size, elapsed / 1e6)
+        return loaded, elapsed
+
+    def _make_room(self) -> None:
+        while len(self.models) >= self.max_loaded:
+            idle = [m for m in self.models.values() if m.active == 0]
+            if not idle:
+                return  # everything is busy: load anyway rather than fail the request
+            victim = min(idle, key=lambda m: m.last_used)
+            self.unload(victim.key, reason="lru")
+
+    def unload(self, key: str, reason: str = "request") -> bool:
+        """Drop a model and give its memory back to the system."""
+        loaded = self.models.pop(key, None)
+        if loaded is None:
+            return False
+        name = loaded.name
+        del loaded
+        free_memory()
+        log.info("model unloaded model=%s reason=%s", name, reason)
+        return True
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Unload idle models whose keep_alive ran out; returns their keys."""
+        now = time.time() if now is None else now
+        expired = [k for k, m in self.models.items() if m.active == 0 and m.expires_at <= now]
+        for key in expired:
+            self.unload(key, reason="keep_alive")
+        return expired
+
+    def next_expiry(self) -> float:
+        """Seconds until the next model expires (inf if none will)."""
+        idle = [m.expires_at for m in self.models.values() if m.active == 0]
+        return max(0.0, min(idle) - time.time()) if idle else FOREVER
+
+    def clear(self) -> None:
+        for key in list(self.models):
+            self.unload(key, reason="shutdown")
+
+
+def free_memory() -> None:
+    """Collect dropped arrays and return MLX's buffer cache (mlx-lm #1757)."""
+    import mlx.core as mx
+
+    gc.collect()
+    mx.synchronize()  # no async work may outlive the arrays (or the engine thread)
+    mx.clear_cache()

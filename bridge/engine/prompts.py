@@ -1,0 +1,62 @@
+"""Turn a PromptSpec into prompt tokens with the model's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BadRequest
+from ..gotemplate import render
+from .jobs import PromptSpec
+
+
+def prompt_tokens(tokenizer: Any, spec: PromptSpec) -> list[int]:
+    """Render and tokenize the prompt for one job (the request's `context` first)."""
+    if spec.messages is not None:
+        text = chat_text(tokenizer, spec.messages, spec.tools, spec.think)
+        return encode(tokenizer, text)
+    return list(spec.context) + encode(tokenizer, generate_text(tokenizer, spec))
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Tokenize, adding BOS only when the text does not already start with it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = bos is None or not text.startswith(bos)
+    return list(tokenizer.encode(text, add_special_tokens=add_special))
+
+
+def generate_text(tokenizer: Any, spec: PromptSpec) -> str:
+    """The prompt text of /api/generate: raw, a `template` override, or the chat template."""
+    if spec.suffix:
+        raise BadRequest("this model does not support insert (suffix)")
+    if spec.raw:
+        return spec.prompt
+    if spec.template:
+        return render(spec.template, {"System": spec.system, "Prompt": spec.prompt, "Response": ""})
+    if not getattr(tokenizer, "has_chat_template", False):
+        return f"{spec.system}\n\n{spec.prompt}" if spec.system else spec.prompt
+    messages = [{"role": "system", "content": spec.system}] if spec.system else []
+    messages.append({"role": "user", "content": spec.prompt})
+    return chat_text(tokenizer, messages, None, spec.think)
+
+
+def chat_text(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None, think: Any
+) -> str:
+    """Render a whole chat history; a trailing assistant message is continued, not closed."""
+    if not getattr(tokenizer, "has_chat_template", False):
+        return "\n\n".join(m.get("content", "") for m in messages)
+    continue_last = bool(messages) and messages[-1]["role"] == "assistant"
+    kwargs: dict[str, Any] = {}
+    if think is not None:
+        kwargs["enable_thinking"] = bool(think)
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tools=tools or None,
+            add_generation_prompt=not continue_last,
+            continue_final_message=continue_last,
+            tokenize=False,
+            **kwargs,
+        )
+    except Exception as exc:  # Jinja templates raise anything; the cause is the request.
+        raise BadRequest(f"the model's chat template rejected the messages: {exc}") from None

@@ -1,0 +1,92 @@
+"""One error hierarchy for the whole bridge; HTTP mapping lives in `bridge.http_errors`."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base error: carries the HTTP status and the message clients see as `{"error": ...}`."""
+
+    status: int = 500
+    openai_type: str = "api_error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(BridgeError):
+    """The request is malformed or names something impossible (400)."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class Unauthorized(BridgeError):
+    status = 401
+    openai_type = "authentication_error"
+
+
+class Forbidden(BridgeError):
+    status = 403
+    openai_type = "permission_error"
+
+
+class NotFound(BridgeError):
+    status = 404
+    openai_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    """`model 'x' not found` — the wording Continue's regex relies on."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        super().__init__(f"model '{name}' not found{hint}")
+        self.name = name
+
+
+class PayloadTooLarge(BridgeError):
+    status = 413
+    openai_type = "invalid_request_error"
+
+
+class Unprocessable(BridgeError):
+    status = 422
+    openai_type = "invalid_request_error"
+
+
+class ClientClosed(BridgeError):
+    status = 499
+    openai_type = "api_error"
+
+
+class EngineError(BridgeError):
+    """MLX failed to load or run a model (500)."""
+
+    status = 500
+
+
+class ModelLoadError(EngineError):
+    """The weights could not be loaded (missing, corrupt, unsupported architecture)."""
+
+
+class UpstreamError(BridgeError):
+    """The upstream Ollama is unreachable or failed (502)."""
+
+    status = 502
+
+
+class ServerBusy(BridgeError):
+    status = 503
+    openai_type = "api_error"
+
+    def __init__(self, message: str = "server busy, please try again.  maximum pending requests exceeded") -> None:
+        super().__init__(message)
+
+
+class ShuttingDown(BridgeError):
+    status = 503
+
+    def __init__(self, message: str = "server is shutting down") -> None:
+        super().__init__(message)

@@ -1,0 +1,127 @@
+"""The MLX side of the bridge: mapped names -> model directories -> engine jobs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .describe import DescriptionCache, ModelDescription
+from .engine import Chunk, Done, Engine, Failed, Job
+from .errors import BadRequest, BridgeError, EngineError, ModelNotFound
+from .registry import MappedModel, Registry
+
+log = logging.getLogger(__name__)
+
+PULL_HINT = ", try pulling it first"
+# A job that makes no progress for this long is reported as failed rather than hanging the client.
+_EVENT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A mapped model whose weights are on disk."""
+
+    entry: MappedModel
+    path: Path
+    description: ModelDescription
+
+    @property
+    def key(self) -> str:
+        return str(self.path.resolve())
+
+
+class JobStream:
+    """Iterates the events of one submitted job; closing it cancels the job."""
+
+    def __init__(self, engine: Engine, job: Job) -> None:
+        self.job = job
+        engine.submit(job)
+        self._done = False
+
+    def __iter__(self) -> Iterator[Chunk | Done]:
+        while not self._done:
+            try:
+                event = self.job.events.get(timeout=_EVENT_TIMEOUT)
+            except queue.Empty:
+                self.close()
+                raise EngineError("the MLX engine stopped responding") from None
+            if isinstance(event, Failed):
+                self._done = True
+                raise event.error
+            if isinstance(event, Done):
+                self._done = True
+            yield event
+
+    def close(self) -> None:
+        if not self._done:
+            self.job.cancel()
+            self._done = True
+
+
+class LocalBackend:
+    """Resolves names through the registry and runs them on the engine."""
+
+    def __init__(self, registry: Registry, engine: Engine) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.descriptions = DescriptionCache()
+
+    def find(self, name: str) -> LocalModel | None:
+        """The mapped, present model for `name`, or None."""
+        entry = self.registry.lookup(name)
+        if entry is None:
+            return None
+        path = self.registry.local_dir(entry)
+        if path is None:
+            return None
+        return LocalModel(entry, path, self.descriptions.get(path))
+
+    def require(self, name: str) -> LocalModel:
+        """Like find(), raising Ollama's 404 texts."""
+        model = self.find(name)
+        if model is None:
+            hint = PULL_HINT if self.registry.lookup(name) else ""
+            raise ModelNotFound(name, hint)
+        return model
+
+    def present(self) -> list[LocalModel]:
+        """Every mapped model whose weights are on disk."""
+        found = []
+        for entry in self.registry.entries():
+            path = self.registry.local_dir(entry)
+            if path is None:
+                continue
+            try:
+                found.append(LocalModel(entry, path, self.descriptions.get(path)))
+            except ValueError as exc:
+                log.warning("skipping unreadable model name=%s path=%s error=%s", entry.name, path, exc)
+        return found
+
+    def run(self, job: Job) -> JobStream:
+        return JobStream(self.engine, job)
+
+    def unload(self, model: LocalModel) -> None:
+        """Unload through the engine (waits for it)."""
+        for _ in self.run(Job(model.key, model.entry.name, keep_alive=0)):
+            pass
+
+    def delete(self, model: LocalModel) -> None:
+        """Unload, then delete weights only if the bridge itself put them in its state dir."""
+        self.unload(model)
+        if model.entry.is_local_dir or not self.registry.owns(model.path):
+            where = "the user's directory" if model.entry.is_local_dir else "a directory mlx-bridge did not create"
+            raise BadRequest(
+                f"model '{model.entry.name}' is served from {where} ({model.path}); "
+                "mlx-bridge only deletes what it downloaded into its state dir. "
+                "Remove it from model_mappings.yaml or delete the files yourself."
+            )
+        try:
+            shutil.rmtree(model.path)
+        except OSError as exc:
+            raise BridgeError(f"could not delete {model.path}: {exc.strerror}") from None
+        self.descriptions.clear()
+        log.info("model deleted model=%s path=%s", model.entry.name, model.path)

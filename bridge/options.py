@@ -1,0 +1,96 @@
+"""Ollama `options`: typed parsing with Ollama's defaults (api/types.go `Options`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+_FLOAT = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+          "frequency_penalty")
+_INT = ("seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_keep", "num_batch",
+        "num_gpu", "main_gpu", "num_thread")
+_BOOL = ("use_mmap", "numa", "low_vram", "penalize_newline", "use_mlock")
+# Options llama.cpp honours that MLX has no use for: accepted (type-checked) and ignored.
+_IGNORED = set(_INT[4:]) | set(_BOOL) | {"typical_p"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sampling and length options of one request, Ollama's defaults filled in."""
+
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    num_predict: int = -1
+    stop: tuple[str, ...] = ()
+    seed: int = -1
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    num_ctx: int = 0
+    explicit: frozenset[str] = field(default_factory=frozenset)
+
+    def merged(self, defaults: dict[str, Any]) -> Options:
+        """Fill options the request did not set from per-model defaults (already validated)."""
+        names = {f.name for f in fields(self)}
+        extra = {k: v for k, v in defaults.items() if k in names and k not in self.explicit}
+        return replace(self, **extra) if extra else self
+
+
+def parse_options(raw: Any) -> Options:
+    """Validate a request's `options` object; unknown and null keys are ignored."""
+    if raw is None:
+        return Options()
+    if not isinstance(raw, dict):
+        raise BadRequest("json: cannot unmarshal options: expected an object")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if value is None:
+            continue
+        parsed = _parse_one(key, value)
+        if parsed is not _SKIP and key not in _IGNORED:
+            values[key] = parsed
+    return Options(**values, explicit=frozenset(values))
+
+
+_SKIP = object()
+
+
+def _parse_one(key: str, value: Any) -> Any:
+    if key in _FLOAT:
+        if not _is_number(value):
+            raise BadRequest(f'option "{key}" must be of type float32')
+        return float(value)
+    if key in _INT:
+        if not _is_number(value) or not float(value).is_integer():
+            raise BadRequest(f'option "{key}" must be of type integer')
+        return int(value)
+    if key in _BOOL:
+        if not isinstance(value, bool):
+            raise BadRequest(f'option "{key}" must be of type boolean')
+        return value
+    if key == "stop":
+        return _parse_stop(value)
+    log.debug("ignoring unknown option key=%s", key)
+    return _SKIP
+
+
+def _parse_stop(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v for v in value if v)
+    raise BadRequest('option "stop" must be of type array of strings')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,74 @@
+"""Run the app under gunicorn: one worker process (one copy of the weights), gthread threads."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+def setup_logging(verbose: bool) -> None:
+    """Quiet by default (warnings plus model load/unload); everything with --verbose."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format=LOG_FORMAT)
+    if not verbose:
+        for name in ("bridge.engine", "bridge.server", "bridge.local"):
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
+class BridgeServer(BaseApplication):
+    """gunicorn application wrapping `create_app`; the app is built in the worker, after fork."""
+
+    def __init__(self, config: Config) -> None:
+        self.bridge_config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        c = self.bridge_config
+        settings: dict[str, Any] = {
+            "bind": [c.host.bind],
+            "workers": 1,  # MLX weights live in-process: more workers would mean more copies
+            "worker_class": "gthread",
+            "threads": c.threads,
+            "timeout": 120,  # heartbeat of the worker's main loop, not a per-request limit
+            "graceful_timeout": 30,
+            "keepalive": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "debug" if c.verbose else "warning",
+            "proc_name": "mlx-bridge",
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(self.bridge_config)
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Start the engine thread inside the worker process (threads do not survive fork)."""
+    worker.wsgi.extensions["bridge"].start()
+    log.info("mlx-bridge ready pid=%s", worker.pid)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        app.extensions["bridge"].stop()
+
+
+def serve(config: Config) -> None:
+    """Run in the foreground until SIGTERM/SIGINT."""
+    setup_logging(config.verbose)
+    log.warning("mlx-bridge listening on http://%s (mappings=%s)", config.host.bind, config.mappings_path)
+    BridgeServer(config).run()
