@@ -12,7 +12,7 @@ from .engine import Chunk, Done, Job, PromptSpec
 from .errors import BadRequest, BridgeError
 from .jsonbody import parse_body
 from .local import JobStream, LocalBackend, LocalModel
-from .schemas import ChatRequest, Common, GenerateRequest, parse_chat, parse_generate
+from .schemas import Common, GenerateRequest, parse_chat, parse_generate
 from .web import json_response, ndjson_stream, rfc3339
 
 bp = Blueprint("api", __name__)
@@ -31,6 +31,7 @@ def generate() -> Response:
         return load_or_unload(req, model, {"response": ""})
     if req.images:
         raise BadRequest(f'"{req.model}" does not support images')
+    check_capabilities(req, model)
     spec = PromptSpec(prompt=req.prompt, system=req.system, template=req.template, suffix=req.suffix,
                       raw=req.raw, context=req.context, think=req.think, truncate=req.truncate)
     return run(req, model, spec, started, GenerateShape(req))
@@ -58,11 +59,11 @@ def resolve(name: str) -> LocalModel:
     return local_backend().require(name)
 
 
-def check_capabilities(req: ChatRequest, model: LocalModel) -> None:
+def check_capabilities(req: Common, model: LocalModel) -> None:
     caps = model.description.capabilities
     if req.think and "thinking" not in caps:
         raise BadRequest(f'"{req.model}" does not support thinking')
-    if req.tools and "tools" not in caps:
+    if getattr(req, "tools", None) and "tools" not in caps:
         raise BadRequest(f"{model.entry.name} does not support tools")
 
 

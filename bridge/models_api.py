@@ -49,10 +49,13 @@ def tag_entry(m: LocalModel) -> dict[str, Any]:
 @bp.get("/api/ps")
 def ps() -> Response:
     backend = local_backend()
-    by_key = {m.key: m for m in backend.present()}
+    by_key: dict[tuple[str, str], LocalModel] = {}
+    for m in backend.present():
+        by_key.setdefault((m.key, ""), m)
+        by_key[(m.key, m.entry.name)] = m
     rows = []
     for info in backend.engine.snapshot():
-        model = by_key.get(info.key)
+        model = by_key.get((info.key, info.name)) or by_key.get((info.key, ""))
         if model is None:
             continue
         rows.append((info.expires_at, {

@@ -17,7 +17,13 @@ _INT = ("seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_keep", 
         "num_gpu", "main_gpu", "num_thread")
 _BOOL = ("use_mmap", "numa", "low_vram", "penalize_newline", "use_mlock")
 # Options llama.cpp honours that MLX has no use for: accepted (type-checked) and ignored.
-_IGNORED = set(_INT[4:]) | set(_BOOL) | {"typical_p"}
+# (num_ctx is NOT among them: the engine sizes the context window with it.)
+_IGNORED = {"num_keep", "num_batch", "num_gpu", "main_gpu", "num_thread", "typical_p", *_BOOL}
+# Go stores int options in an int64; larger JSON numbers never reach llama.cpp as such.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Values Ollama accepts but mlx-lm raises on (a raise inside mlx-lm's compiled samplers also
+# corrupts MLX's global random state): clamped into the range mlx-lm takes, same meaning.
+_FLOAT_RANGES = {"min_p": (0.0, 1.0), "repeat_penalty": (0.0, math.inf)}
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,13 @@ def _parse_one(key: str, value: Any) -> Any:
     if key in _FLOAT:
         if not _is_number(value):
             raise BadRequest(f'option "{key}" must be of type float32')
-        return float(value)
+        low, high = _FLOAT_RANGES.get(key, (-math.inf, math.inf))
+        return min(max(float(value), low), high)
     if key in _INT:
         if not _is_number(value) or not float(value).is_integer():
             raise BadRequest(f'option "{key}" must be of type integer')
-        return int(value)
+        number = min(max(int(value), _INT64_MIN), _INT64_MAX)
+        return max(number, 0) if key == "num_ctx" else number  # num_ctx <= 0: the model's own
     if key in _BOOL:
         if not isinstance(value, bool):
             raise BadRequest(f'option "{key}" must be of type boolean')

@@ -25,13 +25,17 @@ import yaml
 
 from .describe import is_model_dir
 from .durations import parse_keep_alive
+from .errors import BadRequest
 from .names import InvalidModelName, ModelName
+from .options import parse_options
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("mlx", "ollama", "auto")
 LOCAL_MODELS_FILE = "local_models.yaml"
-_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+# A Hugging Face repo id `org/name`; anything else is a directory. Both parts start with an
+# alphanumeric and ".." never appears, so no repo id can climb out of the downloads dir.
+_REPO_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class MappingError(ValueError):
@@ -52,7 +56,7 @@ class MappedModel:
     @property
     def is_local_dir(self) -> bool:
         """The source is a directory of the user's (never deleted by the bridge)."""
-        return not _REPO_RE.fullmatch(self.source) or self.source.startswith((".", "/", "~"))
+        return not _REPO_RE.fullmatch(self.source)
 
 
 def parse_mappings(data: Any, origin: str, base: Path) -> tuple[str | None, dict[str, MappedModel]]:
@@ -90,15 +94,20 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
         keep_alive = parse_keep_alive(spec.get("keep_alive"))
     except ValueError as exc:
         raise MappingError(f"model {raw_name!r}: keep_alive: {exc}") from None
-    options = spec.get("options") or {}
-    if not isinstance(options, dict):
+    raw_options = spec.get("options") or {}
+    if not isinstance(raw_options, dict):
         raise MappingError(f"model {raw_name!r}: options must be a mapping")
+    try:  # the same checks as a request's options; keeps only the ones the engine uses
+        parsed = parse_options({str(k): v for k, v in raw_options.items()})
+    except BadRequest as exc:
+        raise MappingError(f"model {raw_name!r}: {exc.message}") from None
+    options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
     return MappedModel(name, _resolve_source(spec["mlx"], base), backend, keep_alive, options, origin)
 
 
 def _resolve_source(source: str, base: Path) -> str:
     """Relative directories are relative to the mapping file; repo ids stay as they are."""
-    if _REPO_RE.fullmatch(source) and not source.startswith("."):
+    if _REPO_RE.fullmatch(source):
         return source
     path = Path(os.path.expanduser(source))
     return str(path if path.is_absolute() else (base / path).resolve())
@@ -127,6 +136,7 @@ class Registry:
         self.upstream: str | None = None
         self._entries: dict[str, MappedModel] = {}
         self._stamp: tuple[Any, ...] = ()
+        self._bad_stamp: tuple[Any, ...] = ()  # a broken edit already reported
         self._lock = threading.Lock()
         self.refresh(strict=True)
 
@@ -144,14 +154,15 @@ class Registry:
     def refresh(self, strict: bool = False) -> None:
         """Re-read the files if they changed; a broken edit keeps the last good state."""
         stamp = tuple(_mtime(p) for p, _ in self._files())
-        if stamp == self._stamp:
+        if stamp == self._stamp or (stamp == self._bad_stamp and not strict):
             return
         try:
             upstream, entries = self._read_all()
-        except MappingError:
+        except MappingError as exc:
             if strict:
                 raise
-            log.exception("mapping file invalid; keeping the previous mapping")
+            self._bad_stamp = stamp  # report it once, not on every request
+            log.error("mapping file invalid; keeping the previous mapping: %s", exc)
             return
         with self._lock:
             self.upstream, self._entries, self._stamp = upstream, entries, stamp

@@ -72,9 +72,16 @@ class ChatRequest(Common):
     tools: list[dict[str, Any]] = field(default_factory=list)
 
 
+# reflect.TypeOf names of decoded JSON values, for Duration.UnmarshalJSON's error text
+_GO_ANY_TYPES = {bool: "bool", list: "[]interface {}", dict: "map[string]interface {}"}
+
+
 def _common(f: Fields) -> dict[str, Any]:
+    raw_keep_alive = f.raw("keep_alive")
+    if type(raw_keep_alive) in _GO_ANY_TYPES:
+        raise BadRequest(f"Unsupported type: '{_GO_ANY_TYPES[type(raw_keep_alive)]}'")
     try:
-        keep_alive = parse_keep_alive(f.raw("keep_alive"))
+        keep_alive = parse_keep_alive(raw_keep_alive)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     top_logprobs = f.int("top_logprobs", 0) or 0
@@ -177,6 +184,6 @@ def _str_list(f: Fields, name: str, gotype: str) -> list[str]:
 
 def _int_list(f: Fields, name: str) -> list[int]:
     items = f.list(name, "[]int")
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+    if not all(isinstance(i, int) and not isinstance(i, bool) and -(2**63) <= i < 2**63 for i in items):
         raise type_error(f.struct, name, items, "[]int")
     return items

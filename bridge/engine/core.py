@@ -174,7 +174,7 @@ class Engine:
                 self._load_only(job, keep_alive)
                 return
             loaded, load_ns = self.cache.load(job.model_path, job.model_name)
-            loaded.touch(keep_alive)
+            loaded.touch(job.model_name, keep_alive)
             loaded.active += 1
             self._publish()
             try:
@@ -193,7 +193,7 @@ class Engine:
             job.events.put(Done(done_reason="unload"))
             return
         loaded, load_ns = self.cache.load(job.model_path, job.model_name)
-        loaded.touch(keep_alive)
+        loaded.touch(job.model_name, keep_alive)
         loaded.release()
         self._publish()
         job.events.put(Done(done_reason="load", load_duration=load_ns))
@@ -212,11 +212,14 @@ class Engine:
         except Exception as exc:
             log.exception("generation failed request_id=%s", seq.job.request_id)
             seq.job.events.put(Failed(_as_bridge_error(exc)))
+            _reset_random_state()
             finished = True
         if finished:
             seq.close()
             self._active = None
             self._release(seq.loaded)
+            if seq.sink.final is not None:  # after release, so keep_alive 0 has taken effect
+                seq.job.events.put(seq.sink.final)
 
     def _release(self, loaded: Any) -> None:
         loaded.release()
@@ -244,6 +247,13 @@ class Engine:
         ]
         with self._lock:
             self._snapshot = infos
+
+
+def _reset_random_state() -> None:
+    """A failure inside a compiled sampler can leave MLX's global RNG state unusable."""
+    import mlx.core as mx
+
+    mx.random.seed(time.time_ns() & (2**63 - 1))
 
 
 def _in_use_expiry(keep_alive: float) -> float:

@@ -33,8 +33,9 @@ class LoadedModel:
     expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
     active: int = 0
 
-    def touch(self, keep_alive: float) -> None:
-        """Record a use; expiry is set when the last active job ends."""
+    def touch(self, name: str, keep_alive: float) -> None:
+        """Record a use (under the name last asked for); expiry is set when the last job ends."""
+        self.name = name
         self.keep_alive = keep_alive
         self.last_used = time.monotonic()
 
@@ -91,11 +92,11 @@ class ModelCache:
         return self.models.get(key)
 
     def load(self, key: str, name: str) -> tuple[LoadedModel, int]:
-        """Return the loaded model (loading it if needed) and the load time in ns."""
-        if key in self.models:
-            return self.models[key], 0
-        self._make_room()
+        """Return the loaded model (loading it if needed) and the load time in ns (never 0)."""
         t0 = time.perf_counter_ns()
+        if key in self.models:
+            return self.models[key], max(time.perf_counter_ns() - t0, 1)
+        self._make_room()
         model, tokenizer = load_weights(key)
         loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model), _context_length(key))
         self.models[key] = loaded

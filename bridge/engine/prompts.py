@@ -14,6 +14,9 @@ def prompt_tokens(tokenizer: Any, spec: PromptSpec) -> list[int]:
     if spec.messages is not None:
         text = chat_text(tokenizer, spec.messages, spec.tools, spec.think)
         return encode(tokenizer, text)
+    vocab = len(tokenizer)
+    if any(not 0 <= t < vocab for t in spec.context):
+        raise BadRequest(f"context contains token ids outside this model's vocabulary (0..{vocab - 1})")
     return list(spec.context) + encode(tokenizer, generate_text(tokenizer, spec))
 
 

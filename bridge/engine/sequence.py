@@ -16,15 +16,16 @@ class Cancelled(Exception):
     """Raised inside MLX callbacks to abandon a job whose client went away."""
 
 
-def make_sampling(options: Options, context: int) -> tuple[Any, list[Any]]:
+def make_sampling(options: Options, context: int, vocab: int) -> tuple[Any, list[Any]]:
     """mlx-lm sampler and logits processors for Ollama's options."""
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     sampler = make_sampler(
         temp=max(options.temperature, 0.0),
         top_p=options.top_p if 0 < options.top_p < 1 else 0.0,
-        min_p=options.min_p,
-        top_k=max(options.top_k, 0),
+        min_p=min(max(options.min_p, 0.0), 1.0),
+        # top_k >= vocab means "no cut"; mlx-lm's compiled top-k would fail on it.
+        top_k=options.top_k if 0 < options.top_k < vocab else 0,
     )
     window = context if options.repeat_last_n < 0 else options.repeat_last_n
     processors = []
@@ -80,7 +81,8 @@ class Sequence:
 
         if self.job.options.seed >= 0:
             mx.random.seed(self.job.options.seed)
-        sampler, processors = make_sampling(self.job.options, self.context)
+        # The tokenizer's size never exceeds the logits' width, so it bounds top_k safely.
+        sampler, processors = make_sampling(self.job.options, self.context, len(self.loaded.tokenizer))
         self._iter = generate_step(
             mx.array(self.tokens), self.loaded.model, max_tokens=-1, sampler=sampler,
             logits_processors=processors, prompt_progress_callback=self._progress,

@@ -37,6 +37,7 @@ class TokenSink:
         self.first_token_ns = 0
         self.finished = False
         self.eos_hit = False
+        self.final: Done | None = None  # sent by the engine once the model is released
 
     def add(self, token: int) -> bool:
         """Feed one sampled token; returns True when the job is finished."""
@@ -82,7 +83,7 @@ class TokenSink:
             self.detokenizer.finalize()
             self.pending += self.detokenizer.last_segment
             self._flush()
-        self.emit(self.done(reason))
+        self.final = self.done(reason)
         return True
 
     def done(self, reason: str) -> Done:
