@@ -38,6 +38,16 @@ def serve(host: str | None, port: int | None, mappings: str | None, upstream: st
     run_server(config)
 
 
+def _register_subcommands() -> None:
+    from . import cli_client, cli_models, cli_service
+
+    for module in (cli_service, cli_client, cli_models):
+        module.register(cli)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     cli(prog_name="mlx-bridge")
 
