@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 
-from . import api, models_api, web
+from . import admin, api, models_api, proxy_api, web
 from .config import Config, load_config
 from .engine import Engine
 from .local import LocalBackend
+from .metrics import Metrics
 from .registry import Registry
+from .router import Router
+from .store import DB_FILE, Store
+from .tracking import Tracker
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:11435"
+NO_UPSTREAM = ("none", "off", "")
 
 
 @dataclass
@@ -25,17 +31,28 @@ class Bridge:
     config: Config
     registry: Registry
     local: LocalBackend
+    upstream: Upstream = field(default_factory=Upstream)
+    router: Router | None = None
+    store: Store | None = None  # backend rows + request log (SQLite)
+    tracker: Tracker | None = None
+    metrics: Metrics | None = None
 
     @property
-    def upstream_url(self) -> str:
-        return self.config.upstream or self.registry.upstream or DEFAULT_UPSTREAM
+    def upstream_url(self) -> str | None:
+        """The default upstream Ollama; None when disabled (`--upstream none`)."""
+        url = self.config.upstream or self.registry.upstream or DEFAULT_UPSTREAM
+        return None if url.strip().lower() in NO_UPSTREAM else url.rstrip("/")
 
     def start(self) -> None:
         """Start background threads; called in the serving process after any fork."""
         self.local.engine.start()
+        if self.tracker:
+            self.tracker.start()
 
     def stop(self) -> None:
         self.local.engine.stop()
+        if self.tracker:
+            self.tracker.stop()
 
 
 def create_app(config: Config | None = None, *, engine: Engine | None = None) -> Flask:
@@ -46,8 +63,16 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
                               max_queue=config.max_queue)
     app = Flask(__name__)
-    app.extensions["bridge"] = Bridge(config, registry, LocalBackend(registry, engine))
+    bridge = Bridge(config, registry, LocalBackend(registry, engine),
+                    upstream=Upstream(config.connect_timeout, config.request_timeout))
+    bridge.router = Router(registry, lambda: bridge.upstream_url)
+    bridge.store = Store(config.home / DB_FILE)
+    bridge.metrics = Metrics(engine.snapshot)
+    bridge.tracker = Tracker(bridge.store, bridge.metrics)
+    app.extensions["bridge"] = bridge
     web.install(app)
     app.register_blueprint(models_api.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(proxy_api.bp)
+    app.register_blueprint(admin.bp)
     return app

@@ -23,6 +23,10 @@ class BadRequest(BridgeError):
     openai_type = "invalid_request_error"
 
 
+class Unsupported(BadRequest):
+    """The model cannot do what was asked (tools, thinking, images...): another backend may."""
+
+
 class Unauthorized(BridgeError):
     status = 401
     openai_type = "authentication_error"
@@ -44,6 +48,13 @@ class ModelNotFound(NotFound):
     def __init__(self, name: str, hint: str = "") -> None:
         super().__init__(f"model '{name}' not found{hint}")
         self.name = name
+
+
+class Conflict(BridgeError):
+    """The write would duplicate an existing resource (409)."""
+
+    status = 409
+    openai_type = "invalid_request_error"
 
 
 class PayloadTooLarge(BridgeError):
@@ -83,6 +94,12 @@ class ServerBusy(BridgeError):
 
     def __init__(self, message: str = "server busy, please try again.  maximum pending requests exceeded") -> None:
         super().__init__(message)
+
+
+class StoreUnavailable(BridgeError):
+    """The SQLite state database is locked, corrupt or unreadable (503)."""
+
+    status = 503
 
 
 class ShuttingDown(BridgeError):

@@ -6,13 +6,14 @@ import logging
 import queue
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .describe import DescriptionCache, ModelDescription
 from .engine import Chunk, Done, Engine, Failed, Job
 from .errors import BadRequest, BridgeError, EngineError, ModelNotFound
-from .registry import MappedModel, Registry
+from .names import InvalidModelName, ModelName
+from .registry import MappedModel, Registry, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ class LocalModel:
     @property
     def key(self) -> str:
         return str(self.path.resolve())
+
+
+def override_source(entry: MappedModel | None, name: str, source: str) -> MappedModel | None:
+    """The mapping entry with its MLX source replaced (admin rows may name other weights)."""
+    try:
+        display = ModelName.parse(name).display
+    except InvalidModelName:
+        return None
+    base = entry or MappedModel(display, source)
+    return replace(base, source=resolve_source(source, Path.cwd()), origin="admin")
 
 
 class JobStream:
@@ -70,9 +81,11 @@ class LocalBackend:
         self.engine = engine
         self.descriptions = DescriptionCache()
 
-    def find(self, name: str) -> LocalModel | None:
-        """The mapped, present model for `name`, or None."""
+    def find(self, name: str, source: str | None = None) -> LocalModel | None:
+        """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or None."""
         entry = self.registry.lookup(name)
+        if source:
+            entry = override_source(entry, name, source)
         if entry is None:
             return None
         path = self.registry.local_dir(entry)
@@ -80,11 +93,11 @@ class LocalBackend:
             return None
         return LocalModel(entry, path, self.descriptions.get(path))
 
-    def require(self, name: str) -> LocalModel:
+    def require(self, name: str, source: str | None = None) -> LocalModel:
         """Like find(), raising Ollama's 404 texts."""
-        model = self.find(name)
+        model = self.find(name, source)
         if model is None:
-            hint = PULL_HINT if self.registry.lookup(name) else ""
+            hint = PULL_HINT if source or self.registry.lookup(name) else ""
             raise ModelNotFound(name, hint)
         return model
 

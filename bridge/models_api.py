@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
 from . import __version__
+from .dispatch import dispatch
 from .errors import BadRequest, ModelNotFound
 from .jsonbody import Fields, parse_body
 from .local import LocalBackend, LocalModel
@@ -33,10 +34,37 @@ def version() -> Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
+def served_locally() -> list[LocalModel]:
+    """Present models whose policy lets MLX serve them (an `ollama` policy hides them)."""
+    router = current_app.extensions["bridge"].router
+    return [m for m in local_backend().present() if router.plan(m.entry.name).policy != "ollama"]
+
+
+def upstream_models(path: str, exclude: set[str]) -> list[dict[str, Any]]:
+    """The upstream's listing minus names MLX serves (each name appears once); [] when down."""
+    bridge = current_app.extensions["bridge"]
+    url = bridge.upstream_url
+    data = bridge.upstream.get_json(url, path) if url else None
+    models = data.get("models") if data else None
+    if not isinstance(models, list):
+        return []
+    return [m for m in models if isinstance(m, dict) and _key(m) not in exclude]
+
+
+def _key(entry: dict[str, Any]) -> str:
+    try:
+        return ModelName.parse(str(entry.get("model") or entry.get("name") or "")).key
+    except InvalidModelName:
+        return ""
+
+
 @bp.route("/api/tags", methods=["GET", "HEAD"])
 def tags() -> Response:
-    models = sorted(local_backend().present(), key=lambda m: m.description.modified_at, reverse=True)
-    return json_response({"models": [tag_entry(m) for m in models]})
+    local = sorted(served_locally(), key=lambda m: m.description.modified_at, reverse=True)
+    entries = [tag_entry(m) for m in local]
+    entries += upstream_models("/api/tags", {ModelName.parse(m.entry.name).key for m in local})
+    entries.sort(key=lambda e: str(e.get("modified_at", "")), reverse=True)
+    return json_response({"models": entries})
 
 
 def tag_entry(m: LocalModel) -> dict[str, Any]:
@@ -65,7 +93,10 @@ def ps() -> Response:
             "expires_at": rfc3339(info.expires_at), "context_length": info.context_length,
         }))
     rows.sort(key=lambda r: r[0], reverse=True)
-    return json_response({"models": [r[1] for r in rows]})
+    entries = [r[1] for r in rows]
+    entries += upstream_models("/api/ps", {ModelName.parse(e["name"]).key for e in entries})
+    entries.sort(key=lambda e: str(e.get("expires_at", "")), reverse=True)
+    return json_response({"models": entries})
 
 
 def requested_name(body: dict[str, Any], struct: str) -> str:
@@ -76,19 +107,20 @@ def requested_name(body: dict[str, Any], struct: str) -> str:
 
 @bp.post("/api/show")
 def show() -> Response:
-    body = parse_body(request.get_data(), "ShowRequest")
+    raw = request.get_data()
+    body = parse_body(raw, "ShowRequest")
     name = requested_name(body, "ShowRequest")
     if not name:
         raise BadRequest("model is required")
-    g.model, g.backend = name, "mlx"
     try:
         display = ModelName.parse(name).display
     except InvalidModelName:
         raise BadRequest("invalid model name") from None
-    model = local_backend().find(name)
-    if model is None:
-        raise ModelNotFound(display)
-    return json_response(show_body(model, bool(Fields(body, "ShowRequest").bool("verbose"))))
+    verbose = bool(Fields(body, "ShowRequest").bool("verbose"))
+    try:
+        return dispatch(name, "/api/show", raw, lambda model, plan: json_response(show_body(model, verbose)))
+    except ModelNotFound:
+        raise ModelNotFound(display) from None  # Ollama names the model in its full form here
 
 
 def show_body(model: LocalModel, verbose: bool) -> dict[str, Any]:
@@ -128,19 +160,22 @@ def modelfile(model: LocalModel) -> str:
 
 @bp.delete("/api/delete")
 def delete() -> Response:
-    body = parse_body(request.get_data(), "DeleteRequest")
+    raw = request.get_data()
+    body = parse_body(raw, "DeleteRequest")
     name = requested_name(body, "DeleteRequest")
     try:
         ModelName.parse(name)
     except InvalidModelName:
         raise BadRequest(f'name "{name}" is invalid') from None
-    g.model, g.backend = name, "mlx"
-    backend = local_backend()
-    model = backend.find(name)
-    if model is None:
-        raise ModelNotFound(name)
-    backend.delete(model)
-    return Response(status=200)
+
+    def delete_local(model: LocalModel, plan: Any) -> Response:
+        local_backend().delete(model)
+        return Response(status=200)
+
+    try:
+        return dispatch(name, "/api/delete", raw, delete_local, method="DELETE")
+    except ModelNotFound:
+        raise ModelNotFound(name) from None
 
 
 @bp.get("/health")
@@ -156,6 +191,8 @@ def health() -> Response:
         "loaded_models": loaded,
         "backends": {
             "mlx": {"available": engine.alive, "device": engine.device},
-            "ollama": {"upstream": bridge.upstream_url},
+            "ollama": {"upstream": bridge.upstream_url,
+                       "reachable": bool(bridge.upstream_url) and bridge.upstream.reachable(bridge.upstream_url),
+                       "endpoints": bridge.router.breaker.snapshot()},
         },
     })

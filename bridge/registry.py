@@ -102,10 +102,10 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
     except BadRequest as exc:
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
-    return MappedModel(name, _resolve_source(spec["mlx"], base), backend, keep_alive, options, origin)
+    return MappedModel(name, resolve_source(spec["mlx"], base), backend, keep_alive, options, origin)
 
 
-def _resolve_source(source: str, base: Path) -> str:
+def resolve_source(source: str, base: Path) -> str:
     """Relative directories are relative to the mapping file; repo ids stay as they are."""
     if _REPO_RE.fullmatch(source):
         return source

@@ -67,7 +67,7 @@ def bridge_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def app(mappings_file, bridge_home):
     """One in-process app with a running engine, shared by the fast tests."""
-    config = load_config({}, mappings_path=mappings_file, home=bridge_home)
+    config = load_config({}, mappings_path=mappings_file, home=bridge_home, upstream="none")
     application = create_app(config)
     application.extensions["bridge"].start()
     yield application
@@ -115,6 +115,6 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20) -> int:
 def server(mappings_file, tmp_path_factory) -> Iterator[str]:
     """A real `mlx-bridge serve` process on a free port; yields its base URL."""
     home = tmp_path_factory.mktemp("server-home")
-    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home)])
+    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home), "--upstream", "none"])
     yield url
     stop_server(proc)

@@ -1,0 +1,127 @@
+"""Carry out a routing Plan: try each target in order, falling back only before the first byte."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, current_app, g, request
+
+from .errors import BridgeError, EngineError, ModelNotFound, Unsupported, UpstreamError
+from .local import LocalModel
+from .router import Plan, Target
+from .upstream import UpstreamUnavailable, relay
+
+log = logging.getLogger(__name__)
+
+# Failures that mean "this target cannot serve it", so the next target may: never a client error.
+FALLBACK_ERRORS = (ModelNotFound, EngineError, Unsupported, UpstreamError)
+
+LocalHandler = Callable[[LocalModel, Plan], Response]
+
+
+def bridge_objects() -> Any:
+    return current_app.extensions["bridge"]
+
+
+def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
+             method: str = "POST") -> Response:
+    """Serve a model request from the first target of its plan that can take it."""
+    bridge = bridge_objects()
+    plan = bridge.router.plan(model_name)
+    g.model = model_name
+    targets = [t for t in plan.targets if t.backend != "mlx" or local is not None]
+    if not targets:
+        raise ModelNotFound(model_name)
+    for i, target in enumerate(targets):
+        g.backend = target.label
+        try:
+            if target.backend == "mlx":
+                assert local is not None
+                return local(bridge.local.require(model_name, source=target.source), plan)
+            return forward(target, path, raw, plan, last=i == len(targets) - 1, method=method)
+        except FALLBACK_ERRORS as exc:
+            if i == len(targets) - 1:
+                raise
+            note_fallback(model_name, target, targets[i + 1], exc)
+    raise AssertionError("unreachable")
+
+
+def note_fallback(model: str, failed: Target, nxt: Target, exc: BridgeError) -> None:
+    reason = type(exc).__name__
+    log.warning("fallback request_id=%s model=%s from=%s to=%s reason=%s error=%r",
+                g.get("request_id", "-"), model, failed.label, nxt.label, reason, exc.message)
+    tracker = getattr(bridge_objects(), "tracker", None)
+    if tracker is not None:
+        tracker.fallback(model, failed.backend, nxt.backend, reason)
+
+
+def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, last: bool = True,
+            method: str = "POST") -> Response:
+    """Relay the request to one upstream endpoint; a 5xx or connect failure may fall through."""
+    bridge = bridge_objects()
+    assert target.endpoint is not None
+    body = apply_defaults(raw, plan.defaults) if plan and plan.defaults else raw
+    started = time.perf_counter()
+    try:
+        resp = bridge.upstream.open(target.endpoint, method, path, body, dict(request.headers),
+                                    read_timeout=target.timeout)
+    except UpstreamUnavailable as exc:
+        bridge.router.breaker.failure(target.endpoint, exc.message)
+        raise
+    if resp.status_code >= 500 and not last:
+        resp.close()
+        bridge.router.breaker.failure(target.endpoint, f"HTTP {resp.status_code}")
+        raise UpstreamError(f"upstream {target.endpoint} answered {resp.status_code}")
+    bridge.router.breaker.success(target.endpoint)
+    model = plan.name if plan else g.get("model", "")
+    # The relay runs after the view returns (no app context): bind what tracking needs now.
+    return relay(resp, lambda final, error: _track_upstream(bridge, model, target, resp.status_code,
+                                                            final, error, started))
+
+
+def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
+    """Fill an admin row's option defaults into a forwarded body (request values win)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw
+    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    body["options"] = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    return json.dumps(body).encode()
+
+
+def _track_upstream(bridge: Any, model: str, target: Target, status: int, final: dict | None, error: str | None,
+                    started: float) -> None:
+    final = final or {}
+    eval_count = int(final.get("eval_count") or 0)
+    eval_ns = int(final.get("eval_duration") or 0)
+    record(bridge, model, target.backend, target.endpoint,
+           ok=status < 400 and error is None, error=error or (None if status < 400 else f"HTTP {status}"),
+           prompt_tokens=int(final.get("prompt_eval_count") or 0), eval_tokens=eval_count,
+           ttft_ms=None, latency_ms=(time.perf_counter() - started) * 1000,
+           tokens_per_sec=eval_count / (eval_ns / 1e9) if eval_ns else None)
+
+
+def record(bridge: Any, model: str, backend: str, endpoint: str | None, *, ok: bool, error: str | None,
+           prompt_tokens: int, eval_tokens: int, ttft_ms: float | None, latency_ms: float,
+           tokens_per_sec: float | None, cached_tokens: int = 0) -> None:
+    """Hand one request's outcome to the performance tracker (when one is configured)."""
+    tracker = getattr(bridge, "tracker", None)
+    if tracker is None:
+        return
+    from .store import RequestRecord
+
+    status = "ok" if ok else ("canceled" if error == "request canceled" else "error")
+    rec = RequestRecord(model=model, backend=backend, endpoint=endpoint, status=status,
+                        prompt_tokens=prompt_tokens, eval_tokens=eval_tokens, ttft_ms=ttft_ms,
+                        latency_ms=latency_ms, tokens_per_sec=tokens_per_sec, error=error)
+    if hasattr(rec, "cached_tokens"):
+        rec.cached_tokens = cached_tokens
+    try:
+        tracker.record(rec)
+    except Exception:  # tracking must never break serving
+        log.exception("could not record request model=%s", model)

@@ -1,0 +1,69 @@
+"""Blueprint: endpoints the bridge forwards to the upstream Ollama for models MLX does not serve."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, current_app, request
+
+from .dispatch import dispatch, forward
+from .errors import BadRequest, ModelNotFound
+from .jsonbody import Fields, parse_body
+from .router import Target
+
+bp = Blueprint("proxy", __name__)
+
+_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
+
+
+def default_target() -> Target:
+    url = current_app.extensions["bridge"].upstream_url
+    if not url:
+        raise ModelNotFound("", " (no upstream Ollama is configured)")
+    return Target("ollama", endpoint=url)
+
+
+def model_field(struct: str, *names: str) -> tuple[bytes, str]:
+    raw = request.get_data()
+    f = Fields(parse_body(raw, struct), struct)
+    for name in names:
+        value = f.str(name)
+        if value:
+            return raw, value
+    raise BadRequest("model is required")
+
+
+@bp.post("/api/embed")
+@bp.post("/api/embeddings")
+def embed() -> Response:
+    """Embeddings: MLX models do not serve them yet; `auto` falls back to the upstream."""
+    raw, name = model_field("EmbedRequest", "model")
+
+    def local(model, plan) -> Response:
+        from .errors import Unsupported
+
+        raise Unsupported(f'"{name}" does not support embeddings on the MLX backend yet')
+
+    return dispatch(name, request.path, raw, local)
+
+
+@bp.post("/api/push")
+@bp.post("/api/create")
+def model_write() -> Response:
+    """Registry and Modelfile operations belong to the real Ollama."""
+    raw, name = model_field("CreateRequest", "model", "name")
+    return dispatch(name, request.path, raw, None)
+
+
+@bp.post("/api/copy")
+def copy() -> Response:
+    raw, name = model_field("CopyRequest", "source")
+    return dispatch(name, "/api/copy", raw, None)
+
+
+@bp.route("/api/blobs/<digest>", methods=["HEAD", "POST"])
+def blobs(digest: str) -> Response:
+    if not _DIGEST.fullmatch(digest):
+        raise BadRequest("invalid digest format")
+    body = request.stream if request.method == "POST" else None  # stream big uploads through
+    return forward(default_target(), f"/api/blobs/{digest}", body, method=request.method)
