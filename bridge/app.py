@@ -53,6 +53,8 @@ class Bridge:
         self.local.engine.stop()
         if self.tracker:
             self.tracker.stop()
+        if self.store:
+            self.store.close()  # reopened on demand if the app is used again
 
 
 def create_app(config: Config | None = None, *, engine: Engine | None = None) -> Flask:
@@ -65,8 +67,8 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app = Flask(__name__)
     bridge = Bridge(config, registry, LocalBackend(registry, engine),
                     upstream=Upstream(config.connect_timeout, config.request_timeout))
-    bridge.router = Router(registry, lambda: bridge.upstream_url)
     bridge.store = Store(config.home / DB_FILE)
+    bridge.router = Router(registry, lambda: bridge.upstream_url, rows_for_model=bridge.store.rows_for_model)
     bridge.metrics = Metrics(engine.snapshot)
     bridge.tracker = Tracker(bridge.store, bridge.metrics)
     app.extensions["bridge"] = bridge

@@ -20,13 +20,16 @@ from bridge.testing import build_tiny_model
 from .conftest import free_port, start_server, stop_server, write_mappings
 
 GREEDY = {"temperature": 0, "num_predict": 12}
+TOKEN = "routing-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     models = {name: {"mlx": str(build_tiny_model(root / name, seed=seed)), "backend": "mlx"}
-              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9), ("absent-auto:1b", 10))}
+              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9), ("absent-auto:1b", 10),
+                                 ("shared", 11))}
     mappings = write_mappings(root / "map.yaml", models)
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"), "--upstream", "none"])
     yield url
@@ -46,8 +49,10 @@ def bridge(tmp_path_factory, tiny_model_dir, upstream):
         "broken-mlx": {"mlx": str(broken), "backend": "mlx"},
         "tiny-up": {"mlx": str(tiny_model_dir), "backend": "ollama"},
         "absent-auto:1b": {"mlx": "mlx-community/Not-Here-4bit", "backend": "auto"},
+        "shared": {"mlx": str(tiny_model_dir), "backend": "mlx"},
     }, upstream=upstream)
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")],
+                             env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
     yield url
     stop_server(proc)
 
@@ -182,3 +187,60 @@ def test_concurrent_forwarded_and_local_requests(bridge):
     for t in threads:
         t.join(60)
     assert set(results.values()) == {200} and len(results) == 6
+
+
+def test_admin_api_moves_a_model_between_backends_without_restart(bridge, upstream):
+    local = generate(bridge, "shared").json()["response"]
+    remote = generate(upstream, "shared").json()["response"]
+    assert local != remote
+    row = requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
+        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream}).json()
+    try:
+        assert generate(bridge, "shared").json()["response"] == remote
+        requests.post(f"{bridge}/api/llm-backends/{row['id']}/toggle", headers=AUTH, timeout=10)
+        assert generate(bridge, "shared").json()["response"] == local  # disabled: mapping again
+        requests.post(f"{bridge}/api/llm-backends/{row['id']}/toggle", headers=AUTH, timeout=10)
+        requests.put(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10,
+                     json={"backend_type": "mlx"})
+        assert generate(bridge, "shared").json()["response"] == local
+    finally:
+        requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)
+    assert generate(bridge, "shared").json()["response"] == local
+    stats = requests.get(f"{bridge}/api/performance/comparison", headers=AUTH, timeout=10)
+    assert stats.status_code == 200
+
+
+def test_row_defaults_apply_when_the_request_sets_none(bridge, upstream):
+    row = requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
+        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream, "max_tokens": 3}).json()
+    try:
+        body = {"model": "shared", "prompt": "hi", "stream": False, "options": {"temperature": 0}}
+        out = requests.post(bridge + "/api/generate", json=body, timeout=30).json()
+        assert out["eval_count"] == 3
+        body["options"]["num_predict"] = 5
+        assert requests.post(bridge + "/api/generate", json=body, timeout=30).json()["eval_count"] == 5
+    finally:
+        requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)
+
+
+def test_endpoint_failover_by_priority_with_circuit_breaker(bridge, upstream):
+    dead = f"http://127.0.0.1:{free_port()}"
+    rows = [requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
+        "model_name": "up-only", "backend_type": "ollama", "endpoint_url": url, "priority": prio}).json()
+        for url, prio in ((dead, 10), (upstream, 5))]
+    try:
+        direct = generate(upstream, "up-only").json()["response"]
+        assert generate(bridge, "up-only").json()["response"] == direct
+        endpoints = requests.get(bridge + "/health", timeout=10).json()["backends"]["ollama"]["endpoints"]
+        assert endpoints[dead]["state"] == "open" and endpoints[upstream]["state"] == "closed"
+        assert generate(bridge, "up-only").json()["response"] == direct  # dead one skipped now
+    finally:
+        for row in rows:
+            requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)
+
+
+def test_admin_writes_need_the_token(bridge):
+    resp = requests.post(bridge + "/api/llm-backends", json={"model_name": "x", "backend_type": "mlx"}, timeout=10)
+    assert resp.status_code == 401
+    lookup = requests.get(bridge + "/api/llm-backends/model/shared", timeout=10)
+    assert lookup.status_code == 200
