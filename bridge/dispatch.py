@@ -79,8 +79,8 @@ def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, las
     bridge.router.breaker.success(target.endpoint)
     model = plan.name if plan else g.get("model", "")
     # The relay runs after the view returns (no app context): bind what tracking needs now.
-    return relay(resp, lambda final, error: _track_upstream(bridge, model, target, resp.status_code,
-                                                            final, error, started))
+    return relay(resp, lambda final, error, first_at: _track_upstream(
+        bridge, model, target, resp.status_code, final, error, started, first_at))
 
 
 def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
@@ -94,15 +94,16 @@ def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
-def _track_upstream(bridge: Any, model: str, target: Target, status: int, final: dict | None, error: str | None,
-                    started: float) -> None:
+def _track_upstream(bridge: Any, model: str, target: Target, status: int, final: dict | None,
+                    error: str | None, started: float, first_at: float | None) -> None:
     final = final or {}
     eval_count = int(final.get("eval_count") or 0)
     eval_ns = int(final.get("eval_duration") or 0)
     record(bridge, model, target.backend, target.endpoint,
            ok=status < 400 and error is None, error=error or (None if status < 400 else f"HTTP {status}"),
            prompt_tokens=int(final.get("prompt_eval_count") or 0), eval_tokens=eval_count,
-           ttft_ms=None, latency_ms=(time.perf_counter() - started) * 1000,
+           ttft_ms=(first_at - started) * 1000 if first_at is not None else None,
+           latency_ms=(time.perf_counter() - started) * 1000,
            tokens_per_sec=eval_count / (eval_ns / 1e9) if eval_ns else None)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,19 +87,23 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def relay(resp: requests.Response, on_final: Callable[[dict[str, Any] | None, str | None], None]) -> Response:
-    """Stream an upstream response back unchanged; `on_final(final_line, error)` runs at the end."""
+OnFinal = Callable[[dict[str, Any] | None, str | None, float | None], None]
+
+
+def relay(resp: requests.Response, on_final: OnFinal) -> Response:
+    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs last."""
     headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
     ndjson = "ndjson" in resp.headers.get("Content-Type", "") or "json" in resp.headers.get("Content-Type", "")
     return Response(_relay_body(resp, ndjson, on_final), status=resp.status_code, headers=headers)
 
 
-def _relay_body(resp: requests.Response, ndjson: bool,
-                on_final: Callable[[dict[str, Any] | None, str | None], None]) -> Iterator[bytes]:
+def _relay_body(resp: requests.Response, ndjson: bool, on_final: OnFinal) -> Iterator[bytes]:
     scanner = FinalLineScanner()
     error: str | None = None
+    first: float | None = None
     try:
         for chunk in resp.iter_content(chunk_size=None):
+            first = first or time.perf_counter()
             scanner.feed(chunk)
             yield chunk
     except requests.RequestException as exc:
@@ -109,7 +114,7 @@ def _relay_body(resp: requests.Response, ndjson: bool,
     finally:
         resp.close()
         scanner.close()
-        on_final(scanner.final, error or scanner.error)
+        on_final(scanner.final, error or scanner.error, first)
 
 
 class FinalLineScanner:
