@@ -6,6 +6,7 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ class PromptSpec:
     context: list[int] = field(default_factory=list)
     think: bool | str | None = None
     truncate: bool = True
+    # Structured output: called on the engine thread with the model's tokenizer; returns an
+    # mlx-lm logits processor `(tokens, logits) -> logits`. `tokens` is the whole sequence so
+    # far (prompt, then generated), in the batched and the single path alike.
+    logits_processor_factory: Callable[[Any], Callable[[Any, Any], Any]] | None = None
 
 
 @dataclass

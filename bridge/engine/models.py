@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import json
 import logging
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ class LoadedModel:
     keep_alive: float = 300.0
     expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
     active: int = 0
+    batchable: bool = True  # every KV cache layer can be merged into a BatchGenerator batch
+    samplers: dict[tuple, Any] = field(default_factory=dict)  # shared: one batched sampling call
 
     def touch(self, name: str, keep_alive: float) -> None:
         """Record a use (under the name last asked for); expiry is set when the last job ends."""
@@ -69,6 +75,13 @@ def _model_bytes(model: Any) -> int:
     return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
 
 
+def _batchable(model: Any) -> bool:
+    """BatchGenerator merges per-sequence caches; rotating/SSM caches of some models cannot."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    return all(hasattr(c, "merge") for c in make_prompt_cache(model))
+
+
 def _context_length(path: str) -> int:
     try:
         cfg = json.loads((Path(path) / "config.json").read_text())
@@ -84,9 +97,11 @@ def _context_length(path: str) -> int:
 class ModelCache:
     """The resident models, at most `max_loaded`, least recently used evicted first."""
 
-    def __init__(self, max_loaded: int = 3) -> None:
+    def __init__(self, max_loaded: int = 3, on_unload: Callable[[str], None] | None = None) -> None:
         self.max_loaded = max(1, max_loaded)
         self.models: dict[str, LoadedModel] = {}
+        self.on_unload = on_unload  # drops what else holds MLX memory for a model (its prompt cache)
+        self._garbage = False  # a model was dropped but its memory not yet handed back
 
     def get(self, key: str) -> LoadedModel | None:
         return self.models.get(key)
@@ -98,7 +113,8 @@ class ModelCache:
             return self.models[key], max(time.perf_counter_ns() - t0, 1)
         self._make_room()
         model, tokenizer = load_weights(key)
-        loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model), _context_length(key))
+        loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model), _context_length(key),
+                             batchable=_batchable(model))
         self.models[key] = loaded
         elapsed = time.perf_counter_ns() - t0
         log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size, elapsed / 1e6)
@@ -112,16 +128,26 @@ class ModelCache:
             victim = min(idle, key=lambda m: m.last_used)
             self.unload(victim.key, reason="lru")
 
-    def unload(self, key: str, reason: str = "request") -> bool:
-        """Drop a model and give its memory back to the system."""
+    def unload(self, key: str, reason: str = "request", free: bool = True) -> bool:
+        """Drop a model and give its memory back (free=False: at the next `collect()`)."""
         loaded = self.models.pop(key, None)
         if loaded is None:
             return False
         name = loaded.name
         del loaded
-        free_memory()
+        if self.on_unload is not None:
+            self.on_unload(key)
+        self._garbage = True
+        if free:
+            self.collect()
         log.info("model unloaded model=%s reason=%s", name, reason)
         return True
+
+    def collect(self) -> None:
+        """Free the memory of unloaded models once nothing references them any more."""
+        if self._garbage:
+            self._garbage = False
+            free_memory()
 
     def expire(self, now: float | None = None) -> list[str]:
         """Unload idle models whose keep_alive ran out; returns their keys."""
@@ -148,3 +174,12 @@ def free_memory() -> None:
     gc.collect()
     mx.synchronize()  # no async work may outlive the arrays (or the engine thread)
     mx.clear_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed heap pages (tokenizer, Python objects) mapped; hand them back."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

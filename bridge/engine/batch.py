@@ -1,0 +1,103 @@
+"""Continuous batching: mlx-lm's BatchGenerator decodes every admitted job of one model together."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import ClientClosed
+from .jobs import Failed, Job
+from .models import LoadedModel
+from .prepare import Ended, Entry, batchable, log_cached
+from .prompt_cache import PromptCache
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens prefilled per step: a long prompt delays the others' next token by one chunk
+# (and a cancel by as much), while chunks this size still run at full BLAS speed on a CPU.
+PREFILL_STEP = 512
+
+
+class BatchRunner:
+    """Up to `capacity` jobs of one model; each `step()` decodes one token for all of them."""
+
+    def __init__(self, loaded: LoadedModel, prompts: PromptCache, capacity: int) -> None:
+        from mlx_lm.generate import BatchGenerator, StopSequences
+
+        self.loaded = loaded
+        self.model_key = loaded.key
+        self.prompts = prompts
+        self.capacity = max(1, capacity)
+        self.entries: dict[int, Entry] = {}
+        self._ended: list[Ended] = []  # jobs that left during the current step
+        self._gen = BatchGenerator(loaded.model, completion_batch_size=self.capacity,
+                                   prefill_batch_size=self.capacity, prefill_step_size=PREFILL_STEP)
+        # mlx-lm ends a sequence on EOS itself and hands back its cache; text stops are ours.
+        self._stops = StopSequences([[t] for t in loaded.tokenizer.eos_token_ids])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def accepts(self, job: Job) -> bool:
+        return job.model_path == self.model_key and batchable(job) and len(self.entries) < self.capacity
+
+    def add(self, entry: Entry) -> None:
+        """Insert a job (its prefill runs in the next steps, batched with other new prompts)."""
+        cache, cached = self.prompts.fetch(self.model_key, entry.tokens)
+        entry.sink.cached_tokens = cached
+        log_cached(entry, cached)
+        (uid,) = self._gen.insert(
+            [entry.tokens[cached:]], max_tokens=[entry.limit], caches=[cache],
+            all_tokens=[entry.tokens[:cached]], samplers=[entry.sampler],
+            logits_processors=[entry.processors], stop_sequences=[self._stops],
+        )
+        self.entries[uid] = entry
+
+    def step(self) -> list[Ended]:
+        """Drop canceled jobs, then one BatchGenerator step (decode + a prefill chunk)."""
+        self._reap()
+        if self.entries:
+            _, responses = self._gen.next()
+            for r in responses:
+                entry = self.entries.get(r.uid)
+                if entry is None:
+                    continue
+                finished = entry.sink.add(r.token)
+                if r.finish_reason is not None and not finished:
+                    finished = entry.sink.finish(r.finish_reason)
+                if finished:
+                    self._finish(r.uid, r.prompt_cache, r.all_tokens)
+        ended, self._ended = self._ended, []
+        return ended
+
+    def _reap(self) -> None:
+        """Canceled jobs leave before the step: their slot is free for the next job."""
+        gone = [uid for uid, e in self.entries.items() if e.job.cancelled.is_set()]
+        if gone:
+            self._gen.remove(gone)  # their KV caches go with them: nothing is kept
+        for uid in gone:
+            entry = self.entries.pop(uid)
+            log.info("generation canceled request_id=%s model=%s", entry.job.request_id, entry.job.model_name)
+            self._ended.append(Ended(entry.job, entry.loaded, Failed(ClientClosed("request canceled"))))
+
+    def _finish(self, uid: int, cache: Any, tokens: list[int] | None) -> None:
+        """A job ended normally: keep its KV cache for the next turn."""
+        entry = self.entries.pop(uid)
+        assert entry.sink.final is not None
+        self._ended.append(Ended(entry.job, entry.loaded, entry.sink.final))
+        if cache is None:  # our sink stopped it (stop string, limit): take it out of the batch
+            cache, tokens = self._gen.remove([uid], return_prompt_caches=True)[uid]
+        self.prompts.insert(self.model_key, list(tokens or []), cache)
+
+    def abort(self, event: Failed) -> list[Ended]:
+        """End every job with `event` (engine stopping, or the batch step failed)."""
+        ended = self._ended + [Ended(e.job, e.loaded, event) for e in self.entries.values()]
+        self._ended = []
+        if self.entries:
+            self._gen.remove(list(self.entries))
+        self.entries.clear()
+        return ended
+
+    def close(self) -> None:
+        """Release the generator (call when empty; abort() first otherwise)."""
+        self._gen.close()

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Benchmark the bridge against raw mlx-lm, mlx_lm.server and (optionally) llama.cpp.
+
+Same model, same prompts, one run:
+  raw          mlx-lm stream_generate in-process (fast BLAS), and again on the wheel's bundled BLAS
+  bridge       `mlx-bridge serve` /api/chat (a real server process)
+  mlx_lm.server /v1/chat/completions (the peer, on the same fast BLAS through LD_PRELOAD)
+  llama.cpp    llama-cpp-python on --gguf, when it is installed
+Prints a table of values and ratios against the targets, writes bench.json and bench.png.
+
+    python scripts/bench.py --quick                     # tiny random model, about a minute
+    python scripts/bench.py --model DIR [--gguf FILE]   # a real MLX model (+ its GGUF)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_common import PeakRss, Workload, free_port, rss_bytes, start_server, tree_pids  # noqa: E402
+from bench_measure import measure, ollama_client, openai_client  # noqa: E402
+from bench_report import report  # noqa: E402
+
+
+def run_raw(engine: str, model: str, work: Workload, env: dict[str, str] | None = None) -> dict:
+    """One in-process column, in a fresh interpreter."""
+    cmd = [sys.executable, str(HERE / "bench_raw.py"), "--engine", engine, "--model", model,
+           "--workload", json.dumps(work.to_dict())]
+    out = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                         timeout=3600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{engine} worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("BENCH_JSON "):])
+
+
+def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None = None) -> dict:
+    """The bridge as users run it, plus RSS before load and after a keep_alive unload."""
+    import yaml
+
+    mappings = tmp / "model_mappings.yaml"
+    mappings.write_text(yaml.safe_dump({"models": {"bench": {"mlx": model, "backend": "mlx"}}}))
+    port = free_port()
+    cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--mappings", str(mappings),
+           "--home", str(tmp / "home")]
+    server = start_server("bridge", cmd, {"OLLAMA_NUM_PARALLEL": str(max(work.clients)),
+                                          "HF_HUB_OFFLINE": "1", **(env or {})}, port,
+                          lambda url: requests.get(url + "/health", timeout=2).json()["engine"]["state"] == "running",
+                          tmp)
+    try:
+        time.sleep(1.0)  # the engine thread imports MLX right after start
+        health = requests.get(server.url + "/health", timeout=5).json()["engine"]
+        rss_before = rss_bytes(tree_pids(server.proc.pid))
+        peak = PeakRss(server.proc.pid)
+        out = measure(*ollama_client(server.url, "bench"), work)
+        out["peak_rss"] = peak.stop()
+        out["blas"] = health.get("blas")
+        out["rss_before_load"] = rss_before
+        out["rss_after_unload"] = _rss_after_expiry(server.url, server.proc.pid)
+        return out
+    finally:
+        server.stop()
+
+
+def _rss_after_expiry(url: str, pid: int) -> int:
+    """Let the model expire (keep_alive 1s) and read the RSS once /api/ps is empty."""
+    requests.post(url + "/api/chat", json={"model": "bench", "keep_alive": "1s", "stream": False,
+                                           "messages": [{"role": "user", "content": "bye"}],
+                                           "options": {"num_predict": 1}}, timeout=120)
+    deadline = time.time() + 30
+    while time.time() < deadline and requests.get(url + "/api/ps", timeout=5).json()["models"]:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    return rss_bytes(tree_pids(pid))
+
+
+def run_peer(model: str, work: Workload, tmp: Path) -> dict:
+    """mlx_lm.server with its defaults (continuous batching, prompt cache), on the same BLAS."""
+    from bridge import blas
+
+    env = {"HF_HUB_OFFLINE": "1"}
+    if sys.platform.startswith("linux"):
+        env["LD_PRELOAD"] = str(blas.patched_openblas())  # the same fast path as the bridge
+        env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread count
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)]
+    server = start_server("mlx_lm.server", cmd, env, port,
+                          lambda url: requests.get(url + "/v1/models", timeout=2).ok, tmp)
+    try:
+        peak = PeakRss(server.proc.pid)
+        out = measure(*openai_client(server.url), work)
+        out["peak_rss"] = peak.stop()
+        return out
+    finally:
+        server.stop()
+
+
+def tiny_model(tmp: Path) -> str:
+    from bridge.testing import build_tiny_model
+
+    return str(build_tiny_model(tmp / "tiny"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="MLX model directory (default: a tiny random model)")
+    p.add_argument("--gguf", help="GGUF of the same model, for the llama.cpp column")
+    p.add_argument("--quick", action="store_true", help="short runs (the default on the tiny model)")
+    p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
+    p.add_argument("--skip", default="", help="comma list of columns to leave out: raw-bundled,peer,llamacpp")
+    p.add_argument("--bridge-bundled", action="store_true", help="also run the bridge on the bundled BLAS")
+    args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Workload.quick() if args.quick or not args.model else Workload.full()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlx-bridge-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model = args.model or tiny_model(tmp)
+        columns: dict[str, dict] = {}
+        steps = [("raw", lambda: run_raw("mlx", model, work))]
+        if "raw-bundled" not in skip:
+            # The reference BLAS is slow: fewer TTFT samples and chat turns keep the run short.
+            slow = replace(work, ttft_requests=min(work.ttft_requests, 4), turns=min(work.turns, 3))
+            steps.append(("raw (bundled BLAS)", lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
+        steps.append(("bridge", lambda: run_bridge(model, work, tmp)))
+        if args.bridge_bundled:
+            steps.append(("bridge (bundled BLAS)",
+                          lambda: run_bridge(model, work, tmp, {"MLX_BRIDGE_BLAS": "off"})))
+        if "peer" not in skip:
+            steps.append(("mlx_lm.server", lambda: run_peer(model, work, tmp)))
+        if args.gguf and "llamacpp" not in skip and importlib.util.find_spec("llama_cpp"):
+            steps.append(("llama.cpp", lambda: run_raw("llamacpp", args.gguf, work)))
+        for name, step in steps:
+            print(f"... {name}", flush=True)
+            started = time.perf_counter()
+            columns[name] = step()
+            columns[name]["wall_s"] = time.perf_counter() - started
+    meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf, "workload": work.to_dict(),
+            "cpus": os.cpu_count(), "platform": sys.platform, "time": time.strftime("%Y-%m-%d %H:%M")}
+    report(columns, meta, out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The measurements, for any engine that can stream a chat: TTFT, decode, aggregate, a growing chat."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+from bench_common import LONG_ASK, QUESTIONS, Workload, decode_rate, percentile, user
+
+
+@dataclass
+class Result:
+    """One streamed answer, timed by the client."""
+
+    ttft: float  # seconds from sending to the first token
+    tokens: int
+    first: float
+    last: float
+    text: str
+    cached: int | None = None
+
+
+Stream = Callable[[list[dict], int], Result]
+Complete = Callable[[list[dict], int], int]
+
+
+def measure(stream: Stream, complete: Complete | None, work: Workload) -> dict:
+    """Every number of one engine's column (complete=None: no concurrency, one client only)."""
+    stream(user("Warm up."), 2)  # model load, first-call compilation: not measured
+    ttfts = [stream(user(QUESTIONS[i % len(QUESTIONS)]), work.ttft_tokens).ttft * 1000
+             for i in range(work.ttft_requests)]
+    long = stream(user(LONG_ASK), work.decode_tokens)
+    out: dict = {
+        "ttft_ms_p50": percentile(ttfts, 50), "ttft_ms_p95": percentile(ttfts, 95), "ttft_ms": ttfts,
+        "decode_tok_s": decode_rate(long.tokens, long.first, long.last), "decode_tokens": long.tokens,
+        "aggregate_tok_s": {}, "chat_ttft_ms": [], "chat_cached_tokens": [],
+    }
+    started = long.first - long.ttft
+    if long.last - long.first < 0.2 * (long.last - started):
+        # The stream arrived in one burst (the server wrote it late): no per-token timing to
+        # read, so count the whole request (a lower bound that includes the prefill).
+        out["decode_tok_s"] = long.tokens / (long.last - started)
+        out["decode_note"] = "stream arrived in a burst: tokens / whole request time"
+    for clients in work.clients:
+        if complete is None and clients > 1:
+            continue
+        out["aggregate_tok_s"][str(clients)] = aggregate(complete or _count(stream), clients, work.agg_tokens)
+    messages: list[dict] = []
+    for turn in range(work.turns):
+        messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
+        r = stream(messages, work.turn_tokens)
+        out["chat_ttft_ms"].append(r.ttft * 1000)
+        out["chat_cached_tokens"].append(r.cached)
+        messages.append({"role": "assistant", "content": r.text})
+    return out
+
+
+def _count(stream: Stream) -> Complete:
+    return lambda messages, n: stream(messages, n).tokens
+
+
+def aggregate(complete: Complete, clients: int, tokens: int) -> float:
+    """Generated tokens per second of wall time with `clients` requests at once."""
+    asks = [user(f"{QUESTIONS[i % len(QUESTIONS)]} (client {i})") for i in range(clients)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        counts = list(pool.map(lambda m: complete(m, tokens), asks))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+# ---- HTTP clients --------------------------------------------------------------------------
+
+
+def ollama_client(url: str, model: str) -> tuple[Stream, Complete]:
+    """/api/chat of the bridge (NDJSON)."""
+
+    def body(messages: list[dict], n: int, stream: bool) -> dict:
+        return {"model": model, "messages": messages, "stream": stream,
+                "options": {"temperature": 0, "num_predict": n}}
+
+    def stream(messages: list[dict], n: int) -> Result:
+        sent = time.perf_counter()
+        first = last = 0.0
+        parts, final = [], {}
+        with requests.post(url + "/api/chat", json=body(messages, n, True), stream=True, timeout=600) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(chunk_size=None):
+                obj = json.loads(line)
+                if "error" in obj:
+                    raise RuntimeError(obj["error"])
+                text = obj.get("message", {}).get("content", "")
+                if text:
+                    last = time.perf_counter()
+                    first = first or last
+                    parts.append(text)
+                if obj.get("done"):
+                    final = obj
+        return Result(first - sent, final.get("eval_count", 0), first, last, "".join(parts),
+                      final.get("cached_tokens"))
+
+    def complete(messages: list[dict], n: int) -> int:
+        r = requests.post(url + "/api/chat", json=body(messages, n, False), timeout=600)
+        r.raise_for_status()
+        return r.json().get("eval_count", 0)
+
+    return stream, complete
+
+
+def openai_client(url: str) -> tuple[Stream, Complete]:
+    """/v1/chat/completions of mlx_lm.server (SSE)."""
+
+    def body(messages: list[dict], n: int, stream: bool) -> dict:
+        out = {"messages": messages, "stream": stream, "max_tokens": n, "temperature": 0}
+        if stream:
+            out["stream_options"] = {"include_usage": True}
+        return out
+
+    def stream(messages: list[dict], n: int) -> Result:
+        sent = time.perf_counter()
+        first = last = 0.0
+        parts, usage = [], {}
+        with requests.post(url + "/v1/chat/completions", json=body(messages, n, True), stream=True,
+                           timeout=600) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(chunk_size=None):
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                obj = json.loads(line[6:])
+                usage = obj.get("usage") or usage
+                for choice in obj.get("choices", []):
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        last = time.perf_counter()
+                        first = first or last
+                        parts.append(text)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        return Result(first - sent, usage.get("completion_tokens", 0), first, last, "".join(parts), cached)
+
+    def complete(messages: list[dict], n: int) -> int:
+        r = requests.post(url + "/v1/chat/completions", json=body(messages, n, False), timeout=600)
+        r.raise_for_status()
+        return r.json()["usage"]["completion_tokens"]
+
+    return stream, complete

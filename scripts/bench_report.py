@@ -1,0 +1,137 @@
+"""Benchmark output: a table of values, ratios against the issue's targets, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}{unit}" if abs(value) >= 10 else f"{value:.2f}{unit}"
+    return f"{value}{unit}"
+
+
+def _mb(value) -> float | None:
+    return value / 2**20 if value else None
+
+
+def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
+    """(label, one value per column)."""
+    def col(key, fn=lambda v: v):
+        return [fn(c.get(key)) if c.get(key) is not None else None for c in columns.values()]
+
+    clients = sorted({int(k) for c in columns.values() for k in c.get("aggregate_tok_s", {})})
+    table = [
+        ("BLAS", col("blas")),
+        ("matmul f32 1024 GFLOP/s", col("matmul_gflops")),
+        ("TTFT p50 ms", col("ttft_ms_p50")),
+        ("TTFT p95 ms", col("ttft_ms_p95")),
+        ("decode tok/s (1 stream)", col("decode_tok_s")),
+    ]
+    for n in clients:
+        table.append((f"aggregate tok/s @{n}", [c.get("aggregate_tok_s", {}).get(str(n)) for c in columns.values()]))
+    table += [
+        ("chat turns", col("chat_ttft_ms", lambda v: len(v) if v else None)),
+        ("chat turn 1 TTFT ms", col("chat_ttft_ms", lambda v: v[0] if v else None)),
+        ("chat last turn TTFT ms", col("chat_ttft_ms", lambda v: v[-1] if v else None)),
+        ("peak RSS MB", col("peak_rss", _mb)),
+        ("RSS before load MB", col("rss_before_load", _mb)),
+        ("RSS after unload MB", col("rss_after_unload", _mb)),
+        ("wall s", col("wall_s")),
+    ]
+    return table
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool | None]]:
+    """(what, value, target, met)."""
+    raw, br, peer = columns.get("raw", {}), columns.get("bridge", {}), columns.get("mlx_lm.server", {})
+    bundled = columns.get("raw (bundled BLAS)", {})
+    agg = br.get("aggregate_tok_s", {})
+    chat = br.get("chat_ttft_ms") or [None]
+    checks = [
+        ("bridge decode / raw decode", _ratio(br.get("decode_tok_s"), raw.get("decode_tok_s")), ">= 0.97",
+         lambda v: v >= 0.97),
+        ("bridge TTFT p50 - raw TTFT p50 (ms)",
+         None if br.get("ttft_ms_p50") is None or raw.get("ttft_ms_p50") is None
+         else br["ttft_ms_p50"] - raw["ttft_ms_p50"], "<= 10", lambda v: v <= 10),
+        ("bridge aggregate @8 / @1", _ratio(agg.get("8"), agg.get("1")), ">= 2.5", lambda v: v >= 2.5),
+        ("bridge aggregate @8 / mlx_lm.server @8",
+         _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.0", lambda v: v >= 1.0),
+        ("bridge chat last / first turn TTFT", _ratio(chat[-1], chat[0]), "<= 1.5", lambda v: v <= 1.5),
+        ("bridge RSS after unload / before load",
+         _ratio(br.get("rss_after_unload"), br.get("rss_before_load")), "<= 1.10", lambda v: v <= 1.10),
+        ("fast / bundled BLAS: matmul", _ratio(raw.get("matmul_gflops"), bundled.get("matmul_gflops")), "info",
+         None),
+        ("fast / bundled BLAS: raw decode", _ratio(raw.get("decode_tok_s"), bundled.get("decode_tok_s")), "info",
+         None),
+        ("bundled / fast BLAS: raw TTFT p50", _ratio(bundled.get("ttft_ms_p50"), raw.get("ttft_ms_p50")), "info",
+         None),
+    ]
+    return [(what, v, target, None if v is None or ok is None else ok(v)) for what, v, target, ok in checks]
+
+
+def report(columns: dict[str, dict], meta: dict, out_dir: Path) -> None:
+    names = list(columns)
+    table = rows(columns)
+    width = max(len(label) for label, _ in table)
+    print(f"\nmodel: {meta['model']}   cpus: {meta['cpus']}   {meta['time']}")
+    print(" " * width + "".join(f"{n:>22}" for n in names))
+    for label, values in table:
+        print(f"{label:<{width}}" + "".join(f"{_fmt(v):>22}" for v in values))
+    print("\nratios against the targets:")
+    checks = targets(columns)
+    for what, value, target, met in checks:
+        mark = {True: "ok", False: "MISSED", None: ""}[met]
+        print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
+    data = {"meta": meta, "columns": columns,
+            "targets": [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in checks]}
+    (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
+    print(f"\nwrote {out_dir / 'bench.json'}")
+    chart(columns, meta, out_dir / "bench.png")
+
+
+def chart(columns: dict[str, dict], meta: dict, path: Path) -> None:
+    """Four panels: TTFT, decode, aggregate by clients, TTFT per chat turn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        return
+    names = list(columns)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    ax.bar(names, [columns[n].get("ttft_ms_p50") or 0 for n in names])
+    ax.set_title("time to first token, p50 (ms)")
+    ax = axes[0][1]
+    ax.bar(names, [columns[n].get("decode_tok_s") or 0 for n in names])
+    ax.set_title("single-stream decode (tok/s)")
+    ax = axes[1][0]
+    for n in names:
+        agg = columns[n].get("aggregate_tok_s", {})
+        xs = sorted(int(k) for k in agg)
+        ax.plot(xs, [agg[str(x)] for x in xs], marker="o", label=n)
+    ax.set_title("aggregate tok/s by concurrent clients")
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    for n in names:
+        turns = columns[n].get("chat_ttft_ms") or []
+        ax.plot(range(1, len(turns) + 1), turns, marker="o", label=n)
+    ax.set_title("growing chat: TTFT per turn (ms)")
+    ax.legend(fontsize=8)
+    for row in axes:
+        for a in row:
+            a.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"mlx-bridge benchmark: {meta['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
