@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .describe import DescriptionCache, ModelDescription
 from .engine import Chunk, Done, Engine, Failed, Job
-from .errors import BadRequest, BridgeError, EngineError, ModelNotFound
+from .errors import BadRequest, BridgeError, EngineError, ModelLoadError, ModelNotFound
 from .names import InvalidModelName, ModelName
-from .registry import MappedModel, Registry, resolve_source
+from .registry import MappedModel, Registry, resolve_source, unregister_local_model
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,11 @@ class LocalBackend:
         path = self.registry.local_dir(entry)
         if path is None:
             return None
-        return LocalModel(entry, path, self.descriptions.get(path))
+        try:
+            description = self.descriptions.get(path)
+        except ValueError as exc:  # corrupt files: a load error (an `auto` model falls back)
+            raise ModelLoadError(f"failed to load model: {exc}") from None
+        return LocalModel(entry, path, description)
 
     def require(self, name: str, source: str | None = None) -> LocalModel:
         """Like find(), raising Ollama's 404 texts."""
@@ -136,5 +140,7 @@ class LocalBackend:
             shutil.rmtree(model.path)
         except OSError as exc:
             raise BridgeError(f"could not delete {model.path}: {exc.strerror}") from None
+        if model.entry.origin == "local":  # imported or pulled: forget the name too
+            unregister_local_model(self.registry.home, model.entry.name)
         self.descriptions.clear()
         log.info("model deleted model=%s path=%s", model.entry.name, model.path)

@@ -13,10 +13,14 @@ only ever looked up here, never used as a path.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +212,47 @@ class Registry:
             path.resolve().relative_to(self.downloads_dir.resolve())
         except ValueError:
             return False
+        return True
+
+
+@contextlib.contextmanager
+def _locked_local_file(home: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Hold an exclusive lock on local_models.yaml; yields (path, its current `models`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / LOCAL_MODELS_FILE
+    with open(home / (LOCAL_MODELS_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the server and `mlx-bridge import` may write at once
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+        models = (data or {}).get("models") or {}
+        yield path, models
+
+
+def _write_local_file(path: Path, models: dict[str, Any]) -> None:
+    """Replace the file atomically: readers see the old list or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=".local_models.", suffix=".yaml", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump({"models": models}, fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def register_local_model(home: Path, name: str, source: str) -> None:
+    """Record an imported or pulled model (`source` relative to the downloads dir) under `name`."""
+    display = ModelName.parse(name).display
+    with _locked_local_file(home) as (path, models):
+        key = ModelName.parse(display).key
+        models = {n: v for n, v in models.items() if ModelName.parse(str(n)).key != key}
+        models[display] = {"mlx": source, "backend": "mlx"}
+        _write_local_file(path, models)
+
+
+def unregister_local_model(home: Path, name: str) -> bool:
+    """Drop `name` from local_models.yaml; False when it was not there."""
+    key = ModelName.parse(name).key
+    with _locked_local_file(home) as (path, models):
+        kept = {n: v for n, v in models.items() if ModelName.parse(str(n)).key != key}
+        if len(kept) == len(models):
+            return False
+        _write_local_file(path, kept)
         return True
 
 

@@ -1,0 +1,125 @@
+"""GGUF file -> MLX model directory (Hugging Face layout that mlx_lm.load reads)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .arch import Arch, get_arch, hf_name, to_hf
+from .errors import ImportFailed
+from .gguf_file import GGUFFile, GGUFTensor
+from .hf_config import build_config, eos_token_ids
+from .safetensors_out import DTYPES, PlannedTensor, write_model
+from .tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+# progress(stage, done, total): stage names the step, done/total count bytes (or 0/0 if unknown).
+Progress = Callable[[str, int, int], None]
+QUANTIZE_CHOICES = ("auto", "none", "8", "4")
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def default_dtype(arch: Arch, platform: str = sys.platform) -> str:
+    """float32 on Linux (MLX's CPU kernels are slow for half types); half precision on Metal.
+
+    >>> default_dtype(get_arch("llama"), "linux"), default_dtype(get_arch("llama"), "darwin")
+    ('float32', 'float16')
+    >>> default_dtype(get_arch("gemma3"), "darwin")  # Gemma's activations overflow float16
+    'bfloat16'
+    """
+    if platform != "darwin":
+        return "float32"
+    return "bfloat16" if arch.model_type.startswith("gemma") else "float16"
+
+
+def convert_gguf(path: Path, out: Path, *, dtype: str | None = None,
+                 progress: Progress = _no_progress, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the float model for `path` into the existing empty directory `out`; returns config."""
+    progress("reading GGUF", 0, 0)
+    g = GGUFFile(path)
+    arch = get_arch(g.architecture)
+    g.check_types()
+    dtype = dtype or default_dtype(arch)
+    config = build_config(g, arch)
+    plan = plan_tensors(g, arch, config)
+    progress("writing tokenizer", 0, 0)
+    tokenizer_json, tokenizer_config = build_tokenizer(g)
+    (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    _write_json(out / "tokenizer_config.json", tokenizer_config)
+    total = sum(t.source_bytes for t in plan)
+    done = 0
+
+    def advance(t: PlannedTensor) -> None:
+        nonlocal done
+        done += t.source_bytes
+        progress("converting tensors", done, total)
+
+    progress("converting tensors", 0, total)
+    write_model(out, plan, DTYPES[dtype], advance)
+    config["torch_dtype"] = dtype
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", _generation_config(g))
+    _write_json(out / "mlx_bridge_import.json", {
+        **(provenance or {}), "gguf": str(path), "architecture": arch.gguf_name,
+        "gguf_types": g.file_type_counts(), "dtype": dtype,
+    })
+    return config
+
+
+def plan_tensors(g: GGUFFile, arch: Arch, config: dict[str, Any]) -> list[PlannedTensor]:
+    """Every output tensor with its Hugging Face name and the transform that produces it."""
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    plan, seen = [], set()
+    for t in g.iter_tensors():
+        name = hf_name(arch, t.name)
+        if name is None:
+            continue
+        if name in seen:
+            raise ImportFailed(f"duplicate tensor {t.name} in GGUF")
+        seen.add(name)
+        plan.append(PlannedTensor(name, t.shape, _producer(arch, name, t, heads, kv_heads), t.nbytes))
+    missing = [n for n in ("model.embed_tokens.weight", "model.norm.weight") if n not in seen]
+    if missing:
+        raise ImportFailed(f"GGUF lacks required tensors: {', '.join(missing)}")
+    return plan
+
+
+def _producer(arch: Arch, name: str, t: GGUFTensor, heads: int, kv_heads: int) -> Callable[[], Any]:
+    return lambda: to_hf(arch, name, t.to_numpy(), heads, kv_heads)
+
+
+def _generation_config(g: GGUFFile) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    bos = g.get("tokenizer.ggml.bos_token_id")
+    if bos is not None:
+        out["bos_token_id"] = int(bos)
+    eos = eos_token_ids(g)
+    if eos:
+        out["eos_token_id"] = eos if len(eos) > 1 else eos[0]
+    return out
+
+
+def quantize_dir(src: Path, out: Path, bits: int, progress: Progress = _no_progress) -> None:
+    """mlx-lm's affine quantization (group size 64) of a float model directory into `out`."""
+    from mlx_lm import convert  # MLX only here: the CLI process, never a server thread
+
+    progress(f"quantizing to {bits}-bit", 0, 0)
+    if out.exists():
+        shutil.rmtree(out)
+    convert(hf_path=str(src), mlx_path=str(out), quantize=True, q_bits=bits, q_group_size=64)
+    for extra in ("mlx_bridge_import.json", "generation_config.json"):
+        if (src / extra).is_file() and not (out / extra).exists():
+            shutil.copy2(src / extra, out / extra)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

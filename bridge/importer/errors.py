@@ -1,0 +1,9 @@
+"""Import failures: one message the CLI prints as it is."""
+
+from __future__ import annotations
+
+from ..errors import BadRequest
+
+
+class ImportFailed(BadRequest):
+    """The source cannot be imported (unreadable, unsupported architecture or quantization)."""

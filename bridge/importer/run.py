@@ -1,0 +1,152 @@
+"""`mlx-bridge import`: resolve the source, convert into a temp dir, swap it in, register the name."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..names import InvalidModelName, ModelName
+from ..registry import register_local_model
+from .convert import QUANTIZE_CHOICES, Progress, _no_progress, convert_gguf, quantize_dir
+from .errors import ImportFailed
+from .ollama_store import find_model, list_models, store_root
+
+log = logging.getLogger(__name__)
+
+IMPORTED_DIR = "imported"  # under the downloads dir; the registry source is "imported/<slug>"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    path: Path
+    source: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Source:
+    """A GGUF file to import, where it came from, and the name it gets by default."""
+
+    gguf: Path
+    default_name: str
+    provenance: dict[str, str]
+
+
+def resolve_source(source: str, ollama_root: Path | None = None) -> Source:
+    """A GGUF path, or the name of a model in the (read-only) Ollama store."""
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        return Source(path, name_from_stem(path.stem), {"source": str(path.resolve())})
+    root = ollama_root or store_root()
+    model = find_model(source, root)
+    if model is None:
+        known = list_models(root)
+        hint = f"; the store has: {', '.join(known[:20])}" if known else ""
+        raise ImportFailed(f"'{source}' is neither a GGUF file nor a model in the Ollama store "
+                           f"at {root}{hint}")
+    return Source(model.gguf, model.name, {"source": f"ollama:{model.name}",
+                                           "ollama_manifest": str(model.manifest),
+                                           "ollama_digest": model.digest})
+
+
+def name_from_stem(stem: str) -> str:
+    """A valid model name from a file name: 'SmolLM2-135M-Instruct.Q4_1' stays as it is.
+
+    >>> name_from_stem("My Model (v2)")
+    'My-Model-v2:latest'
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "model"
+    return ModelName.parse(cleaned[:80]).display
+
+
+def slug(name: str) -> str:
+    """Directory name for a model name: 'smollm2:135m' -> 'smollm2-135m'.
+
+    >>> slug("smollm2:135m"), slug("hf.co/user/Repo:Q4_K_M")
+    ('smollm2-135m', 'hf.co-user-repo-q4_k_m')
+    """
+    return re.sub(r"[/:]+", "-", ModelName.parse(name).display.lower())
+
+
+def import_model(source: str, home: Path, *, name: str | None = None, quantize: str = "auto",
+                 progress: Progress = _no_progress, ollama_root: Path | None = None) -> ImportResult:
+    """Import `source` into home/models/imported/<slug> and register it as `name`."""
+    if quantize not in QUANTIZE_CHOICES:
+        raise ImportFailed(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
+    started = time.monotonic()
+    src = resolve_source(source, ollama_root)
+    try:
+        display = ModelName.parse(name or src.default_name).display
+    except InvalidModelName:
+        raise ImportFailed(f"invalid model name '{name}'") from None
+    base = home / "models" / IMPORTED_DIR
+    final = base / slug(display)
+    work = base / f".tmp-{final.name}-{os.getpid()}"
+    try:  # disk full, read-only state dir: a clear error, nothing half-written left or registered
+        base.mkdir(parents=True, exist_ok=True)
+        _clean_stale(base, final.name)
+        try:
+            _build(src, work, quantize, progress)
+            progress("registering", 0, 0)
+            _swap_in(work, final, lambda: register_local_model(home, display, f"{IMPORTED_DIR}/{final.name}"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work.with_name(work.name + "-float"), ignore_errors=True)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise ImportFailed(f"import into {base} failed, nothing was registered: "
+                           f"{exc.strerror or exc}{where}") from None
+    seconds = time.monotonic() - started
+    log.info("model imported name=%s source=%s path=%s seconds=%.1f", display, source, final, seconds)
+    return ImportResult(display, final, src.provenance["source"], seconds)
+
+
+def _build(src: Source, work: Path, quantize: str, progress: Progress) -> None:
+    """Convert into `work` (float), then quantize in place of it when asked."""
+    if quantize in ("auto", "none"):
+        work.mkdir(parents=True)
+        convert_gguf(src.gguf, work, progress=progress, provenance=src.provenance)
+        return
+    float_dir = work.with_name(work.name + "-float")
+    shutil.rmtree(float_dir, ignore_errors=True)
+    float_dir.mkdir(parents=True)
+    # float32 intermediate: quantizing from it loses nothing more than quantizing the original
+    convert_gguf(src.gguf, float_dir, dtype="float32", progress=progress, provenance=src.provenance)
+    quantize_dir(float_dir, work, int(quantize), progress)
+
+
+def _clean_stale(base: Path, name: str) -> None:
+    """Remove work dirs left by imports that were killed (their process is gone)."""
+    for path in [*base.glob(f".tmp-{name}-*"), *base.glob(f".old-{name}-*")]:
+        pid = path.name.removesuffix("-float").rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _swap_in(work: Path, final: Path, register: Callable[[], None]) -> None:
+    """Replace `final` with `work` by renames and register it; a failed step puts the old one back."""
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    had_old = final.exists()
+    if had_old:
+        os.replace(final, old)
+    try:
+        os.replace(work, final)
+        register()
+    except BaseException:
+        if final.exists() and not work.exists():
+            os.replace(final, work)  # the caller removes the work dir
+        if had_old:
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
