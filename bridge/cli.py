@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -24,8 +26,15 @@ def cli() -> None:
 @click.option("--upstream", help="The real Ollama, e.g. http://127.0.0.1:11435 (env MLX_BRIDGE_UPSTREAM).")
 @click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Log every request and debug details.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Write logs here (rotated at 10 MB) instead of stderr.")
+@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds in-flight requests may run after SIGTERM.")
+@click.option("--demo/--no-demo", default=None,
+              help="Import the offline demo model smollm2:135m on first start (env MLX_BRIDGE_DEMO; "
+                   "default: on unless --mappings/MLX_BRIDGE_MAPPINGS is given).")
 def serve(host: str | None, port: int | None, mappings: str | None, upstream: str | None,
-          home: str | None, verbose: bool | None) -> None:
+          home: str | None, verbose: bool | None, log_file: str | None, grace: float,
+          demo: bool | None) -> None:
     """Run the server in the foreground (gunicorn, one worker process)."""
     from .server import serve as run_server
 
@@ -35,7 +44,11 @@ def serve(host: str | None, port: int | None, mappings: str | None, upstream: st
         Registry(config.mappings_path, config.home)
     except MappingError as exc:
         raise click.ClickException(str(exc)) from None
-    run_server(config)
+    from . import demo as demo_model
+
+    if demo_model.wanted(demo, bool(mappings or os.environ.get("MLX_BRIDGE_MAPPINGS"))):
+        demo_model.start_background_import(config.home)
+    run_server(config, log_file=Path(log_file) if log_file else None, grace=grace)
 
 
 def _register_subcommands() -> None:

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from .config import Config
+from .logfile import ServerLogHandler, rotation_limits
+from .worker import EXIT_MARGIN
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+DEFAULT_GRACE = 30.0
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     """Quiet by default (warnings plus model load/unload); everything with --verbose."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format=LOG_FORMAT)
+    handlers = [ServerLogHandler(log_file, *rotation_limits())] if log_file else None
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format=LOG_FORMAT,
+                        handlers=handlers)
     if not verbose:
         for name in ("bridge.engine", "bridge.server", "bridge.local"):
             logging.getLogger(name).setLevel(logging.INFO)
@@ -25,8 +31,9 @@ def setup_logging(verbose: bool) -> None:
 class BridgeServer(BaseApplication):
     """gunicorn application wrapping `create_app`; the app is built in the worker, after fork."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, grace: float = DEFAULT_GRACE) -> None:
         self.bridge_config = config
+        self.grace = grace
         super().__init__()
 
     def load_config(self) -> None:
@@ -34,10 +41,10 @@ class BridgeServer(BaseApplication):
         settings: dict[str, Any] = {
             "bind": [c.host.bind],
             "workers": 1,  # MLX weights live in-process: more workers would mean more copies
-            "worker_class": "gthread",
+            "worker_class": "bridge.worker.BridgeWorker",  # gthread + refuse-at-once graceful stop
             "threads": c.threads,
             "timeout": 120,  # heartbeat of the worker's main loop, not a per-request limit
-            "graceful_timeout": 30,
+            "graceful_timeout": int(self.grace + EXIT_MARGIN + 0.999),  # gunicorn wants an int
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",
@@ -67,8 +74,8 @@ def _worker_exit(server: Any, worker: Any) -> None:
         app.extensions["bridge"].stop()
 
 
-def serve(config: Config) -> None:
-    """Run in the foreground until SIGTERM/SIGINT."""
-    setup_logging(config.verbose)
+def serve(config: Config, *, log_file: Path | None = None, grace: float = DEFAULT_GRACE) -> None:
+    """Run in the foreground until SIGTERM/SIGINT (SIGTERM drains for `grace` seconds)."""
+    setup_logging(config.verbose, log_file)
     log.warning("mlx-bridge listening on http://%s (mappings=%s)", config.host.bind, config.mappings_path)
-    BridgeServer(config).run()
+    BridgeServer(config, grace).run()
