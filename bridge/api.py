@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from contextlib import closing
+from typing import Any, Protocol
 
 from flask import Blueprint, Response, current_app, g, request
 
-from .dispatch import dispatch, record
+from .dispatch import LocalHandler, dispatch, record
 from .engine import Chunk, Done, Job, PromptSpec
 from .errors import BadRequest, BridgeError, Unsupported
 from .jsonbody import parse_body
 from .local import JobStream, LocalBackend, LocalModel
+from .output import Delta, OutputPlan, plan_output, tables_for
 from .router import Plan
-from .schemas import Common, GenerateRequest, parse_chat, parse_generate
+from .schemas import ChatRequest, Common, GenerateRequest, parse_chat, parse_generate
+from .structured import TokenizerTables
 from .web import json_response, ndjson_stream, rfc3339
 
 bp = Blueprint("api", __name__)
@@ -29,18 +32,25 @@ def generate() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
     req = parse_generate(parse_body(raw, "GenerateRequest"))
+    return dispatch(req.model, "/api/generate", raw, generate_handler(req, started, NativeResponder(req.stream)))
+
+
+def generate_handler(req: GenerateRequest, started: int, responder: Responder) -> LocalHandler:
+    """The MLX side of a generate request (also behind /v1/completions)."""
 
     def local(model: LocalModel, plan: Plan) -> Response:
         if not (req.prompt or req.system or req.template or req.context or req.images):
-            return load_or_unload(req, model, plan, {"response": ""})
+            return responder.loaded(load_or_unload(req, model, plan, {"response": ""}))
         if req.images:
             raise Unsupported(f'"{req.model}" does not support images')
         check_capabilities(req, model)
+        output = plan_output(req.think, model.description.capabilities, None, req.format)
         spec = PromptSpec(prompt=req.prompt, system=req.system, template=req.template, suffix=req.suffix,
-                          raw=req.raw, context=req.context, think=req.think, truncate=req.truncate)
-        return run(req, model, plan, spec, started, GenerateShape(req))
+                          raw=req.raw, context=req.context, think=req.think, truncate=req.truncate,
+                          logits_processor_factory=output.factory(tables()))
+        return run(req, model, plan, spec, started, GenerateShape(req), output, responder)
 
-    return dispatch(req.model, "/api/generate", raw, local)
+    return local
 
 
 @bp.post("/api/chat")
@@ -50,18 +60,29 @@ def chat() -> Response:
     req = parse_chat(parse_body(raw, "ChatRequest"))
     if not req.model:
         raise BadRequest("model is required")
+    return dispatch(req.model, "/api/chat", raw, chat_handler(req, started, NativeResponder(req.stream)))
+
+
+def chat_handler(req: ChatRequest, started: int, responder: Responder) -> LocalHandler:
+    """The MLX side of a chat request (also behind /v1/chat/completions)."""
 
     def local(model: LocalModel, plan: Plan) -> Response:
         if not req.messages:
-            return load_or_unload(req, model, plan, {"message": {"role": "assistant", "content": ""}})
+            return responder.loaded(load_or_unload(req, model, plan, {"message": {"role": "assistant", "content": ""}}))
         if any(m.images for m in req.messages):
             raise Unsupported(f'"{req.model}" does not support images')
         check_capabilities(req, model)
+        output = plan_output(req.think, model.description.capabilities, req.tools, req.format)
         spec = PromptSpec(messages=[m.to_template() for m in req.messages], tools=req.tools or None,
-                          think=req.think, truncate=req.truncate)
-        return run(req, model, plan, spec, started, ChatShape(req))
+                          think=req.think, truncate=req.truncate,
+                          logits_processor_factory=output.factory(tables()))
+        return run(req, model, plan, spec, started, ChatShape(req), output, responder)
 
-    return dispatch(req.model, "/api/chat", raw, local)
+    return local
+
+
+def tables() -> TokenizerTables:
+    return tables_for(current_app.extensions)
 
 
 def check_capabilities(req: Common, model: LocalModel) -> None:
@@ -80,19 +101,19 @@ def make_job(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec | None
                request_id=g.request_id)
 
 
-def load_or_unload(req: Common, model: LocalModel, plan: Plan, body: dict[str, Any]) -> Response:
+def load_or_unload(req: Common, model: LocalModel, plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
     """Empty prompt/messages: load the model, or unload it with keep_alive 0 (one object)."""
     done = None
     for event in local_backend().run(make_job(req, model, plan, None)):
         if isinstance(event, Done):
             done = event
     assert done is not None
-    return json_response({"model": req.model, "created_at": rfc3339(), **body, "done": True,
-                          "done_reason": done.done_reason})
+    return {"model": req.model, "created_at": rfc3339(), **body, "done": True,
+            "done_reason": done.done_reason}
 
 
 def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, started: int,
-        shape: Shape) -> Response:
+        shape: Shape, output: OutputPlan, responder: Responder) -> Response:
     """Submit the job; errors before the first event become an HTTP status, later ones a line."""
     stream = local_backend().run(make_job(req, model, plan, spec))
     events = iter(stream)
@@ -102,9 +123,7 @@ def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, started: i
         stream.close()
         raise
     outcome = Outcome(current_app.extensions["bridge"], req.model, started)
-    if not req.stream:
-        return json_response(collect(first, events, stream, shape, outcome))
-    return ndjson_stream(stream_lines(first, events, stream, shape, outcome))
+    return responder.result(Generation(first, events, stream, shape, outcome, output))
 
 
 class Outcome:
@@ -125,44 +144,82 @@ class Outcome:
                cached_tokens=done.cached_tokens if done else 0)
 
 
-def stream_lines(first: Chunk | Done, events: Iterator[Chunk | Done], stream: JobStream,
-                 shape: Shape, outcome: Outcome) -> Iterator[dict[str, Any]]:
-    done, error = None, "client disconnected"
-    try:
-        event: Chunk | Done = first
-        while True:
-            if isinstance(event, Done):
-                done, error = event, None
-                yield shape.final(event, outcome.started)
-                return
-            if event.text:
-                yield shape.chunk(event.text)
-            event = next(events)
-    except BridgeError as exc:
-        error = exc.message
-        yield {"error": exc.message}
-    finally:
-        stream.close()  # a client that went away cancels its generation
-        outcome.finish(done, error)
+class Generation:
+    """A running local job as native response objects: streamed lines, or one merged object."""
+
+    def __init__(self, first: Chunk | Done, events: Iterator[Chunk | Done], stream: JobStream,
+                 shape: Shape, outcome: Outcome, output: OutputPlan) -> None:
+        self.first, self.events, self.stream = first, events, stream
+        self.shape, self.outcome, self.output = shape, outcome, output
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        """Chunk objects, then the final one; a failure mid-way becomes a last {"error"} line."""
+        try:
+            with closing(self._parsed()) as items:
+                for item in items:
+                    if isinstance(item, Done):
+                        yield self.shape.final(item, self.outcome.started)
+                    else:
+                        yield self.shape.chunk(item)
+        except BridgeError as exc:
+            yield {"error": exc.message}
+
+    def merged(self) -> dict[str, Any]:
+        """The final object holding the whole output (failures raise: an HTTP status)."""
+        total = Delta()
+        with closing(self._parsed()) as items:
+            for item in items:
+                if isinstance(item, Done):
+                    return self.shape.final(item, self.outcome.started, total)
+                total.content += item.content
+                total.thinking += item.thinking
+                total.tool_calls += item.tool_calls
+        raise AssertionError("a job always ends with Done")
+
+    def _parsed(self) -> Iterator[Delta | Done]:
+        parser = self.output.parser()  # after the first event: the engine has filled the probe
+        done, error = None, "client disconnected"
+        try:
+            event: Chunk | Done = self.first
+            while not isinstance(event, Done):
+                delta = parser.feed(event.text)
+                if delta:
+                    yield delta
+                event = next(self.events)
+            tail = parser.flush()
+            if tail:
+                yield tail
+            done, error = event, None
+            yield event
+        except BridgeError as exc:
+            error = exc.message
+            raise
+        finally:
+            self.stream.close()  # a client that went away cancels its generation
+            self.outcome.finish(done, error)
 
 
-def collect(first: Chunk | Done, events: Iterator[Chunk | Done], stream: JobStream,
-            shape: Shape, outcome: Outcome) -> dict[str, Any]:
-    parts: list[str] = []
-    done, error = None, "request failed"
-    try:
-        event: Chunk | Done = first
-        while not isinstance(event, Done):
-            parts.append(event.text)
-            event = next(events)
-        done, error = event, None
-    except BridgeError as exc:
-        error = exc.message
-        raise
-    finally:
-        stream.close()
-        outcome.finish(done, error)
-    return shape.final(event, outcome.started, "".join(parts))
+class Responder(Protocol):
+    """Turns a local generation into the HTTP response of one API flavour."""
+
+    def result(self, generation: Generation) -> Response: ...
+
+    def loaded(self, body: dict[str, Any]) -> Response: ...
+
+
+class NativeResponder:
+    """Ollama's NDJSON stream or one JSON object."""
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+
+    def result(self, generation: Generation) -> Response:
+        if self.stream:
+            return ndjson_stream(generation.lines())
+        return json_response(generation.merged())
+
+    def loaded(self, body: dict[str, Any]) -> Response:
+        return json_response(body)
 
 
 class Shape:
@@ -185,30 +242,45 @@ class Shape:
         }
         return {k: v for k, v in values.items() if v}  # Ollama's omitempty
 
-    def chunk(self, text: str) -> dict[str, Any]:
+    def chunk(self, delta: Delta) -> dict[str, Any]:
         raise NotImplementedError
 
-    def final(self, done: Done, started: int, text: str = "") -> dict[str, Any]:
+    def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
 
 class GenerateShape(Shape):
     req: GenerateRequest
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        return {**self.base(), "response": text, "done": False}
+    def text(self, delta: Delta) -> dict[str, Any]:
+        out = {"response": delta.content}
+        if delta.thinking:
+            out["thinking"] = delta.thinking
+        return out
 
-    def final(self, done: Done, started: int, text: str = "") -> dict[str, Any]:
-        out = {**self.base(), "response": text, "done": True, "done_reason": done.done_reason}
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        return {**self.base(), **self.text(delta), "done": False}
+
+    def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
+        out = {**self.base(), **self.text(total or Delta()), "done": True, "done_reason": done.done_reason}
         if not self.req.raw:
             out["context"] = done.context
         return {**out, **self.metrics(done, started)}
 
 
 class ChatShape(Shape):
-    def chunk(self, text: str) -> dict[str, Any]:
-        return {**self.base(), "message": {"role": "assistant", "content": text}, "done": False}
+    def message(self, delta: Delta) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": delta.content}
+        if delta.thinking:
+            msg["thinking"] = delta.thinking
+        if delta.tool_calls:
+            msg["tool_calls"] = delta.tool_calls
+        return msg
 
-    def final(self, done: Done, started: int, text: str = "") -> dict[str, Any]:
-        return {**self.base(), "message": {"role": "assistant", "content": text}, "done": True,
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        return {**self.base(), "message": self.message(delta), "done": False}
+
+    def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
+        # Ollama keeps done_reason "stop" after tool calls (/v1 turns it into "tool_calls").
+        return {**self.base(), "message": self.message(total or Delta()), "done": True,
                 "done_reason": done.done_reason, **self.metrics(done, started)}

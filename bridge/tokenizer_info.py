@@ -53,11 +53,29 @@ def _pick_template(value: Any) -> str:
 def template_capabilities(template: str) -> list[str]:
     """Ollama capabilities a chat template enables: "tools" and/or "thinking"."""
     found = []
-    if re.search(r"\btools\b", template):
+    if uses_tools(template):
         found.append("tools")
     if "enable_thinking" in template or "<think>" in template:
         found.append("thinking")
     return found
+
+
+def uses_tools(template: str) -> bool:
+    """Does the template read a `tools` variable? (Ollama: does it render `.Tools`.)
+
+    The word alone is not enough: a comment or a sentence may mention tools.
+    >>> uses_tools("{% if tools %}{{ tools | tojson }}{% endif %}"), uses_tools("{# no tools #}hi")
+    (True, False)
+    """
+    if "tools" not in template:
+        return False
+    try:
+        from jinja2 import Environment, meta
+
+        env = Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do"])
+        return "tools" in meta.find_undeclared_variables(env.parse(template))
+    except Exception:  # Jinja dialects we do not parse ({% generation %}...): fall back to the word
+        return bool(re.search(r"\btools\b", template))
 
 
 def default_parameters(
