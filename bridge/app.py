@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from . import admin, api, models_api, proxy_api, web
+from . import admin, api, models_api, openai_api, proxy_api, pull_api, web
 from .config import Config, load_config
 from .engine import Engine
 from .local import LocalBackend
@@ -45,11 +45,13 @@ class Bridge:
 
     def start(self) -> None:
         """Start background threads; called in the serving process after any fork."""
+        self.upstream.stopping.clear()
         self.local.engine.start()
         if self.tracker:
             self.tracker.start()
 
     def stop(self) -> None:
+        self.upstream.stop()  # forwarded streams end with an error line too
         self.local.engine.stop()
         if self.tracker:
             self.tracker.stop()
@@ -63,7 +65,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     config.home.mkdir(parents=True, exist_ok=True)
     registry = Registry(config.mappings_path, config.home)
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
-                              max_queue=config.max_queue)
+                              max_queue=config.max_queue, num_parallel=config.num_parallel)
     app = Flask(__name__)
     bridge = Bridge(config, registry, LocalBackend(registry, engine),
                     upstream=Upstream(config.connect_timeout, config.request_timeout))
@@ -75,6 +77,8 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     web.install(app)
     app.register_blueprint(models_api.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openai_api.bp)
     app.register_blueprint(proxy_api.bp)
+    app.register_blueprint(pull_api.bp)
     app.register_blueprint(admin.bp)
     return app
