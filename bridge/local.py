@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .describe import DescriptionCache, ModelDescription
-from .engine import Chunk, Done, Engine, Failed, Job
+from .engine import Chunk, Done, Embedded, Engine, Failed, Job
 from .errors import BadRequest, BridgeError, EngineError, ModelLoadError, ModelNotFound
 from .names import InvalidModelName, ModelName
 from .registry import MappedModel, Registry, resolve_source, unregister_local_model
@@ -53,7 +53,7 @@ class JobStream:
         engine.submit(job)
         self._done = False
 
-    def __iter__(self) -> Iterator[Chunk | Done]:
+    def __iter__(self) -> Iterator[Chunk | Done | Embedded]:
         while not self._done:
             try:
                 event = self.job.events.get(timeout=_EVENT_TIMEOUT)
@@ -63,7 +63,7 @@ class JobStream:
             if isinstance(event, Failed):
                 self._done = True
                 raise event.error
-            if isinstance(event, Done):
+            if isinstance(event, (Done, Embedded)):  # a job's last event
                 self._done = True
             yield event
 

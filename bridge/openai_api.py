@@ -15,7 +15,8 @@ from flask import Blueprint, Response, request
 
 from .api import Generation, chat_handler, generate_handler
 from .dispatch import dispatch
-from .errors import BadRequest, ModelNotFound, Unsupported
+from .embeddings import openai_body, parse_openai
+from .errors import BadRequest, ModelNotFound
 from .jsonbody import parse_body
 from .local import LocalModel
 from .models_api import served_locally, tag_entry, upstream_models
@@ -81,12 +82,14 @@ def completions() -> Response:
 
 @bp.post("/v1/embeddings")
 def embeddings() -> Response:
-    """Embeddings are not served by the MLX engine yet: `auto` falls back to the upstream."""
+    """Embeddings in OpenAI's shape; MLX models answer from their pooled hidden states."""
     raw = request.get_data()
-    name = require_model(embeddings_check(parse_body(raw, "EmbedRequest")))
+    body = parse_body(raw, "EmbedRequest")
+    name = require_model(embeddings_check(body))
+    req = parse_openai(body)
 
     def local(model: LocalModel, plan: Plan) -> Response:
-        raise Unsupported(f'"{name}" does not support embeddings on the MLX backend yet')
+        return json_response(openai_body(req, model, plan, str(body.get("encoding_format") or "float")))
 
     return dispatch(name, request.path, raw, local)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import time
 
 from flask import Blueprint, Response, current_app, request
 
 from .dispatch import dispatch, forward
+from .embeddings import embed_body, legacy_body, parse_embed, parse_legacy
 from .errors import BadRequest, ModelNotFound
 from .jsonbody import Fields, parse_body
-from .router import Target
+from .local import LocalModel
+from .router import Plan, Target
+from .web import json_response
 
 bp = Blueprint("proxy", __name__)
 
@@ -36,13 +40,15 @@ def model_field(struct: str, *names: str) -> tuple[bytes, str]:
 @bp.post("/api/embed")
 @bp.post("/api/embeddings")
 def embed() -> Response:
-    """Embeddings: MLX models do not serve them yet; `auto` falls back to the upstream."""
-    raw, name = model_field("EmbedRequest", "model")
+    """Embeddings: pooled hidden states for MLX models, the upstream's answer for the rest."""
+    started = time.perf_counter_ns()
+    legacy = request.path == "/api/embeddings"
+    raw, name = model_field("EmbeddingRequest" if legacy else "EmbedRequest", "model")
+    req = (parse_legacy if legacy else parse_embed)(parse_body(raw, "EmbedRequest"))
 
-    def local(model, plan) -> Response:
-        from .errors import Unsupported
-
-        raise Unsupported(f'"{name}" does not support embeddings on the MLX backend yet')
+    def local(model: LocalModel, plan: Plan) -> Response:
+        body = legacy_body(req, model, plan) if legacy else embed_body(req, model, plan, started)
+        return json_response(body)
 
     return dispatch(name, request.path, raw, local)
 

@@ -1,9 +1,9 @@
 """/v1 through real clients (openai, langchain) against real `mlx-bridge serve` processes.
 
 The bridge serves the tiny model and the scripted `think` / `tools` models on MLX; its upstream
-is another bridge process (for /v1 forwarding). For what the MLX engine cannot do (embeddings,
-images), the upstream is a small HTTP server that answers in Ollama's shapes and records what
-reached it: these tests check the bridge's fallback, not a model.
+is another bridge process (for /v1 forwarding). For what the MLX engine cannot do (images) and
+upstream-only models (embeddings), the upstream is a small HTTP server that answers in Ollama's
+shapes and records what reached it: these tests check the bridge's fallback, not a model.
 """
 
 from __future__ import annotations
@@ -209,8 +209,9 @@ def test_embeddings_and_images_fall_back_to_the_upstream(tmp_path, stub_upstream
         assert [d.embedding for d in out.data] == [[0.6, 0.8], [0.6, 0.8]] and out.model == "embed-up"
         assert json.loads(StubUpstream.seen[-1]) == {"model": "embed-up", "input": ["a", "b"],
                                                            "encoding_format": "base64"}
-        auto = client.embeddings.create(model="tiny", input="x")  # MLX cannot: `auto` falls back
-        assert auto.data[0].embedding == [0.6, 0.8]
+        forwarded = len(StubUpstream.seen)
+        auto = client.embeddings.create(model="tiny", input="x")  # MLX embeds it now: no fallback
+        assert len(auto.data[0].embedding) == 64 and len(StubUpstream.seen) == forwarded
         bad = requests.post(url + "/v1/embeddings", json={"model": "tiny", "input": []}, timeout=10)
         assert bad.status_code == 400 and bad.json()["error"]["message"] == "invalid input"
         chat = {"model": "tiny", "stream": False,

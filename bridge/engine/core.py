@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import BridgeError, ClientClosed, ServerBusy, ShuttingDown
 from .batch import BatchRunner
-from .jobs import Done, Failed, Job
+from .embed import embed
+from .jobs import Done, Embedded, Failed, Job
 from .models import FOREVER, LoadedModel, ModelCache
 from .prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from .prompt_cache import DEFAULT_BYTES, PromptCache
@@ -195,6 +196,8 @@ class Engine:
             return True
         if job.spec is None:  # load/unload: never under a running model's feet
             return job.model_path != runner.model_key
+        if job.spec.embed_inputs is not None:
+            return True  # runs to the end within this tick, between two generation steps
         return runner.accepts(job)
 
     def _start(self, job: Job) -> None:
@@ -209,6 +212,9 @@ class Engine:
             return
         loaded.touch(job.model_name, keep_alive)
         loaded.active += 1
+        if job.spec.embed_inputs is not None:
+            self._embed(job, loaded, load_ns)
+            return
         try:
             entry = admit(job, loaded, load_ns)
         except Exception as exc:
@@ -226,6 +232,16 @@ class Engine:
             self._end(Ended(job, loaded, Failed(as_bridge_error(exc))))
             return
         self._publish()
+
+    def _embed(self, job: Job, loaded: LoadedModel, load_ns: int) -> None:
+        """A non-generating job: one forward pass per input, answered with one Embedded event."""
+        try:
+            event: Embedded | Failed = embed(job, loaded, load_ns)
+        except Exception as exc:
+            if not isinstance(exc, BridgeError):
+                log.exception("embedding failed request_id=%s model=%s", job.request_id, job.model_name)
+            event = Failed(as_bridge_error(exc))
+        self._end(Ended(job, loaded, event))
 
     def _new_runner(self, loaded: LoadedModel, job: Job) -> Runner:
         if loaded.batchable and batchable(job):

@@ -28,6 +28,8 @@ class PromptSpec:
     context: list[int] = field(default_factory=list)
     think: bool | str | None = None
     truncate: bool = True
+    # Set for an embedding job: the texts to embed (no template, no generation).
+    embed_inputs: list[str] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an
     # mlx-lm logits processor `(tokens, logits) -> logits`. `tokens` is the whole sequence so
     # far (prompt, then generated), in the batched and the single path alike.
@@ -56,13 +58,22 @@ class Done:
 
 
 @dataclass
+class Embedded:
+    """The result of an embedding job: one raw mean-pooled vector per input, in input order."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int = 0
+    load_duration: int = 0
+
+
+@dataclass
 class Failed:
     """The job failed; `error` is re-raised on the request thread."""
 
     error: BridgeError
 
 
-Event = Chunk | Done | Failed
+Event = Chunk | Done | Embedded | Failed
 
 _ids = itertools.count(1)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import BadRequest, BridgeError, EngineError
 from ..options import Options
-from .jobs import Done, Failed, Job
+from .jobs import Done, Embedded, Failed, Job
 from .models import LoadedModel
 from .prompts import prompt_tokens
 from .sink import TokenSink
@@ -38,7 +38,7 @@ class Ended:
 
     job: Job
     loaded: LoadedModel
-    event: Done | Failed
+    event: Done | Embedded | Failed
 
 
 def batchable(job: Job) -> bool:

@@ -1,0 +1,140 @@
+"""Embeddings on the MLX engine: /api/embed, legacy /api/embeddings and /v1/embeddings.
+
+Served by the real engine on the tiny random-weight model (hidden size 64); vectors are the
+mean-pooled final hidden states, so they are checked for shape, norm and consistency, not meaning.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+
+import ollama
+import openai
+import pytest
+
+HIDDEN = 64
+TEXTS = ["the quick brown fox", "hello", "a much longer sentence about embeddings and vectors"]
+
+
+def norm(vector: list[float]) -> float:
+    return math.sqrt(sum(x * x for x in vector))
+
+
+def embed(client, **body):
+    resp = client.post("/api/embed", json={"model": "tiny", **body})
+    return resp.status_code, resp.get_json()
+
+
+def close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+def test_embed_single_is_normalised_with_metrics(client):
+    status, body = embed(client, input="hello world")
+    assert status == 200 and body["model"] == "tiny"
+    [vector] = body["embeddings"]
+    assert len(vector) == HIDDEN and abs(norm(vector) - 1) < 1e-5
+    assert body["prompt_eval_count"] > 0 and body["total_duration"] >= body["load_duration"] > 0
+
+
+def test_batch_keeps_order_and_equals_single_inputs(client):
+    status, body = embed(client, input=TEXTS)
+    assert status == 200 and len(body["embeddings"]) == len(TEXTS)
+    singles = [embed(client, input=t)[1] for t in TEXTS]
+    for vector, single in zip(body["embeddings"], singles, strict=True):
+        assert close(vector, single["embeddings"][0])
+    assert body["prompt_eval_count"] == sum(s["prompt_eval_count"] for s in singles)
+    assert not close(body["embeddings"][0], body["embeddings"][1])  # different texts, different vectors
+
+
+def test_dimensions_cut_then_renormalise(client):
+    full = embed(client, input="hello")[1]["embeddings"][0]
+    status, body = embed(client, input="hello", dimensions=8)
+    [cut] = body["embeddings"]
+    assert status == 200 and len(cut) == 8 and abs(norm(cut) - 1) < 1e-5
+    scale = norm(full[:8])
+    assert close(cut, [x / scale for x in full[:8]])
+    assert len(embed(client, input="hello", dimensions=10_000)[1]["embeddings"][0]) == HIDDEN
+    status, body = embed(client, input="hello", dimensions=-1)
+    assert status == 400 and "dimensions" in body["error"]
+
+
+def test_truncate(client):
+    long = " ".join(["word"] * 50)
+    status, body = embed(client, input=long, truncate=False, options={"num_ctx": 8})
+    assert status == 400 and body == {"error": "the input length exceeds the context length"}
+    status, body = embed(client, input=long, options={"num_ctx": 8})  # truncate defaults to true
+    assert status == 200 and body["prompt_eval_count"] == 8 and len(body["embeddings"][0]) == HIDDEN
+
+
+@pytest.mark.parametrize("value", [5, {"a": 1}, ["ok", 3], [None], True])
+def test_invalid_input_type(client, value):
+    assert embed(client, input=value) == (400, {"error": "invalid input type"})
+
+
+@pytest.mark.parametrize("body", [{}, {"input": ""}, {"input": []}])
+def test_empty_input_loads_the_model(client, body):
+    status, out = embed(client, **body)
+    assert status == 200 and out == {"model": "tiny", "embeddings": []}
+    assert "tiny:latest" in [m["name"] for m in client.get("/api/ps").get_json()["models"]]
+
+
+def test_legacy_embeddings_are_not_normalised(client):
+    resp = client.post("/api/embeddings", json={"model": "tiny", "prompt": "hello world"})
+    raw = resp.get_json()["embedding"]
+    assert resp.status_code == 200 and len(raw) == HIDDEN and abs(norm(raw) - 1) > 1e-3
+    normalised = embed(client, input="hello world")[1]["embeddings"][0]
+    assert close([x / norm(raw) for x in raw], normalised)
+    empty = client.post("/api/embeddings", json={"model": "tiny", "prompt": ""})
+    assert empty.status_code == 200 and empty.get_json() == {"embedding": []}
+    missing = client.post("/api/embeddings", json={"prompt": "x"})
+    assert missing.status_code == 400 and missing.get_json() == {"error": "model is required"}
+
+
+def test_keep_alive_zero_unloads_after_embedding(client):
+    status, _ = embed(client, input="bye", keep_alive=0)
+    assert status == 200
+    assert "tiny:latest" not in [m["name"] for m in client.get("/api/ps").get_json()["models"]]
+
+
+def test_v1_embeddings_through_the_flask_client(client):
+    resp = client.post("/v1/embeddings", json={"model": "tiny", "input": ["hello", ""]})
+    body = resp.get_json()
+    assert resp.status_code == 200 and body["object"] == "list" and body["model"] == "tiny"
+    assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"]["prompt_tokens"] > 0
+    assert all(abs(norm(d["embedding"]) - 1) < 1e-5 for d in body["data"])
+    b64 = client.post("/v1/embeddings", json={"model": "tiny", "input": "hello", "encoding_format": "base64"})
+    packed = base64.b64decode(b64.get_json()["data"][0]["embedding"])
+    assert close(list(struct.unpack(f"<{HIDDEN}f", packed)), body["data"][0]["embedding"])
+
+
+def test_ollama_python_client(server):
+    c = ollama.Client(host=server)
+    out = c.embed(model="tiny", input=TEXTS[:2])
+    assert len(out.embeddings) == 2 and all(abs(norm(v) - 1) < 1e-5 for v in out.embeddings)
+    single = c.embed(model="tiny", input=TEXTS[1])
+    assert close(list(single.embeddings[0]), list(out.embeddings[1]))
+    legacy = c.embeddings(model="tiny", prompt=TEXTS[1])
+    assert len(legacy.embedding) == HIDDEN
+    assert close([x / norm(legacy.embedding) for x in legacy.embedding], list(single.embeddings[0]))
+
+
+def test_openai_client(server):
+    c = openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0)
+    out = c.embeddings.create(model="tiny", input=TEXTS)  # the client asks for base64 by default
+    floats = c.embeddings.create(model="tiny", input=TEXTS, encoding_format="float")
+    assert [d.index for d in out.data] == [0, 1, 2] and out.usage.prompt_tokens > 0
+    for a, b in zip(out.data, floats.data, strict=True):
+        assert len(a.embedding) == HIDDEN and close(a.embedding, b.embedding)
+    short = c.embeddings.create(model="tiny", input="hello", dimensions=4, encoding_format="float")
+    assert len(short.data[0].embedding) == 4 and abs(norm(short.data[0].embedding) - 1) < 1e-5
+
+
+def test_models_without_a_backbone_are_unsupported():
+    from bridge.engine.embed import backbone
+    from bridge.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="do not support embeddings"):
+        backbone(object())
