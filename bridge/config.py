@@ -25,6 +25,10 @@ from .durations import env_keep_alive
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_IMAGES",
+    "DEFAULT_MAX_MESSAGES",
     "DEFAULT_MAX_LOADED_MODELS",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_NUM_PARALLEL",
@@ -45,6 +49,10 @@ DEFAULT_MAX_QUEUE = 512
 DEFAULT_THREADS = 64
 DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/limits.py); blob uploads exempt
+DEFAULT_MAX_MESSAGES = 10_000
+DEFAULT_MAX_IMAGES = 32  # per request
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # one decoded image
 _TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 _OVERRIDE_SPECIAL = frozenset({"host", "port", "mappings_path", "upstream", "home", "verbose"})
 
@@ -249,6 +257,10 @@ class Config:
     threads: int = DEFAULT_THREADS
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_body: int = DEFAULT_MAX_BODY
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
 
 def _env_str(env: Mapping[str, str], key: str) -> str | None:
@@ -319,6 +331,14 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "models_dir": _path(models) if models else _default_models_dir(),
         "origins": _origins(_env_str(env, "OLLAMA_ORIGINS")),
         "threads": _env_int(env, "MLX_BRIDGE_THREADS", DEFAULT_THREADS, zero_is_default=True),
+        "max_body": _env_int(env, "MLX_BRIDGE_MAX_BODY", DEFAULT_MAX_BODY, zero_is_default=True),
+        "max_messages": _env_int(
+            env, "MLX_BRIDGE_MAX_MESSAGES", DEFAULT_MAX_MESSAGES, zero_is_default=True
+        ),
+        "max_images": _env_int(env, "MLX_BRIDGE_MAX_IMAGES", DEFAULT_MAX_IMAGES),
+        "max_image_bytes": _env_int(
+            env, "MLX_BRIDGE_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, zero_is_default=True
+        ),
     }
 
 

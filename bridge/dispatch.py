@@ -80,18 +80,18 @@ def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, las
     model = plan.name if plan else g.get("model", "")
     # The relay runs after the view returns (no app context): bind what tracking needs now.
     return relay(resp, lambda final, error, first_at: _track_upstream(
-        bridge, model, target, resp.status_code, final, error, started, first_at))
+        bridge, model, target, resp.status_code, final, error, started, first_at), bridge.upstream.stopping)
 
 
 def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
     """Fill an admin row's option defaults into a forwarded body (request values win)."""
     try:
         body = json.loads(raw)
-    except ValueError:
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        body["options"] = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        return json.dumps(body).encode()
+    except (ValueError, RecursionError):  # nested deeper than the stack allows here: as it came
         return raw
-    options = body.get("options") if isinstance(body.get("options"), dict) else {}
-    body["options"] = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    return json.dumps(body).encode()
 
 
 def _track_upstream(bridge: Any, model: str, target: Target, status: int, final: dict | None,
@@ -116,7 +116,8 @@ def record(bridge: Any, model: str, backend: str, endpoint: str | None, *, ok: b
         return
     from .store import RequestRecord
 
-    status = "ok" if ok else ("canceled" if error == "request canceled" else "error")
+    # a client hanging up is not the backend's failure: "canceled", not "error"
+    status = "ok" if ok else ("canceled" if error in ("request canceled", "client disconnected") else "error")
     rec = RequestRecord(model=model, backend=backend, endpoint=endpoint, status=status,
                         prompt_tokens=prompt_tokens, eval_tokens=eval_tokens, ttft_ms=ttft_ms,
                         latency_ms=latency_ms, tokens_per_sec=tokens_per_sec, error=error)

@@ -21,9 +21,14 @@ _BOOL = ("use_mmap", "numa", "low_vram", "penalize_newline", "use_mlock")
 _IGNORED = {"num_keep", "num_batch", "num_gpu", "main_gpu", "num_thread", "typical_p", *_BOOL}
 # Go stores int options in an int64; larger JSON numbers never reach llama.cpp as such.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-# Values Ollama accepts but mlx-lm raises on (a raise inside mlx-lm's compiled samplers also
-# corrupts MLX's global random state): clamped into the range mlx-lm takes, same meaning.
-_FLOAT_RANGES = {"min_p": (0.0, 1.0), "repeat_penalty": (0.0, math.inf)}
+_FLOAT32_MAX = 3.4028234663852886e38  # Go's float32 fields: a larger value would become +Inf
+# Clearly invalid values are a 400 naming the option (Ollama passes them on to llama.cpp, and
+# mlx-lm raises on several of them, which would also corrupt MLX's global random state).
+# Bounds are inclusive; the special values keep their meaning: top_k 0 = off, num_ctx 0 = the
+# model's own, num_predict -1 = no limit and -2 = fill the context, repeat_last_n -1 = num_ctx.
+_FLOAT_RANGES = {"temperature": (0.0, _FLOAT32_MAX), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
+                 "typical_p": (0.0, 1.0), "repeat_penalty": (0.0, _FLOAT32_MAX)}
+_INT_MINIMUMS = {"num_predict": -2, "top_k": 0, "repeat_last_n": -1, "num_ctx": 0}
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,14 @@ def _parse_one(key: str, value: Any) -> Any:
     if key in _FLOAT:
         if not _is_number(value):
             raise BadRequest(f'option "{key}" must be of type float32')
-        low, high = _FLOAT_RANGES.get(key, (-math.inf, math.inf))
-        return min(max(float(value), low), high)
+        return _in_range(key, float(value), _FLOAT_RANGES.get(key, (-_FLOAT32_MAX, _FLOAT32_MAX)))
     if key in _INT:
         if not _is_number(value) or not float(value).is_integer():
             raise BadRequest(f'option "{key}" must be of type integer')
-        number = min(max(int(value), _INT64_MIN), _INT64_MAX)
-        return max(number, 0) if key == "num_ctx" else number  # num_ctx <= 0: the model's own
+        low = _INT_MINIMUMS.get(key, -math.inf)
+        if value < low:
+            raise BadRequest(f'option "{key}" must be at least {low}')
+        return min(max(int(value), _INT64_MIN), _INT64_MAX)  # huge counts mean "no limit" anyway
     if key in _BOOL:
         if not isinstance(value, bool):
             raise BadRequest(f'option "{key}" must be of type boolean')
@@ -90,6 +96,17 @@ def _parse_one(key: str, value: Any) -> Any:
         return _parse_stop(value)
     log.debug("ignoring unknown option key=%s", key)
     return _SKIP
+
+
+def _in_range(key: str, value: float, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    if low <= value <= high:
+        return value
+    if abs(value) > _FLOAT32_MAX:
+        raise BadRequest(f'option "{key}" is out of range for float32')
+    if high >= _FLOAT32_MAX:
+        raise BadRequest(f'option "{key}" must be at least {low:g}')
+    raise BadRequest(f'option "{key}" must be between {low:g} and {high:g}')
 
 
 def _parse_stop(value: Any) -> tuple[str, ...]:

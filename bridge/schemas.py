@@ -8,6 +8,7 @@ from typing import Any
 from .durations import parse_keep_alive
 from .errors import BadRequest
 from .jsonbody import Fields, type_error
+from .limits import check_images, check_messages
 from .options import Options, parse_options
 
 THINK_LEVELS = ("high", "medium", "low", "max")
@@ -115,18 +116,39 @@ def parse_generate(body: dict[str, Any]) -> GenerateRequest:
     )
     if req.raw and (req.template or req.system or req.context):
         raise BadRequest("raw mode does not support template, system, or context")
+    check_images(req.images, "images")
     return req
 
 
 def parse_chat(body: dict[str, Any]) -> ChatRequest:
     """Validate a /api/chat body."""
     f = Fields(body, "ChatRequest")
-    messages = [parse_message(m, i) for i, m in enumerate(f.list("messages", "[]api.Message"))]
+    raw_messages = f.list("messages", "[]api.Message")
+    check_messages(len(raw_messages))
+    messages = [parse_message(m, i) for i, m in enumerate(raw_messages)]
+    images = 0
+    for i, m in enumerate(messages):
+        images = check_images(m.images, f"messages[{i}].images", images)
     tools = f.list("tools", "[]api.Tool")
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise BadRequest(f"invalid tool at index {i}: expected an object")
+        check_tool(tool, i)
     return ChatRequest(**_common(f), messages=messages, tools=tools)
+
+
+def check_tool(tool: Any, index: int) -> None:
+    """A tool's outer shape: {"type": str, "function": {"name": str, "parameters": {...}}}."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    ok = isinstance(tool, dict) and _opt(tool, "type", str) and (fn is None or (
+        isinstance(fn, dict) and _opt(fn, "name", str) and _opt(fn, "description", str)
+        and _opt(fn, "parameters", dict)))
+    if not ok:
+        raise BadRequest(f"invalid tool at index {index}: expected an object like "
+                         '{"type":"function","function":{"name":...,"parameters":{...}}}')
+
+
+def _opt(obj: dict[str, Any], key: str, kind: type) -> bool:
+    """The field is absent, null, or of the given JSON type."""
+    return obj.get(key) is None or isinstance(obj[key], kind)
 
 
 def parse_message(raw: Any, index: int) -> Message:
@@ -139,8 +161,10 @@ def parse_message(raw: Any, index: int) -> Message:
         raise BadRequest(f"invalid role {role!r} in messages[{index}]: must be one of {', '.join(ROLES)}")
     tool_calls = f.list("tool_calls", "[]api.ToolCall")
     for call in tool_calls:
-        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-            raise BadRequest(f"invalid tool_calls in messages[{index}]: expected objects with a function")
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(fn, dict) and _opt(fn, "name", str) and _opt(fn, "arguments", dict)):
+            raise BadRequest(f"invalid tool_calls in messages[{index}]: expected objects with a function "
+                             "(a name and an arguments object)")
     return Message(
         role=role,
         content=f.str("content"),

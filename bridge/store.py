@@ -1,10 +1,11 @@
 """SQLite state: the per-model backend rows (admin API) and the request log (tracking).
 
 One file, `$MLX_BRIDGE_HOME/bridge.db`, in WAL mode: every write is one transaction, so a
-`kill -9` loses at most what was not yet written, never the file. One connection guarded by a
-lock serves every thread. Any sqlite3 failure (locked, corrupt, unreadable) becomes
-`StoreUnavailable` (503) with the path in the message; the server itself keeps running.
-Knows no HTTP.
+`kill -9` loses at most what was not yet written, never the file. Two connections, each guarded
+by a lock, serve every thread: one for writes, one for reads (so a read on the request path never
+queues behind a write that waits for another process's lock; WAL readers are not blocked by a
+writer). Any sqlite3 failure (locked, corrupt, unreadable) becomes `StoreUnavailable` (503) with
+the path in the message; the server itself keeps running. Knows no HTTP.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BACKEND_TYPES = ("mlx", "ollama", "auto")
 DB_FILE = "bridge.db"
+READ_TIMEOUT = 0.25  # seconds a read waits for a lock: WAL readers wait only in rare cases
+LOCKED_RETRY = 5.0  # after an open failed on a lock, seconds before it is tried again
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS backends (
@@ -146,8 +150,11 @@ class Store:
         """Open (or create) the database and its schema; a broken file is reported, not raised."""
         self.path = Path(path)
         self.timeout = timeout  # how long a write waits for another process's lock
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection
+        self._read_lock = threading.RLock()  # the read connection
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._locked: tuple[float, StoreUnavailable] | None = None  # (retry at, error) after a lock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._connection()
@@ -157,23 +164,40 @@ class Store:
     # ---- connection -------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """The shared connection, opened on first use (and re-tried after a failure)."""
-        if self._conn is not None:
-            return self._conn
+        """The write connection (under self._lock), opened on first use, re-tried after a failure."""
+        if self._conn is None:
+            self._conn = self._open(self.timeout, schema=True)
+        return self._conn
+
+    def _read_connection(self) -> sqlite3.Connection:
+        """The read connection (under self._read_lock); the schema is made first."""
+        if self._reader is None:
+            if self._conn is None:
+                with self._lock:
+                    self._connection()
+            self._reader = self._open(min(self.timeout, READ_TIMEOUT), schema=False)
+        return self._reader
+
+    def _open(self, timeout: float, schema: bool) -> sqlite3.Connection:
+        locked = self._locked
+        if locked is not None and time.monotonic() < locked[0]:
+            raise locked[1]  # a lock just timed out: fail at once instead of waiting on every request
+        conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False,
-                                   isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from None
-        try:
+            conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
-            conn.executescript(_SCHEMA)
+            if schema:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+                conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            conn.close()
-            raise self._unavailable(exc) from None
-        self._conn = conn
+            if conn is not None:
+                conn.close()
+            error = self._unavailable(exc)
+            if "locked" in str(exc):
+                self._locked = (time.monotonic() + LOCKED_RETRY, error)
+            raise error from None
+        self._locked = None
         return conn
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
@@ -186,13 +210,13 @@ class Store:
 
     @contextmanager
     def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """The connection under the lock; a write runs in one IMMEDIATE transaction."""
-        with self._lock:
-            conn = self._connection()
+        """A connection under its lock; a write runs in one IMMEDIATE transaction."""
+        with self._lock if write else self._read_lock:
             try:
                 if not write:
-                    yield conn
+                    yield self._read_connection()
                     return
+                conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -207,6 +231,10 @@ class Store:
                 raise self._unavailable(exc) from None
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 from flask import Response
 
-from .errors import UpstreamError
+from .errors import ShuttingDown, UpstreamError
 from .web import dumps
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,9 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._local = threading.local()
+        self.stopping = threading.Event()  # set when the grace period ends: relays stop at the next chunk
+        self._streams: weakref.WeakSet[requests.Response] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
 
     @property
     def session(self) -> requests.Session:
@@ -50,7 +56,7 @@ class Upstream:
         sent = {k: v for k, v in (headers or {}).items() if k.lower() not in HOP_BY_HOP}
         sent["Accept-Encoding"] = "identity"  # relay bytes as they are; no re-compression
         try:
-            return self.session.request(
+            resp = self.session.request(
                 method, url, data=body, headers=sent, stream=True,
                 timeout=(self.connect_timeout, read_timeout or self.read_timeout),
             )
@@ -60,6 +66,20 @@ class Upstream:
             raise UpstreamError(f"upstream Ollama at {base_url} timed out", status=504) from None
         except requests.RequestException as exc:
             raise UpstreamError(f"upstream Ollama at {base_url} failed: {_reason(exc)}") from None
+        with self._streams_lock:
+            self._streams.add(resp)
+        return resp
+
+    def stop(self) -> None:
+        """End the relays: set `stopping` and cut the upstream connections they may be blocked on."""
+        self.stopping.set()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
 
     def get_json(self, base_url: str, path: str) -> dict[str, Any] | None:
         """A small GET for listings; None when the upstream is down or answers garbage."""
@@ -90,27 +110,46 @@ def _reason(exc: Exception) -> str:
 OnFinal = Callable[[dict[str, Any] | None, str | None, float | None], None]
 
 
-def relay(resp: requests.Response, on_final: OnFinal) -> Response:
-    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs last."""
+def relay(resp: requests.Response, on_final: OnFinal, stopping: threading.Event | None = None) -> Response:
+    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs last.
+
+    Once `stopping` is set (the server's grace period is over) the relay ends at the next chunk
+    with a final error line, like the engine's streams, instead of being cut when the worker exits.
+    """
     headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
-    ndjson = "ndjson" in resp.headers.get("Content-Type", "") or "json" in resp.headers.get("Content-Type", "")
-    return Response(_relay_body(resp, ndjson, on_final), status=resp.status_code, headers=headers)
+    content_type = resp.headers.get("Content-Type", "")
+    kind = "sse" if "event-stream" in content_type else "ndjson" if "json" in content_type else None
+    body = _relay_body(resp, kind, on_final, stopping or threading.Event())
+    return Response(body, status=resp.status_code, headers=headers)
 
 
-def _relay_body(resp: requests.Response, ndjson: bool, on_final: OnFinal) -> Iterator[bytes]:
+def _error_tail(kind: str | None, partial: bool, message: str) -> Iterator[bytes]:
+    """The stream's last line for a relay that cannot finish: NDJSON line or SSE error event."""
+    if kind == "ndjson":
+        yield (("\n" if partial else "") + dumps({"error": message}) + "\n").encode()
+    elif kind == "sse":  # the OpenAI shape; the openai SDK raises APIError on it
+        error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        yield (("\n\n" if partial else "") + "data: " + dumps(error) + "\n\n").encode()
+
+
+def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
+                stopping: threading.Event) -> Iterator[bytes]:
     scanner = FinalLineScanner()
     error: str | None = None
     first: float | None = None
     try:
         for chunk in resp.iter_content(chunk_size=None):
+            if stopping.is_set():
+                error = ShuttingDown().message
+                yield from _error_tail(kind, scanner.partial, error)
+                break
             first = first or time.perf_counter()
             scanner.feed(chunk)
             yield chunk
     except requests.RequestException as exc:
-        error = f"upstream connection lost: {_reason(exc)}"
+        error = ShuttingDown().message if stopping.is_set() else f"upstream connection lost: {_reason(exc)}"
         log.warning("upstream stream broken url=%s error=%s", resp.url, exc)
-        if ndjson:
-            yield (("\n" if scanner.partial else "") + dumps({"error": error}) + "\n").encode()
+        yield from _error_tail(kind, scanner.partial, error)
     finally:
         resp.close()
         scanner.close()

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import limits, security
 from .errors import BridgeError
 
 log = logging.getLogger("bridge.http")
@@ -120,6 +121,9 @@ def install(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
     app.before_request(_begin_request)
+    config = app.extensions["bridge"].config
+    security.install(app, config)  # Host check and CORS, before anything reads the body
+    limits.install(app, config)
     app.after_request(_end_request)
 
 

@@ -350,16 +350,87 @@ ACCEPTED = [
     pytest.param(C, {"keep_alive": "-1m", "options": {"num_predict": 2, "stop": "\n\n"}}, id="stop-string"),
     pytest.param(C, {"messages": [{"role": "USER", "content": "hi", "images": None, "tool_call_id": None}]},
                  id="role-case-and-null-fields"),
-    # Ollama accepts these values; mlx-lm raises on them (and used to poison the engine)
-    pytest.param(G, {"options": {**FAST, "min_p": 2, "temperature": 0.9}}, id="min-p-above-1"),
-    pytest.param(C, {"options": {**FAST, "min_p": -1, "temperature": 0.9}}, id="min-p-negative"),
-    pytest.param(G, {"options": {**FAST, "repeat_penalty": -1}}, id="repeat-penalty-negative"),
+    # the edges of each option's range (values past them are 400s, see OUT_OF_RANGE); at these
+    # mlx-lm used to raise (and poison the engine's random state), so they are served with care
+    pytest.param(G, {"options": {**FAST, "min_p": 1, "temperature": 0.9}}, id="min-p-1"),
+    pytest.param(C, {"options": {**FAST, "min_p": 0, "top_p": 0, "top_k": 0, "temperature": 0.9}},
+                 id="zeros-mean-off"),
+    pytest.param(G, {"options": {**FAST, "repeat_penalty": 0, "repeat_last_n": -1}}, id="repeat-penalty-0"),
+    pytest.param(G, {"options": {**FAST, "temperature": 3.4e38, "top_p": 1}}, id="float32-max"),
     pytest.param(G, {"options": {**FAST, "seed": 2**70}}, id="seed-beyond-uint64"),
     pytest.param(G, {"options": {**FAST, "seed": -(2**70)}}, id="seed-very-negative"),
     pytest.param(G, {"options": {"num_predict": 10**30, "num_ctx": 8}}, id="num-predict-huge"),
-    pytest.param(G, {"options": {**FAST, "num_ctx": -5}}, id="num-ctx-negative"),
-    pytest.param(G, {"options": {**FAST, "temperature": 1e39, "top_p": -3}}, id="float32-overflow"),
+    pytest.param(G, {"options": {"num_predict": -2, "num_ctx": 8}}, id="num-predict-fill-context"),
+    pytest.param(G, {"options": {**FAST, "num_ctx": 0}}, id="num-ctx-0-is-the-models"),
 ]
+
+# Ollama passes these on to llama.cpp; they are clearly invalid, so the bridge answers 400.
+OUT_OF_RANGE = [
+    *option_case({"min_p": 2}, 'option "min_p" must be between 0 and 1', id="min-p-above-1"),
+    *option_case({"min_p": -1}, 'option "min_p" must be between 0 and 1', id="min-p-negative"),
+    *option_case({"repeat_penalty": -1}, 'option "repeat_penalty" must be at least 0',
+                 id="repeat-penalty-negative"),
+    *option_case({"num_ctx": -5}, 'option "num_ctx" must be at least 0', id="num-ctx-negative"),
+    *option_case({"temperature": 1e39}, 'option "temperature" is out of range for float32',
+                 id="float32-overflow"),
+    *option_case({"top_p": -3}, 'option "top_p" must be between 0 and 1', id="top-p-negative"),
+    *option_case({"top_p": 1.01}, 'option "top_p" must be between 0 and 1', id="top-p-above-1"),
+    *option_case({"temperature": -0.1}, 'option "temperature" must be at least 0', id="temperature-negative"),
+    *option_case({"top_k": -1}, 'option "top_k" must be at least 0', id="top-k-negative"),
+    *option_case({"num_predict": -3}, 'option "num_predict" must be at least -2', id="num-predict-below-2"),
+    *option_case({"repeat_last_n": -2}, 'option "repeat_last_n" must be at least -1', id="repeat-last-n"),
+    *option_case({"typical_p": 2}, 'option "typical_p" must be between 0 and 1', id="typical-p"),
+    *option_case({"presence_penalty": -1e39}, 'option "presence_penalty" is out of range for float32',
+                 id="presence-penalty-overflow"),
+]
+
+TOOL_SHAPE = "invalid tool at index 0"
+MALFORMED = [
+    *[case("POST", C, body_for(C, tools=tools), 400, contains=TOOL_SHAPE, id=f"chat-tools-{i}")
+      for i, tools in enumerate([[{"function": "x"}], [{"function": {"name": 5}}], [{"type": 3}],
+                                 [{"function": {"name": "f", "parameters": "x"}}], [None], [[]]])],
+    *[case("POST", C, body_for(C, messages=[{"role": "assistant", "content": "", "tool_calls": calls},
+                                            {"role": "user", "content": "x"}]), 400,
+           contains="invalid tool_calls in messages[0]", id=f"chat-tool-calls-{i}")
+      for i, calls in enumerate([[{"function": {"name": "f", "arguments": "{}"}}],
+                                 [{"function": {"name": 3, "arguments": {}}}], [{"function": None}], ["f"]])],
+]
+OPENAI_MALFORMED = [
+    pytest.param({"temperature": -1}, 'option "temperature" must be at least 0', id="temperature"),
+    pytest.param({"top_p": 2}, 'option "top_p" must be between 0 and 1', id="top-p"),
+    pytest.param({"max_tokens": -1}, "invalid max_tokens: -1 (must be at least 0)", id="max-tokens"),
+    pytest.param({"messages": [{"role": "tool", "content": "x", "tool_call_id": [1]}]},
+                 "invalid tool_call_id in message at index 0: expected a string", id="tool-call-id-list"),
+    pytest.param({"messages": [{"role": "tool", "content": "x", "name": 5}]},
+                 "invalid name in message at index 0: expected a string", id="tool-name-number"),
+    pytest.param({"messages": [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "1", "function": {"name": "f", "arguments": "[" * 5000}}]}]},
+        "invalid tool call arguments in message at index 0", id="tool-arguments-too-deep"),
+    pytest.param({"tools": [{"type": "function", "function": {"name": ["f"]}}]}, None, id="tools"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "text", "contains", "content_type"), MALFORMED)
+def test_malformed_tools(client, method, path, body, status, text, contains, content_type):
+    resp = send(client, method, path, body, content_type)
+    assert resp.status_code == 400 and contains in error_of(resp)
+
+
+@pytest.mark.parametrize(("fields", "text"), OPENAI_MALFORMED)
+def test_malformed_openai_bodies_get_the_openai_shape(client, fields, text):
+    body = {"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}], **fields}
+    resp = client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400, resp.get_data()[:300]
+    err = resp.get_json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    if text is not None:
+        assert err["message"] == text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "text", "contains", "content_type"), OUT_OF_RANGE)
+def test_out_of_range_options(client, method, path, body, status, text, contains, content_type):
+    resp = send(client, method, path, body, content_type)
+    assert (resp.status_code, error_of(resp)) == (400, text)
 
 
 @pytest.mark.parametrize(("path", "fields"), ACCEPTED)

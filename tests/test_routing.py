@@ -123,8 +123,9 @@ def test_tags_and_ps_merge_local_and_upstream(bridge):
 def test_status_of_upstream_errors_is_preserved(bridge):
     resp = generate(bridge, "nobody-has-this")
     assert resp.status_code == 404 and resp.json()["error"] == "model 'nobody-has-this' not found"
-    embed = requests.post(bridge + "/api/embed", json={"model": "up-only", "input": "x"}, timeout=10)
-    assert embed.status_code == 400 and "embeddings" in embed.json()["error"]
+    too_long = {"model": "up-only", "input": "x " * 40, "truncate": False, "options": {"num_ctx": 4}}
+    embed = requests.post(bridge + "/api/embed", json=too_long, timeout=10)  # the upstream's 400
+    assert embed.status_code == 400 and embed.json() == {"error": "the input length exceeds the context length"}
 
 
 def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_dir):
@@ -244,3 +245,11 @@ def test_admin_writes_need_the_token(bridge):
     assert resp.status_code == 401
     lookup = requests.get(bridge + "/api/llm-backends/model/shared", timeout=10)
     assert lookup.status_code == 200
+
+
+def test_pull_of_an_upstream_model_is_forwarded(bridge, upstream):
+    with requests.post(bridge + "/api/pull", json={"model": "up-only"}, stream=True, timeout=30) as resp:
+        lines = [json.loads(line) for line in resp.iter_lines() if line]
+    assert resp.status_code == 200 and lines[-1] == {"status": "success"}
+    missing = requests.post(bridge + "/api/pull", json={"name": "nobody-has-this", "stream": False}, timeout=30)
+    assert missing.status_code == 404 and "not found" in missing.json()["error"]
