@@ -9,8 +9,6 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import load_config
-from .registry import MappingError, Registry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,14 +34,10 @@ def serve(host: str | None, port: int | None, mappings: str | None, upstream: st
           home: str | None, verbose: bool | None, log_file: str | None, grace: float,
           demo: bool | None) -> None:
     """Run the server in the foreground (gunicorn, one worker process)."""
+    from .cli_service import validated_config
     from .server import serve as run_server
 
-    config = load_config(host=host, port=port, mappings_path=mappings, upstream=upstream,
-                         home=home, verbose=verbose)
-    try:
-        Registry(config.mappings_path, config.home)
-    except MappingError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = validated_config(host, port, mappings, upstream, home, verbose)
     from . import demo as demo_model
 
     if demo_model.wanted(demo, bool(mappings or os.environ.get("MLX_BRIDGE_MAPPINGS"))):

@@ -43,8 +43,9 @@ def server_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _config(host: str | None, port: int | None, mappings: str | None, upstream: str | None,
-            home: str | None, verbose: bool | None, demo: bool | None = None) -> Config:
+def validated_config(host: str | None, port: int | None, mappings: str | None, upstream: str | None,
+                     home: str | None, verbose: bool | None, demo: bool | None = None) -> Config:
+    """serve's options as a Config, the mapping file checked (a clear CLI error if broken)."""
     config = load_config(host=host, port=port, mappings_path=mappings, upstream=upstream,
                          home=home, verbose=verbose)
     try:
@@ -76,7 +77,7 @@ def register(cli: click.Group) -> None:
               help="Seconds to wait for the server to become ready.")
 def start(wait: float, grace: float | None, **opts: Any) -> None:
     """Start the server in the background (PID file and log in the state dir)."""
-    config = _config(**opts)
+    config = validated_config(**opts)
     _start(config, DEFAULT_GRACE if grace is None else grace, wait, None, opts)
 
 
@@ -142,7 +143,7 @@ def stop(model: str | None, home: str | None, timeout: float | None) -> None:
               help="Seconds to wait for the server to become ready.")
 def restart(wait: float, grace: float | None, **opts: Any) -> None:
     """Stop, then start again: with the previous settings unless options are given."""
-    config = _config(**opts)
+    config = validated_config(**opts)
     paths = ServicePaths(config.home)
     previous = service.lookup(paths).state
     fresh = grace is not None or any(v is not None for k, v in opts.items() if k != "home")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from . import doctor as doctor_checks
-from .cli_service import _config, server_options
+from .cli_service import server_options, validated_config
 from .config import load_config
 from .server import DEFAULT_GRACE
 from .service import ServiceError
@@ -21,7 +21,7 @@ from .units import Installer, build_spec
 @click.option("--dry-run", is_flag=True, help="Print the unit file and the commands; change nothing.")
 def install_service(dry_run: bool, grace: float | None, **opts: Any) -> None:
     """Run the bridge at login: a LaunchAgent on macOS, a systemd user unit on Linux."""
-    config = _config(**opts)
+    config = validated_config(**opts)
     given = bool(opts.get("mappings") or os.environ.get("MLX_BRIDGE_MAPPINGS"))
     spec = build_spec(config, DEFAULT_GRACE if grace is None else grace, mappings_given=given,
                       demo=opts.get("demo"))
