@@ -25,7 +25,8 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "content-length", "host", "content-encoding",
 }
-LISTING_TIMEOUT = (1.0, 3.0)  # /api/tags and /api/ps must answer even when the upstream hangs
+LISTING_TIMEOUT = (1.0, 3.0)
+HEALTH_TIMEOUT = (0.5, 0.5)  # /api/tags and /api/ps must answer even when the upstream hangs
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -94,7 +95,8 @@ class Upstream:
 
     def reachable(self, base_url: str) -> bool:
         try:
-            return self.session.get(base_url.rstrip("/") + "/api/version", timeout=LISTING_TIMEOUT).ok
+            # /health must stay fast even when the upstream accepts connections but never answers.
+            return self.session.get(base_url.rstrip("/") + "/api/version", timeout=HEALTH_TIMEOUT).ok
         except requests.RequestException:
             return False
 

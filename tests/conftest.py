@@ -91,7 +91,7 @@ def start_server(args: list[str], env: dict[str, str] | None = None, port: int |
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
             raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
         try:
-            if requests.get(url + "/health", timeout=1).json()["engine"]["state"] == "running":
+            if requests.get(url + "/health", timeout=5).json()["engine"]["state"] == "running":
                 return proc, url
         except (requests.RequestException, ValueError, KeyError):
             pass
