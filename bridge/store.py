@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS backends (
     max_tokens INTEGER,
     temperature_default REAL,
     timeout_seconds REAL,
+    api_key_env TEXT,
     description TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -78,6 +79,8 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model_key, backend, endpoint);
 CREATE INDEX IF NOT EXISTS requests_by_ts ON requests (ts);
 """
+# Columns added after the first release: (table, column, type), added to older files on open.
+_ADDED_COLUMNS = (("backends", "api_key_env", "TEXT"),)
 
 
 def now_rfc3339() -> str:
@@ -112,6 +115,7 @@ class BackendRow:
     max_tokens: int | None
     temperature_default: float | None
     timeout_seconds: float | None
+    api_key_env: str | None  # names the environment variable with the endpoint's key (never the key)
     description: str
     created_at: str  # RFC3339 UTC
     updated_at: str
@@ -196,6 +200,7 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
                 conn.executescript(_SCHEMA)
+                _add_columns(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -395,6 +400,18 @@ def _clip(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[: limit - 1] + "\u2026"
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an older version up to the current schema (idempotent)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _writable(values: Mapping[str, Any]) -> dict[str, Any]:
