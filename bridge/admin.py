@@ -20,6 +20,7 @@ from .jsonbody import parse_body
 from .metrics import CONTENT_TYPE
 from .names import InvalidModelName, ModelName
 from .store import BackendRow, Store
+from .upstream import redact_url
 from .web import json_response, rfc3339
 
 bp = Blueprint("admin", __name__)
@@ -71,8 +72,8 @@ def _fresh() -> None:
 
 
 def row_json(row: BackendRow, store: Store) -> dict[str, Any]:
-    """A row with its read-only stats."""
-    return {**row.to_dict(), **store.stats(row).to_dict()}
+    """A row with its read-only stats (a URL's `user:pass@`, from a file older than the check, masked)."""
+    return {**row.to_dict(), "endpoint_url": redact_url(row.endpoint_url), **store.stats(row).to_dict()}
 
 
 def _row_id(raw: str) -> int:
@@ -139,7 +140,7 @@ def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
         source, backend, mlx_model, endpoint = "default", "ollama", None, None
     if backend != "mlx" and endpoint is None:
         endpoint = bridge.upstream_url
-    return {"source": source, "backend_type": backend, "endpoint_url": endpoint,
+    return {"source": source, "backend_type": backend, "endpoint_url": redact_url(endpoint),
             "mlx_model": mlx_model, "id": rows[0].id if rows else None}
 
 

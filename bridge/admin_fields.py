@@ -25,6 +25,10 @@ READ_ONLY_FIELDS = (*READ_ONLY, *BackendStats.__dataclass_fields__)
 REQUIRED = ("model_name", "backend_type")
 MAX_INT = 1_000_000_000  # keeps every integer well inside SQLite's 64-bit range
 _REPO_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A row may only send keys set aside for upstreams, never another secret of the server's
+# environment (the admin token, a cloud credential) to the endpoint it names.
+KEY_ENV_PREFIX = "MLX_BRIDGE_KEY_"
+_KEY_ENV_RE = re.compile(re.escape(KEY_ENV_PREFIX) + r"[A-Z0-9_]{1,100}")
 
 Check = Callable[[str, Any], Any]
 
@@ -51,6 +55,9 @@ def _backend_type(name: str, value: Any) -> str:
 def _url(name: str, value: Any) -> str:
     if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
         raise _fail(name, "must be an http:// or https:// URL")
+    if "@" in value:  # user:password@ would be stored, shown and logged: never echoed back either
+        raise _fail(name, "must not contain credentials (user:password@); put the key in an "
+                          f"environment variable {KEY_ENV_PREFIX}<NAME> and name it in api_key_env")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -61,6 +68,13 @@ def _url(name: str, value: Any) -> str:
     if parts.query or parts.fragment:
         raise _fail(name, "must be a base URL without query or fragment")
     return value.rstrip("/")
+
+
+def _key_env(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _KEY_ENV_RE.fullmatch(value):
+        raise _fail(name, f"must name an environment variable {KEY_ENV_PREFIX}<NAME> (upper case, "
+                          "digits, _) holding the endpoint's key; the key itself is never stored")
+    return value
 
 
 def _mlx_model(name: str, value: Any) -> str:
@@ -104,7 +118,8 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-NULLABLE = ("endpoint_url", "mlx_model", "max_tokens", "temperature_default", "timeout_seconds")
+NULLABLE = ("endpoint_url", "mlx_model", "max_tokens", "temperature_default", "timeout_seconds",
+            "api_key_env")
 CHECKS: dict[str, Check] = {
     "model_name": _model_name,
     "backend_type": _backend_type,
@@ -115,6 +130,7 @@ CHECKS: dict[str, Check] = {
     "max_tokens": _int(1),
     "temperature_default": _number(positive=False),
     "timeout_seconds": _number(positive=True),
+    "api_key_env": _key_env,
     "description": _text,
 }
 assert set(CHECKS) == set(WRITABLE)

@@ -107,3 +107,11 @@ class ShuttingDown(BridgeError):
 
     def __init__(self, message: str = "server is shutting down") -> None:
         super().__init__(message)
+
+
+class UpstreamNotRunning(NotFound):
+    """A name nothing here serves while the upstream Ollama refuses connections: Ollama's 404.
+
+    Not a 502: the OpenAI SDK retries 5xx answers, and clients that pull a model on a 404
+    (`ollama run`) would never try.
+    """

@@ -13,6 +13,7 @@ from .errors import BadRequest, ModelNotFound
 from .jsonbody import Fields, parse_body
 from .local import LocalBackend, LocalModel
 from .names import InvalidModelName, ModelName
+from .upstream import redact_url
 from .web import json_response, rfc3339
 
 bp = Blueprint("models", __name__)
@@ -184,6 +185,8 @@ def health() -> Response:
     engine = bridge.local.engine
     loaded = [{"model": i.name, "size": i.size, "expires_at": rfc3339(i.expires_at), "active": i.active}
               for i in engine.snapshot()]
+    url = bridge.upstream_url
+    problem = bridge.upstream.probe(url) if url else None
     return json_response({
         "status": "ok" if engine.alive else "degraded",
         "version": __version__,
@@ -191,8 +194,18 @@ def health() -> Response:
         "loaded_models": loaded,
         "backends": {
             "mlx": {"available": engine.alive, "device": engine.device},
-            "ollama": {"upstream": bridge.upstream_url,
-                       "reachable": bool(bridge.upstream_url) and bridge.upstream.reachable(bridge.upstream_url),
+            "ollama": {"upstream": redact_url(url), "reachable": bool(url) and problem is None,
+                       "error": upstream_problem(url, problem),
                        "endpoints": bridge.router.breaker.snapshot()},
         },
     })
+
+
+def upstream_problem(url: str | None, problem: str | None) -> str | None:
+    """Why the default upstream does not answer, and what clients see meanwhile."""
+    if not url or problem is None:
+        return None
+    if problem == "connection refused":
+        return (f"upstream Ollama at {redact_url(url)} is not running (connection refused): models "
+                "the bridge does not serve answer 404 not found")
+    return f"upstream Ollama at {redact_url(url)} is not reachable: {problem}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -12,6 +13,7 @@ from .embeddings import embed_body, legacy_body, parse_embed, parse_legacy
 from .errors import BadRequest, ModelNotFound
 from .jsonbody import Fields, parse_body
 from .local import LocalModel
+from .names import InvalidModelName, ModelName
 from .router import Plan, Target
 from .web import json_response
 
@@ -64,6 +66,12 @@ def model_write() -> Response:
 @bp.post("/api/copy")
 def copy() -> Response:
     raw, name = model_field("CopyRequest", "source")
+    destination = Fields(parse_body(raw, "CopyRequest"), "CopyRequest").str("destination")
+    for field, value in (("source", name), ("destination", destination)):
+        try:  # both names, before anything is forwarded (Ollama's texts)
+            ModelName.parse(value)
+        except InvalidModelName:
+            raise BadRequest(f"{field} {json.dumps(value)} is invalid") from None
     return dispatch(name, "/api/copy", raw, None)
 
 

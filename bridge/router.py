@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import Registry
+from .upstream import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ class Target:
     endpoint: str | None = None
     source: str | None = None  # an admin row's mlx_model overriding the mapping
     timeout: float | None = None
+    api_key_env: str | None = None  # the environment variable holding this endpoint's key
 
     @property
     def label(self) -> str:
-        return self.backend if self.backend == "mlx" else f"ollama@{self.endpoint}"
+        return self.backend if self.backend == "mlx" else f"ollama@{redact_url(self.endpoint)}"
 
 
 @dataclass
@@ -71,7 +73,8 @@ class Breaker:
             state.failures += 1
             state.open_until = time.time() + self.cooldown
             state.last_error = error
-        log.warning("endpoint marked down endpoint=%s cooldown_s=%.0f error=%r", endpoint, self.cooldown, error)
+        log.warning("endpoint marked down endpoint=%s cooldown_s=%.0f error=%r", redact_url(endpoint),
+                    self.cooldown, error)
 
     def success(self, endpoint: str) -> None:
         with self._lock:
@@ -82,8 +85,9 @@ class Breaker:
         now = time.time()
         with self._lock:
             return {
-                url: {"state": "open" if s.open_until > now else "closed", "failures": s.failures,
-                      "retry_in_s": max(0.0, round(s.open_until - now, 1)), "last_error": s.last_error}
+                str(redact_url(url)): {
+                    "state": "open" if s.open_until > now else "closed", "failures": s.failures,
+                    "retry_in_s": max(0.0, round(s.open_until - now, 1)), "last_error": s.last_error}
                 for url, s in self._states.items()
             }
 
@@ -123,7 +127,8 @@ class Router:
         targets: list[Target] = []
         for row in rows:
             endpoint = row.endpoint_url or self.default_upstream()
-            for t in self._targets(row.backend_type, endpoint, row.mlx_model, row.timeout_seconds):
+            for t in self._targets(row.backend_type, endpoint, row.mlx_model, row.timeout_seconds,
+                                   row.api_key_env):
                 if t not in targets:
                     targets.append(t)
         first = rows[0]
@@ -133,9 +138,9 @@ class Router:
 
     @staticmethod
     def _targets(policy: str, endpoint: str | None, source: str | None = None,
-                 timeout: float | None = None) -> list[Target]:
+                 timeout: float | None = None, api_key_env: str | None = None) -> list[Target]:
         mlx = Target("mlx", source=source)
-        upstream = [Target("ollama", endpoint=endpoint, timeout=timeout)] if endpoint else []
+        upstream = [Target("ollama", endpoint, timeout=timeout, api_key_env=api_key_env)] if endpoint else []
         if policy == "mlx":
             return [mlx]
         if policy == "auto":

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 BACKEND_TYPES = ("mlx", "ollama", "auto")
 DB_FILE = "bridge.db"
 READ_TIMEOUT = 0.25  # seconds a read waits for a lock: WAL readers wait only in rare cases
+# Stored field sizes of the request log, so it grows by rows, not by what a request carried:
+# longer than any valid model name (host 350 + namespace 80 + model 80 + tag 80), a short error.
+MAX_MODEL_CHARS = 600
+MAX_ERROR_CHARS = 500
+MAX_ENDPOINT_CHARS = 2048
+PRUNE_CHUNK = 20_000  # request records deleted per transaction
 LOCKED_RETRY = 5.0  # after an open failed on a lock, seconds before it is tried again
 
 _SCHEMA = """
@@ -45,6 +51,7 @@ CREATE TABLE IF NOT EXISTS backends (
     max_tokens INTEGER,
     temperature_default REAL,
     timeout_seconds REAL,
+    api_key_env TEXT,
     description TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -72,6 +79,8 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model_key, backend, endpoint);
 CREATE INDEX IF NOT EXISTS requests_by_ts ON requests (ts);
 """
+# Columns added after the first release: (table, column, type), added to older files on open.
+_ADDED_COLUMNS = (("backends", "api_key_env", "TEXT"),)
 
 
 def now_rfc3339() -> str:
@@ -106,6 +115,7 @@ class BackendRow:
     max_tokens: int | None
     temperature_default: float | None
     timeout_seconds: float | None
+    api_key_env: str | None  # names the environment variable with the endpoint's key (never the key)
     description: str
     created_at: str  # RFC3339 UTC
     updated_at: str
@@ -190,6 +200,7 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
                 conn.executescript(_SCHEMA)
+                _add_columns(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -229,6 +240,24 @@ class Store:
                                f"endpoint_url already exists ({exc})") from None
             except sqlite3.Error as exc:
                 raise self._unavailable(exc) from None
+
+    @contextmanager
+    def _report_db(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own for a full scan (stats, comparisons), closed afterwards.
+
+        Not the shared read connection: routing reads the backend rows on every request through
+        that one, and must never queue behind a scan of the whole request log.
+        """
+        if self._conn is None:
+            with self._lock:
+                self._connection()
+        conn = self._open(min(self.timeout, READ_TIMEOUT), schema=False)
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._read_lock:
@@ -328,9 +357,10 @@ class Store:
 
     def record_many(self, recs: Iterable[RequestRecord]) -> None:
         """Append request records in one transaction."""
-        rows = [(r.ts, r.model, model_key(r.model), r.backend, norm_endpoint(r.endpoint), r.status,
+        rows = [(r.ts, _clip(r.model, MAX_MODEL_CHARS), _clip(model_key(r.model), MAX_MODEL_CHARS),
+                 r.backend, _clip(norm_endpoint(r.endpoint), MAX_ENDPOINT_CHARS), r.status,
                  r.prompt_tokens, r.eval_tokens, r.cached_tokens, r.ttft_ms, r.latency_ms,
-                 r.tokens_per_sec, r.error, r.fallback_from) for r in recs]
+                 r.tokens_per_sec, _clip(r.error, MAX_ERROR_CHARS), r.fallback_from) for r in recs]
         with self._db(write=True) as conn:
             conn.executemany(
                 "INSERT INTO requests (ts, model, model_key, backend, endpoint, status, "
@@ -338,20 +368,50 @@ class Store:
                 "error, fallback_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def prune(self, keep: int) -> int:
-        """Keep only the newest `keep` request records; returns how many were removed."""
-        with self._db(write=True) as conn:
-            return conn.execute("DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
-                                (keep,)).rowcount
+        """Keep only the newest `keep` request records; returns how many were removed.
+
+        Deletes in chunks, one transaction each, so a big backlog (a file from a version that
+        kept more) never holds the write lock for long.
+        """
+        removed = 0
+        while True:
+            with self._db(write=True) as conn:
+                n = conn.execute(
+                    "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE id <= "
+                    "(SELECT MAX(id) FROM requests) - ? ORDER BY id LIMIT ?)",
+                    (keep, PRUNE_CHUNK)).rowcount
+            removed += n
+            if n < PRUNE_CHUNK:
+                return removed
 
     def stats(self, row: BackendRow) -> BackendStats:
         """Totals and averages of the request records that this row's traffic produced."""
-        with self._db() as conn:
+        with self._report_db() as conn:
             return backend_stats(conn, row.model_name, row.backend_type, row.endpoint_url)
 
     def comparison(self, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Per model, per backend and endpoint: counts, error rate, latency percentiles, speed."""
-        with self._db() as conn:
+        with self._report_db() as conn:
             return comparison(conn, model_key(model) if model else None, since)
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    """At most `limit` characters (an ellipsis marks a cut)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "\u2026"
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an older version up to the current schema (idempotent)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _writable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from .store import RequestRecord, Store
 log = logging.getLogger(__name__)
 
 BATCH = 256
-KEEP_RECORDS = 1_000_000  # the request log keeps this many newest records
+KEEP_RECORDS = 200_000  # the request log keeps this many newest records (a few tens of MB)
 _PRUNE_EVERY = 1000  # records written between prunes
 
 
@@ -45,7 +45,7 @@ class Tracker:
         self._queue: queue.Queue[object] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one drainer at a time (writer thread or a flush())
-        self._since_prune = 0
+        self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
         self._last_drop_log = 0.0
 
     # ---- called from request threads --------------------------------------------------------
@@ -153,7 +153,7 @@ class Tracker:
             self.store.record_many(batch)
             self._since_prune += len(batch)
             if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = 0
+                self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
                 self.store.prune(self.keep_records)
         except StoreUnavailable as exc:  # the request already succeeded; losing its record is the lesser harm
             log.error("request records not stored count=%d error=%r", len(batch), exc.message)

@@ -11,6 +11,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from flask import Response
@@ -20,17 +21,44 @@ from .web import dumps
 
 log = logging.getLogger(__name__)
 
-# RFC 7230 hop-by-hop headers, plus the ones the WSGI server recomputes.
-HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "content-length", "host", "content-encoding",
-}
+# The only client headers an upstream sees: what it needs to parse the body and answer in kind.
+# Authorization, Cookie, X-Api-Key and the rest are the client's business with the bridge; an
+# endpoint that needs credentials gets them from the row's `api_key_env`, never from the client.
+FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
+# The only upstream response headers relayed back (Set-Cookie, Location, WWW-Authenticate stay there).
+RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
 LISTING_TIMEOUT = (1.0, 3.0)
 HEALTH_TIMEOUT = (0.5, 0.5)  # /api/tags and /api/ps must answer even when the upstream hangs
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The upstream could not be reached at all (connect failure): safe to try elsewhere."""
+    """The upstream could not be reached at all (connect failure): safe to try elsewhere.
+
+    `refused` is True when nothing listens there (connection refused), as opposed to a timeout
+    or a name that does not resolve: the upstream Ollama is not running.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL as it may be shown (health, errors, logs, the request log): `user:pass@` removed.
+
+    >>> redact_url("http://me:secret@10.0.0.5:11434/x")
+    'http://***@10.0.0.5:11434/x'
+    >>> redact_url("http://127.0.0.1:11435")
+    'http://127.0.0.1:11435'
+    """
+    if not url or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class Upstream:
@@ -51,22 +79,32 @@ class Upstream:
         return self._local.session
 
     def open(self, base_url: str, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None, read_timeout: float | None = None) -> requests.Response:
-        """Send a request and return the streaming response (status untouched)."""
+             headers: dict[str, str] | None = None, read_timeout: float | None = None,
+             api_key: str | None = None) -> requests.Response:
+        """Send a request and return the streaming response (status untouched, never redirected).
+
+        Only FORWARDED_HEADERS of `headers` are sent; `api_key` (from configuration) becomes
+        `Authorization: Bearer`.
+        """
         url = base_url.rstrip("/") + path
-        sent = {k: v for k, v in (headers or {}).items() if k.lower() not in HOP_BY_HOP}
+        shown = redact_url(base_url)
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
         sent["Accept-Encoding"] = "identity"  # relay bytes as they are; no re-compression
+        if api_key:
+            sent["Authorization"] = f"Bearer {api_key}"
         try:
             resp = self.session.request(
-                method, url, data=body, headers=sent, stream=True,
+                method, url, data=body, headers=sent, stream=True, allow_redirects=False,
                 timeout=(self.connect_timeout, read_timeout or self.read_timeout),
             )
         except requests.ConnectionError as exc:
-            raise UpstreamUnavailable(f"upstream Ollama at {base_url} is not reachable: {_reason(exc)}") from None
+            reason = _reason(exc)
+            raise UpstreamUnavailable(f"upstream Ollama at {shown} is not reachable: {reason}",
+                                      refused=reason == "connection refused") from None
         except requests.Timeout:
-            raise UpstreamError(f"upstream Ollama at {base_url} timed out", status=504) from None
+            raise UpstreamError(f"upstream Ollama at {shown} timed out", status=504) from None
         except requests.RequestException as exc:
-            raise UpstreamError(f"upstream Ollama at {base_url} failed: {_reason(exc)}") from None
+            raise UpstreamError(f"upstream Ollama at {shown} failed: {_reason(exc)}") from None
         with self._streams_lock:
             self._streams.add(resp)
         return resp
@@ -85,20 +123,29 @@ class Upstream:
     def get_json(self, base_url: str, path: str) -> dict[str, Any] | None:
         """A small GET for listings; None when the upstream is down or answers garbage."""
         try:
-            resp = self.session.get(base_url.rstrip("/") + path, timeout=LISTING_TIMEOUT)
-            resp.raise_for_status()
+            resp = self.session.get(base_url.rstrip("/") + path, timeout=LISTING_TIMEOUT,
+                                    allow_redirects=False)
+            if resp.status_code != 200:
+                raise requests.HTTPError(f"HTTP {resp.status_code}")
             data = resp.json()
         except (requests.RequestException, ValueError) as exc:
-            log.debug("upstream listing failed url=%s path=%s error=%s", base_url, path, exc)
+            log.debug("upstream listing failed url=%s path=%s error=%s", redact_url(base_url), path,
+                      _reason(exc))
             return None
         return data if isinstance(data, dict) else None
 
-    def reachable(self, base_url: str) -> bool:
+    def probe(self, base_url: str) -> str | None:
+        """None when the upstream answers /api/version, else why not ("connection refused", ...)."""
         try:
             # /health must stay fast even when the upstream accepts connections but never answers.
-            return self.session.get(base_url.rstrip("/") + "/api/version", timeout=HEALTH_TIMEOUT).ok
-        except requests.RequestException:
-            return False
+            resp = self.session.get(base_url.rstrip("/") + "/api/version", timeout=HEALTH_TIMEOUT,
+                                    allow_redirects=False)
+        except requests.RequestException as exc:
+            return _reason(exc)
+        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+    def reachable(self, base_url: str) -> bool:
+        return self.probe(base_url) is None
 
 
 def _reason(exc: Exception) -> str:
@@ -118,7 +165,7 @@ def relay(resp: requests.Response, on_final: OnFinal, stopping: threading.Event 
     Once `stopping` is set (the server's grace period is over) the relay ends at the next chunk
     with a final error line, like the engine's streams, instead of being cut when the worker exits.
     """
-    headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
+    headers = [(k, v) for k, v in resp.headers.items() if k.lower() in RELAYED_HEADERS]
     content_type = resp.headers.get("Content-Type", "")
     kind = "sse" if "event-stream" in content_type else "ndjson" if "json" in content_type else None
     body = _relay_body(resp, kind, on_final, stopping or threading.Event())
@@ -150,7 +197,7 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
             yield chunk
     except requests.RequestException as exc:
         error = ShuttingDown().message if stopping.is_set() else f"upstream connection lost: {_reason(exc)}"
-        log.warning("upstream stream broken url=%s error=%s", resp.url, exc)
+        log.warning("upstream stream broken url=%s error=%s", redact_url(resp.url), _reason(exc))
         yield from _error_tail(kind, scanner.partial, error)
     finally:
         resp.close()

@@ -148,7 +148,8 @@ def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_d
         assert ok.status_code == 200 and ok.json()["done"]
         started = time.time()
         down = generate(br_url, "slow")
-        assert down.status_code == 502 and "not reachable" in down.json()["error"]
+        # nothing listens there now (connection refused): an unknown name here, Ollama's 404
+        assert down.status_code == 404 and "is not running (connection refused)" in down.json()["error"]
         assert time.time() - started < 10, "upstream down must not hang"
         tags = requests.get(br_url + "/api/tags", timeout=10).json()["models"]
         assert [m["name"] for m in tags] == ["tiny:latest"]

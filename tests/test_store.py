@@ -261,3 +261,21 @@ def test_tracker_prunes_old_records(store: Store, monkeypatch: pytest.MonkeyPatc
         tracker.record(rec())
     tracker.flush()
     assert store.comparison()[0]["backends"][0]["requests"] == 5
+
+
+def test_a_file_from_before_api_key_env_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    with sqlite3.connect(path) as conn:  # the backends table as the first release made it
+        conn.execute("CREATE TABLE backends (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT NOT NULL, "
+                     "model_key TEXT NOT NULL, backend_type TEXT NOT NULL, endpoint_url TEXT, mlx_model TEXT, "
+                     "enabled INTEGER NOT NULL DEFAULT 1, priority INTEGER NOT NULL DEFAULT 0, "
+                     "max_tokens INTEGER, temperature_default REAL, timeout_seconds REAL, "
+                     "description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, updated_at TEXT NOT NULL)")
+        conn.execute("INSERT INTO backends (model_name, model_key, backend_type, endpoint_url, created_at, "
+                     "updated_at) VALUES ('m:latest', 'm:latest', 'ollama', 'http://h:1', 't', 't')")
+    store = Store(path)
+    [row] = store.rows_for_model("m")
+    assert (row.endpoint_url, row.api_key_env) == ("http://h:1", None)
+    assert store.update(row.id, {"api_key_env": "MLX_BRIDGE_KEY_H"}).api_key_env == "MLX_BRIDGE_KEY_H"
+    store.close()
+    assert Store(path).rows_for_model("m")[0].api_key_env == "MLX_BRIDGE_KEY_H"  # opened again: no-op
