@@ -29,6 +29,10 @@ _FLOAT32_MAX = 3.4028234663852886e38  # Go's float32 fields: a larger value woul
 _FLOAT_RANGES = {"temperature": (0.0, _FLOAT32_MAX), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
                  "typical_p": (0.0, 1.0), "repeat_penalty": (0.0, _FLOAT32_MAX)}
 _INT_MINIMUMS = {"num_predict": -2, "top_k": 0, "repeat_last_n": -1, "num_ctx": 0}
+# Stop strings are matched against every generated character on the engine thread, and text that
+# may start one is held back from the client: bound both (Ollama sets no limit; OpenAI allows 4).
+MAX_STOPS = 32
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,17 @@ def _in_range(key: str, value: float, bounds: tuple[float, float]) -> float:
 
 def _parse_stop(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,) if value else ()
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(v for v in value if v)
-    raise BadRequest('option "stop" must be of type array of strings')
+        value = [value]
+    elif not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise BadRequest('option "stop" must be of type array of strings')
+    for i, stop in enumerate(value):
+        if len(stop) > MAX_STOP_CHARS:
+            raise BadRequest(f'option "stop": string {i} is {len(stop)} characters long; '
+                             f"at most {MAX_STOP_CHARS} are allowed")
+    stops = tuple(v for v in value if v)
+    if len(stops) > MAX_STOPS:
+        raise BadRequest(f'option "stop" has {len(stops)} strings; at most {MAX_STOPS} are allowed')
+    return stops
 
 
 def _is_number(value: Any) -> bool:
