@@ -54,6 +54,13 @@ class Options:
     num_ctx: int = 0
     explicit: frozenset[str] = field(default_factory=frozenset)
 
+    def context(self, trained: int) -> int:
+        """The context window in tokens: num_ctx (0 = the model's own), at most the trained one.
+
+        Ollama clamps a larger num_ctx to the model's training context the same way.
+        """
+        return min(self.num_ctx, trained) if self.num_ctx > 0 else trained
+
     def merged(self, defaults: dict[str, Any]) -> Options:
         """Fill options the request did not set from per-model defaults (already validated)."""
         names = {f.name for f in fields(self)}
