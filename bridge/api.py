@@ -18,7 +18,7 @@ from .output import Delta, OutputPlan, plan_output, tables_for
 from .router import Plan
 from .schemas import ChatRequest, Common, GenerateRequest, parse_chat, parse_generate
 from .structured import TokenizerTables
-from .web import json_response, ndjson_stream, rfc3339
+from .web import client_gone_probe, json_response, ndjson_stream, rfc3339
 
 bp = Blueprint("api", __name__)
 
@@ -115,7 +115,9 @@ def load_or_unload(req: Common, model: LocalModel, plan: Plan, body: dict[str, A
 def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, started: int,
         shape: Shape, output: OutputPlan, responder: Responder) -> Response:
     """Submit the job; errors before the first event become an HTTP status, later ones a line."""
-    stream = local_backend().run(make_job(req, model, plan, spec))
+    backend, job = local_backend(), make_job(req, model, plan, spec)
+    backend.tokenize(model, job)  # here, not on the engine thread: a huge prompt stalls no one
+    stream = backend.run(job, client_gone_probe())  # a hang-up cancels the job, streamed or not
     events = iter(stream)
     try:
         first = next(events)  # raises here (-> status code) if the job fails before any output

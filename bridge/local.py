@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .describe import DescriptionCache, ModelDescription
 from .engine import Chunk, Done, Embedded, Engine, Failed, Job
-from .errors import BadRequest, BridgeError, EngineError, ModelLoadError, ModelNotFound
+from .errors import (
+    BadRequest,
+    BridgeError,
+    ClientClosed,
+    EngineError,
+    ModelLoadError,
+    ModelNotFound,
+)
 from .names import InvalidModelName, ModelName
+from .prompting import PromptTokenizers
 from .registry import MappedModel, Registry, resolve_source, unregister_local_model
 
 log = logging.getLogger(__name__)
@@ -20,6 +28,8 @@ log = logging.getLogger(__name__)
 PULL_HINT = ", try pulling it first"
 # A job that makes no progress for this long is reported as failed rather than hanging the client.
 _EVENT_TIMEOUT = 600.0
+# How often a request thread waiting for its job checks that the client is still connected.
+_CLIENT_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -46,26 +56,45 @@ def override_source(entry: MappedModel | None, name: str, source: str) -> Mapped
 
 
 class JobStream:
-    """Iterates the events of one submitted job; closing it cancels the job."""
+    """Iterates the events of one submitted job; closing it cancels the job.
 
-    def __init__(self, engine: Engine, job: Job) -> None:
+    `client_gone` (bridge.web.client_gone_probe) is asked every quarter second while no event
+    comes: a client that hung up cancels its job even when nothing is being written to it (a
+    non-streamed answer, a long prompt being prefilled, a queue wait).
+    """
+
+    def __init__(self, engine: Engine, job: Job,
+                 client_gone: Callable[[], bool] | None = None) -> None:
         self.job = job
+        self.client_gone = client_gone
         engine.submit(job)
         self._done = False
 
     def __iter__(self) -> Iterator[Chunk | Done | Embedded]:
         while not self._done:
-            try:
-                event = self.job.events.get(timeout=_EVENT_TIMEOUT)
-            except queue.Empty:
-                self.close()
-                raise EngineError("the MLX engine stopped responding") from None
+            event = self._next()
             if isinstance(event, Failed):
                 self._done = True
                 raise event.error
             if isinstance(event, (Done, Embedded)):  # a job's last event
                 self._done = True
             yield event
+
+    def _next(self) -> Chunk | Done | Embedded | Failed:
+        poll = _EVENT_TIMEOUT if self.client_gone is None else _CLIENT_POLL
+        waited = 0.0
+        while True:
+            try:
+                return self.job.events.get(timeout=poll)
+            except queue.Empty:
+                waited += poll
+            if self.client_gone is not None and self.client_gone():
+                self.close()
+                log.info("client disconnected, job canceled request_id=%s", self.job.request_id)
+                raise ClientClosed("client disconnected")
+            if waited >= _EVENT_TIMEOUT:
+                self.close()
+                raise EngineError("the MLX engine stopped responding")
 
     def close(self) -> None:
         if not self._done:
@@ -80,6 +109,7 @@ class LocalBackend:
         self.registry = registry
         self.engine = engine
         self.descriptions = DescriptionCache()
+        self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1)
 
     def find(self, name: str, source: str | None = None) -> LocalModel | None:
         """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or None."""
@@ -118,8 +148,17 @@ class LocalBackend:
                 log.warning("skipping unreadable model name=%s path=%s error=%s", entry.name, path, exc)
         return found
 
-    def run(self, job: Job) -> JobStream:
-        return JobStream(self.engine, job)
+    def run(self, job: Job, client_gone: Callable[[], bool] | None = None) -> JobStream:
+        return JobStream(self.engine, job, client_gone)
+
+    def tokenize(self, model: LocalModel, job: Job) -> None:
+        """Render and tokenize a generation job's prompt here, on the request thread, so that the
+        engine thread never spends time on it (bridge/prompting.py)."""
+        spec = job.spec
+        if spec is None or spec.embed_inputs is not None or spec.tokens is not None:
+            return
+        context = job.options.context(model.description.context_length)
+        spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
 
     def unload(self, model: LocalModel) -> None:
         """Unload through the engine (waits for it)."""
@@ -143,4 +182,5 @@ class LocalBackend:
         if model.entry.origin == "local":  # imported or pulled: forget the name too
             unregister_local_model(self.registry.home, model.entry.name)
         self.descriptions.clear()
+        self.tokenizers.clear()
         log.info("model deleted model=%s path=%s", model.entry.name, model.path)

@@ -29,6 +29,10 @@ _FLOAT32_MAX = 3.4028234663852886e38  # Go's float32 fields: a larger value woul
 _FLOAT_RANGES = {"temperature": (0.0, _FLOAT32_MAX), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
                  "typical_p": (0.0, 1.0), "repeat_penalty": (0.0, _FLOAT32_MAX)}
 _INT_MINIMUMS = {"num_predict": -2, "top_k": 0, "repeat_last_n": -1, "num_ctx": 0}
+# Stop strings are matched against every generated character on the engine thread, and text that
+# may start one is held back from the client: bound both (Ollama sets no limit; OpenAI allows 4).
+MAX_STOPS = 32
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class Options:
     frequency_penalty: float = 0.0
     num_ctx: int = 0
     explicit: frozenset[str] = field(default_factory=frozenset)
+
+    def context(self, trained: int) -> int:
+        """The context window in tokens: num_ctx (0 = the model's own), at most the trained one.
+
+        Ollama clamps a larger num_ctx to the model's training context the same way.
+        """
+        return min(self.num_ctx, trained) if self.num_ctx > 0 else trained
 
     def merged(self, defaults: dict[str, Any]) -> Options:
         """Fill options the request did not set from per-model defaults (already validated)."""
@@ -111,10 +122,17 @@ def _in_range(key: str, value: float, bounds: tuple[float, float]) -> float:
 
 def _parse_stop(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,) if value else ()
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(v for v in value if v)
-    raise BadRequest('option "stop" must be of type array of strings')
+        value = [value]
+    elif not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise BadRequest('option "stop" must be of type array of strings')
+    for i, stop in enumerate(value):
+        if len(stop) > MAX_STOP_CHARS:
+            raise BadRequest(f'option "stop": string {i} is {len(stop)} characters long; '
+                             f"at most {MAX_STOP_CHARS} are allowed")
+    stops = tuple(v for v in value if v)
+    if len(stops) > MAX_STOPS:
+        raise BadRequest(f'option "stop" has {len(stops)} strings; at most {MAX_STOPS} are allowed')
+    return stops
 
 
 def _is_number(value: Any) -> bool:

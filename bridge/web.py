@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
+import ssl
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -125,6 +128,33 @@ def install(app: Flask) -> None:
     security.install(app, config)  # Host check and CORS, before anything reads the body
     limits.install(app, config)
     app.after_request(_end_request)
+
+
+def client_gone_probe() -> Callable[[], bool] | None:
+    """A check whether this request's client has hung up, to call while it waits for its answer.
+
+    gunicorn (`gunicorn.socket`) and werkzeug's dev server (`werkzeug.socket`) put the client's
+    socket in the WSGI environ; elsewhere (the Flask test client, TLS) there is no probe (None)
+    and a hang-up is noticed only when the response is written.
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return None
+    return lambda: peer_closed(sock)
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True once the peer has closed the connection (EOF) or reset it. Never consumes data: a
+    pipelined next request stays in the socket. Like Go's net/http, which Ollama runs on, an EOF
+    counts as a hang-up even if the client may only have closed its sending side."""
+    try:
+        poller = select.poll()  # poll, not select: no limit on the descriptor number
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed
+        return True
 
 
 def iter_close(it: Iterator[Any]) -> None:

@@ -38,6 +38,14 @@ def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base", chat_template="")
 
 
+@pytest.fixture(scope="session")
+def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained (nominally) on 128k tokens: num_ctx is clamped to a model's trained
+    context, so generations meant to outlast something (a grace period, a hang-up) need it."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-long",
+                            max_position_embeddings=1 << 17)
+
+
 def write_mappings(path: Path, models: dict[str, dict], upstream: str | None = None) -> Path:
     import yaml
 

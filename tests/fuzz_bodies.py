@@ -72,7 +72,7 @@ def options(draw: st.DrawFn) -> Any:
         opts["num_predict"] = draw(SMALL_PREDICT)
     if isinstance(opts.get("num_ctx"), int | float) and not isinstance(opts["num_ctx"], bool) \
             and opts["num_ctx"] > 4096:
-        opts["num_ctx"] = 4096  # larger windows only cost time here (the engine does not cap it)
+        opts["num_ctx"] = 4096  # (the engine clamps it to the model's 2048 anyway)
     return opts
 
 

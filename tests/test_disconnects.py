@@ -32,9 +32,10 @@ BODIES = {
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_model_dir):
+def served(tmp_path_factory, long_model_dir):
     root = tmp_path_factory.mktemp("disconnects")
-    mappings = write_mappings(root / "m.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
+    # 128k context: num_ctx 8192 is not clamped, so 5000 tokens really are seconds of work
+    mappings = write_mappings(root / "m.yaml", {"tiny": {"mlx": str(long_model_dir)}})
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"), "--upstream", "none"])
     yield url, worker_pid(proc.pid)
     stop_server(proc)

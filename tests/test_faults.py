@@ -53,7 +53,8 @@ def upstream(tmp_path_factory):
     """Another bridge process as the upstream Ollama: healthy copies of the names."""
     root = tmp_path_factory.mktemp("fault-up")
     other = str(build_tiny_model(root / "other", seed=5))
-    talkative = str(build_tiny_model(root / "slow"))  # writes a line per token: notices a disconnect
+    # writes a line per token (notices a disconnect); 128k context: 50000 tokens are not clamped
+    talkative = str(build_tiny_model(root / "slow", max_position_embeddings=1 << 17))
     mappings = write_mappings(root / "m.yaml", {"auto-corrupt": {"mlx": other}, "slow": {"mlx": talkative}})
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"), "--upstream", "none"])
     yield url

@@ -7,14 +7,23 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from bridge.service import ServicePaths, pid_alive
 
+from .conftest import write_mappings
 from .service_util import clean_env, free_port, started
 
 # Greedy decoding of the tiny model does not meet its end token for thousands of tokens.
 LONG = {"temperature": 0, "num_ctx": 60000}
+
+
+@pytest.fixture(scope="module")
+def long_mappings(tmp_path_factory, long_model_dir):
+    """`tiny` with a 128k context: num_ctx 60000 is not clamped to 2048 tokens."""
+    root = tmp_path_factory.mktemp("shutdown")
+    return write_mappings(root / "m.yaml", {"tiny": {"mlx": str(long_model_dir)}})
 
 
 def _stream(url: str, num_predict: int) -> tuple[requests.Response, object]:
@@ -44,10 +53,10 @@ def _sigterm_sent(pid: int, url: str, timeout: float = 15) -> None:
     raise AssertionError("the server kept accepting connections after stop")
 
 
-def test_stop_lets_a_running_stream_finish(tmp_path, mappings_file):
+def test_stop_lets_a_running_stream_finish(tmp_path, long_mappings):
     home = tmp_path / "home"
     env = clean_env(home)
-    with started(home, mappings_file, free_port()) as url:
+    with started(home, long_mappings, free_port()) as url:
         pid = int(ServicePaths(home).pid_file.read_text())
         response, lines = _stream(url, 1200)
         stopper = _stop(env)
@@ -63,10 +72,10 @@ def test_stop_lets_a_running_stream_finish(tmp_path, mappings_file):
         assert not pid_alive(pid)
 
 
-def test_stop_after_the_grace_period_ends_the_stream_with_an_error_line(tmp_path, mappings_file):
+def test_stop_after_the_grace_period_ends_the_stream_with_an_error_line(tmp_path, long_mappings):
     home = tmp_path / "home"
     env = clean_env(home)
-    with started(home, mappings_file, free_port(), "--grace", "1") as url:
+    with started(home, long_mappings, free_port(), "--grace", "1") as url:
         pid = int(ServicePaths(home).pid_file.read_text())
         response, lines = _stream(url, 50000)
         began = time.monotonic()

@@ -41,7 +41,7 @@ def embed(job: Job, loaded: LoadedModel, load_ns: int) -> Embedded:
 
     assert job.spec is not None and job.spec.embed_inputs is not None
     net = backbone(loaded.model)
-    context = job.options.num_ctx if job.options.num_ctx > 0 else loaded.context_length
+    context = job.options.context(loaded.context_length)
     batch = [input_tokens(loaded.tokenizer, t, context, job.spec.truncate) for t in job.spec.embed_inputs]
     started = time.perf_counter_ns()
     vectors: list[list[float]] = []

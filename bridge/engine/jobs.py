@@ -28,6 +28,8 @@ class PromptSpec:
     context: list[int] = field(default_factory=list)
     think: bool | str | None = None
     truncate: bool = True
+    # The prompt already rendered and tokenized on the request thread; None: the engine does it.
+    tokens: list[int] | None = None
     # Set for an embedding job: the texts to embed (no template, no generation).
     embed_inputs: list[str] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an

@@ -49,8 +49,12 @@ def batchable(job: Job) -> bool:
 def admit(job: Job, loaded: LoadedModel, load_ns: int) -> Entry:
     """Render and fit the prompt and build the per-job sampling pieces (raises BridgeError)."""
     assert job.spec is not None
-    context = job.options.num_ctx or loaded.context_length
-    tokens = prompt_tokens(loaded.tokenizer, job.spec)
+    context = job.options.context(loaded.context_length)
+    # Normally rendered and tokenized by the request thread (bridge/prompting.py), so that a
+    # huge prompt never stalls this thread; the engine does it when that was not possible.
+    tokens = job.spec.tokens
+    if tokens is None:
+        tokens = prompt_tokens(loaded.tokenizer, job.spec)
     if not tokens:
         raise BadRequest("the prompt is empty after templating")
     tokens, limit = fit_context(tokens, job.options, context, job.spec.truncate)

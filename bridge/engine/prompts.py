@@ -9,15 +9,24 @@ from ..gotemplate import render
 from .jobs import PromptSpec
 
 
-def prompt_tokens(tokenizer: Any, spec: PromptSpec) -> list[int]:
-    """Render and tokenize the prompt for one job (the request's `context` first)."""
+def prompt_tokens(tokenizer: Any, spec: PromptSpec, max_chars: int | None = None) -> list[int]:
+    """Render and tokenize the prompt for one job (the request's `context` first).
+
+    `max_chars`: keep only that many characters at the end of the rendered text. The caller
+    makes it large enough to hold more tokens than the context window, so the window is filled
+    (or found too small) just the same, while an oversized prompt costs no more to tokenize.
+    """
     if spec.messages is not None:
         text = chat_text(tokenizer, spec.messages, spec.tools, spec.think)
-        return encode(tokenizer, text)
+        return encode(tokenizer, _tail(text, max_chars))
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in spec.context):
         raise BadRequest(f"context contains token ids outside this model's vocabulary (0..{vocab - 1})")
-    return list(spec.context) + encode(tokenizer, generate_text(tokenizer, spec))
+    return list(spec.context) + encode(tokenizer, _tail(generate_text(tokenizer, spec), max_chars))
+
+
+def _tail(text: str, max_chars: int | None) -> str:
+    return text[len(text) - max_chars:] if max_chars is not None and len(text) > max_chars else text
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -28,7 +28,7 @@ class TokenSink:
         self.emit = emit
         self.prompt = prompt
         self.max_tokens = max_tokens
-        self.stop = stop
+        self.stops = StopScanner(stop)
         self.load_duration = load_duration
         self.cached_tokens = cached_tokens
         self.tokens: list[int] = []
@@ -57,13 +57,13 @@ class TokenSink:
     def _push(self, text: str) -> bool:
         """Append text, emit what cannot be the start of a stop string; True if a stop hit."""
         self.pending += text
-        for stop in self.stop:
-            idx = self.pending.find(stop)
-            if idx >= 0:
-                self.pending = self.pending[:idx]
-                self._flush()
-                return self.finish("stop", flush=False)
-        keep = _longest_stop_prefix(self.pending, self.stop)
+        hit = self.stops.feed(text)
+        if hit is not None:
+            after, length = hit  # the stop string ends `after` characters before text's end
+            self.pending = self.pending[: len(self.pending) - after - length]
+            self._flush()
+            return self.finish("stop", flush=False)
+        keep = self.stops.partial  # a suffix that may still grow into a stop string
         if len(self.pending) > keep:
             self.emit(Chunk(self.pending[: len(self.pending) - keep]))
             self.pending = self.pending[len(self.pending) - keep:]
@@ -101,12 +101,55 @@ class TokenSink:
         )
 
 
-def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
+class StopScanner:
+    """Finds stop strings in streamed text, one Knuth-Morris-Pratt automaton per stop string.
+
+    Each automaton's state is the length of the longest prefix of its stop string that the text
+    seen so far ends with, so the output is never scanned again: the work per token is
+    O(number of stops x length of the token's text), whatever the length of the output.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(stop for stop in stops if stop)
+        self.failure = [_failure(stop) for stop in self.stops]
+        self.states = [0] * len(self.stops)
+
+    @property
+    def partial(self) -> int:
+        """Length of the longest suffix of the text so far that is a proper prefix of a stop."""
+        return max(self.states, default=0)
+
+    def feed(self, text: str) -> tuple[int, int] | None:
+        """Advance over `text`; on the first completed stop string, (characters of `text` after
+        the match, the stop's length), else None."""
+        hit: tuple[int, int] | None = None
+        for i, stop in enumerate(self.stops):
+            state = self.states[i]
+            if state == 0 and stop[0] not in text:
+                continue  # the common case, in C: this token cannot touch this stop string
+            fail = self.failure[i]
+            for pos, char in enumerate(text):
+                while state and stop[state] != char:
+                    state = fail[state - 1]
+                if stop[state] == char:
+                    state += 1
+                if state == len(stop):
+                    # the match that ends first wins; of two ending together, the longer
+                    found = (len(text) - pos - 1, len(stop))
+                    hit = found if hit is None else max(hit, found)
+                    break
+            self.states[i] = state
+        return hit
+
+
+def _failure(stop: str) -> list[int]:
+    """KMP failure function: for each prefix length n, the longest proper border of stop[:n]."""
+    table = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = table[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        table[i] = k
+    return table
