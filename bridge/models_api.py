@@ -184,10 +184,13 @@ def health() -> Response:
     engine = bridge.local.engine
     loaded = [{"model": i.name, "size": i.size, "expires_at": rfc3339(i.expires_at), "active": i.active}
               for i in engine.snapshot()]
+    state = engine.health()
+    if state["last_crash"]:  # what happened: the error, and when (restarting or failed for good)
+        state["last_crash"]["at"] = rfc3339(state["last_crash"]["at"])
     return json_response({
         "status": "ok" if engine.alive else "degraded",
         "version": __version__,
-        "engine": engine.health(),
+        "engine": state,
         "loaded_models": loaded,
         "backends": {
             "mlx": {"available": engine.alive, "device": engine.device},
