@@ -65,7 +65,8 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     config.home.mkdir(parents=True, exist_ok=True)
     registry = Registry(config.mappings_path, config.home)
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
-                              max_queue=config.max_queue, num_parallel=config.num_parallel)
+                              max_queue=config.max_queue, num_parallel=config.num_parallel,
+                              max_embed_tokens=config.max_embed_tokens)
     app = Flask(__name__)
     bridge = Bridge(config, registry, LocalBackend(registry, engine),
                     upstream=Upstream(config.connect_timeout, config.request_timeout))

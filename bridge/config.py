@@ -26,6 +26,8 @@ from .durations import env_keep_alive
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_EMBED_INPUTS",
+    "DEFAULT_MAX_EMBED_TOKENS",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGES",
     "DEFAULT_MAX_MESSAGES",
@@ -53,6 +55,8 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/limits.py); blob
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_IMAGES = 32  # per request
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # one decoded image
+DEFAULT_MAX_EMBED_INPUTS = 2048  # per embedding request (OpenAI's cap too)
+DEFAULT_MAX_EMBED_TOKENS = 300_000  # per embedding request, after truncation (OpenAI's cap)
 _TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 _OVERRIDE_SPECIAL = frozenset({"host", "port", "mappings_path", "upstream", "home", "verbose"})
 
@@ -261,6 +265,8 @@ class Config:
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_images: int = DEFAULT_MAX_IMAGES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_embed_inputs: int = DEFAULT_MAX_EMBED_INPUTS
+    max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS
 
 
 def _env_str(env: Mapping[str, str], key: str) -> str | None:
@@ -338,6 +344,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "max_images": _env_int(env, "MLX_BRIDGE_MAX_IMAGES", DEFAULT_MAX_IMAGES),
         "max_image_bytes": _env_int(
             env, "MLX_BRIDGE_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, zero_is_default=True
+        ),
+        "max_embed_inputs": _env_int(
+            env, "MLX_BRIDGE_MAX_EMBED_INPUTS", DEFAULT_MAX_EMBED_INPUTS, zero_is_default=True
+        ),
+        "max_embed_tokens": _env_int(
+            env, "MLX_BRIDGE_MAX_EMBED_TOKENS", DEFAULT_MAX_EMBED_TOKENS, zero_is_default=True
         ),
     }
 

@@ -15,6 +15,7 @@ from .durations import parse_keep_alive
 from .engine import Done, Embedded, Job, PromptSpec
 from .errors import BadRequest
 from .jsonbody import Fields
+from .limits import check_embed_inputs
 from .local import LocalModel
 from .options import Options, parse_options
 from .router import Plan
@@ -88,6 +89,7 @@ def shaped(vector: list[float], dimensions: int) -> list[float]:
 
 def run(req: EmbedRequest, model: LocalModel, plan: Plan) -> Embedded | Done:
     """Submit the job (a plain load when there is no input) and wait for its one result."""
+    check_embed_inputs(len(req.inputs))  # here: an upstream answers by its own rules
     spec = PromptSpec(embed_inputs=req.inputs, truncate=req.truncate) if req.inputs else None
     keep_alive = req.keep_alive if req.keep_alive is not None else model.entry.keep_alive
     options = req.options.merged(plan.defaults).merged(model.entry.options)

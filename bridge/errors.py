@@ -82,6 +82,15 @@ class ModelLoadError(EngineError):
     """The weights could not be loaded (missing, corrupt, unsupported architecture)."""
 
 
+class EngineUnavailable(EngineError):
+    """The MLX engine is restarting after a crash, or could not be restarted (503).
+
+    An EngineError, so an `auto` model falls back to its upstream meanwhile.
+    """
+
+    status = 503
+
+
 class UpstreamError(BridgeError):
     """The upstream Ollama is unreachable or failed (502)."""
 

@@ -16,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .config import (
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_EMBED_INPUTS,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_MESSAGES,
@@ -39,10 +40,12 @@ class Limits:
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_images: int = DEFAULT_MAX_IMAGES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_embed_inputs: int = DEFAULT_MAX_EMBED_INPUTS
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
-        return cls(config.max_body, config.max_messages, config.max_images, config.max_image_bytes)
+        return cls(config.max_body, config.max_messages, config.max_images, config.max_image_bytes,
+                   config.max_embed_inputs)
 
 
 def active() -> Limits:
@@ -58,6 +61,14 @@ def check_messages(count: int) -> None:
     cap = active().max_messages
     if count > cap:
         raise BadRequest(f"too many messages: {count} (the limit is {cap}; MLX_BRIDGE_MAX_MESSAGES)")
+
+
+def check_embed_inputs(count: int) -> None:
+    """Inputs of one embedding request the MLX engine computes (the token cap is the engine's)."""
+    cap = active().max_embed_inputs
+    if count > cap:
+        raise BadRequest(f"too many inputs: {count} (the limit is {cap} per request; "
+                         "MLX_BRIDGE_MAX_EMBED_INPUTS)")
 
 
 def check_images(images: list[Any], where: str, seen: int = 0) -> int:

@@ -187,10 +187,13 @@ def health() -> Response:
               for i in engine.snapshot()]
     url = bridge.upstream_url
     problem = bridge.upstream.probe(url) if url else None
+    state = engine.health()
+    if state["last_crash"]:  # what happened: the error, and when (restarting or failed for good)
+        state["last_crash"]["at"] = rfc3339(state["last_crash"]["at"])
     return json_response({
         "status": "ok" if engine.alive else "degraded",
         "version": __version__,
-        "engine": engine.health(),
+        "engine": state,
         "loaded_models": loaded,
         "backends": {
             "mlx": {"available": engine.alive, "device": engine.device},

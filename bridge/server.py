@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 DEFAULT_GRACE = 30.0
+ENGINE_FAILED_EXIT = 70  # EX_SOFTWARE: the worker's MLX engine crashed too often to restart
+_LAST_LINES_WAIT = 1.0  # for request threads to send the error lines the engine just queued
 
 
 def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -64,8 +68,23 @@ class BridgeServer(BaseApplication):
 
 def _post_worker_init(worker: Any) -> None:
     """Start the engine thread inside the worker process (threads do not survive fork)."""
-    worker.wsgi.extensions["bridge"].start()
+    bridge = worker.wsgi.extensions["bridge"]
+    bridge.local.engine.on_fatal = _exit_worker
+    bridge.start()
     log.info("mlx-bridge ready pid=%s", worker.pid)
+
+
+def _exit_worker() -> None:
+    """The engine cannot restart: end this worker (gunicorn's master starts a fresh one).
+
+    Every job has its error event already; after a moment for those lines to go out, exit at
+    once: a normal exit would run MLX's thread-local destructors during interpreter shutdown.
+    """
+    log.critical("MLX engine failed for good, ending the worker pid=%s exit_code=%d", os.getpid(),
+                 ENGINE_FAILED_EXIT)
+    time.sleep(_LAST_LINES_WAIT)
+    logging.shutdown()
+    os._exit(ENGINE_FAILED_EXIT)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -15,7 +16,7 @@ from bridge.errors import ClientClosed
 from bridge.options import Options
 from bridge.testing import build_tiny_model
 
-from .conftest import start_server, stop_server
+from .conftest import start_server, stop_server, write_mappings
 
 PROMPTS = [
     "hello",
@@ -145,19 +146,69 @@ def test_cancel_frees_the_slot_and_a_short_request_is_not_delayed(engine, tiny_m
     assert engine.health()["active"] == 0 and engine.health()["queued"] == 0
 
 
-def test_model_switch_drains_the_running_batch_first(engine, tiny_model_dir, tmp_path):
+def test_another_models_job_runs_beside_a_long_job(engine, tiny_model_dir, tmp_path):
+    """Fair across models: B starts while A's long batch runs; order stays FIFO within a model."""
     other = build_tiny_model(tmp_path / "other", seed=3)
     expected_other = run_alone(engine, other, ["hello"], n=20)
-    a_jobs = [chat_job(tiny_model_dir, p, n=80, timed=True) for p in PROMPTS[:2]]
+    expected_late = run_alone(engine, tiny_model_dir, [PROMPTS[2]], n=5)
+    long_a = chat_job(tiny_model_dir, PROMPTS[0], n=4000, timed=True, num_ctx=8192)
+    engine.submit(long_a)
+    assert isinstance(long_a.events.get(timeout=30), Chunk)
     b_job = chat_job(other, "hello", n=20, timed=True)
     late_a = chat_job(tiny_model_dir, PROMPTS[2], n=5, timed=True)
-    for job in [*a_jobs, b_job, late_a]:
-        engine.submit(job)
-    for job in [*a_jobs, b_job, late_a]:
+    submitted = time.monotonic_ns()
+    engine.submit(b_job)
+    engine.submit(late_a)
+    for job in (b_job, late_a, long_a):
         assert isinstance(drain(job)[-1], Done)
-    assert first_chunk_ns(b_job) > max(end_ns(j) for j in a_jobs), "model B waited for A's batch"
-    assert first_chunk_ns(late_a) > end_ns(b_job), "no overtaking: the later A job came after B"
+    assert end_ns(b_job) < end_ns(long_a) and end_ns(late_a) < end_ns(long_a)
+    assert (first_chunk_ns(b_job) - submitted) / 1e9 < 3, "B did not wait for A's long job"
     assert (text_of([ev for _, ev in b_job.events.times]), 20) == expected_other[0]
+    assert (text_of([ev for _, ev in late_a.events.times]), 5) == expected_late[0]
+    assert long_a.events.times[-1][1].eval_count == 4000
+
+
+def test_jobs_of_one_model_keep_their_order_behind_a_single_job(engine, tiny_model_dir):
+    """A seeded job runs alone: the next job of its model waits for it (no overtaking)."""
+    seeded = chat_job(tiny_model_dir, PROMPTS[0], n=300, timed=True, seed=3, num_ctx=8192)
+    after = chat_job(tiny_model_dir, PROMPTS[1], n=5, timed=True)
+    engine.submit(seeded)
+    engine.submit(after)
+    for job in (seeded, after):
+        assert isinstance(drain(job)[-1], Done)
+    assert first_chunk_ns(after) > end_ns(seeded)
+
+
+def long_and_short_ttft(url: str) -> tuple[float, dict]:
+    """TTFT of a short chat on model `b` sent while a long generation on model `a` runs."""
+    long_body = {"model": "a", "prompt": "The quick brown fox", "raw": True, "stream": True,
+                 "options": {"temperature": 0, "num_predict": 8000, "num_ctx": 10000}}
+    short_body = {"model": "b", "messages": [{"role": "user", "content": "hello"}], "stream": True,
+                  "options": {"temperature": 0, "num_predict": 5}}
+    with requests.post(url + "/api/generate", json=long_body, stream=True, timeout=300) as long_resp:
+        lines = long_resp.iter_lines()
+        next(lines)
+        began = time.monotonic()
+        with requests.post(url + "/api/chat", json=short_body, stream=True, timeout=300) as short:
+            short_lines = short.iter_lines()
+            next(short_lines)
+            ttft = time.monotonic() - began
+            list(short_lines)
+        final = [json.loads(line) for line in lines if line][-1]
+    return ttft, final
+
+
+def test_a_short_chat_on_another_model_is_not_stuck_behind_a_long_job(tmp_path, tiny_model_dir):
+    mappings = tmp_path / "m.yaml"
+    other = build_tiny_model(tmp_path / "other", seed=4)
+    write_mappings(mappings, {"a": {"mlx": str(tiny_model_dir)}, "b": {"mlx": str(other)}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"), "--upstream", "none"])
+    try:
+        ttft, final = long_and_short_ttft(url)
+        assert ttft < 3, f"the short chat waited {ttft:.1f} s"
+        assert final["done"] is True and final["eval_count"] == 8000 and final["done_reason"] == "length"
+    finally:
+        stop_server(proc)
 
 
 def forcing_factory(calls: list, forced: list):
@@ -233,18 +284,24 @@ def test_full_queue_answers_503_through_a_real_server(mappings_file, tmp_path):
         stop_server(proc)
 
 
-def test_failing_logits_processor_fails_its_batch_and_the_engine_goes_on(engine, tiny_model_dir):
+def test_a_failing_logits_processor_fails_its_job_only(engine, tiny_model_dir):
     def factory(tokenizer):
         def processor(tokens, logits):
             raise ValueError("grammar exploded")
 
         return processor
 
+    expected = run_alone(engine, tiny_model_dir, ["hello"], n=30)
     bad = chat_job(tiny_model_dir, "hello", n=5)
     bad.spec.logits_processor_factory = factory
+    neighbour = chat_job(tiny_model_dir, "hello", n=30)
     engine.submit(bad)
+    engine.submit(neighbour)
     failed = drain(bad)[-1]
     assert isinstance(failed, Failed) and "grammar exploded" in failed.error.message
+    events = drain(neighbour)
+    assert isinstance(events[-1], Done), "the batch neighbour is not failed with it"
+    assert (text_of(events), events[-1].eval_count) == expected[0]
     ok = chat_job(tiny_model_dir, "hello", n=5)
     engine.submit(ok)
     assert isinstance(drain(ok)[-1], Done)

@@ -138,3 +138,98 @@ def test_models_without_a_backbone_are_unsupported():
 
     with pytest.raises(Unsupported, match="do not support embeddings"):
         backbone(object())
+
+
+# ---- bounds and fairness ---------------------------------------------------------------------
+
+
+def test_more_inputs_than_the_cap_is_a_clear_400(client):
+    status, body = embed(client, input=["hi"] * 2049)
+    assert status == 400
+    assert body == {"error": "too many inputs: 2049 (the limit is 2048 per request; MLX_BRIDGE_MAX_EMBED_INPUTS)"}
+    resp = client.post("/v1/embeddings", json={"model": "tiny", "input": ["hi"] * 2049})
+    assert resp.status_code == 400 and "too many inputs: 2049" in resp.get_json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def capped(mappings_file, tmp_path_factory):
+    """An app whose caps are set through the environment: 3 inputs, 40 tokens."""
+    from bridge.app import create_app
+    from bridge.config import load_config
+
+    env = {"MLX_BRIDGE_MAX_EMBED_INPUTS": "3", "MLX_BRIDGE_MAX_EMBED_TOKENS": "40"}
+    config = load_config(env, mappings_path=mappings_file, home=tmp_path_factory.mktemp("capped"),
+                         upstream="none")
+    application = create_app(config)
+    application.extensions["bridge"].start()
+    yield application.test_client()
+    application.extensions["bridge"].stop()
+
+
+def test_the_caps_come_from_the_environment(capped):
+    status, body = embed(capped, input=["a", "b", "c", "d"])
+    assert status == 400 and body["error"].startswith("too many inputs: 4 (the limit is 3 per request")
+    status, body = embed(capped, input=["hello world"] * 3)
+    assert status == 200 and body["prompt_eval_count"] <= 40
+    status, body = embed(capped, input=["the quick brown fox jumps over the lazy dog"] * 3)  # 3 x 28
+    assert status == 400
+    assert body == {"error": "too many tokens: 84 (the limit is 40 per request; MLX_BRIDGE_MAX_EMBED_TOKENS)"}
+    assert embed(capped, input="hello")[0] == 200, "the engine goes on"
+
+
+def test_a_big_embedding_request_does_not_stall_a_streaming_chat(server):
+    """A running chat keeps streaming (bounded gaps) while a large /api/embed is computed."""
+    import json
+    import threading
+    import time
+
+    import requests
+
+    inputs = ["The quick brown fox jumps over the lazy dog. " * 10] * 150  # ~44k tokens, seconds of work
+    done: dict = {}
+
+    def big_embed() -> None:
+        done["sent"] = time.monotonic()
+        done["resp"] = requests.post(server + "/api/embed", json={"model": "tiny", "input": inputs}, timeout=300)
+        done["at"] = time.monotonic()
+
+    # This prompt's greedy answer on the tiny model decodes to text at least every 30 tokens for
+    # its first ~9700 tokens, so a pause between lines is a pause of the engine.
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "The quick brown fox"}],
+            "stream": True, "options": {"temperature": 0, "num_predict": 9000, "num_ctx": 16384}}
+    times: list[float] = []
+    with requests.post(server + "/api/chat", json=body, stream=True, timeout=300) as chat:
+        lines = chat.iter_lines()
+        next(lines)
+        worker = threading.Thread(target=big_embed)
+        worker.start()
+        for line in lines:
+            times.append(time.monotonic())
+            assert "error" not in json.loads(line)
+            if "at" in done:
+                break  # the embedding is answered: enough seen
+    worker.join()
+    assert done["resp"].status_code == 200 and len(done["resp"].json()["embeddings"]) == len(inputs)
+    during = [t for t in times if done["sent"] <= t <= done["at"]]
+    points = [done["sent"], *during, done["at"]]
+    gap = max(b - a for a, b in zip(points, points[1:], strict=False))
+    assert gap < 1.0, f"longest pause {gap:.2f} s while embedding for {done['at'] - done['sent']:.1f} s"
+    assert len(during) > 20, f"the chat kept streaming during the embedding ({len(during)} chunks)"
+
+
+def test_a_long_input_is_forwarded_in_pieces_and_equals_one_pass(client, tiny_model_dir):
+    """Over 512 tokens an input is computed in pieces (one slice each) through a KV cache."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from bridge.embeddings import normalise
+    from bridge.engine.embed import CHUNK_TOKENS
+
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    status, body = embed(client, input=text)
+    model, tokenizer = load(str(tiny_model_dir))
+    tokens = tokenizer.encode(text)
+    assert status == 200 and body["prompt_eval_count"] == len(tokens) > 2 * CHUNK_TOKENS
+    hidden = model.model(mx.array([tokens]))  # the whole input at once, for reference
+    reference = normalise(mx.mean(hidden[0].astype(mx.float32), axis=0).tolist())
+    assert close(body["embeddings"][0], reference, tol=1e-4)

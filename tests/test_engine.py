@@ -89,6 +89,7 @@ def test_cancel_stops_generation_and_frees_the_engine(engine, tiny_model_dir):
 def test_queue_bound_answers_busy(tiny_model_dir):
     eng = Engine(max_queue=2)  # not started: nothing is taken off the queue
     eng._thread = type("T", (), {"is_alive": lambda self: True})()
+    eng.state = "running"
     eng.submit(gen_job(str(tiny_model_dir)))
     eng.submit(gen_job(str(tiny_model_dir)))
     with pytest.raises(ServerBusy) as err:

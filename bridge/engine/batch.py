@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ClientClosed
 from .jobs import Failed, Job
 from .models import LoadedModel
-from .prepare import Ended, Entry, batchable, log_cached
+from .prepare import Ended, Entry, as_bridge_error, batchable, log_cached
 from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class BatchRunner:
         self.capacity = max(1, capacity)
         self.entries: dict[int, Entry] = {}
         self._ended: list[Ended] = []  # jobs that left during the current step
+        self._faults: dict[int, Exception] = {}  # job id -> what failed in that job alone
         self._gen = BatchGenerator(loaded.model, completion_batch_size=self.capacity,
                                    prefill_batch_size=self.capacity, prefill_step_size=PREFILL_STEP)
         # mlx-lm ends a sequence on EOS itself and hands back its cache; text stops are ours.
@@ -49,26 +50,63 @@ class BatchRunner:
         (uid,) = self._gen.insert(
             [entry.tokens[cached:]], max_tokens=[entry.limit], caches=[cache],
             all_tokens=[entry.tokens[:cached]], samplers=[entry.sampler],
-            logits_processors=[entry.processors], stop_sequences=[self._stops],
+            logits_processors=[[self._guarded(entry.job.id, p) for p in entry.processors]],
+            stop_sequences=[self._stops],
         )
         self.entries[uid] = entry
 
     def step(self) -> list[Ended]:
-        """Drop canceled jobs, then one BatchGenerator step (decode + a prefill chunk)."""
+        """Drop canceled jobs, then one BatchGenerator step (decode + a prefill chunk).
+
+        A failure that belongs to one job (its logits processor, its detokenizer) ends that job
+        only; anything else raises and the engine fails the whole batch.
+        """
         self._reap()
         if self.entries:
             _, responses = self._gen.next()
             for r in responses:
                 entry = self.entries.get(r.uid)
-                if entry is None:
+                if entry is None or entry.job.id in self._faults:
                     continue
-                finished = entry.sink.add(r.token)
-                if r.finish_reason is not None and not finished:
-                    finished = entry.sink.finish(r.finish_reason)
+                try:
+                    finished = entry.sink.add(r.token)
+                    if r.finish_reason is not None and not finished:
+                        finished = entry.sink.finish(r.finish_reason)
+                except Exception as exc:
+                    self._faults[entry.job.id] = exc
+                    continue
                 if finished:
                     self._finish(r.uid, r.prompt_cache, r.all_tokens)
+            self._fail_faulted()
         ended, self._ended = self._ended, []
         return ended
+
+    def _guarded(self, job_id: int, processor: Any) -> Any:
+        """Run inside mlx-lm's batched step: a raising processor marks its job, not the batch."""
+
+        def run(tokens: Any, logits: Any) -> Any:
+            if job_id in self._faults:
+                return logits
+            try:
+                return processor(tokens, logits)
+            except Exception as exc:
+                self._faults[job_id] = exc
+                return logits
+
+        return run
+
+    def _fail_faulted(self) -> None:
+        """Take the jobs whose own code failed out of the batch, each with its error."""
+        bad = [uid for uid, e in self.entries.items() if e.job.id in self._faults]
+        if not bad:
+            return
+        self._gen.remove(bad)
+        for uid in bad:
+            entry = self.entries.pop(uid)
+            exc = self._faults.pop(entry.job.id)
+            log.error("request failed alone request_id=%s model=%s error=%r", entry.job.request_id,
+                      entry.job.model_name, exc, exc_info=exc)
+            self._ended.append(Ended(entry.job, entry.loaded, Failed(as_bridge_error(exc))))
 
     def _reap(self) -> None:
         """Canceled jobs leave before the step: their slot is free for the next job."""
@@ -92,7 +130,7 @@ class BatchRunner:
     def abort(self, event: Failed) -> list[Ended]:
         """End every job with `event` (engine stopping, or the batch step failed)."""
         ended = self._ended + [Ended(e.job, e.loaded, event) for e in self.entries.values()]
-        self._ended = []
+        self._ended, self._faults = [], {}
         if self.entries:
             self._gen.remove(list(self.entries))
         self.entries.clear()

@@ -7,12 +7,20 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BridgeError, ClientClosed, ServerBusy, ShuttingDown
+from ..errors import (
+    BridgeError,
+    ClientClosed,
+    EngineError,
+    EngineUnavailable,
+    ServerBusy,
+    ShuttingDown,
+)
 from .batch import BatchRunner
-from .embed import embed
+from .embed import EmbedTask
 from .jobs import Done, Embedded, Failed, Job
 from .models import FOREVER, LoadedModel, ModelCache
 from .prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
@@ -22,6 +30,10 @@ from .single import SingleRunner
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT = 0.5  # seconds the idle loop sleeps; short enough to expire models on time
+RESTART_LIMIT = 3  # restarts within RESTART_WINDOW; the next crash gives up (on_fatal)
+RESTART_WINDOW = 60.0
+RESTART_DELAY = 0.25  # before a restart; doubled for each earlier crash within the window
+DEFAULT_MAX_EMBED_TOKENS = 300_000
 
 Runner = BatchRunner | SingleRunner
 
@@ -48,60 +60,80 @@ class Engine:
     """Owns the MLX thread, the model cache and the job queue."""
 
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
-                 num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES) -> None:
+                 num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
+                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, restart_delay: float = RESTART_DELAY,
+                 restart_limit: int = RESTART_LIMIT, on_fatal: Callable[[], None] | None = None) -> None:
         self.keep_alive = keep_alive
         self.max_queue = max_queue
         self.num_parallel = max(1, num_parallel)
+        self.max_loaded = max_loaded
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self.max_embed_tokens = max_embed_tokens
+        self.restart_delay = restart_delay
+        self.restart_limit = restart_limit
+        self.on_fatal = on_fatal  # the engine cannot restart: the server ends the process here
         self.prompts = PromptCache(prompt_cache_bytes)
         self.cache = ModelCache(max_loaded, on_unload=self.prompts.drop)
         self._inbox: queue.Queue[Job | _Stop] = queue.Queue()
         self._pending: deque[Job] = deque()
-        self._runner: Runner | None = None
+        self._owned: dict[int, Job] = {}  # taken from the inbox, final event not sent yet
+        self._runners: dict[str, Runner] = {}  # one per model, stepped in turn
+        self._embeds: deque[EmbedTask] = deque()  # computed a slice per turn, oldest first
+        self._embed_spent = 0.0  # how long the last embedding slice took ...
+        self._embed_ended = 0.0  # ... and when it ended: decoding gets as long before the next
         self._lock = threading.Lock()
         self._waiting = 0
-        self._running = 0  # jobs in the runner, published for health()
+        self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._wake = threading.Event()  # cuts a restart delay short when stop() is called
         self.state = "stopped"
         self.device = "unknown"
+        self.restarts = 0
+        self.last_crash: dict[str, Any] | None = None
+        self._crashes: list[float] = []  # monotonic times of recent crashes
+        self._ready = False  # this thread warmed up (a first start that cannot is not retried)
         self._finished = threading.Event()
 
     # ---- request-thread side -------------------------------------------------------------
 
     def start(self) -> None:
         """Start the engine thread (call after gunicorn forks, never at import)."""
-        if self._thread and self._thread.is_alive():
+        if self._thread and self._thread.is_alive() and not self._finished.is_set():
             return
         self._stopping = False
-        self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self._wake.clear()
         self.state = "running"
-        self._thread.start()
+        self._spawn(0.0)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fail queued work, unload models and join the thread."""
         if not self._thread:
             return
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
         self._inbox.put(_Stop())
         self._finished.wait(timeout)
         self.state = "stopped"
 
     def submit(self, job: Job) -> None:
         """Queue a job; raises ServerBusy when OLLAMA_MAX_QUEUE jobs already wait."""
-        if self._stopping or not self.alive:
-            raise ShuttingDown("the MLX engine is not running")
-        with self._lock:
+        with self._lock:  # a crash drains the inbox under this lock: no job slips in after it
+            if self._stopping or self.state == "stopped":
+                raise ShuttingDown("the MLX engine is not running")
+            if self.state != "running":
+                raise EngineUnavailable(self._down_message())
             if self._waiting >= self.max_queue:
                 raise ServerBusy()
             self._waiting += 1
-        self._inbox.put(job)
+            self._inbox.put(job)
 
     @property
     def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive() and not self._finished.is_set())
+        return self.state == "running" and bool(self._thread and self._thread.is_alive())
 
     def snapshot(self) -> list[LoadedInfo]:
         """The resident models, as of the engine's last change."""
@@ -111,10 +143,25 @@ class Engine:
     def health(self) -> dict[str, Any]:
         with self._lock:
             waiting, running = self._waiting, self._running
-        return {"state": self.state if self.alive else "stopped", "queued": waiting,
-                "active": running, "num_parallel": self.num_parallel, "blas": self.blas}
+        state = self.state if self.alive or self.state != "running" else "stopped"
+        return {"state": state, "queued": waiting, "active": running, "num_parallel": self.num_parallel,
+                "blas": self.blas, "restarts": self.restarts,
+                "last_crash": dict(self.last_crash) if self.last_crash else None}
+
+    def _down_message(self) -> str:
+        cause = f" ({self.last_crash['error']})" if self.last_crash else ""
+        if self.state == "restarting":
+            return f"the MLX engine is restarting after a crash{cause}"
+        return f"the MLX engine failed and could not be restarted{cause}"
 
     # ---- engine-thread side --------------------------------------------------------------
+
+    def _spawn(self, delay: float) -> None:
+        """A fresh engine thread; a dead one never runs MLX again (models reload on demand)."""
+        self._finished = threading.Event()
+        self._ready = False
+        self._thread = threading.Thread(target=self._run, args=(delay,), name="mlx-engine", daemon=True)
+        self._thread.start()
 
     def _warm_up(self) -> None:
         """Load the fast BLAS, then import MLX on this thread so the first request does not pay."""
@@ -131,27 +178,42 @@ class Engine:
         a = mx.ones((256, 256))
         mx.eval(a @ a)
 
-    def _run(self) -> None:
+    def _run(self, delay: float) -> None:
         try:
-            self._warm_up()
-            while not (self._stopping and self._runner is None and not self._pending):
-                self._receive(block=self._runner is None and not self._pending)
-                if self._stopping:
-                    self._abort_all(ShuttingDown())
-                    break
-                self._tick()
-        except Exception:  # the loop itself must never die silently
-            log.exception("engine loop crashed")
-            self.state = "crashed"
-        finally:
-            self.cache.clear()
-            self.prompts.clear()
-            self._publish()
-            self._finished.set()
+            if delay:
+                self._wake.wait(delay)
+            if not self._stopping:
+                self._warm_up()
+                self._ready = True
+                with self._lock:
+                    if not self._stopping:
+                        self.state = "running"
+                self._loop()
+            self._close_down()
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the loop, every job must hear
+            self._crashed(exc)
         # Park instead of returning: when a thread that ran MLX exits, MLX's thread-local
         # destructors call into Python, which aborts the process if that races with
         # interpreter shutdown. A parked daemon thread simply vanishes at exit.
         threading.Event().wait()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._receive(block=not (self._runners or self._pending or self._embeds))
+            if self._stopping:
+                break
+            self._tick()
+
+    def _close_down(self) -> None:
+        """A normal stop: fail what is left, unload; a cleanup failure is logged, not raised."""
+        self._abort_all(ShuttingDown())
+        try:
+            self.cache.clear()
+            self.prompts.clear()
+        except Exception:
+            log.exception("could not unload the models at stop")
+        self._publish()
+        self._finished.set()
 
     def _receive(self, block: bool) -> None:
         timeout = min(_IDLE_WAIT, self.cache.next_expiry()) if block else 0
@@ -163,6 +225,7 @@ class Engine:
             if isinstance(item, _Stop):
                 self._stopping = True
             else:
+                self._owned[item.id] = item
                 self._pending.append(item)
             try:
                 item = self._inbox.get_nowait()
@@ -171,34 +234,43 @@ class Engine:
 
     def _tick(self) -> None:
         self._admit()
-        if self._runner is not None:
-            self._step(self._runner)
+        for runner in list(self._runners.values()):  # models take turns, one step each
+            self._step(runner)
+        self._embed_turn()
         self._expire()
         self.cache.collect()  # here the finished runner and its jobs no longer hold the weights
 
+    # ---- scheduling ----------------------------------------------------------------------
+
     def _admit(self) -> None:
-        """Start waiting jobs in order while the runner takes them (FIFO: no overtaking)."""
-        while self._pending:
-            job = self._pending[0]
-            if not job.cancelled.is_set() and not self._can_start(job):
-                return  # the runner drains first (other model, full batch, or a single job)
-            self._pending.popleft()
-            with self._lock:
-                self._waiting -= 1
-            if job.cancelled.is_set():
-                job.events.put(Failed(ClientClosed("request canceled")))
-            else:
-                self._start(job)
+        """Start waiting jobs in arrival order; a job waits only behind work of its own model."""
+        blocked: set[str] = set()  # models whose earlier job waits: their later jobs wait too
+        waiting, self._pending = self._pending, deque()
+        try:
+            while waiting:
+                job = waiting.popleft()
+                if not job.cancelled.is_set() and (job.model_path in blocked or not self._can_start(job)):
+                    blocked.add(job.model_path)
+                    self._pending.append(job)
+                    continue
+                with self._lock:
+                    self._waiting -= 1
+                if job.cancelled.is_set():
+                    self._send(job, Failed(ClientClosed("request canceled")))
+                else:
+                    self._start(job)
+        finally:
+            self._pending.extend(waiting)
 
     def _can_start(self, job: Job) -> bool:
-        runner = self._runner
-        if runner is None:
-            return True
+        runner = self._runners.get(job.model_path)
         if job.spec is None:  # load/unload: never under a running model's feet
-            return job.model_path != runner.model_key
+            return runner is None and all(t.loaded.key != job.model_path for t in self._embeds)
         if job.spec.embed_inputs is not None:
-            return True  # runs to the end within this tick, between two generation steps
-        return runner.accepts(job)
+            return True  # computed in slices between decode steps, beside any runner
+        if runner is not None:
+            return runner.accepts(job)  # same model: batch slot free (else it drains first)
+        return len(self._runners) < self.cache.max_loaded  # another model runs beside the others
 
     def _start(self, job: Job) -> None:
         keep_alive = self.keep_alive if job.keep_alive is None else job.keep_alive
@@ -208,40 +280,32 @@ class Engine:
                 return
             loaded, load_ns = self.cache.load(job.model_path, job.model_name)
         except Exception as exc:
-            job.events.put(Failed(as_bridge_error(exc)))
+            self._send(job, Failed(as_bridge_error(exc)))
             return
         loaded.touch(job.model_name, keep_alive)
         loaded.active += 1
-        if job.spec.embed_inputs is not None:
-            self._embed(job, loaded, load_ns)
-            return
         try:
-            entry = admit(job, loaded, load_ns)
-        except Exception as exc:
+            self._place(job, loaded, load_ns)
+        except Exception as exc:  # this job only: the other jobs and the loop go on
+            if not isinstance(exc, BridgeError):
+                log.exception("could not start request_id=%s", job.request_id)
             self._end(Ended(job, loaded, Failed(as_bridge_error(exc))))
+        self._publish()
+
+    def _place(self, job: Job, loaded: LoadedModel, load_ns: int) -> None:
+        """Hand an admitted job to its model's runner (made if needed) or the embedding queue."""
+        assert job.spec is not None
+        if job.spec.embed_inputs is not None:
+            self._embeds.append(EmbedTask(job, loaded, load_ns, self.max_embed_tokens))
             return
+        entry = admit(job, loaded, load_ns)
         if entry.limit <= 0 and entry.sink.finish("length") and entry.sink.final is not None:
             self._end(Ended(job, loaded, entry.sink.final))
             return
-        try:
-            if self._runner is None:
-                self._runner = self._new_runner(loaded, job)
-            self._runner.add(entry)
-        except Exception as exc:  # an empty runner is closed at the next step
-            log.exception("could not start request_id=%s", job.request_id)
-            self._end(Ended(job, loaded, Failed(as_bridge_error(exc))))
-            return
-        self._publish()
-
-    def _embed(self, job: Job, loaded: LoadedModel, load_ns: int) -> None:
-        """A non-generating job: one forward pass per input, answered with one Embedded event."""
-        try:
-            event: Embedded | Failed = embed(job, loaded, load_ns)
-        except Exception as exc:
-            if not isinstance(exc, BridgeError):
-                log.exception("embedding failed request_id=%s model=%s", job.request_id, job.model_name)
-            event = Failed(as_bridge_error(exc))
-        self._end(Ended(job, loaded, event))
+        runner = self._runners.get(loaded.key)
+        if runner is None:  # an empty runner (add failed) is closed at its next step
+            runner = self._runners[loaded.key] = self._new_runner(loaded, job)
+        runner.add(entry)
 
     def _new_runner(self, loaded: LoadedModel, job: Job) -> Runner:
         if loaded.batchable and batchable(job):
@@ -253,18 +317,18 @@ class Engine:
         if keep_alive == 0:
             self.cache.unload(job.model_path)
             self._publish()
-            job.events.put(Done(done_reason="unload"))
+            self._send(job, Done(done_reason="unload"))
             return
         loaded, load_ns = self.cache.load(job.model_path, job.model_name)
         loaded.touch(job.model_name, keep_alive)
         loaded.release()
         self._publish()
-        job.events.put(Done(done_reason="load", load_duration=load_ns))
+        self._send(job, Done(done_reason="load", load_duration=load_ns))
 
     def _step(self, runner: Runner) -> None:
         try:
             ended = runner.step()
-        except Exception as exc:
+        except Exception as exc:  # the model's step failed: its jobs end, the other models go on
             log.exception("generation failed model=%s jobs=%d", runner.loaded.name, len(runner))
             ended = runner.abort(Failed(as_bridge_error(exc)))
             reset_random_state()
@@ -272,13 +336,40 @@ class Engine:
             self._end(item)
         if len(runner) == 0:
             runner.close()
-            self._runner = None
+            self._runners.pop(runner.model_key, None)
             self._publish()
+
+    def _embed_turn(self) -> None:
+        """One slice of the oldest embedding job, once decoding has had as long since the last."""
+        if not self._embeds:
+            return
+        if self._runners and time.perf_counter() - self._embed_ended < self._embed_spent:
+            return
+        task = self._embeds.popleft()
+        began = time.perf_counter()
+        try:
+            result = task.step()
+        except Exception as exc:
+            if not isinstance(exc, BridgeError):
+                log.exception("embedding failed request_id=%s model=%s", task.job.request_id,
+                              task.job.model_name)
+            result = Failed(as_bridge_error(exc))
+        self._embed_ended = time.perf_counter()
+        self._embed_spent = self._embed_ended - began
+        if result is None:
+            self._embeds.append(task)  # several embedding jobs take turns too
+        else:
+            self._end(Ended(task.job, task.loaded, result))
 
     def _end(self, ended: Ended) -> None:
         """Release the model first, so keep_alive 0 has taken effect when the client hears."""
         self._release(ended.loaded)
-        ended.job.events.put(ended.event)
+        self._send(ended.job, ended.event)
+
+    def _send(self, job: Job, event: Done | Embedded | Failed) -> None:
+        """A job's last event: from here on the engine no longer answers for it."""
+        self._owned.pop(job.id, None)
+        job.events.put(event)
 
     def _release(self, loaded: LoadedModel) -> None:
         loaded.release()
@@ -290,29 +381,120 @@ class Engine:
         self._publish()
 
     def _expire(self) -> None:
-        busy = {j.model_path for j in self._pending}
-        if self._runner is not None:
-            busy.add(self._runner.model_key)
+        busy = {j.model_path for j in self._pending} | set(self._runners)
         for key in [k for k, m in self.cache.models.items() if m.active == 0 and k not in busy]:
             if self.cache.models[key].expires_at <= time.time():
                 self.cache.unload(key, reason="keep_alive")
                 self._publish()
 
     def _abort_all(self, error: BridgeError) -> None:
-        if self._runner is not None:
-            for item in self._runner.abort(Failed(error)):
+        for runner in list(self._runners.values()):
+            for item in runner.abort(Failed(error)):
                 self._end(item)
-            self._runner.close()
-            self._runner = None
+            runner.close()
+        self._runners.clear()
+        while self._embeds:
+            task = self._embeds.popleft()
+            self._end(Ended(task.job, task.loaded, Failed(error)))
         while self._pending:
             job = self._pending.popleft()
             with self._lock:
                 self._waiting -= 1
-            job.events.put(Failed(error))
+            self._send(job, Failed(error))
+
+    # ---- a crashed loop ------------------------------------------------------------------
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The loop died: every job hears at once, then a fresh thread takes over (or none can).
+
+        Nothing here may raise: this is the last code the dead thread runs before it parks.
+        """
+        try:
+            log.error("engine loop crashed error=%r", exc, exc_info=exc)
+            action, jobs = self._record_crash(exc)
+            cause = f"{type(exc).__name__}: {exc}"
+            error: BridgeError = ShuttingDown() if action == "stop" else EngineError(
+                f"the MLX engine failed ({cause}); "
+                + ("it is restarting" if action == "restart" else "it could not be restarted"))
+            for job in jobs:
+                job.events.put(Failed(error))
+            self._discard_state()
+        except BaseException:  # noqa: BLE001 - keep going: the thread must still finish and park
+            log.exception("engine crash handling failed")
+            action = "fatal"
+        self._finished.set()
+        try:
+            if action == "restart":
+                self._spawn(self._backoff())
+                return
+        except BaseException:  # noqa: BLE001 - no thread to restart on: as bad as a crash loop
+            log.exception("could not start a fresh engine thread")
+            self.state, action = "failed", "fatal"
+        if action == "fatal":
+            log.critical("MLX engine failed for good restarts=%d", self.restarts)
+            try:
+                if self.on_fatal is not None:
+                    self.on_fatal()
+            except BaseException:  # noqa: BLE001
+                log.exception("on_fatal failed")
+
+    def _record_crash(self, exc: BaseException) -> tuple[str, list[Job]]:
+        """Count the crash, set the state and take every job out (under the submit lock).
+
+        Returns what to do: "restart", "fatal" (crashing too often: a fresh process may do
+        better), "stop" (stop() was called) or "degraded" (MLX never came up in this process:
+        a restart would fail alike, so MLX models answer 503 and `auto` ones fall back).
+        """
+        now = time.monotonic()
+        with self._lock:
+            self._crashes = [t for t in self._crashes if now - t < RESTART_WINDOW]
+            self._crashes.append(now)
+            self.last_crash = {"error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+            if self._stopping:
+                action = "stop"
+            elif not self._ready and not self.restarts:
+                action = "degraded"
+            else:
+                action = "restart" if len(self._crashes) <= self.restart_limit else "fatal"
+            if action == "restart":
+                self.restarts += 1
+            self.state = {"stop": "stopped", "restart": "restarting"}.get(action, "failed")
+            jobs = self._take_jobs()
+            self._waiting = 0
+        return action, jobs
+
+    def _take_jobs(self) -> list[Job]:
+        """Every job not answered yet: running, embedding, pending, in hand, still in the inbox."""
+        jobs, self._owned = list(self._owned.values()), {}
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return jobs
+            if isinstance(item, Job):
+                jobs.append(item)
+
+    def _discard_state(self) -> None:
+        """Drop what the dead loop held and start clean; try to free its memory, never fail."""
+        runners, cache, prompts = self._runners, self.cache, self.prompts
+        self._runners, self._embeds, self._pending = {}, deque(), deque()
+        self.prompts = PromptCache(self.prompt_cache_bytes)
+        self.cache = ModelCache(self.max_loaded, on_unload=self.prompts.drop)
+        self._publish()
+        try:  # on this thread, which made them: MLX objects are freed where they were used
+            for runner in runners.values():
+                runner.close()
+            cache.clear()
+            prompts.clear()
+        except Exception:
+            log.exception("could not free the crashed engine's memory")
+
+    def _backoff(self) -> float:
+        return self.restart_delay * 2 ** max(len(self._crashes) - 1, 0)
 
     def _publish(self) -> None:
         """Refresh the snapshot request threads read (they never touch MLX objects)."""
-        running = len(self._runner) if self._runner is not None else 0
+        running = sum(len(r) for r in self._runners.values()) + len(self._embeds)
         infos = [
             LoadedInfo(m.key, m.name, m.size, m.context_length,
                        _in_use_expiry(m.keep_alive) if m.active else m.expires_at, m.loaded_at, m.active)
@@ -320,7 +502,6 @@ class Engine:
         ]
         with self._lock:
             self._snapshot, self._running = infos, running
-
 
 
 def _in_use_expiry(keep_alive: float) -> float:

@@ -1,4 +1,8 @@
-"""Embedding jobs: tokenize, forward through the backbone, mean-pool. Engine thread only."""
+"""Embedding jobs: tokenize, forward through the backbone, mean-pool. Engine thread only.
+
+An embedding job is computed a slice at a time (`EmbedTask.step`), so the engine can decode
+running chats in between: a large request delays a stream by one slice, never by all of it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from .jobs import Embedded, Job
 from .models import LoadedModel
 
 log = logging.getLogger(__name__)
+
+SLICE_SECONDS = 0.05  # one turn of embedding work; the engine then decodes for as long
+CHUNK_TOKENS = 512  # a longer input is forwarded in pieces of this size (one unit of work each)
 
 
 def backbone(model: Any) -> Any:
@@ -35,23 +42,74 @@ def input_tokens(tokenizer: Any, text: str, context: int, truncate: bool) -> lis
     return tokens
 
 
-def embed(job: Job, loaded: LoadedModel, load_ns: int) -> Embedded:
-    """Mean-pooled final hidden states, one raw (unnormalised) vector per input, in order."""
-    import mlx.core as mx
+class EmbedTask:
+    """One embedding job: every input tokenized, then forwarded one at a time, in slices."""
 
-    assert job.spec is not None and job.spec.embed_inputs is not None
-    net = backbone(loaded.model)
-    context = job.options.context(loaded.context_length)
-    batch = [input_tokens(loaded.tokenizer, t, context, job.spec.truncate) for t in job.spec.embed_inputs]
-    started = time.perf_counter_ns()
-    vectors: list[list[float]] = []
-    for tokens in batch:  # one at a time: no padding, so a batch equals its single inputs
-        if job.cancelled.is_set():
+    def __init__(self, job: Job, loaded: LoadedModel, load_ns: int, max_tokens: int) -> None:
+        assert job.spec is not None and job.spec.embed_inputs is not None
+        self.job, self.loaded, self.load_ns, self.max_tokens = job, loaded, load_ns, max_tokens
+        self.net = backbone(loaded.model)
+        self.context = job.options.context(loaded.context_length)
+        self.texts, self.truncate = job.spec.embed_inputs, job.spec.truncate
+        self.batch: list[list[int]] = []  # tokens of the inputs tokenized so far
+        self.count = 0
+        self.vectors: list[list[float]] = []
+        self._long: tuple[Any, Any, int] | None = None  # (KV cache, hidden-state sum, tokens done)
+        self.started = time.perf_counter_ns()
+
+    def step(self, budget: float = SLICE_SECONDS) -> Embedded | None:
+        """Work for about `budget` seconds (at least one unit); the result once all is done."""
+        if self.job.cancelled.is_set():
             raise ClientClosed("request canceled")
-        hidden = net(mx.array([tokens]))
-        pooled = mx.mean(hidden[0].astype(mx.float32), axis=0)
-        vectors.append(pooled.tolist())
-    count = sum(len(t) for t in batch)
-    log.info("embedded request_id=%s model=%s inputs=%d tokens=%d ms=%.1f", job.request_id,
-             job.model_name, len(batch), count, (time.perf_counter_ns() - started) / 1e6)
-    return Embedded(vectors=vectors, prompt_eval_count=count, load_duration=load_ns)
+        deadline = time.perf_counter() + budget
+        while True:
+            if len(self.batch) < len(self.texts):
+                self._tokenize_next()
+            elif len(self.vectors) < len(self.batch):
+                self._forward_next()
+            else:
+                return self._result()
+            if time.perf_counter() >= deadline:
+                return None
+
+    def _tokenize_next(self) -> None:
+        tokens = input_tokens(self.loaded.tokenizer, self.texts[len(self.batch)], self.context,
+                              self.truncate)
+        self.batch.append(tokens)
+        self.count += len(tokens)
+        if len(self.batch) == len(self.texts) and self.count > self.max_tokens:
+            raise BadRequest(f"too many tokens: {self.count} (the limit is {self.max_tokens} per request; "
+                             "MLX_BRIDGE_MAX_EMBED_TOKENS)")
+
+    def _forward_next(self) -> None:
+        """One input, or the next piece of a long one; one at a time: no padding, so a batch
+        equals its single inputs."""
+        import mlx.core as mx
+
+        tokens = self.batch[len(self.vectors)]
+        if len(tokens) <= CHUNK_TOKENS:
+            hidden = self.net(mx.array([tokens]))
+            self.vectors.append(mx.mean(hidden[0].astype(mx.float32), axis=0).tolist())
+            return
+        if self._long is None:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self._long = (make_prompt_cache(self.loaded.model), mx.zeros((0,)), 0)
+        cache, total, done = self._long
+        piece = tokens[done:done + CHUNK_TOKENS]
+        hidden = self.net(mx.array([piece]), cache=cache)  # attends to the pieces before it
+        part = mx.sum(hidden[0].astype(mx.float32), axis=0)
+        total = part if done == 0 else total + part
+        mx.eval(total)
+        done += len(piece)
+        if done < len(tokens):
+            self._long = (cache, total, done)
+            return
+        self._long = None
+        self.vectors.append((total / len(tokens)).tolist())
+
+    def _result(self) -> Embedded:
+        log.info("embedded request_id=%s model=%s inputs=%d tokens=%d ms=%.1f", self.job.request_id,
+                 self.job.model_name, len(self.batch), self.count,
+                 (time.perf_counter_ns() - self.started) / 1e6)
+        return Embedded(vectors=self.vectors, prompt_eval_count=self.count, load_duration=self.load_ns)
