@@ -146,16 +146,16 @@ def test_cancel_frees_the_slot_and_a_short_request_is_not_delayed(engine, tiny_m
     assert engine.health()["active"] == 0 and engine.health()["queued"] == 0
 
 
-def test_another_models_job_runs_beside_a_long_job(engine, tiny_model_dir, tmp_path):
+def test_another_models_job_runs_beside_a_long_job(engine, long_model_dir, tmp_path):
     """Fair across models: B starts while A's long batch runs; order stays FIFO within a model."""
     other = build_tiny_model(tmp_path / "other", seed=3)
     expected_other = run_alone(engine, other, ["hello"], n=20)
-    expected_late = run_alone(engine, tiny_model_dir, [PROMPTS[2]], n=5)
-    long_a = chat_job(tiny_model_dir, PROMPTS[0], n=4000, timed=True, num_ctx=8192)
+    expected_late = run_alone(engine, long_model_dir, [PROMPTS[2]], n=5)
+    long_a = chat_job(long_model_dir, PROMPTS[0], n=4000, timed=True, num_ctx=8192)
     engine.submit(long_a)
     assert isinstance(long_a.events.get(timeout=30), Chunk)
     b_job = chat_job(other, "hello", n=20, timed=True)
-    late_a = chat_job(tiny_model_dir, PROMPTS[2], n=5, timed=True)
+    late_a = chat_job(long_model_dir, PROMPTS[2], n=5, timed=True)
     submitted = time.monotonic_ns()
     engine.submit(b_job)
     engine.submit(late_a)
@@ -198,10 +198,10 @@ def long_and_short_ttft(url: str) -> tuple[float, dict]:
     return ttft, final
 
 
-def test_a_short_chat_on_another_model_is_not_stuck_behind_a_long_job(tmp_path, tiny_model_dir):
+def test_a_short_chat_on_another_model_is_not_stuck_behind_a_long_job(tmp_path, long_model_dir):
     mappings = tmp_path / "m.yaml"
     other = build_tiny_model(tmp_path / "other", seed=4)
-    write_mappings(mappings, {"a": {"mlx": str(tiny_model_dir)}, "b": {"mlx": str(other)}})
+    write_mappings(mappings, {"a": {"mlx": str(long_model_dir)}, "b": {"mlx": str(other)}})
     proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"), "--upstream", "none"])
     try:
         ttft, final = long_and_short_ttft(url)
