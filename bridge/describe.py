@@ -87,6 +87,7 @@ class ModelDescription:
     tensors: list[dict[str, Any]]
     architecture: str
     parameter_count: int
+    system: str = ""
 
 
 def format_parameter_size(n: int) -> str:
@@ -234,6 +235,7 @@ def _describe(root: Path, scan: DirScan, config_bytes: bytes, digest: str) -> Mo
     level = f"Q{quant['bits']}" if quant else dominant_float_type(tensors, config)
     tok_cfg = read_json(root / "tokenizer_config.json")
     template = chat_template(root, tok_cfg)
+    ollama = _ollama_notes(root)
     details = {
         "parent_model": "",
         "format": "safetensors",
@@ -245,6 +247,8 @@ def _describe(root: Path, scan: DirScan, config_bytes: bytes, digest: str) -> Mo
         "embedding_length": int(_config_number(config, ("hidden_size", "d_model", "n_embd")) or 0),
     }
     params = default_parameters(root, tok_cfg, read_json(root / "generation_config.json"))
+    if ollama.get("params"):
+        params = {k: v if isinstance(v, list) else [v] for k, v in ollama["params"].items()}
     return ModelDescription(
         size=scan.size,
         digest=digest,
@@ -252,13 +256,21 @@ def _describe(root: Path, scan: DirScan, config_bytes: bytes, digest: str) -> Mo
         details=details,
         model_info=_model_info(config, family, count),
         capabilities=_capabilities(root, config, template),
-        template=template,
+        # Ollama's own template when it is what the Jinja renders (`ollama show` showed it)
+        template=ollama["template"] if ollama.get("template_converted") else template,
         parameters=format_parameters(params),
         context_length=context_length,
         tensors=tensors,
         architecture=family,
         parameter_count=count,
+        system=str(ollama.get("system") or ""),
     )
+
+
+def _ollama_notes(root: Path) -> dict[str, Any]:
+    """What an import from the Ollama store recorded: template, system, params (importer.ollama_meta)."""
+    notes = read_json(root / "mlx_bridge_import.json").get("ollama")
+    return notes if isinstance(notes, dict) else {}
 
 
 def _sections(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:

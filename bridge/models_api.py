@@ -133,6 +133,7 @@ def show_body(model: LocalModel, verbose: bool) -> dict[str, Any]:
         "modelfile": modelfile(model),
         "parameters": d.parameters,
         "template": d.template,
+        **({"system": d.system} if d.system else {}),
         "details": d.details,
         "model_info": info,
         "capabilities": d.capabilities,
@@ -154,6 +155,8 @@ def modelfile(model: LocalModel) -> str:
     ]
     if d.template:
         lines.append(f'TEMPLATE """{d.template}"""')
+    if d.system:
+        lines.append(f'SYSTEM """{d.system}"""')
     for line in d.parameters.splitlines():
         lines.append(f"PARAMETER {' '.join(line.split(None, 1))}")
     return "\n".join(lines) + "\n"

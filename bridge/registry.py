@@ -235,13 +235,15 @@ def _write_local_file(path: Path, models: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def register_local_model(home: Path, name: str, source: str) -> None:
-    """Record an imported or pulled model (`source` relative to the downloads dir) under `name`."""
+def register_local_model(home: Path, name: str, source: str,
+                         options: dict[str, Any] | None = None) -> None:
+    """Record an imported or pulled model (`source` relative to the downloads dir) under `name`;
+    `options` are its default request options (an Ollama model's params)."""
     display = ModelName.parse(name).display
     with _locked_local_file(home) as (path, models):
         key = ModelName.parse(display).key
         models = {n: v for n, v in models.items() if ModelName.parse(str(n)).key != key}
-        models[display] = {"mlx": source, "backend": "mlx"}
+        models[display] = {"mlx": source, "backend": "mlx", **({"options": options} if options else {})}
         _write_local_file(path, models)
 
 

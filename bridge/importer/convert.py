@@ -10,10 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import ollama_meta
 from .arch import Arch, get_arch, hf_name, to_hf
+from .chat_templates import upgrade
 from .errors import ImportFailed
 from .gguf_file import GGUFFile, GGUFTensor
 from .hf_config import build_config, eos_token_ids
+from .ollama_meta import OllamaMeta
 from .safetensors_out import DTYPES, PlannedTensor, write_model
 from .tokenizer import build_tokenizer
 
@@ -42,8 +45,12 @@ def default_dtype(arch: Arch, platform: str = sys.platform) -> str:
 
 
 def convert_gguf(path: Path, out: Path, *, dtype: str | None = None,
-                 progress: Progress = _no_progress, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the float model for `path` into the existing empty directory `out`; returns config."""
+                 progress: Progress = _no_progress, provenance: dict[str, Any] | None = None,
+                 meta: OllamaMeta | None = None) -> dict[str, Any]:
+    """Write the float model for `path` into the existing empty directory `out`; returns config.
+
+    `meta`: the Ollama manifest's template, system and params when the GGUF came from its store.
+    """
     progress("reading GGUF", 0, 0)
     g = GGUFFile(path)
     arch = get_arch(g.architecture)
@@ -53,6 +60,7 @@ def convert_gguf(path: Path, out: Path, *, dtype: str | None = None,
     plan = plan_tensors(g, arch, config)
     progress("writing tokenizer", 0, 0)
     tokenizer_json, tokenizer_config = build_tokenizer(g)
+    notes = chat_template(g, tokenizer_config, meta)
     (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     _write_json(out / "tokenizer_config.json", tokenizer_config)
     total = sum(t.source_bytes for t in plan)
@@ -70,9 +78,25 @@ def convert_gguf(path: Path, out: Path, *, dtype: str | None = None,
     _write_json(out / "generation_config.json", _generation_config(g))
     _write_json(out / "mlx_bridge_import.json", {
         **(provenance or {}), "gguf": str(path), "architecture": arch.gguf_name,
-        "gguf_types": g.file_type_counts(), "dtype": dtype,
+        "gguf_types": g.file_type_counts(), "dtype": dtype, **notes,
     })
     return config
+
+
+def chat_template(g: GGUFFile, tokenizer_config: dict[str, Any], meta: OllamaMeta | None) -> dict[str, Any]:
+    """Pick the chat template: Ollama's own (converted), else the GGUF's, made tool-capable for
+    the families whose Ollama template has tools. Returns notes for mlx_bridge_import.json."""
+    notes: dict[str, Any] = {}
+    if meta is not None:
+        notes["ollama"] = ollama_meta.apply(tokenizer_config, meta)
+        if notes["ollama"].get("template_converted"):
+            return notes
+    names = [str(g.get(k) or "") for k in ("general.basename", "general.name")]
+    family = upgrade(tokenizer_config, names)
+    if family:
+        log.info("chat template made tool-capable family=%s", family)
+        notes["tool_template"] = family
+    return notes
 
 
 def plan_tensors(g: GGUFFile, arch: Arch, config: dict[str, Any]) -> list[PlannedTensor]:

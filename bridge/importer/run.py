@@ -15,6 +15,7 @@ from ..names import InvalidModelName, ModelName
 from ..registry import register_local_model
 from .convert import QUANTIZE_CHOICES, Progress, _no_progress, convert_gguf, quantize_dir
 from .errors import ImportFailed
+from .ollama_meta import OllamaMeta
 from .ollama_store import find_model, list_models, store_root
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Source:
     gguf: Path
     default_name: str
     provenance: dict[str, str]
+    meta: OllamaMeta | None = None  # what the Ollama manifest knew besides the weights
 
 
 def resolve_source(source: str, ollama_root: Path | None = None) -> Source:
@@ -53,7 +55,8 @@ def resolve_source(source: str, ollama_root: Path | None = None) -> Source:
                            f"at {root}{hint}")
     return Source(model.gguf, model.name, {"source": f"ollama:{model.name}",
                                            "ollama_manifest": str(model.manifest),
-                                           "ollama_digest": model.digest})
+                                           "ollama_digest": model.digest},
+                  OllamaMeta.from_layers(model.extras, model.name))
 
 
 def name_from_stem(stem: str) -> str:
@@ -95,7 +98,9 @@ def import_model(source: str, home: Path, *, name: str | None = None, quantize: 
         try:
             _build(src, work, quantize, progress)
             progress("registering", 0, 0)
-            _swap_in(work, final, lambda: register_local_model(home, display, f"{IMPORTED_DIR}/{final.name}"))
+            options = src.meta.options() if src.meta else {}
+            _swap_in(work, final, lambda: register_local_model(home, display, f"{IMPORTED_DIR}/{final.name}",
+                                                               options))
         finally:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(work.with_name(work.name + "-float"), ignore_errors=True)
@@ -112,13 +117,14 @@ def _build(src: Source, work: Path, quantize: str, progress: Progress) -> None:
     """Convert into `work` (float), then quantize in place of it when asked."""
     if quantize in ("auto", "none"):
         work.mkdir(parents=True)
-        convert_gguf(src.gguf, work, progress=progress, provenance=src.provenance)
+        convert_gguf(src.gguf, work, progress=progress, provenance=src.provenance, meta=src.meta)
         return
     float_dir = work.with_name(work.name + "-float")
     shutil.rmtree(float_dir, ignore_errors=True)
     float_dir.mkdir(parents=True)
     # float32 intermediate: quantizing from it loses nothing more than quantizing the original
-    convert_gguf(src.gguf, float_dir, dtype="float32", progress=progress, provenance=src.provenance)
+    convert_gguf(src.gguf, float_dir, dtype="float32", progress=progress, provenance=src.provenance,
+                 meta=src.meta)
     quantize_dir(float_dir, work, int(quantize), progress)
 
 
