@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_NUM_PARALLEL",
     "DEFAULT_PORT",
+    "DEFAULT_READ_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_THREADS",
     "Config",
@@ -49,6 +50,7 @@ DEFAULT_MAX_QUEUE = 512
 DEFAULT_THREADS = 64
 DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 30.0  # seconds for a whole request (headers and body) to arrive
 DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/limits.py); blob uploads exempt
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_IMAGES = 32  # per request
@@ -261,6 +263,7 @@ class Config:
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_images: int = DEFAULT_MAX_IMAGES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
 
 def _env_str(env: Mapping[str, str], key: str) -> str | None:
@@ -339,6 +342,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "max_image_bytes": _env_int(
             env, "MLX_BRIDGE_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, zero_is_default=True
         ),
+        "read_timeout": float(_env_int(
+            env, "MLX_BRIDGE_READ_TIMEOUT", int(DEFAULT_READ_TIMEOUT), zero_is_default=True
+        )),
     }
 
 

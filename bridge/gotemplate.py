@@ -11,8 +11,8 @@ that would grow past the body cap is a 400 there, before anything reaches the en
 
 >>> render("{{ if .System }}<s>{{ .System }}</s>{{ end }}[U]{{ .Prompt }}[A]", {"Prompt": "hi"})
 '[U]hi[A]'
->>> render("{{- if .System }}{{ .System }}\\n{{ end -}}\\n  {{ .Prompt }}", {"System": "be nice", "Prompt": "hi"})
-'be nice\\nhi'
+>>> render("{{- if .System }}{{ .System }}\\n{{ end -}}\\n  {{ .Prompt }}", {"System": "s", "Prompt": "hi"})
+'s\\nhi'
 >>> render("{{ if .Suffix }}F{{ else }}P{{ end }}", {})
 'P'
 """
@@ -57,14 +57,15 @@ def check(template: str, values: dict[str, str], max_output: int) -> None:
     """
     size = _size(parse(template), values)
     if size > max_output:
-        raise BadRequest(f"template renders to more than {max_output} characters "
-                         f"(at most {size}); the limit is the request body cap (MLX_BRIDGE_MAX_BODY)")
+        raise BadRequest(f"template renders to more than {max_output} characters (at most "
+                         f"{size}); the limit is the request body cap (MLX_BRIDGE_MAX_BODY)")
 
 
 def parse(template: str) -> list[_Node]:
     """The template as a tree; BadRequest (Go's wording) when it is malformed or too big."""
     if len(template) > MAX_TEMPLATE:
-        raise BadRequest(f"template too long: {len(template)} characters (the limit is {MAX_TEMPLATE})")
+        raise BadRequest(f"template too long: {len(template)} characters "
+                         f"(the limit is {MAX_TEMPLATE})")
     root: list[_Node] = []
     stack: list[_If] = []
     for kind, value in _tokenize(template):
