@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BridgeError
+from .registry import IMPORTED_DIR
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class Puller:
     def pull(self, repo: str) -> Iterator[dict[str, Any]]:
         """Progress lines for downloading `repo` into downloads_dir/<repo>."""
         yield {"status": "pulling manifest"}
+        if repo.split("/", 1)[0].lower() == IMPORTED_DIR:  # that directory holds imports
+            raise PullError(f"pull model manifest: cannot pull {repo}: '{IMPORTED_DIR}/' is where "
+                            "mlx-bridge keeps imported models")
         commit, files = fetch_manifest(repo)
         with self._lock(repo):
             final = self.downloads_dir / repo
