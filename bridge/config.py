@@ -382,7 +382,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
 
     >>> load_config({}).host.bind
     '127.0.0.1:11434'
-    >>> load_config({"OLLAMA_HOST": "0.0.0.0:1"}, host="[::1]:1337").host.url
+    >>> load_config({"OLLAMA_HOST": "0.0.0.0:1"}).host.bind  # OLLAMA_HOST is for clients only
+    '127.0.0.1:11434'
+    >>> load_config({"MLX_BRIDGE_HOST": "0.0.0.0:1"}, host="[::1]:1337").host.url
     'http://[::1]:1337'
     """
     values = _from_env(os.environ if env is None else env)

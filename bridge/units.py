@@ -173,6 +173,23 @@ def verify_systemd(path: Path, runner: Runner = run_command) -> str | None:
 # --------------------------------------------------------------------------- install
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable by its owner only from the first byte (it may hold the admin
+    token): a new file created 0600, then renamed over the old one, whatever its mode was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a killed install; O_EXCL below never reuses a file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class Installer:
     """Install or remove the service for one platform; every system command goes through `runner`."""
@@ -207,8 +224,7 @@ class Installer:
         existed = path.exists()
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(0o600)
+        write_private(path, data)
         if self.kind == "systemd":
             problems = verify_systemd(path, self.runner)
             if problems:
