@@ -1,5 +1,5 @@
 """A client that leaves a streaming /api/pull stops the download (issue 11.11): the file stops
-growing far short of its size, and a later pull resumes and finishes. A real server process and
+growing far short of its size, and a later pull finishes. A real server process and
 a slow local hub process (tests/fakehub.py)."""
 
 from __future__ import annotations
@@ -64,12 +64,13 @@ def test_a_client_leaving_a_pull_stops_its_download(slow_hub, tmp_path):
         while time.monotonic() < deadline and (len(sizes) < 4 or sizes[-1] != sizes[-4]):
             time.sleep(0.5)  # until it has not grown for 1.5 s
             sizes.append(downloaded(partial))
-        assert sizes[-1] < PADDING, "the download ran to the end after the client left"
+        # huggingface-hub deletes its unfinished temp file when the download stops
+        assert max(sizes) < PADDING, "the download ran to the end after the client left"
         assert not (partial / "padding.safetensors").exists()
         assert not (home / "models" / REPO).exists()
 
         again = requests.post(url + "/api/pull", json={"model": "bigpull", "stream": False}, timeout=120)
-        assert again.json() == {"status": "success"}  # resumes: the lock was released
+        assert again.json() == {"status": "success"}  # the repo's lock was released
         assert (home / "models" / REPO / "padding.safetensors").stat().st_size == PADDING
     finally:
         stop_server(proc)
