@@ -144,7 +144,7 @@ def _download(repo: str, commit: str, f: RepoFile, partial: Path) -> Iterator[di
     cancel = threading.Event()
 
     def report(count: int) -> None:
-        if cancel.is_set():  # the client went away: stop at this chunk (a later pull resumes)
+        if cancel.is_set():  # the client went away: stop at this chunk
             raise _Cancelled
         updates.put(count)
 
