@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_NUM_PARALLEL",
     "DEFAULT_PORT",
+    "DEFAULT_READ_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_THREADS",
     "Config",
@@ -51,6 +52,7 @@ DEFAULT_MAX_QUEUE = 512
 DEFAULT_THREADS = 64
 DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 30.0  # seconds for a whole request (headers and body) to arrive
 DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/limits.py); blob uploads exempt
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_IMAGES = 32  # per request
@@ -267,6 +269,7 @@ class Config:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_embed_inputs: int = DEFAULT_MAX_EMBED_INPUTS
     max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
 
 def _env_str(env: Mapping[str, str], key: str) -> str | None:
@@ -351,6 +354,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "max_embed_tokens": _env_int(
             env, "MLX_BRIDGE_MAX_EMBED_TOKENS", DEFAULT_MAX_EMBED_TOKENS, zero_is_default=True
         ),
+        "read_timeout": float(_env_int(
+            env, "MLX_BRIDGE_READ_TIMEOUT", int(DEFAULT_READ_TIMEOUT), zero_is_default=True
+        )),
     }
 
 
@@ -388,7 +394,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
 
     >>> load_config({}).host.bind
     '127.0.0.1:11434'
-    >>> load_config({"OLLAMA_HOST": "0.0.0.0:1"}, host="[::1]:1337").host.url
+    >>> load_config({"OLLAMA_HOST": "0.0.0.0:1"}).host.bind  # OLLAMA_HOST is for clients only
+    '127.0.0.1:11434'
+    >>> load_config({"MLX_BRIDGE_HOST": "0.0.0.0:1"}, host="[::1]:1337").host.url
     'http://[::1]:1337'
     """
     values = _from_env(os.environ if env is None else env)

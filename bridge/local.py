@@ -166,8 +166,8 @@ class LocalBackend:
             pass
 
     def delete(self, model: LocalModel) -> None:
-        """Unload, then delete weights only if the bridge itself put them in its state dir."""
-        self.unload(model)
+        """Delete the weights if the bridge itself put them in its state dir (unloading first);
+        when another name uses them too, only this name goes (or a 400 for a mapped name)."""
         if model.entry.is_local_dir or not self.registry.owns(model.path):
             where = "the user's directory" if model.entry.is_local_dir else "a directory mlx-bridge did not create"
             raise BadRequest(
@@ -175,6 +175,9 @@ class LocalBackend:
                 "mlx-bridge only deletes what it downloaded into its state dir. "
                 "Remove it from model_mappings.yaml or delete the files yourself."
             )
+        if self._forget_shared(model):
+            return
+        self.unload(model)
         try:
             shutil.rmtree(model.path)
         except OSError as exc:
@@ -184,3 +187,19 @@ class LocalBackend:
         self.descriptions.clear()
         self.tokenizers.clear()
         log.info("model deleted model=%s path=%s", model.entry.name, model.path)
+
+    def _forget_shared(self, model: LocalModel) -> bool:
+        """When other names use the model's files: drop only this name (True), or refuse."""
+        sharing = self.registry.names_sharing(model.path, model.entry.name)
+        if not sharing:
+            return False
+        names = ", ".join(f"'{n}'" for n in sharing)
+        if model.entry.origin != "local":  # a model_mappings.yaml name cannot be dropped here
+            raise BadRequest(
+                f"model '{model.entry.name}' shares its files ({model.path}) with {names}; "
+                "deleting them would break those names. Remove it from model_mappings.yaml instead."
+            )
+        unregister_local_model(self.registry.home, model.entry.name)
+        log.info("model name deleted, files kept model=%s path=%s shared_with=%s",
+                 model.entry.name, model.path, ",".join(sharing))
+        return True

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BridgeError
+from .registry import IMPORTED_DIR
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,15 @@ WANTED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".tiktoken", ".t
 MANIFEST_FILE = "mlx_bridge_pull.json"
 UNKNOWN_MODEL = "pull model manifest: file does not exist"  # the ollama CLI matches this text
 _TICK = 0.25  # seconds between progress lines for one file
+_JOIN = 60.0  # seconds a closed pull waits for its download thread to notice (one 10 MB read)
 
 
 class PullError(BridgeError):
     """A pull failed; the message is the error line clients show."""
+
+
+class _Cancelled(Exception):
+    """Raised inside huggingface_hub's download loop once nobody reads the progress any more."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class Puller:
     def pull(self, repo: str) -> Iterator[dict[str, Any]]:
         """Progress lines for downloading `repo` into downloads_dir/<repo>."""
         yield {"status": "pulling manifest"}
+        if repo.split("/", 1)[0].lower() == IMPORTED_DIR:  # that directory holds imports
+            raise PullError(f"pull model manifest: cannot pull {repo}: '{IMPORTED_DIR}/' is where "
+                            "mlx-bridge keeps imported models")
         commit, files = fetch_manifest(repo)
         with self._lock(repo):
             final = self.downloads_dir / repo
@@ -132,15 +141,35 @@ def _download(repo: str, commit: str, f: RepoFile, partial: Path) -> Iterator[di
     status = f"pulling {f.sha256[:12]}"
     yield {"status": status, "digest": digest, "total": f.size}
     updates: queue.Queue[int | BaseException | None] = queue.Queue()
+    cancel = threading.Event()
+
+    def report(count: int) -> None:
+        if cancel.is_set():  # the client went away: stop at this chunk
+            raise _Cancelled
+        updates.put(count)
 
     def work() -> None:
         try:
-            _fetch(repo, commit, f.name, partial, updates.put)
+            _fetch(repo, commit, f.name, partial, report)
             updates.put(None)
         except BaseException as exc:  # handed to the streaming thread, which raises it
             updates.put(exc)
 
-    threading.Thread(target=work, name=f"pull-{f.name}", daemon=True).start()
+    thread = threading.Thread(target=work, name=f"pull-{f.name}", daemon=True)
+    thread.start()
+    try:
+        yield from _progress(updates, f, status, digest, repo)
+    finally:  # also when the response is closed early (GeneratorExit): end the download
+        cancel.set()
+        thread.join(_JOIN)  # before the repo lock is released: no two writers of one file
+        if thread.is_alive():
+            log.warning("pull download still running after the client left repo=%s file=%s",
+                        repo, f.name)
+
+
+def _progress(updates: queue.Queue[int | BaseException | None], f: RepoFile, status: str,
+              digest: str, repo: str) -> Iterator[dict[str, Any]]:
+    """Progress lines from the download thread's byte counts, at most one per tick."""
     last_sent, sent = 0.0, -1
     while True:
         item = updates.get()

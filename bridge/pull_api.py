@@ -12,7 +12,7 @@ from .errors import BadRequest, BridgeError
 from .jsonbody import Fields, parse_body
 from .names import InvalidModelName, ModelName
 from .pull import Puller, PullError
-from .registry import MappedModel
+from .registry import IMPORTED_DIR, MappedModel
 from .web import json_response, ndjson_stream
 
 bp = Blueprint("pull", __name__)
@@ -49,7 +49,8 @@ def pull() -> Response:
 
 def _lines(entry: MappedModel, present: bool) -> Iterator[dict[str, Any]]:
     """What to stream: a download for hub repos; nothing to fetch for local or imported models."""
-    if entry.is_local_dir or entry.origin == "local":
+    imported = entry.source.split("/", 1)[0].lower() == IMPORTED_DIR  # an alias of an import
+    if entry.is_local_dir or entry.origin == "local" or imported:
         if not present:
             raise PullError(f"pull model manifest: '{entry.name}' is served from local files "
                             f"({entry.source}) that are missing; import it again")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("mlx", "ollama", "auto")
 LOCAL_MODELS_FILE = "local_models.yaml"
+IMPORTED_DIR = "imported"  # under the downloads dir; an import's source is "imported/<slug>"
 # A Hugging Face repo id `org/name`; anything else is a directory. Both parts start with an
 # alphanumeric and ".." never appears, so no repo id can climb out of the downloads dir.
 _REPO_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -206,6 +207,19 @@ class Registry:
             return own
         return _hf_cache_dir(entry.source)
 
+    def names_sharing(self, path: Path, name: str) -> list[str]:
+        """The other names whose weights are the directory `path`: deleting it would break them."""
+        key = ModelName.parse(name).key
+        target = path.resolve()
+        sharing = []
+        for entry in self.entries():
+            if ModelName.parse(entry.name).key == key:
+                continue
+            other = self.local_dir(entry)
+            if other is not None and other.resolve() == target:
+                sharing.append(entry.name)
+        return sorted(sharing)
+
     def owns(self, path: Path) -> bool:
         """True when `path` lies inside the bridge's own downloads (safe to delete)."""
         try:
@@ -245,6 +259,13 @@ def register_local_model(home: Path, name: str, source: str,
         models = {n: v for n, v in models.items() if ModelName.parse(str(n)).key != key}
         models[display] = {"mlx": source, "backend": "mlx", **({"options": options} if options else {})}
         _write_local_file(path, models)
+
+
+def local_sources(home: Path) -> dict[str, str]:
+    """{name key: source} of every name in local_models.yaml (read under its lock)."""
+    with _locked_local_file(home) as (_, models):
+        return {ModelName.parse(str(n)).key: str(v.get("mlx", "") if isinstance(v, dict) else v)
+                for n, v in models.items()}
 
 
 def unregister_local_model(home: Path, name: str) -> bool:

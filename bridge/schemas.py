@@ -7,8 +7,9 @@ from typing import Any
 
 from .durations import parse_keep_alive
 from .errors import BadRequest
+from .gotemplate import check as check_template
 from .jsonbody import Fields, type_error
-from .limits import check_images, check_messages
+from .limits import active, check_images, check_messages
 from .options import Options, parse_options
 
 THINK_LEVELS = ("high", "medium", "low", "max")
@@ -116,6 +117,9 @@ def parse_generate(body: dict[str, Any]) -> GenerateRequest:
     )
     if req.raw and (req.template or req.system or req.context):
         raise BadRequest("raw mode does not support template, system, or context")
+    if req.template:  # parsed here, in the request thread: a bad one never reaches the engine
+        check_template(req.template, {"System": req.system, "Prompt": req.prompt, "Response": ""},
+                       active().max_body)
     check_images(req.images, "images")
     return req
 

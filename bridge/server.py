@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 DEFAULT_GRACE = 30.0
 ENGINE_FAILED_EXIT = 70  # EX_SOFTWARE: the worker's MLX engine crashed too often to restart
 _LAST_LINES_WAIT = 1.0  # for request threads to send the error lines the engine just queued
+MLX_LM_NOFILE = 2048  # the soft open-files limit mlx_lm.utils sets when it is imported
+FD_RESERVE = 128  # descriptors kept for model files, the database, logs, pipes
 
 
 def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -47,6 +51,9 @@ class BridgeServer(BaseApplication):
             "workers": 1,  # MLX weights live in-process: more workers would mean more copies
             "worker_class": "bridge.worker.BridgeWorker",  # gthread + refuse-at-once graceful stop
             "threads": c.threads,
+            # Connections are read on the main loop (bridge/worker.py) and cost no thread until
+            # their request is complete, so many slow ones fit; never more than the fds allow.
+            "worker_connections": connection_limit(c.threads),
             "timeout": 120,  # heartbeat of the worker's main loop, not a per-request limit
             "graceful_timeout": int(self.grace + EXIT_MARGIN + 0.999),  # gunicorn wants an int
             "keepalive": 5,
@@ -64,6 +71,26 @@ class BridgeServer(BaseApplication):
         from .app import create_app
 
         return create_app(self.bridge_config)
+
+
+def connection_limit(threads: int) -> int:
+    """The worker's cap on open connections: what its open-files limit leaves room for.
+
+    Each connection is a descriptor, and so is each forwarded request's upstream socket (one
+    per thread). The soft limit is raised to the hard one first (Go's runtime does so for
+    Ollama), but mlx_lm, imported by the engine thread, then sets it to (2048, 4096) itself.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited:
+        for want in (hard, 65536, 10240):  # macOS refuses more than its per-process maximum
+            if want != unlimited and soft < want and (hard == unlimited or want <= hard):
+                with contextlib.suppress(ValueError, OSError):
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                    soft = want
+                    break
+    usable = MLX_LM_NOFILE if soft == unlimited else min(soft, MLX_LM_NOFILE)
+    return max(threads + 1, usable - threads - FD_RESERVE)
 
 
 def _post_worker_init(worker: Any) -> None:

@@ -2,7 +2,8 @@
 
 `start` launches `python -m bridge serve ... --log-file` in its own session; `stop` sends SIGTERM
 (gunicorn stops accepting and drains for the grace period) and cleans up. A PID file whose process
-is gone, or is no longer a bridge, is stale and removed. No flask or mlx imports.
+is gone, or cannot be proven to be this state dir's bridge (its command line), is stale and
+removed; that process is never signalled. No flask or mlx imports.
 """
 
 from __future__ import annotations
@@ -90,10 +91,17 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def is_bridge(pid: int) -> bool:
-    """True when `pid` looks like the bridge (guards against a recycled PID)."""
-    cmd = command_line(pid)  # `-m bridge serve`, or gunicorn's title `... [mlx-bridge]`
-    return not cmd or "bridge" in cmd
+def is_bridge(pid: int, home: Path, argv: list[str] | None = None) -> bool:
+    """True only when `pid` provably is this state dir's server, so a recycled PID is never
+    signalled: its command line is the one `start` recorded, or runs `-m bridge serve` with
+    `--home <home>`. A command line that cannot be read proves nothing."""
+    cmd = command_line(pid)
+    if not cmd:
+        return False
+    if argv and cmd == " ".join(argv):
+        return True
+    padded = f" {cmd} "
+    return " -m bridge serve " in padded and f" --home {home.resolve()} " in padded
 
 
 def lookup(paths: ServicePaths) -> Lookup:
@@ -104,8 +112,10 @@ def lookup(paths: ServicePaths) -> Lookup:
         return Lookup(None)
     except (OSError, ValueError):
         pid = -1
-    if pid > 0 and pid_alive(pid) and is_bridge(pid):
-        return Lookup(_read_state(paths, pid))
+    if pid > 0 and pid_alive(pid):
+        state = _read_state(paths, pid)
+        if is_bridge(pid, paths.home, state.argv):
+            return Lookup(state)
     clear(paths)
     return Lookup(None, stale_pid=pid)
 
@@ -223,12 +233,19 @@ def stop(paths: ServicePaths, timeout: float | None = None) -> tuple[int | None,
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     forced = not _wait_gone(pid, limit)
-    if forced:
+    if forced and is_bridge(pid, paths.home, found.state.argv) and _leads_group(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)  # `start` made it a session leader: its worker too
         _wait_gone(pid, 5.0)
     clear(paths)
     return pid, forced
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -26,7 +26,7 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / f"{LABEL}.plist"
 # Settings worth freezing into the service's environment when they are set at install time.
 PASSED_ENV = ("OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_NUM_PARALLEL",
               "OLLAMA_MAX_QUEUE", "OLLAMA_ORIGINS", "OLLAMA_MODELS", "OLLAMA_DEBUG",
-              "MLX_BRIDGE_THREADS", "MLX_BRIDGE_ADMIN_TOKEN", "MLX_BRIDGE_LOG_MAX_BYTES",
+              "MLX_BRIDGE_THREADS", "MLX_BRIDGE_READ_TIMEOUT", "MLX_BRIDGE_ADMIN_TOKEN", "MLX_BRIDGE_LOG_MAX_BYTES",
               "MLX_BRIDGE_LOG_BACKUPS", "MLX_BRIDGE_DEMO", "MLX_BRIDGE_BLAS", "HF_HOME",
               "HF_HUB_OFFLINE")
 _SAFE_ARG = re.compile(r"[A-Za-z0-9_/.:=,@+-]+")
@@ -173,6 +173,23 @@ def verify_systemd(path: Path, runner: Runner = run_command) -> str | None:
 # --------------------------------------------------------------------------- install
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable by its owner only from the first byte (it may hold the admin
+    token): a new file created 0600, then renamed over the old one, whatever its mode was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a killed install; O_EXCL below never reuses a file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class Installer:
     """Install or remove the service for one platform; every system command goes through `runner`."""
@@ -207,8 +224,7 @@ class Installer:
         existed = path.exists()
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(0o600)
+        write_private(path, data)
         if self.kind == "systemd":
             problems = verify_systemd(path, self.runner)
             if problems:

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from bridge.demo import DEMO_NAME, MARKER
+from bridge.importer.run import slug
 
 from .conftest import start_server, stop_server, write_mappings
 
@@ -58,7 +59,7 @@ def test_first_start_imports_the_demo_and_it_answers_paris(demo_home):
 
 def test_later_starts_reuse_the_import(demo_home):
     home, mappings = demo_home
-    model_dir = home / "models" / "imported" / "smollm2-135m"
+    model_dir = home / "models" / "imported" / slug("smollm2:135m")
     stamp = model_dir.stat().st_mtime_ns
     proc, url = start_server(["--demo", "--home", str(home), "--mappings", str(mappings)])
     try:

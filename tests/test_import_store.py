@@ -20,6 +20,7 @@ from bridge.config import load_config
 from bridge.engine.prompts import encode
 from bridge.importer import ImportFailed, import_model
 from bridge.importer.chat_templates import render
+from bridge.importer.run import slug
 from bridge.registry import Registry
 from bridge.testing import build_tiny_model
 
@@ -83,7 +84,7 @@ def test_import_by_ollama_name_reads_the_model_blob_and_never_writes_the_store(s
     before = _snapshot(store)
     result = import_model("tinyllama:q8", tmp_path / "home", ollama_root=store)
     assert result.name == "tinyllama:q8"
-    assert result.path == tmp_path / "home" / "models" / "imported" / "tinyllama-q8"
+    assert result.path == tmp_path / "home" / "models" / "imported" / slug("tinyllama:q8")
     provenance = json.loads((result.path / "mlx_bridge_import.json").read_text())
     assert provenance["source"] == "ollama:tinyllama:q8" and provenance["ollama_digest"].startswith("sha256:")
     # the manifest's template `{{ .Prompt }}` and stop param, not the GGUF's ChatML template
@@ -91,7 +92,8 @@ def test_import_by_ollama_name_reads_the_model_blob_and_never_writes_the_store(s
     assert render(template, [{"role": "user", "content": "hi"}]) == "hi"
     assert _snapshot(store) == before
     local = yaml.safe_load((tmp_path / "home" / "local_models.yaml").read_text())
-    assert local == {"models": {"tinyllama:q8": {"mlx": "imported/tinyllama-q8", "backend": "mlx",
+    assert local == {"models": {"tinyllama:q8": {"mlx": f"imported/{slug('tinyllama:q8')}",
+                                                 "backend": "mlx",
                                                  "options": {"stop": ["<|im_end|>"]}}}}
 
 
@@ -136,8 +138,9 @@ def test_cli_import_serve_list_and_delete(store, tmp_path):
         reply = client.post("/api/chat", json={"model": "mine:v1", "stream": False, "options": {"num_predict": 3},
                                                "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200 and reply.get_json()["done"] is True
+        assert (home / "models" / "imported" / slug("mine:v1")).is_dir()
         assert client.delete("/api/delete", json={"model": "mine:v1"}).status_code == 200
-        assert not (home / "models" / "imported" / "mine-v1").exists()
+        assert not (home / "models" / "imported" / slug("mine:v1")).exists()
         assert yaml.safe_load((home / "local_models.yaml").read_text())["models"] == {}
         assert "mine:v1" not in {m["name"] for m in client.get("/api/tags").get_json()["models"]}
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import requests
 
@@ -163,3 +164,35 @@ def test_the_mapping_file_is_passed_only_when_chosen(tmp_path, monkeypatch, mapp
     assert argv[argv.index("--mappings") + 1] == str(mappings_file.resolve()) and "--no-demo" in argv
     monkeypatch.setenv("MLX_BRIDGE_MAPPINGS", str(mappings_file))
     assert "--mappings" in argv_for(chosen, 30, {})
+
+
+def test_stop_never_signals_a_recycled_pid_that_only_looks_like_a_bridge(tmp_path):
+    """The PID file names a live process on the recorded port whose command line mentions
+    `bridge serve` (another state dir's, or any lookalike): not provably ours, so left alone."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_env(home)
+    paths = ServicePaths(home)
+    port = free_port()
+    code = (f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+            "print('ready', flush=True); time.sleep(60)")
+    lookalike = subprocess.Popen([sys.executable, "-c", code, "-m", "bridge", "serve",
+                                  "--home", str(tmp_path / "elsewhere")],
+                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert lookalike.stdout is not None and lookalike.stdout.readline().strip() == "ready"
+        paths.pid_file.write_text(f"{lookalike.pid}\n")
+        paths.state_file.write_text(json.dumps({
+            "pid": lookalike.pid, "url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}",
+            "started_at": time.time(), "log_file": str(paths.log_file), "grace": 1.0,
+            "argv": [sys.executable, "-m", "bridge", "serve", "--home", str(home)]}))
+        stop = mlx_bridge("stop", "--timeout", "2", env=env)
+        assert stop.returncode == 0, stop.stderr
+        assert f"removed a stale PID file (pid {lookalike.pid}" in stop.stdout
+        assert "mlx-bridge is not running" in stop.stdout
+        time.sleep(0.5)
+        assert lookalike.poll() is None, "stop killed a process that is not this bridge"
+        assert not paths.pid_file.exists()
+    finally:
+        lookalike.kill()
+        lookalike.wait()

@@ -187,3 +187,47 @@ def test_install_service_dry_run_changes_nothing(tmp_path, mappings_file):
     assert "--host 127.0.0.1:11600" in result.stdout
     assert f"would run: systemctl --user enable --now {UNIT_NAME}" in result.stdout
     assert not config_home.exists()
+
+
+@pytest.mark.parametrize("platform", ["darwin", "linux"])
+def test_the_unit_is_never_readable_by_others_not_even_for_a_moment(tmp_path, monkeypatch, platform):
+    """Every file the install opens in the unit's directory is 0600 from its creation, also
+    when an older install left the unit 0644 (the token must never sit in a readable file)."""
+    import io
+    import os
+
+    target = tmp_path / "units"
+    target.mkdir()
+    seen: list[tuple[str, int]] = []
+    real_os_open, real_io_open = os.open, io.open
+
+    def record(path: object, fd: int) -> None:
+        if Path(os.fsdecode(path)).parent == target:
+            seen.append((Path(os.fsdecode(path)).name, stat.S_IMODE(os.fstat(fd).st_mode)))
+
+    def spy_os_open(path, flags, mode=0o777, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_os_open(path, flags, mode, *args, **kwargs)
+        record(path, fd)
+        return fd
+
+    def spy_io_open(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        fh = real_io_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+            record(file, fh.fileno())
+        return fh
+
+    installer = Installer(platform=platform, target_dir=target, runner=Recorder(), uid=501)
+    installer.unit_path.write_text("old unit\n")
+    installer.unit_path.chmod(0o644)
+    old_umask = os.umask(0o022)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    monkeypatch.setattr(io, "open", spy_io_open)
+    monkeypatch.setattr("bridge.units.verify_systemd", lambda path, runner: "")
+    try:
+        installer.install(_spec(tmp_path, env={"PATH": "/bin", "MLX_BRIDGE_ADMIN_TOKEN": "s3cret"}))
+    finally:
+        os.umask(old_umask)
+    assert seen and all(mode == 0o600 for _, mode in seen), seen
+    assert stat.S_IMODE(installer.unit_path.stat().st_mode) == 0o600
+    assert b"s3cret" in installer.unit_path.read_bytes()
+    assert sorted(p.name for p in target.iterdir()) == [installer.unit_path.name]  # no temp left

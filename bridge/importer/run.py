@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..names import InvalidModelName, ModelName
-from ..registry import register_local_model
+from ..registry import IMPORTED_DIR, LOCAL_MODELS_FILE, local_sources, register_local_model
 from .convert import QUANTIZE_CHOICES, Progress, _no_progress, convert_gguf, quantize_dir
 from .errors import ImportFailed
 from .ollama_meta import OllamaMeta
@@ -20,7 +21,7 @@ from .ollama_store import find_model, list_models, store_root
 
 log = logging.getLogger(__name__)
 
-IMPORTED_DIR = "imported"  # under the downloads dir; the registry source is "imported/<slug>"
+_DIR_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,40 @@ def name_from_stem(stem: str) -> str:
 
 
 def slug(name: str) -> str:
-    """Directory name for a model name: 'smollm2:135m' -> 'smollm2-135m'.
+    """Directory name for a model name: readable, plus a hash of the name's key, so names that
+    differ only in '/', ':' or '-' never share a directory.
 
     >>> slug("smollm2:135m"), slug("hf.co/user/Repo:Q4_K_M")
-    ('smollm2-135m', 'hf.co-user-repo-q4_k_m')
+    ('smollm2-135m-5d3dfca5', 'hf.co-user-repo-q4_k_m-d1660d16')
+    >>> slug("team/coder:7b"), slug("team-coder:7b")
+    ('team-coder-7b-5d66cd5b', 'team-coder-7b-bac9451d')
     """
-    return re.sub(r"[/:]+", "-", ModelName.parse(name).display.lower())
+    key = ModelName.parse(name).key
+    return re.sub(r"[/:]+", "-", key) + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def target_dir(base: Path, home: Path, display: str) -> Path:
+    """Where the import of `display` goes: the directory it already has, else a new one.
+
+    A name imported before keeps its directory (older versions named it without the hash),
+    unless another name is registered to that directory too; a directory registered to
+    another name is never taken over.
+    """
+    sources = local_sources(home) if (home / LOCAL_MODELS_FILE).exists() else {}
+    key = ModelName.parse(display).key
+    owners: dict[str, list[str]] = {}
+    for name_key, source in sources.items():
+        owners.setdefault(source, []).append(name_key)
+    previous = sources.get(key, "")
+    folder, _, own = previous.partition("/")
+    if folder == IMPORTED_DIR and _DIR_NAME.fullmatch(own) and owners[previous] == [key]:
+        return base / own
+    final = base / slug(display)
+    others = [k for k in owners.get(f"{IMPORTED_DIR}/{final.name}", []) if k != key]
+    if others:
+        raise ImportFailed(f"{final} already holds the model '{others[0]}'; "
+                           "import under another name")
+    return final
 
 
 def import_model(source: str, home: Path, *, name: str | None = None, quantize: str = "auto",
@@ -90,9 +119,9 @@ def import_model(source: str, home: Path, *, name: str | None = None, quantize: 
     except InvalidModelName:
         raise ImportFailed(f"invalid model name '{name}'") from None
     base = home / "models" / IMPORTED_DIR
-    final = base / slug(display)
-    work = base / f".tmp-{final.name}-{os.getpid()}"
     try:  # disk full, read-only state dir: a clear error, nothing half-written left or registered
+        final = target_dir(base, home, display)
+        work = base / f".tmp-{final.name}-{os.getpid()}"
         base.mkdir(parents=True, exist_ok=True)
         _clean_stale(base, final.name)
         try:

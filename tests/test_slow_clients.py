@@ -1,0 +1,228 @@
+"""Slow clients (issue 11.8): requests are read on the worker's main loop, so clients that trickle
+headers or a body, or never close, hold no request thread; they are answered 408 and closed once
+MLX_BRIDGE_READ_TIMEOUT passes, and long responses are never cut.
+
+Unit tests for the request framing (bridge/request_reader.py) and the deadline reads, then a real
+server process with 150 hostile connections beside normal requests.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from bridge.request_reader import MAX_HEADER_BYTES, RequestBuffer, Verdict
+from bridge.worker import DeadlineReads
+
+from .conftest import start_server, stop_server, write_mappings
+from .slow_util import KINDS, SHORT_CHAT, Trickle, timed
+
+# ---- framing --------------------------------------------------------------------------------
+
+HEAD = b"POST /api/chat HTTP/1.1\r\nHost: x\r\n"
+
+
+def feed_bytewise(data: bytes, max_body: int = 1000) -> list[Verdict]:
+    r = RequestBuffer(max_body)
+    return [r.feed(data[i:i + 1]) for i in range(len(data))]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    HEAD + b"Content-Length: 5\r\n\r\nhello",
+    HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+    HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/version HTTP/1.0\n\n",  # bare LF line ends
+])
+def test_ready_exactly_when_the_last_byte_arrives(request_bytes):
+    verdicts = feed_bytewise(request_bytes)
+    assert verdicts[-1] is Verdict.READY
+    assert set(verdicts[:-1]) == {Verdict.MORE}
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: 1001\r\n",  # over the body cap: the app answers 413 without reading it
+    b"Content-Length: 5\r\nContent-Length: 6\r\n",  # gunicorn answers 400
+    b"Content-Length: -1\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+])
+def test_handed_over_after_the_headers_when_there_is_nothing_to_wait_for(headers):
+    assert RequestBuffer(1000).feed(HEAD + headers + b"\r\n") is Verdict.STREAM
+
+
+def test_blob_uploads_stream_and_chunked_bodies_past_the_cap_stop_being_buffered():
+    blob = b"POST /api/blobs/sha256:00 HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
+    assert RequestBuffer(1000).feed(blob) is Verdict.STREAM
+    r = RequestBuffer(1000)
+    assert r.feed(HEAD + b"Transfer-Encoding: chunked\r\n\r\n") is Verdict.MORE
+    assert r.feed(b"200\r\n" + b"x" * 512 + b"\r\n") is Verdict.MORE
+    assert r.feed(b"200\r\n") is Verdict.STREAM  # 1024 bytes announced: past the cap
+    bad_size = HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+    assert RequestBuffer(1000).feed(bad_size) is Verdict.STREAM
+
+
+def test_pipelined_requests_are_complete_after_the_first():
+    two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+    assert RequestBuffer(1000).feed(two) is Verdict.READY
+    # the second one, read ahead with the first, starts the connection's next buffer
+    assert RequestBuffer(1000, two[19:]).feed(b"") is Verdict.READY
+
+
+def test_headers_too_large_and_expect_continue():
+    r = RequestBuffer(1000)
+    assert r.feed(HEAD + b"X: " + b"a" * MAX_HEADER_BYTES) is Verdict.HEADERS_TOO_LARGE
+    r = RequestBuffer(1000)
+    assert r.feed(HEAD + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n") is Verdict.MORE
+    assert r.expects_continue
+    r = RequestBuffer(1000)
+    assert r.feed(HEAD + b"Expect: 100-continue\r\nContent-Length: 0\r\n\r\n") is Verdict.READY
+
+
+def test_a_trickled_header_is_scanned_in_linear_time():
+    r = RequestBuffer(1000)
+    start = time.perf_counter()
+    r.feed(HEAD)
+    for _ in range(60_000):
+        r.feed(b"a")
+    assert time.perf_counter() - start < 2  # quadratic rescanning takes minutes
+
+
+def test_deadline_reads_time_out_and_grow_with_the_bytes_received():
+    a, b = socket.socketpair()
+    with a, b:
+        reads = DeadlineReads(a)
+        reads.limit(time.monotonic() + 0.2)
+        b.send(b"x")
+        assert reads.recv(10) == b"x"
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            reads.recv(10)  # nothing more comes: fails at the deadline
+        assert time.monotonic() - start < 1
+        reads.limit(time.monotonic() + 0.2, rate=1000)
+        b.send(b"y" * 2000)
+        assert len(reads.recv(4000)) == 2000
+        time.sleep(0.5)  # past the base deadline, but 2000 bytes at 1000 bytes/s bought 2 s more
+        b.send(b"z")
+        assert reads.recv(10) == b"z"
+
+
+# ---- a real server process ------------------------------------------------------------------
+
+READ_TIMEOUT = 3
+LONG = {"temperature": 0, "num_predict": 1900, "num_ctx": 2048}
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("slow")
+    mappings = write_mappings(root / "m.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
+                              "--upstream", "none"],
+                             env={"MLX_BRIDGE_READ_TIMEOUT": str(READ_TIMEOUT)})
+    loaded = requests.post(url + "/api/chat", json=SHORT_CHAT, timeout=60)
+    assert loaded.status_code == 200
+    yield url
+    stop_server(proc)
+
+
+def assert_answers_promptly(url: str) -> None:
+    took, version = timed("GET", url + "/api/version")
+    assert not isinstance(version, Exception) and version.status_code == 200, version
+    assert took < 2.5, f"/api/version took {took:.1f}s"
+    took, chat = timed("POST", url + "/api/chat", json=SHORT_CHAT)
+    assert not isinstance(chat, Exception) and chat.status_code == 200, chat
+    assert took < 2.5, f"a short chat took {took:.1f}s"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_150_slow_clients_do_not_delay_others_and_are_closed(slow_server, kind):
+    with Trickle(slow_server, kind, 150) as slow:
+        time.sleep(1.5)  # every slow connection accepted and trickling
+        assert_answers_promptly(slow_server)
+        deadline = time.monotonic() + READ_TIMEOUT + 8
+        while slow.still_open() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert slow.still_open() == 0, "slow connections left open"
+        answers = {c.answer.split(b"\r\n", 1)[0] for c in slow.clients}
+    expected = {"headers": b"HTTP/1.1 408 Request Timeout",
+                "body": b"HTTP/1.1 408 Request Timeout",
+                "oversized": b"HTTP/1.1 413 REQUEST ENTITY TOO LARGE",
+                "no-close": b"HTTP/1.0 200 OK"}
+    assert answers <= {expected[kind], b""}, answers  # b"": reset before the answer was read
+    assert expected[kind] in answers
+    assert_answers_promptly(slow_server)
+
+
+def test_a_408_says_why_in_json(slow_server):
+    with socket.create_connection(("127.0.0.1", int(slow_server.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{")
+        sock.settimeout(READ_TIMEOUT + 5)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {"error": f"request not received within {READ_TIMEOUT} seconds "
+                                         "(MLX_BRIDGE_READ_TIMEOUT)"}
+
+
+def test_a_long_stream_outlives_the_read_timeout(slow_server):
+    body = {"model": "tiny", "prompt": "The quick brown fox", "raw": True, "options": LONG}
+    start = time.monotonic()
+    lines = []
+    with requests.post(slow_server + "/api/generate", json=body, stream=True, timeout=60) as resp:
+        for i, line in enumerate(resp.iter_lines()):
+            lines.append(json.loads(line))
+            if i in (1, 50, 100):
+                time.sleep(READ_TIMEOUT)  # a slow reader: the stream lasts past the read timeout
+    assert time.monotonic() - start > 2 * READ_TIMEOUT
+    assert len(lines) > 100 and lines[-1]["done"] is True and "error" not in lines[-1], lines[-1]
+
+
+def raw_exchange(url: str, payload: list[bytes], pause: float = 0.0) -> bytes:
+    """Send `payload` in pieces (pausing between them), then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.settimeout(20)
+        for piece in payload:
+            sock.sendall(piece)
+            time.sleep(pause)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_slow_but_timely_body_is_served(slow_server):
+    body = json.dumps({**SHORT_CHAT, "stream": False}).encode()
+    head = (f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    pieces = [head] + [body[i:i + 20] for i in range(0, len(body), 20)]
+    answer = raw_exchange(slow_server, pieces, pause=1.5 / len(pieces))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["done"] is True
+
+
+def test_chunked_body_pipelining_and_expect_continue(slow_server):
+    body = json.dumps(SHORT_CHAT).encode()
+    chunked = (b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    version = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    answer = raw_exchange(slow_server, [chunked[:50], chunked[50:] + version], pause=0.3)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:300]
+    assert b'"version"' in answer
+    expect = (f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+              f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", int(slow_server.rsplit(":", 1)[1]))) as sock:
+        sock.settimeout(10)
+        sock.sendall(expect)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body byte
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]  # no second 100 Continue
