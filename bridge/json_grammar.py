@@ -26,6 +26,9 @@ from .errors import BadRequest, Unsupported
 
 CAP = 10**16 - 1  # the largest integral part llama.cpp's number rules allow (16 digits)
 MAX_DEPTH = 64  # nesting of the schema itself, so a hostile one is a 400 not a RecursionError
+# llguidance's Earley parser stops at 2000 items in a row (each alternative that may start at one
+# position takes ~2): more `anyOf` branches or optional keys in one object would fail mid-answer.
+MAX_BRANCHES = 500
 
 # Terminals (llama.cpp's PRIMITIVE_RULES and SPACE_RULE as regexes). Strings: no raw control
 # characters or DEL; escapes \" \\ \b \f \n \r \t \uXXXX (no \/).
@@ -153,7 +156,7 @@ class _Builder:
             values = schema["enum"]
             if not isinstance(values, list) or not values:
                 raise BadRequest("format: `enum` must be a non-empty array")
-            return "(" + " | ".join(json_literal(v) for v in values) + ")"
+            return self.literals(values)
         if kind in (None, "object") and ("properties" in schema or schema.get(
                 "additionalProperties", True) is not True):
             return self.obj(schema, depth)
@@ -216,7 +219,12 @@ class _Builder:
     def union(self, options: Any, depth: int) -> str:
         if not isinstance(options, list) or not options:
             raise BadRequest("format: `anyOf`/`oneOf`/`type` alternatives must be a non-empty array")
+        _branches(len(options), "`anyOf`/`oneOf` alternatives")
         return "(" + " | ".join(self.visit(o, depth + 1) for o in options) + ")"
+
+    def literals(self, values: list[Any]) -> str:
+        """One terminal for all of them: the lexer, not the parser, tells them apart."""
+        return self.terminal(" | ".join(json_literal(v) for v in values))
 
     def obj(self, schema: dict[str, Any], depth: int) -> str:
         props = schema.get("properties", {})
@@ -238,6 +246,7 @@ class _Builder:
         self.need("space")
         req = [kv[name] for name, _ in props if name in required]
         opt = [kv[name] for name, _ in props if name not in required]
+        _branches(len(opt), "optional properties in one object")
         repeat = [False] * len(opt)
         if extra is True or isinstance(extra, dict):
             value = self.need("value") if extra is True else self.visit(extra, depth + 1)
@@ -299,7 +308,7 @@ class _Builder:
         if enums:
             common = [v for v in enums[0] if all(v in e for e in enums[1:])]
             if common:
-                return "(" + " | ".join(json_literal(v) for v in common) + ")"
+                return self.literals(common)
         return self.object_rule(props, required, None, depth)
 
     def array(self, schema: dict[str, Any], depth: int) -> str:
@@ -372,6 +381,12 @@ def _bounds(schema: dict[str, Any]) -> tuple[tuple[float, bool] | None, tuple[fl
             return None
         return max(options) if incl == "minimum" else min(options, key=lambda o: (o[0], not o[1]))
     return pick("minimum", "exclusiveMinimum"), pick("maximum", "exclusiveMaximum")
+
+
+def _branches(count: int, what: str) -> None:
+    if count > MAX_BRANCHES:
+        raise Unsupported(f"format: this JSON schema cannot be enforced: {count} {what} "
+                          f"(at most {MAX_BRANCHES})")
 
 
 def _has_bounds(schema: dict[str, Any]) -> bool:

@@ -119,6 +119,10 @@ def test_generate_endpoint_and_batched_requests(client):
     ({"type": "object", "dependentSchemas": {"a": {}}}, 400, "['dependentSchemas'] are not supported"),
     ({"type": "string", "pattern": "(?<=a)b"}, 400, "look-around"),
     ("yaml", 400, 'invalid format: "yaml"'),
+    # llguidance's parser would give up mid-answer past ~1000 branches at one position
+    ({"type": "object", "properties": {f"k{i}": {} for i in range(600)}}, 400,
+     "600 optional properties in one object (at most 500)"),
+    ({"anyOf": [{"const": i} for i in range(600)]}, 400, "600 `anyOf`/`oneOf` alternatives"),
 ])
 def test_unusable_schemas_are_a_clear_400(client, fmt, status, words):
     resp = client.post("/api/chat", json={"model": "tiny", "messages": Q, "format": fmt})
@@ -240,6 +244,16 @@ SEMANTICS = [  # (format, text, accepted?) from spec §3c
 @pytest.mark.parametrize("fmt,text,ok", SEMANTICS, ids=[f"{i}" for i in range(len(SEMANTICS))])
 def test_grammar_follows_ollamas_semantics(lltok, fmt, text, ok):
     assert accepts(lltok, fmt, text) is ok
+
+
+def test_a_large_enum_is_one_terminal(client):
+    """20,000 values as parser alternatives would pass llguidance's 2000-items row limit and end
+    the answer empty; as one terminal the lexer picks among them."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["v"],
+              "properties": {"v": {"enum": [f"v{i}" for i in range(20000)]}}}
+    text, final = chat(client, schema, temperature=1.0, seed=1)
+    jsonschema.validate(json.loads(text), schema)
+    assert final["done_reason"] == "stop"
 
 
 def test_integer_ranges_are_exact():
