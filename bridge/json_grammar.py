@@ -29,6 +29,8 @@ MAX_DEPTH = 64  # nesting of the schema itself, so a hostile one is a 400 not a 
 # llguidance's Earley parser stops at 2000 items in a row (each alternative that may start at one
 # position takes ~2): more `anyOf` branches or optional keys in one object would fail mid-answer.
 MAX_BRANCHES = 500
+# Its symbol table is 16-bit (~4 symbols per rule here): a bigger grammar panics at job start.
+MAX_RULES = 10_000
 
 # Terminals (llama.cpp's PRIMITIVE_RULES and SPACE_RULE as regexes). Strings: no raw control
 # characters or DEL; escapes \" \\ \b \f \n \r \t \uXXXX (no \/).
@@ -105,6 +107,9 @@ class _Builder:
     # ---- names -------------------------------------------------------------------------------
 
     def rule(self, body: str) -> str:
+        if len(self.rules) + len(self.terminals) >= MAX_RULES:
+            raise Unsupported("format: this JSON schema cannot be enforced: it needs more than "
+                              f"{MAX_RULES} grammar rules")
         name = f"r{len(self.rules)}"
         self.rules[name] = body
         return name

@@ -123,6 +123,9 @@ def test_generate_endpoint_and_batched_requests(client):
     ({"type": "object", "properties": {f"k{i}": {} for i in range(600)}}, 400,
      "600 optional properties in one object (at most 500)"),
     ({"anyOf": [{"const": i} for i in range(600)]}, 400, "600 `anyOf`/`oneOf` alternatives"),
+    # ... and its 16-bit symbol table would panic at job start, on the engine thread
+    ({"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(20000)},
+      "required": [f"k{i}" for i in range(20000)]}, 400, "more than 10000 grammar rules"),
 ])
 def test_unusable_schemas_are_a_clear_400(client, fmt, status, words):
     resp = client.post("/api/chat", json={"model": "tiny", "messages": Q, "format": fmt})
