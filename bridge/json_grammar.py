@@ -93,6 +93,7 @@ class _Builder:
         self.root = root
         self.rules: dict[str, str] = {}
         self.terminals: dict[str, str] = {}
+        self.terminal_names: dict[str, str] = {}  # body -> name, so equal terminals are shared
         self.refs: dict[str, str] = {}
         self.used: set[str] = set()
 
@@ -107,20 +108,22 @@ class _Builder:
     # ---- names -------------------------------------------------------------------------------
 
     def rule(self, body: str) -> str:
-        if len(self.rules) + len(self.terminals) >= MAX_RULES:
-            raise Unsupported("format: this JSON schema cannot be enforced: it needs more than "
-                              f"{MAX_RULES} grammar rules")
+        self.count()
         name = f"r{len(self.rules)}"
         self.rules[name] = body
         return name
 
     def terminal(self, body: str) -> str:
-        for name, existing in self.terminals.items():
-            if existing == body:
-                return name
-        name = f"T{len(self.terminals)}"
-        self.terminals[name] = body
-        return name
+        if body not in self.terminal_names:
+            self.count()
+            self.terminal_names[body] = name = f"T{len(self.terminals)}"
+            self.terminals[name] = body
+        return self.terminal_names[body]
+
+    def count(self) -> None:
+        if len(self.rules) + len(self.terminals) >= MAX_RULES:
+            raise Unsupported("format: this JSON schema cannot be enforced: it needs more than "
+                              f"{MAX_RULES} grammar rules")
 
     def need(self, expr: str) -> str:
         """Pull in the builtin rules and terminals `expr` names; returns `expr`."""
