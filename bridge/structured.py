@@ -1,9 +1,10 @@
 """Structured output: `format` ("json" or a JSON schema) enforced by constrained decoding.
 
-llguidance compiles the schema to a grammar and, at every step, gives the set of tokens that
-keep the output a valid prefix; everything else gets -inf before sampling. Once the grammar is
-complete only EOS is allowed, so a finished value always ends the generation. A `num_predict`
-or context limit that cuts the value short still ends it (done_reason "length"), as in Ollama.
+`json_grammar` turns the format into a grammar with Ollama's semantics; llguidance gives, at every
+step, the set of tokens that keep the output a valid prefix; everything else gets -inf before
+sampling. Once nothing can follow (the root object closed) only EOS is allowed, so a finished
+value ends the generation. A `num_predict` or context limit that cuts the value short still ends
+it (done_reason "length"), as in Ollama.
 
 The grammar is compiled and checked on the request thread (a bad schema is a 400 before any
 work); the per-tokenizer tables and the matcher live on the engine thread.
@@ -11,34 +12,34 @@ work); the per-tokenizer tables and the matcher live on the engine thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import weakref
 from typing import Any
 
 from .errors import BadRequest, Unsupported
+from .json_grammar import lark_for
 
 log = logging.getLogger(__name__)
 
-# What llama.cpp's json.gbnf allows between tokens: bounded, so whitespace cannot run forever.
-WHITESPACE = r"( |\n[ \t]{0,20})?"
-ANY_OBJECT = {"type": "object"}  # Ollama's `format: "json"` (llama.cpp json.gbnf's root)
-
 
 def grammar_for(fmt: str | dict[str, Any]) -> str:
-    """The llguidance grammar for a request's `format`; BadRequest/Unsupported when unusable."""
+    """The llguidance grammar for a request's `format`; BadRequest/Unsupported when unusable.
+
+    The schema goes through `json_grammar` (Ollama's semantics: no extra keys unless asked for,
+    fixed key order, 16-digit numbers, bounded whitespace), not llguidance's JSON compiler.
+    """
     import llguidance
 
-    schema = ANY_OBJECT if fmt == "json" else fmt
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark_for(fmt))
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(schema), defaults={"whitespace_pattern": WHITESPACE})
-    except ValueError as exc:
-        raise BadRequest(f"invalid JSON schema in format: {exc}") from None
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        # Keywords llguidance does not implement: another backend may still serve it.
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    except BaseException as exc:  # a Rust panic (pyo3's PanicException is a BaseException)
+        if type(exc).__name__ != "PanicException":
+            raise
+        log.warning("llguidance panicked on a grammar error=%r", str(exc)[:300])
+        raise BadRequest("format: this JSON schema cannot be compiled") from None
+    if is_error:  # what llguidance refuses inside a `%json` leaf (e.g. look-around in `pattern`)
         raise Unsupported(f"format: this JSON schema cannot be enforced: {messages[0]}")
     return grammar
 
@@ -93,9 +94,11 @@ class Constraint:
         import numpy as np
 
         allowed = np.zeros(width, dtype=bool)
-        if self.matcher.is_accepting() or self.matcher.is_error():
-            allowed[[e for e in self.eos if e < width]] = True  # complete: end here
+        if self.matcher.is_error():
+            allowed[[e for e in self.eos if e < width]] = True  # cannot go on: end here
             return allowed
+        # The mask includes EOS wherever the value may end, and only EOS once nothing can
+        # follow (an object's closing brace: the root takes no trailing whitespace).
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
                              bitorder="little")
         n = min(width, self.lltok.vocab_size)

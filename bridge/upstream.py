@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import json
 import logging
 import socket
@@ -75,7 +76,10 @@ class Upstream:
     @property
     def session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            session = requests.Session()
+            # A cookie one upstream answer sets must never ride along on another client's request.
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            self._local.session = session
         return self._local.session
 
     def open(self, base_url: str, method: str, path: str, body: bytes | None = None,

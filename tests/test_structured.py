@@ -9,10 +9,13 @@ their strings/numbers; free-form `format: "json"` runs sampled (seeded: reproduc
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .scripted_model import start_app
 
@@ -112,10 +115,17 @@ def test_generate_endpoint_and_batched_requests(client):
 
 
 @pytest.mark.parametrize("fmt,status,words", [
-    ({"type": "nonsense"}, 400, "Invalid type"),
-    ({"type": "object", "dependentSchemas": {"a": {}}}, 400, "Unimplemented keys"),
+    ({"type": "nonsense"}, 400, "Unrecognized schema"),
+    ({"type": "object", "dependentSchemas": {"a": {}}}, 400, "['dependentSchemas'] are not supported"),
     ({"type": "string", "pattern": "(?<=a)b"}, 400, "look-around"),
     ("yaml", 400, 'invalid format: "yaml"'),
+    # llguidance's parser would give up mid-answer past ~1000 branches at one position
+    ({"type": "object", "properties": {f"k{i}": {} for i in range(600)}}, 400,
+     "600 optional properties in one object (at most 500)"),
+    ({"anyOf": [{"const": i} for i in range(600)]}, 400, "600 `anyOf`/`oneOf` alternatives"),
+    # ... and its 16-bit symbol table would panic at job start, on the engine thread
+    ({"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(20000)},
+      "required": [f"k{i}" for i in range(20000)]}, 400, "more than 10000 grammar rules"),
 ])
 def test_unusable_schemas_are_a_clear_400(client, fmt, status, words):
     resp = client.post("/api/chat", json={"model": "tiny", "messages": Q, "format": fmt})
@@ -124,13 +134,166 @@ def test_unusable_schemas_are_a_clear_400(client, fmt, status, words):
 
 def test_v1_response_format(client):
     base = {"model": "tiny", "messages": Q, "temperature": 0.9, "seed": 5, "max_tokens": 400}
-    out = client.post("/v1/chat/completions", json={**base, "response_format": {"type": "json_object"}}).get_json()
-    assert isinstance(json.loads(out["choices"][0]["message"]["content"]), dict)
+    finished = []
+    for seed in (5, 6, 7, 8):  # free-form JSON from random weights may nest on until max_tokens
+        out = client.post("/v1/chat/completions", json={**base, "seed": seed, "response_format":
+                                                         {"type": "json_object"}}).get_json()
+        choice = out["choices"][0]
+        assert choice["message"]["content"].startswith("{")
+        if choice["finish_reason"] == "stop":
+            finished.append(json.loads(choice["message"]["content"]))
+    assert finished and all(isinstance(v, dict) for v in finished)
     schema_fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
     out = client.post("/v1/chat/completions", json={**base, "response_format": schema_fmt}).get_json()
     jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), PERSON)
     bad = client.post("/v1/chat/completions", json={**base, "response_format": {"type": "xml"}})
     assert bad.status_code == 400 and bad.get_json()["error"]["type"] == "invalid_request_error"
+
+
+# ---- Ollama's semantics (llama.cpp json-schema-to-grammar, spec §3c) -------------------------
+
+def _open(schema):
+    """`schema` as Pydantic writes it: no `additionalProperties` anywhere."""
+    if isinstance(schema, dict):
+        return {k: _open(v) for k, v in schema.items() if k != "additionalProperties"}
+    return schema
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_absent_additional_properties_means_no_extra_keys(client, seed):
+    """Before, llguidance read a Pydantic-style schema as open: the random model added keys."""
+    text, final = chat(client, _open(PERSON), temperature=1.0, seed=seed)
+    jsonschema.validate(json.loads(text), PERSON)  # PERSON is closed at every level
+    assert final["done_reason"] == "stop"
+
+
+def test_greedy_numbers_stop_at_16_digits(client):
+    """Greedy decoding repeats a digit forever; llama.cpp's number rule caps it at 16 digits in the
+    integral part, the fraction and the exponent, so the value (and the generation) ends."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["n"],
+              "properties": {"n": {"type": "number"}}}
+    text, final = chat(client, schema, temperature=0, num_predict=200)
+    assert final["done_reason"] == "stop" and set(json.loads(text)) == {"n"}
+    for number in re.findall(r"[-+.eE0-9]+", text):
+        assert all(len(run) <= 16 for run in re.findall(r"[0-9]+", number)), text
+
+
+@pytest.fixture(scope="module")
+def lltok(tiny_model_dir):
+    import llguidance
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    return llguidance.LLTokenizer(tok.backend_tokenizer.to_str(), n_vocab=len(tok),
+                                  eos_token=[tok.eos_token_id])
+
+
+def accepts(lltok, fmt, text: str) -> bool:
+    """Does the grammar for `fmt` take `text` as a whole value? (byte-level: any tokenization)"""
+    import llguidance
+
+    from bridge.structured import grammar_for
+
+    matcher = llguidance.LLMatcher(lltok, grammar_for(fmt))
+    ids = lltok.tokenize_str(text)
+    return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+
+OPT = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"},
+                                        "c": {"type": "boolean"}}, "required": ["a"]}
+SEMANTICS = [  # (format, text, accepted?) from spec §3c
+    (OPT, '{"a":1,"b":"x","c":true}', True),
+    (OPT, '{"a":1,"c":true}', True),
+    (OPT, '{"a":1,"x":2}', False),  # absent additionalProperties: no extra keys
+    ({**OPT, "additionalProperties": True}, '{"a":1,"x":[2]}', True),
+    ({**OPT, "additionalProperties": {"type": "integer"}}, '{"a":1,"x":"s"}', False),
+    (OPT, '{"b":"x","a":1}', False),  # fixed order: required keys first
+    (OPT, '{"a":1,"c":true,"b":"x"}', False),  # then optional keys in `properties` order
+    (OPT, '{"a":' + "1" * 16 + "}", True),
+    (OPT, '{"a":' + "1" * 17 + "}", False),  # integral part <= 16 digits
+    ({"type": "number"}, "0." + "5" * 16, True),
+    ({"type": "number"}, "0." + "5" * 17, False),  # fraction <= 16 digits
+    ({"type": "number"}, "1e" + "9" * 17, False),
+    ({"type": "number"}, "01", False),
+    ({"type": "integer", "minimum": 0, "maximum": 150}, "151", False),
+    ({"type": "number", "minimum": 0, "maximum": 1}, "1.5", False),  # beyond llama.cpp: enforced
+    (OPT, '{\n\n\t\t"a" : 1 ,  "b":"x"}', False),  # two spaces after the comma
+    (OPT, '{\n\n\t\t"a" : 1 , "b":"x"}', True),  # one space, or 1-2 newlines + <=20 blanks
+    (OPT, '{\n\n\n"a":1}', False),
+    (OPT, '{\n' + " " * 20 + '"a":1}', True),
+    (OPT, '{\n' + " " * 21 + '"a":1}', False),
+    (OPT, '{"a":1} ', False),  # nothing after the root value: EOS
+    ({}, '{"k":[1,{"x":null}]}', True),
+    ({}, "[1]", False),  # {} is any object, not any value
+    ({"description": "anything"}, "[1]", True),
+    ("json", '{"k":1}', True),
+    ("json", "[1]", False),  # format "json": the root is an object
+    ({"type": "string"}, '"a\\/b"', False),  # no \/ escape
+    ({"type": "string"}, '"a\\u00e9\\n"', True),
+    ({"type": "string", "format": "date-time"}, '"2024-02-29T12:00:00Z"', True),
+    ({"type": "string", "format": "date-time"}, '"2024-02-29T12:00:00"', False),  # zone required
+    ({"type": "string", "format": "uuid"}, '"123e4567-e89b-12d3-a456-426614174000"', True),
+    ({"type": "string", "maxLength": 2}, '"abc"', False),
+    ({"type": "array", "items": {"type": "integer"}, "maxItems": 2}, "[1, 2, 3]", False),
+    ({"prefixItems": [{"type": "integer"}, {"type": "string"}]}, '[1, "a"]', True),
+    ({"enum": ["a", {"x": [1]}]}, '{"x":[1]}', True),
+    ({"enum": ["a", {"x": [1]}]}, '{"x": [1]}', False),  # enum/const: exact JSON literals
+    ({"$defs": {"N": {"type": "object", "required": ["next"], "properties": {
+        "next": {"anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}}}}, "$ref": "#/$defs/N"},
+     '{"next":{"next":null}}', True),
+]
+
+
+@pytest.mark.parametrize("fmt,text,ok", SEMANTICS, ids=[f"{i}" for i in range(len(SEMANTICS))])
+def test_grammar_follows_ollamas_semantics(lltok, fmt, text, ok):
+    assert accepts(lltok, fmt, text) is ok
+
+
+def test_a_large_enum_is_one_terminal(client):
+    """20,000 values as parser alternatives would pass llguidance's 2000-items row limit and end
+    the answer empty; as one terminal the lexer picks among them."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["v"],
+              "properties": {"v": {"enum": [f"v{i}" for i in range(20000)]}}}
+    text, final = chat(client, schema, temperature=1.0, seed=1)
+    jsonschema.validate(json.loads(text), schema)
+    assert final["done_reason"] == "stop"
+
+
+def test_integer_ranges_are_exact():
+    from bridge.json_grammar import int_range, number_range
+
+    for lo, hi in [(0, 0), (-9, 9), (7, 1234), (-1234, -7), (95, 105), (-1, 0), (10, 99)]:
+        rx = re.compile(int_range(lo, hi))
+        assert [n for n in range(-1300, 1300) if rx.fullmatch(str(n))] == list(range(lo, hi + 1))
+    rx = re.compile(number_range(0, True, 10, True))
+    assert [s for s in ["0", "0.0", "0.01", "9.99", "10", "10.0", "-1"] if rx.fullmatch(s)] == [
+        "0.01", "9.99"]
+
+
+_KEYS = ["type", "properties", "required", "additionalProperties", "items", "prefixItems", "enum",
+         "const", "anyOf", "allOf", "$ref", "$defs", "minimum", "exclusiveMaximum", "maxLength",
+         "pattern", "format", "minItems", "maxItems", "uniqueItems", "description"]
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(),
+                     st.sampled_from(["string", "number", "integer", "object", "array", "null",
+                                      "#", "#/$defs/a", "date", "uuid", "^a+$", "(?<=a)"]),
+                     st.text(max_size=4))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=3)), inner, max_size=4)),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=5))
+def test_any_schema_compiles_or_is_a_400(schema):
+    """The converter is new code on untrusted input: nothing but a BridgeError (a 4xx) escapes."""
+    from bridge.errors import BridgeError
+    from bridge.structured import grammar_for
+
+    try:
+        grammar_for(schema)
+    except BridgeError as exc:
+        assert exc.status == 400
 
 
 # ---- Gemma 3 270M (a real model, imported from the GGUF the package index ships) ----------
