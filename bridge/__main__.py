@@ -1,3 +1,3 @@
-from .cli import cli
+from bridge.cli.main import cli
 
 cli()

@@ -7,16 +7,22 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from . import admin, api, models_api, openai_api, proxy_api, pull_api, web
-from .config import Config, load_config
-from .engine import Engine
-from .local import LocalBackend
-from .metrics import Metrics
-from .registry import Registry
-from .router import Router
-from .store import DB_FILE, Store
-from .tracking import Tracker
-from .upstream import Upstream
+from bridge.api import admin
+from bridge.api import generate as api
+from bridge.api import models as models_api
+from bridge.api import openai as openai_api
+from bridge.api import proxy as proxy_api
+from bridge.api import pull as pull_api
+from bridge.config import Config, load_config
+from bridge.engine import Engine
+from bridge.http import web
+from bridge.routing.registry import Registry
+from bridge.routing.router import Router
+from bridge.routing.upstream import Upstream
+from bridge.serving.local import LocalBackend
+from bridge.stats.metrics import Metrics
+from bridge.stats.store import DB_FILE, Store
+from bridge.stats.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

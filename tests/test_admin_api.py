@@ -11,7 +11,7 @@ import requests
 
 from bridge.app import create_app
 from bridge.config import load_config
-from bridge.store import DB_FILE, RequestRecord, Store
+from bridge.stats.store import DB_FILE, RequestRecord, Store
 
 from .conftest import start_server, stop_server
 

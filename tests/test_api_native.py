@@ -263,7 +263,7 @@ def test_delete_removes_what_the_bridge_downloaded(client, app, tmp_path):
 
 
 def test_line_separators_are_escaped():
-    from bridge.web import dumps
+    from bridge.http.web import dumps
 
     line = dumps({"response": "a\u2028b\u2029c\x85d"})
     assert "\u2028" not in line and "\u2029" not in line and "\x85" not in line

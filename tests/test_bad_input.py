@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from bridge.names import InvalidModelName, ModelName
+from bridge.wire.names import InvalidModelName, ModelName
 
 G, C, S, D = "/api/generate", "/api/chat", "/api/show", "/api/delete"
 OK_GEN = {"model": "tiny", "prompt": "hi", "stream": False}

@@ -13,8 +13,8 @@ import requests
 
 from bridge.engine import Chunk, Done, Engine, Failed, Job, PromptSpec
 from bridge.errors import ClientClosed
-from bridge.options import Options
 from bridge.testing import build_tiny_model
+from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge import blas
+from bridge.engine import blas
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fast BLAS is for Linux CPU")
 
 # Run in a fresh interpreter: which BLAS MLX binds is decided once per process.
 PROBE = """
 import ctypes, json
-from bridge import blas
+from bridge.engine import blas
 info = blas.enable()
 import mlx.core as mx
 import numpy as np

@@ -11,7 +11,7 @@ import pexpect
 import pytest
 import requests
 
-from bridge.progress import PullProgress
+from bridge.cli.progress import PullProgress
 
 from .conftest import start_server, stop_server, write_mappings
 from .service_util import clean_env, free_port, mlx_bridge

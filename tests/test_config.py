@@ -463,7 +463,7 @@ def test_configs_are_independent(home: Path) -> None:
 
 def test_no_heavy_imports() -> None:
     code = (
-        "import sys, bridge.config, bridge.names, bridge.durations; "
+        "import sys, bridge.config, bridge.wire.names, bridge.wire.durations; "
         "bad = [m for m in ('flask', 'mlx', 'mlx_lm', 'requests') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -9,7 +9,7 @@ import ollama
 import pytest
 import requests
 
-from bridge.demo import DEMO_NAME, MARKER
+from bridge.importer.demo import DEMO_NAME, MARKER
 from bridge.importer.run import slug
 
 from .conftest import start_server, stop_server, write_mappings

@@ -18,8 +18,8 @@ import ollama
 import pytest
 import requests
 
-from bridge.demo import DEMO_NAME, MARKER, needs_tool_template
 from bridge.importer import import_model
+from bridge.importer.demo import DEMO_NAME, MARKER, needs_tool_template
 from bridge.importer.gguf_file import GGUFFile
 
 from .conftest import start_server, stop_server, write_mappings

@@ -1,4 +1,4 @@
-"""Tests for bridge.describe: model directories built by hand in tmp_path."""
+"""Tests for bridge.modelinfo.describe: model directories built by hand in tmp_path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from bridge.describe import (
+from bridge.modelinfo.describe import (
     DescriptionCache,
     ModelDescription,
     describe_model,

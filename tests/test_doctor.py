@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from bridge.doctor import DEMO_MODEL, Check, check_demo_model, check_mlx, format_report
-from bridge.registry import Registry
+from bridge.routing.registry import Registry
+from bridge.service.doctor import DEMO_MODEL, Check, check_demo_model, check_mlx, format_report
 
 from .conftest import write_mappings
 from .service_util import clean_env, free_port, mlx_bridge, port_holder

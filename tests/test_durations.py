@@ -1,4 +1,4 @@
-"""Tests for bridge.durations (tables mirror Go's time_test.go and Ollama's envconfig tests)."""
+"""Tests for bridge.wire.durations (tables mirror Go's time_test.go and Ollama's envconfig tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bridge.durations import (
+from bridge.wire.durations import (
     DEFAULT_KEEP_ALIVE,
     _format_ns,
     _parse_ns,
@@ -246,13 +246,13 @@ def test_env_keep_alive(raw: str | None, expected: float) -> None:
 
 
 def test_env_keep_alive_warns_on_invalid(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="bridge.durations"):
+    with caplog.at_level(logging.WARNING, logger="bridge.wire.durations"):
         assert env_keep_alive("forever") == DEFAULT_KEEP_ALIVE
     assert any("OLLAMA_KEEP_ALIVE" in r.getMessage() for r in caplog.records)
 
 
 def test_env_keep_alive_valid_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="bridge.durations"):
+    with caplog.at_level(logging.WARNING, logger="bridge.wire.durations"):
         env_keep_alive("10m")
         env_keep_alive("")
     assert not caplog.records

@@ -222,8 +222,8 @@ def test_a_long_input_is_forwarded_in_pieces_and_equals_one_pass(client, tiny_mo
     import mlx.core as mx
     from mlx_lm import load
 
-    from bridge.embeddings import normalise
     from bridge.engine.embed import CHUNK_TOKENS
+    from bridge.serving.embeddings import normalise
 
     text = "The quick brown fox jumps over the lazy dog. " * 40
     status, body = embed(client, input=text)

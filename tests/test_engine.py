@@ -9,8 +9,8 @@ import pytest
 from bridge.engine import Chunk, Done, Engine, Failed, Job, PromptSpec
 from bridge.engine.sink import TokenSink
 from bridge.errors import ClientClosed, ModelLoadError, ServerBusy
-from bridge.options import Options
 from bridge.testing import build_tiny_model
+from bridge.wire.options import Options
 
 
 def drain(job: Job, timeout: float = 30) -> list:

@@ -19,8 +19,8 @@ from bridge.engine import Chunk, Done, Engine, Failed, Job, PromptSpec
 from bridge.engine.batch import BatchRunner
 from bridge.engine.sink import TokenSink
 from bridge.errors import EngineError, EngineUnavailable
-from bridge.options import Options
 from bridge.testing import build_tiny_model
+from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
 from .fault_util import worker_pid

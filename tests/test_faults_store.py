@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from bridge.store import DB_FILE
+from bridge.stats.store import DB_FILE
 
 from .conftest import start_server, stop_server, write_mappings
 from .fault_util import (

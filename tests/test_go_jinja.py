@@ -1,16 +1,16 @@
 """Ollama Go templates translated to Jinja (bridge/importer/go_jinja.py), rendered as the engine
 renders them (transformers' sandboxed Jinja). Expected prompts are what Ollama's Go renderer
 produces for the same data (template/template.go, worked out by hand from text/template's rules);
-the legacy turns are also checked against the bridge's own Go renderer (bridge/gotemplate.py)."""
+the legacy turns are also checked against the bridge's own Go renderer (bridge/engine/gotemplate.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.gotemplate import render as go_render
+from bridge.engine.gotemplate import render as go_render
 from bridge.importer.chat_templates import render
 from bridge.importer.go_jinja import Unconvertible, to_jinja, tool_parser_for
-from bridge.tokenizer_info import template_capabilities
+from bridge.modelinfo.tokenizer import template_capabilities
 
 # ChatML with tools, written in the idiom of Ollama's library templates (Messages mode).
 CHATML_TOOLS = """

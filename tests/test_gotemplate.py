@@ -11,8 +11,8 @@ import time
 import pytest
 import requests
 
+from bridge.engine.gotemplate import MAX_DEPTH, MAX_TEMPLATE, check, parse, render
 from bridge.errors import BadRequest
-from bridge.gotemplate import MAX_DEPTH, MAX_TEMPLATE, check, parse, render
 
 VALUES = {"System": "sys", "Prompt": "hi", "Response": ""}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.describe import describe_model
 from bridge.importer import import_model
+from bridge.modelinfo.describe import describe_model
 
 from .reference_forward import ReferenceModel, compare
 

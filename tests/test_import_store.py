@@ -21,7 +21,7 @@ from bridge.engine.prompts import encode
 from bridge.importer import ImportFailed, import_model
 from bridge.importer.chat_templates import render
 from bridge.importer.run import slug
-from bridge.registry import Registry
+from bridge.routing.registry import Registry
 from bridge.testing import build_tiny_model
 
 from .gguf_fixtures import bpe_tokenizer_meta, random_weights, write_gguf

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import Metrics
-from bridge.store import RequestRecord
+from bridge.stats.metrics import Metrics
+from bridge.stats.store import RequestRecord
 
 
 def rec(model: str = "m", backend: str = "mlx", status: str = "ok", **kw) -> RequestRecord:

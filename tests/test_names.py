@@ -1,4 +1,4 @@
-"""Tests for bridge.names (mirrors Ollama's types/model/name.go rules)."""
+"""Tests for bridge.wire.names (mirrors Ollama's types/model/name.go rules)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bridge.names import InvalidModelName, ModelName, name_key, normalize
+from bridge.wire.names import InvalidModelName, ModelName, name_key, normalize
 
 VALID = [
     # raw, host, namespace, model, tag

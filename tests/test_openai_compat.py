@@ -7,9 +7,9 @@ import json
 import pytest
 
 from bridge.errors import BadRequest
-from bridge.openai_compat import chat_to_native, completion_to_native, embeddings_check
-from bridge.openai_stream import ChatWriter, CompletionWriter, model_object
-from bridge.schemas import parse_chat
+from bridge.wire.openai_in import chat_to_native, completion_to_native, embeddings_check
+from bridge.wire.openai_out import ChatWriter, CompletionWriter, model_object
+from bridge.wire.schemas import parse_chat
 
 CALL = {"id": "call_abcdEFGH", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.engine import Chunk, Done, Engine, Failed, Job, PromptSpec
 from bridge.engine.prompt_cache import PromptCache
-from bridge.options import Options
+from bridge.wire.options import Options
 
 SYSTEM = ("You are a helpful assistant. Answer briefly, in plain words, and never make things up. "
           "The weather today is sunny with a chance of rain in the afternoon.")

@@ -1,4 +1,4 @@
-"""Unit tests for bridge/registry.py: mapping-file validation, name lookup, disk lookup, reload."""
+"""Unit tests for bridge/routing/registry.py: mapping-file validation, name lookup, disk lookup, reload."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.registry import (
+from bridge.routing.registry import (
     LOCAL_MODELS_FILE,
     MappedModel,
     MappingError,
@@ -284,10 +284,10 @@ def test_broken_edit_is_reported_once_not_per_request(tmp_path, caplog):
     reg, mappings = make_registry(tmp_path, {"keep": "mlx-community/Keep-4bit"})
     mappings.write_text("models: 3\n", encoding="utf-8")
     bump_mtime(mappings)
-    with caplog.at_level("ERROR", logger="bridge.registry"):
+    with caplog.at_level("ERROR", logger="bridge.routing.registry"):
         for _ in range(5):
             assert reg.lookup("keep") is not None
-    reports = [r for r in caplog.records if r.name == "bridge.registry"]
+    reports = [r for r in caplog.records if r.name == "bridge.routing.registry"]
     assert len(reports) == 1 and "'models' must map" in reports[0].getMessage()
 
 

@@ -20,9 +20,9 @@ from bridge.config import DEFAULT_MAX_BODY
 from bridge.engine import PromptSpec
 from bridge.engine.prepare import fit_context
 from bridge.engine.prompts import prompt_tokens
-from bridge.options import Options
-from bridge.prompting import longest_token
-from bridge.web import client_gone_probe, peer_closed
+from bridge.http.web import client_gone_probe, peer_closed
+from bridge.serving.prompting import longest_token
+from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import requests
 
-from bridge.metrics import Metrics
-from bridge.store import MAX_ERROR_CHARS, MAX_MODEL_CHARS, RequestRecord, Store
-from bridge.tracking import Tracker
+from bridge.stats.metrics import Metrics
+from bridge.stats.store import MAX_ERROR_CHARS, MAX_MODEL_CHARS, RequestRecord, Store
+from bridge.stats.tracking import Tracker
 
 from .conftest import start_server, stop_server, write_mappings
 

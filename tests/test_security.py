@@ -9,7 +9,7 @@ import requests
 
 from bridge.app import create_app
 from bridge.config import load_config
-from bridge.security import ALLOWED_HEADERS
+from bridge.http.security import ALLOWED_HEADERS
 
 from .test_bad_input import raw_request
 

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from bridge.service import ServicePaths, pid_alive
+from bridge.service.process import ServicePaths, pid_alive
 
 from .service_util import clean_env, free_port, mlx_bridge, port_holder, started
 
@@ -153,7 +153,7 @@ def test_restart_keeps_the_previous_settings(tmp_path, mappings_file):
 
 def test_the_mapping_file_is_passed_only_when_chosen(tmp_path, monkeypatch, mappings_file):
     """So `start` without --mappings imports the demo model on first start, as `serve` does."""
-    from bridge.cli_service import argv_for
+    from bridge.cli.service import argv_for
     from bridge.config import load_config
 
     monkeypatch.delenv("MLX_BRIDGE_MAPPINGS", raising=False)

@@ -8,14 +8,14 @@ import threading
 
 import requests
 
-from bridge.logtail import follow, tail
-from bridge.service import ServicePaths
+from bridge.service.logtail import follow, tail
+from bridge.service.process import ServicePaths
 
 from .service_util import clean_env, free_port, mlx_bridge, started, wait_until
 
 ROTATE_SCRIPT = """
 import logging, os, sys
-from bridge.logfile import ServerLogHandler
+from bridge.service.process.logfile import ServerLogHandler
 handler = ServerLogHandler(sys.argv[1], max_bytes=2048, backups=2)
 log = logging.getLogger("t")
 log.addHandler(handler)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from bridge.portinfo import find_listener, listening_inodes, port_in_use
+from bridge.service.portinfo import find_listener, listening_inodes, port_in_use
 
 from .service_util import free_port, port_holder
 

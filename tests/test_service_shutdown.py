@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from bridge.service import ServicePaths, pid_alive
+from bridge.service.process import ServicePaths, pid_alive
 
 from .conftest import write_mappings
 from .service_util import clean_env, free_port, started

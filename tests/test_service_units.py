@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_config
-from bridge.service import ServiceError
-from bridge.units import (
+from bridge.service.process import ServiceError
+from bridge.service.units import (
     LABEL,
     TEMPLATE,
     UNIT_NAME,
@@ -222,7 +222,7 @@ def test_the_unit_is_never_readable_by_others_not_even_for_a_moment(tmp_path, mo
     old_umask = os.umask(0o022)
     monkeypatch.setattr(os, "open", spy_os_open)
     monkeypatch.setattr(io, "open", spy_io_open)
-    monkeypatch.setattr("bridge.units.verify_systemd", lambda path, runner: "")
+    monkeypatch.setattr("bridge.service.units.verify_systemd", lambda path, runner: "")
     try:
         installer.install(_spec(tmp_path, env={"PATH": "/bin", "MLX_BRIDGE_ADMIN_TOKEN": "s3cret"}))
     finally:

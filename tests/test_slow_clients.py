@@ -2,7 +2,7 @@
 headers or a body, or never close, hold no request thread; they are answered 408 and closed once
 MLX_BRIDGE_READ_TIMEOUT passes, and long responses are never cut.
 
-Unit tests for the request framing (bridge/request_reader.py) and the deadline reads, then a real
+Unit tests for the request framing (bridge/http/request_reader.py) and the deadline reads, then a real
 server process with 150 hostile connections beside normal requests.
 """
 
@@ -15,8 +15,8 @@ import time
 import pytest
 import requests
 
-from bridge.request_reader import MAX_HEADER_BYTES, RequestBuffer, Verdict
-from bridge.worker import DeadlineReads
+from bridge.http.request_reader import MAX_HEADER_BYTES, RequestBuffer, Verdict
+from bridge.http.worker import DeadlineReads
 
 from .conftest import start_server, stop_server, write_mappings
 from .slow_util import KINDS, SHORT_CHAT, Trickle, timed

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bridge.engine import Chunk
 from bridge.engine.sink import StopScanner, TokenSink
-from bridge.options import MAX_STOP_CHARS, MAX_STOPS
+from bridge.wire.options import MAX_STOP_CHARS, MAX_STOPS
 
 TOO_MANY = f'option "stop" has {MAX_STOPS + 1} strings; at most {MAX_STOPS} are allowed'
 TOO_LONG = (f'option "stop": string 1 is {MAX_STOP_CHARS + 1} characters long; '

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import Conflict, StoreUnavailable
-from bridge.metrics import Metrics
-from bridge.store import RequestRecord, Store
-from bridge.tracking import Tracker
+from bridge.stats.metrics import Metrics
+from bridge.stats.store import RequestRecord, Store
+from bridge.stats.tracking import Tracker
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_tracker_survives_a_bad_record_and_store_errors(tmp_path: Path) -> None:
 
 
 def test_tracker_prunes_old_records(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bridge.tracking._PRUNE_EVERY", 10)
+    monkeypatch.setattr("bridge.stats.tracking._PRUNE_EVERY", 10)
     tracker = Tracker(store, Metrics(), keep_records=5)
     for _ in range(10):
         tracker.record(rec())

@@ -192,7 +192,7 @@ def accepts(lltok, fmt, text: str) -> bool:
     """Does the grammar for `fmt` take `text` as a whole value? (byte-level: any tokenization)"""
     import llguidance
 
-    from bridge.structured import grammar_for
+    from bridge.engine.structured import grammar_for
 
     matcher = llguidance.LLMatcher(lltok, grammar_for(fmt))
     ids = lltok.tokenize_str(text)
@@ -260,7 +260,7 @@ def test_a_large_enum_is_one_terminal(client):
 
 
 def test_integer_ranges_are_exact():
-    from bridge.json_grammar import int_range, number_range
+    from bridge.engine.json_grammar import int_range, number_range
 
     for lo, hi in [(0, 0), (-9, 9), (7, 1234), (-1234, -7), (95, 105), (-1, 0), (10, 99)]:
         rx = re.compile(int_range(lo, hi))
@@ -287,8 +287,8 @@ _VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
 @given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=5))
 def test_any_schema_compiles_or_is_a_400(schema):
     """The converter is new code on untrusted input: nothing but a BridgeError (a 4xx) escapes."""
+    from bridge.engine.structured import grammar_for
     from bridge.errors import BridgeError
-    from bridge.structured import grammar_for
 
     try:
         grammar_for(schema)

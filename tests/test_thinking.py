@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bridge.thinking import ThinkingSplitter, split_text
+from bridge.serving.thinking import ThinkingSplitter, split_text
 
 from .scripted_model import HELLO, THOUGHT, scripted_models, start_app
 

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from bridge.describe import describe_model
 from bridge.importer import import_model
 from bridge.importer.chat_templates import chatml_tools_template, render, with_tools
+from bridge.modelinfo.describe import describe_model
 from bridge.testing import build_tiny_model
 
 from .gguf_fixtures import bpe_tokenizer_meta, random_weights, write_gguf

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from bridge.toolcalls import ToolCallExtractor, ToolFormat, parse_all
+from bridge.serving.toolcalls import ToolCallExtractor, ToolFormat, parse_all
 
 from .scripted_model import ANSWER, CALL, WEATHER, scripted_models, start_app
 

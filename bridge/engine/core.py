@@ -11,7 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (
+from bridge.engine.batch import BatchRunner
+from bridge.engine.embed import EmbedTask
+from bridge.engine.jobs import Done, Embedded, Failed, Job
+from bridge.engine.models import FOREVER, LoadedModel, ModelCache
+from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
+from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
+from bridge.engine.single import SingleRunner
+from bridge.errors import (
     BridgeError,
     ClientClosed,
     EngineError,
@@ -19,13 +26,6 @@ from ..errors import (
     ServerBusy,
     ShuttingDown,
 )
-from .batch import BatchRunner
-from .embed import EmbedTask
-from .jobs import Done, Embedded, Failed, Job
-from .models import FOREVER, LoadedModel, ModelCache
-from .prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
-from .prompt_cache import DEFAULT_BYTES, PromptCache
-from .single import SingleRunner
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class Engine:
 
     def _warm_up(self) -> None:
         """Load the fast BLAS, then import MLX on this thread so the first request does not pay."""
-        from ..blas import enable
+        from bridge.engine.blas import enable
 
         self.blas = enable().name  # before MLX's first matmul binds its BLAS symbols
         import mlx.core as mx

@@ -10,9 +10,9 @@ import logging
 import time
 from typing import Any
 
-from ..errors import BadRequest, ClientClosed, Unsupported
-from .jobs import Embedded, Job
-from .models import LoadedModel
+from bridge.engine.jobs import Embedded, Job
+from bridge.engine.models import LoadedModel
+from bridge.errors import BadRequest, ClientClosed, Unsupported
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BridgeError
-from ..options import Options
+from bridge.errors import BridgeError
+from bridge.wire.options import Options
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from bridge.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BadRequest, BridgeError, EngineError
-from ..options import Options
-from .jobs import Done, Embedded, Failed, Job
-from .models import LoadedModel
-from .prompts import prompt_tokens
-from .sink import TokenSink
+from bridge.engine.jobs import Done, Embedded, Failed, Job
+from bridge.engine.models import LoadedModel
+from bridge.engine.prompts import prompt_tokens
+from bridge.engine.sink import TokenSink
+from bridge.errors import BadRequest, BridgeError, EngineError
+from bridge.wire.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def admit(job: Job, loaded: LoadedModel, load_ns: int) -> Entry:
     """Render and fit the prompt and build the per-job sampling pieces (raises BridgeError)."""
     assert job.spec is not None
     context = job.options.context(loaded.context_length)
-    # Normally rendered and tokenized by the request thread (bridge/prompting.py), so that a
+    # Normally rendered and tokenized by the request thread (bridge/serving/prompting.py), so that a
     # huge prompt never stalls this thread; the engine does it when that was not possible.
     tokens = job.spec.tokens
     if tokens is None:

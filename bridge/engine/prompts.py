@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadRequest
-from ..gotemplate import render
-from .jobs import PromptSpec
+from bridge.engine.gotemplate import render
+from bridge.engine.jobs import PromptSpec
+from bridge.errors import BadRequest
 
 
 def prompt_tokens(tokenizer: Any, spec: PromptSpec, max_chars: int | None = None) -> list[int]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import ClientClosed
-from .jobs import Failed, Job
-from .models import LoadedModel
-from .prepare import Ended, Entry, log_cached
-from .prompt_cache import PromptCache
+from bridge.engine.jobs import Failed, Job
+from bridge.engine.models import LoadedModel
+from bridge.engine.prepare import Ended, Entry, log_cached
+from bridge.engine.prompt_cache import PromptCache
+from bridge.errors import ClientClosed
 
 log = logging.getLogger(__name__)
 

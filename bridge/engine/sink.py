@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .jobs import Chunk, Done, Event
+from bridge.engine.jobs import Chunk, Done, Event
 
 
 class TokenSink:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ImportFailed
+from bridge.importer.errors import ImportFailed
 
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)\.(weight|bias)")
 _GLOBAL = {

@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from .go_jinja import jinja_literal
+from bridge.importer.go_jinja import jinja_literal
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def with_tools(template: str) -> str | None:
 def upgrade(config: dict[str, Any], names: list[str]) -> str | None:
     """Give `config` (tokenizer_config.json) the tool template when the model's family has one
     in Ollama and its own template has no tools; returns the family when it did."""
-    from ..tokenizer_info import uses_tools
+    from bridge.modelinfo.tokenizer import uses_tools
 
     template = config.get("chat_template")
     label = family(names)

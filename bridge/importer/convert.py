@@ -10,15 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import ollama_meta
-from .arch import Arch, get_arch, hf_name, to_hf
-from .chat_templates import upgrade
-from .errors import ImportFailed
-from .gguf_file import GGUFFile, GGUFTensor
-from .hf_config import build_config, eos_token_ids
-from .ollama_meta import OllamaMeta
-from .safetensors_out import DTYPES, PlannedTensor, write_model
-from .tokenizer import build_tokenizer
+from bridge.importer import ollama_meta
+from bridge.importer.arch import Arch, get_arch, hf_name, to_hf
+from bridge.importer.chat_templates import upgrade
+from bridge.importer.errors import ImportFailed
+from bridge.importer.gguf_file import GGUFFile, GGUFTensor
+from bridge.importer.hf_config import build_config, eos_token_ids
+from bridge.importer.ollama_meta import OllamaMeta
+from bridge.importer.safetensors_out import DTYPES, PlannedTensor, write_model
+from bridge.importer.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import BadRequest
+from bridge.errors import BadRequest
 
 
 class ImportFailed(BadRequest):

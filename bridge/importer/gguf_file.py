@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImportFailed
+from bridge.importer.errors import ImportFailed
 
 GGUF_MAGIC = b"GGUF"
 # What common Ollama / llama.cpp downloads use; gguf.quants dequantizes each of them in numpy.

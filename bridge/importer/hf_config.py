@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .arch import Arch
-from .errors import ImportFailed
-from .gguf_file import GGUFFile
+from bridge.importer.arch import Arch
+from bridge.importer.errors import ImportFailed
+from bridge.importer.gguf_file import GGUFFile
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}

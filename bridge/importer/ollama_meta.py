@@ -13,10 +13,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BadRequest
-from ..options import parse_options
-from .errors import ImportFailed
-from .go_jinja import Unconvertible, identifiers, jinja_literal, parse, to_jinja, tool_parser_for
+from bridge.errors import BadRequest
+from bridge.importer.errors import ImportFailed
+from bridge.importer.go_jinja import (
+    Unconvertible,
+    identifiers,
+    jinja_literal,
+    parse,
+    to_jinja,
+    tool_parser_for,
+)
+from bridge.wire.options import parse_options
 
 log = logging.getLogger(__name__)
 

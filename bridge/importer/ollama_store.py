@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..names import InvalidModelName, ModelName
-from .errors import ImportFailed
-from .gguf_file import check_magic
+from bridge.importer.errors import ImportFailed
+from bridge.importer.gguf_file import check_magic
+from bridge.wire.names import InvalidModelName, ModelName
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"

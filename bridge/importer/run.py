@@ -12,12 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..names import InvalidModelName, ModelName
-from ..registry import IMPORTED_DIR, LOCAL_MODELS_FILE, local_sources, register_local_model
-from .convert import QUANTIZE_CHOICES, Progress, _no_progress, convert_gguf, quantize_dir
-from .errors import ImportFailed
-from .ollama_meta import OllamaMeta
-from .ollama_store import find_model, list_models, store_root
+from bridge.importer.convert import (
+    QUANTIZE_CHOICES,
+    Progress,
+    _no_progress,
+    convert_gguf,
+    quantize_dir,
+)
+from bridge.importer.errors import ImportFailed
+from bridge.importer.ollama_meta import OllamaMeta
+from bridge.importer.ollama_store import find_model, list_models, store_root
+from bridge.routing.registry import (
+    IMPORTED_DIR,
+    LOCAL_MODELS_FILE,
+    local_sources,
+    register_local_model,
+)
+from bridge.wire.names import InvalidModelName, ModelName
 
 log = logging.getLogger(__name__)
 

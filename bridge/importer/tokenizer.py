@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ImportFailed
-from .gguf_file import GGUFFile
+from bridge.importer.errors import ImportFailed
+from bridge.importer.gguf_file import GGUFFile
 
 # llama.cpp token types (llama_token_type): which tokens are special to the tokenizer.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

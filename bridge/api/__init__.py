@@ -1,0 +1,1 @@
+"""Flask blueprints, one per resource: parse the request, call serving/routing, shape."""

@@ -1,0 +1,215 @@
+"""Blueprint: the backend registry's admin API, the performance comparison and /metrics.
+
+Auth: with `MLX_BRIDGE_ADMIN_TOKEN` set, every call except the model lookup and /metrics needs
+`Authorization: Bearer <token>` (401 otherwise). Without a token, reads are open and writes are
+refused (403). No routing logic here: the router reads the same store on every request, so a
+change applies to the next request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from bridge.api.admin_fields import check_row
+from bridge.errors import BadRequest, Forbidden, NotFound, StoreUnavailable, Unauthorized
+from bridge.http.web import json_response, rfc3339
+from bridge.routing.upstream import redact_url
+from bridge.stats.metrics import CONTENT_TYPE
+from bridge.stats.store import BackendRow, Store
+from bridge.wire.jsonbody import parse_body
+from bridge.wire.names import InvalidModelName, ModelName
+
+bp = Blueprint("admin", __name__)
+
+BACKENDS = "/api/llm-backends"
+NO_TOKEN = ("admin writes are disabled: no admin token is configured. Set MLX_BRIDGE_ADMIN_TOKEN "
+            "to a secret in the server's environment, restart it, and send "
+            "'Authorization: Bearer <token>' with each admin request")
+BAD_TOKEN = "missing or invalid admin token: send 'Authorization: Bearer <MLX_BRIDGE_ADMIN_TOKEN>'"
+
+
+def _bridge() -> Any:
+    return current_app.extensions["bridge"]
+
+
+def _store() -> Store:
+    store = getattr(_bridge(), "store", None)
+    if store is None:
+        raise StoreUnavailable("the backend store is not configured on this server")
+    return store
+
+
+def require_admin(write: bool) -> None:
+    """401 on a wrong or missing token; 403 for a write when no token is configured."""
+    token = _bridge().config.admin_token
+    if not token:
+        if write:
+            raise Forbidden(NO_TOKEN)
+        return
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    # the header arrives latin-1 decoded: back to its raw bytes, compared in constant time
+    given = presented.strip().encode("latin-1", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, token.encode("utf-8")):
+        raise Unauthorized(BAD_TOKEN)
+
+
+@bp.after_request
+def _challenge(response: Response) -> Response:
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mlx-bridge admin"'
+    return response
+
+
+def _fresh() -> None:
+    """Let queued request records reach SQLite first, so stats include the latest requests."""
+    tracker = getattr(_bridge(), "tracker", None)
+    if tracker is not None:
+        tracker.flush(timeout=1.0)
+
+
+def row_json(row: BackendRow, store: Store) -> dict[str, Any]:
+    """A row with its read-only stats (a URL's `user:pass@`, from a file older than the check, masked)."""
+    return {**row.to_dict(), "endpoint_url": redact_url(row.endpoint_url), **store.stats(row).to_dict()}
+
+
+def _row_id(raw: str) -> int:
+    # bounded: a huge number would overflow SQLite's integer
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+        raise NotFound(f"backend {raw!r} not found")
+    return int(raw)
+
+
+def _found(row: BackendRow | None, raw: str) -> BackendRow:
+    if row is None:
+        raise NotFound(f"backend {raw!r} not found")
+    return row
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise BadRequest(f"{name} must be true or false")
+
+
+@bp.get(BACKENDS)
+def list_backends() -> Response:
+    require_admin(write=False)
+    _fresh()
+    store = _store()
+    rows = store.list_rows(enabled_only=_flag("enabled_only"))
+    return json_response({"backends": [row_json(r, store) for r in rows]})
+
+
+@bp.get(f"{BACKENDS}/<row_id>")
+def get_backend(row_id: str) -> Response:
+    require_admin(write=False)
+    _fresh()
+    store = _store()
+    return json_response(row_json(_found(store.get(_row_id(row_id)), row_id), store))
+
+
+@bp.get(f"{BACKENDS}/model/<path:model_name>")
+def backends_for_model(model_name: str) -> Response:
+    """Service lookup (no auth): the enabled rows and who answers the model right now."""
+    try:
+        name = ModelName.parse(model_name).display
+    except InvalidModelName:
+        raise BadRequest(f"invalid model name {model_name!r}") from None
+    store = _store()
+    rows = store.rows_for_model(name)
+    return json_response({"model_name": name, "rows": [row_json(r, store) for r in rows],
+                          "effective_backend": _effective(name, rows)})
+
+
+def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
+    """The first choice: the top enabled row, else the mapping file, else the upstream."""
+    bridge = _bridge()
+    if rows:
+        top = rows[0]
+        source, backend, mlx_model, endpoint = "backends", top.backend_type, top.mlx_model, top.endpoint_url
+    elif (entry := bridge.registry.lookup(name)) is not None:
+        source, backend, mlx_model, endpoint = "mappings", entry.backend, entry.source, None
+    else:
+        source, backend, mlx_model, endpoint = "default", "ollama", None, None
+    if backend != "mlx" and endpoint is None:
+        endpoint = bridge.upstream_url
+    return {"source": source, "backend_type": backend, "endpoint_url": redact_url(endpoint),
+            "mlx_model": mlx_model, "id": rows[0].id if rows else None}
+
+
+@bp.post(BACKENDS)
+def create_backend() -> Response:
+    require_admin(write=True)
+    values = check_row(parse_body(request.get_data(), "LLMBackend"), creating=True)
+    store = _store()
+    row = store.create(values)
+    response = json_response(row_json(row, store), 201)
+    response.headers["Location"] = f"{BACKENDS}/{row.id}"
+    return response
+
+
+@bp.put(f"{BACKENDS}/<row_id>")
+def update_backend(row_id: str) -> Response:
+    require_admin(write=True)
+    ident = _row_id(row_id)
+    values = check_row(parse_body(request.get_data(), "LLMBackend"), creating=False)
+    store = _store()
+    return json_response(row_json(_found(store.update(ident, values), row_id), store))
+
+
+@bp.delete(f"{BACKENDS}/<row_id>")
+def delete_backend(row_id: str) -> Response:
+    require_admin(write=True)
+    if not _store().delete(_row_id(row_id)):
+        raise NotFound(f"backend {row_id!r} not found")
+    return Response(status=204)
+
+
+@bp.post(f"{BACKENDS}/<row_id>/toggle")
+def toggle_backend(row_id: str) -> Response:
+    require_admin(write=True)
+    store = _store()
+    return json_response(row_json(_found(store.toggle(_row_id(row_id)), row_id), store))
+
+
+@bp.get("/api/performance/comparison")
+def performance_comparison() -> Response:
+    """Backends side by side per model (`?model=`, `?since=` RFC3339)."""
+    require_admin(write=False)
+    model = request.args.get("model") or None
+    if model is not None:
+        try:
+            model = ModelName.parse(model).display
+        except InvalidModelName:
+            raise BadRequest(f"invalid model name {model!r}") from None
+    since = _since(request.args.get("since"))
+    _fresh()
+    return json_response({"models": _store().comparison(model, since), "model": model,
+                          "since": since, "generated_at": rfc3339()})
+
+
+def _since(raw: str | None) -> str | None:
+    """An RFC3339 time, normalized to the stored form so text comparison orders it."""
+    if not raw:
+        return None
+    try:
+        dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return rfc3339(dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc))
+    except (ValueError, OverflowError):
+        raise BadRequest(f"since must be an RFC3339 time such as 2025-01-31T00:00:00Z (got {raw!r})") from None
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text (no auth, like most exporters; bind the bridge to localhost to keep it private)."""
+    registry = getattr(_bridge(), "metrics", None)
+    if registry is None:
+        raise NotFound("metrics are not enabled on this server")
+    return Response(registry.exposition(), content_type=CONTENT_TYPE)

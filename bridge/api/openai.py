@@ -1,0 +1,126 @@
+"""Blueprint: Ollama's OpenAI-compatible /v1 endpoints, as conversions around the native core.
+
+A /v1 request is translated into the native request and handed to the same dispatch and local
+handlers as /api/chat and /api/generate; the native objects they produce are converted back.
+Models the upstream serves get the original /v1 body, forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from bridge.api.generate import Generation, chat_handler, generate_handler
+from bridge.api.models import served_locally, tag_entry, upstream_models
+from bridge.errors import BadRequest, ModelNotFound
+from bridge.http.web import json_response
+from bridge.routing.dispatch import dispatch
+from bridge.routing.router import Plan
+from bridge.serving.embeddings import openai_body, parse_openai
+from bridge.serving.local import LocalModel
+from bridge.wire.jsonbody import parse_body
+from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.openai_in import (
+    chat_to_native,
+    completion_to_native,
+    embeddings_check,
+    include_usage,
+)
+from bridge.wire.openai_out import ChatWriter, CompletionWriter, model_object
+from bridge.wire.schemas import parse_chat, parse_generate
+
+bp = Blueprint("openai", __name__)
+
+SSE = "text/event-stream"
+
+
+class OpenAIResponder:
+    """Renders a local generation through a ChatWriter/CompletionWriter: SSE or one object."""
+
+    def __init__(self, writer: ChatWriter | CompletionWriter, stream: bool) -> None:
+        self.writer, self.stream = writer, stream
+
+    def result(self, generation: Generation) -> Response:
+        if self.stream:
+            return sse_response(self.writer.events(generation.lines()))
+        return json_response(self.writer.completion(generation.merged()))
+
+    def loaded(self, body: dict[str, Any]) -> Response:
+        if self.stream:
+            return sse_response(self.writer.events([body]))
+        return json_response(self.writer.completion(body))
+
+
+def sse_response(events: Iterable[str]) -> Response:
+    return Response(events, content_type=SSE,
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def require_model(name: str) -> str:
+    if not name:
+        raise BadRequest("model is required")
+    return name
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    started = time.perf_counter_ns()
+    raw = request.get_data()
+    body = parse_body(raw, "ChatCompletionRequest")
+    req = parse_chat(chat_to_native(body))
+    responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
+    return dispatch(require_model(req.model), request.path, raw, chat_handler(req, started, responder))
+
+
+@bp.post("/v1/completions")
+def completions() -> Response:
+    started = time.perf_counter_ns()
+    raw = request.get_data()
+    body = parse_body(raw, "CompletionRequest")
+    req = parse_generate(completion_to_native(body))
+    responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
+    return dispatch(require_model(req.model), request.path, raw, generate_handler(req, started, responder))
+
+
+@bp.post("/v1/embeddings")
+def embeddings() -> Response:
+    """Embeddings in OpenAI's shape; MLX models answer from their pooled hidden states."""
+    raw = request.get_data()
+    body = parse_body(raw, "EmbedRequest")
+    name = require_model(embeddings_check(body))
+    req = parse_openai(body)
+
+    def local(model: LocalModel, plan: Plan) -> Response:
+        return json_response(openai_body(req, model, plan, str(body.get("encoding_format") or "float")))
+
+    return dispatch(name, request.path, raw, local)
+
+
+def listing() -> list[dict[str, Any]]:
+    """The models /api/tags lists: MLX-served ones, then the upstream's other ones."""
+    local = served_locally()
+    entries = [tag_entry(m) for m in local]
+    return entries + upstream_models("/api/tags", {ModelName.parse(m.entry.name).key for m in local})
+
+
+@bp.get("/v1/models")
+def models() -> Response:
+    return json_response({"object": "list", "data": [model_object(e) for e in listing()]})
+
+
+@bp.get("/v1/models/<path:name>")
+def model(name: str) -> Response:
+    try:
+        key = ModelName.parse(name).key
+    except InvalidModelName:
+        raise ModelNotFound(name) from None
+    for entry in listing():
+        try:
+            if ModelName.parse(str(entry.get("model") or entry.get("name") or "")).key == key:
+                return json_response(model_object(entry))
+        except InvalidModelName:
+            continue
+    raise ModelNotFound(name)

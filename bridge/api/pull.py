@@ -1,0 +1,76 @@
+"""Blueprint: POST /api/pull for names mapped to MLX (Hugging Face repos), streamed like Ollama."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from bridge.errors import BadRequest, BridgeError
+from bridge.http.web import json_response, ndjson_stream
+from bridge.importer.hub import Puller, PullError
+from bridge.routing.dispatch import dispatch
+from bridge.routing.registry import IMPORTED_DIR, MappedModel
+from bridge.wire.jsonbody import Fields, parse_body
+from bridge.wire.names import InvalidModelName, ModelName
+
+bp = Blueprint("pull", __name__)
+
+
+def _puller() -> Puller:
+    bridge = current_app.extensions["bridge"]
+    # one Puller per app: it holds the per-repo locks (dict.setdefault is atomic under the GIL)
+    return current_app.extensions.setdefault("mlx_pull", Puller(bridge.registry.downloads_dir))
+
+
+@bp.post("/api/pull")
+def pull() -> Response:
+    raw = request.get_data()
+    body = parse_body(raw, "PullRequest")
+    f = Fields(body, "PullRequest")
+    name = f.str("model") or f.str("name")  # the Go CLI sends model:"" plus the deprecated name
+    try:
+        display = ModelName.parse(name).display
+    except InvalidModelName:
+        raise BadRequest("invalid model name") from None
+    stream = f.bool("stream")
+    g.model, g.backend = display, "mlx"
+    bridge = current_app.extensions["bridge"]
+    registry = bridge.registry
+    entry = registry.lookup(display)
+    if entry is None or bridge.router.plan(display).policy == "ollama":
+        return dispatch(name, "/api/pull", raw, None)  # not ours: the upstream Ollama pulls it
+    lines = _lines(entry, registry.local_dir(entry) is not None)
+    if stream is False:
+        return _last(lines)
+    return ndjson_stream(_errors_as_lines(lines))
+
+
+def _lines(entry: MappedModel, present: bool) -> Iterator[dict[str, Any]]:
+    """What to stream: a download for hub repos; nothing to fetch for local or imported models."""
+    imported = entry.source.split("/", 1)[0].lower() == IMPORTED_DIR  # an alias of an import
+    if entry.is_local_dir or entry.origin == "local" or imported:
+        if not present:
+            raise PullError(f"pull model manifest: '{entry.name}' is served from local files "
+                            f"({entry.source}) that are missing; import it again")
+        return iter([{"status": "pulling manifest"}, {"status": "success"}])
+    return _puller().pull(entry.source)
+
+
+def _errors_as_lines(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    try:
+        yield from lines
+    except BridgeError as exc:
+        yield {"error": exc.message}
+
+
+def _last(lines: Iterator[dict[str, Any]]) -> Response:
+    """stream:false: only the final object; a failure is a 500 with the error (Ollama's status)."""
+    last: dict[str, Any] = {}
+    try:
+        for line in lines:
+            last = line
+    except BridgeError as exc:
+        return json_response({"error": exc.message}, 500)
+    return json_response(last)

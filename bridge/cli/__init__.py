@@ -1,0 +1,1 @@
+"""The `mlx-bridge` command line, one module per command family."""

@@ -1,0 +1,1 @@
+"""HTTP plumbing: the gunicorn server and worker, Host/CORS guards, size limits, responses."""

@@ -1,0 +1,163 @@
+"""HTTP plumbing shared by the blueprints: JSON/NDJSON encoding, errors, request ids, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from bridge.errors import BridgeError
+from bridge.http import limits, security
+
+log = logging.getLogger("bridge.http")
+
+NDJSON = "application/x-ndjson"
+# httpx splits lines at these too (spec §9): escape them inside JSON strings.
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+FOREVER_DATE = datetime(2318, 1, 1, tzinfo=timezone.utc)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON safe for line-oriented clients."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in _LINE_BREAKS.items():
+        if ch in text:
+            text = text.replace(ch, esc)
+    return text
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, content_type="application/json; charset=utf-8")
+
+
+def ndjson_stream(lines: Iterable[dict[str, Any]]) -> Response:
+    """A streamed NDJSON response: one object per line, each flushed as produced."""
+    return Response((dumps(o) + "\n" for o in lines), content_type=NDJSON,
+                    headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+
+
+def rfc3339(ts: float | datetime | None = None) -> str:
+    """UTC RFC3339 with microseconds and a Z, as Ollama's clients parse it."""
+    if ts is None:
+        dt = datetime.now(timezone.utc)
+    elif isinstance(ts, datetime):
+        dt = ts.astimezone(timezone.utc)
+    elif ts == float("inf") or ts > FOREVER_DATE.timestamp():
+        dt = FOREVER_DATE
+    else:
+        dt = datetime.fromtimestamp(ts, timezone.utc)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def expires_in(seconds: float) -> str:
+    """RFC3339 for now + seconds (negative keep_alive means forever)."""
+    if seconds < 0:
+        return rfc3339(float("inf"))
+    return rfc3339(datetime.now(timezone.utc) + timedelta(seconds=seconds))
+
+
+def error_body(message: str) -> dict[str, Any]:
+    """Native or OpenAI error shape depending on the path."""
+    if request.path.startswith("/v1/"):
+        return {"error": {"message": message, "type": _openai_type(), "param": None, "code": None}}
+    return {"error": message}
+
+
+def _openai_type() -> str:
+    return getattr(g, "openai_error_type", "api_error")
+
+
+def handle_bridge_error(exc: BridgeError) -> Response:
+    g.openai_error_type = exc.openai_type
+    log.debug("request failed request_id=%s status=%d error=%r", request_id(), exc.status, exc.message)
+    return json_response(error_body(exc.message), exc.status)
+
+
+def handle_http_error(exc: HTTPException) -> Response:
+    """Werkzeug errors: Go's plain-text 404/405 on native paths, JSON elsewhere."""
+    code = exc.code or 500
+    if code in (404, 405) and not request.path.startswith("/v1/"):
+        text = "404 page not found" if code == 404 else "405 method not allowed"
+        return Response(text, status=code, content_type="text/plain; charset=utf-8")
+    g.openai_error_type = "invalid_request_error" if code < 500 else "api_error"
+    return json_response(error_body(exc.description or exc.name), code)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error request_id=%s path=%s", request_id(), request.path)
+    return json_response(error_body(f"internal error: {type(exc).__name__}"), 500)
+
+
+def request_id() -> str:
+    return getattr(g, "request_id", "-")
+
+
+def _begin_request() -> None:
+    g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+    g.started = time.perf_counter()
+
+
+def _end_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = request_id()
+    log.info(
+        "request request_id=%s method=%s path=%s status=%d backend=%s model=%s ms=%.1f",
+        request_id(), request.method, request.path, response.status_code,
+        getattr(g, "backend", "-"), getattr(g, "model", "-"),
+        (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
+    )
+    return response
+
+
+def install(app: Flask) -> None:
+    """Register the error mapping and request-id/logging hooks on an app."""
+    app.register_error_handler(BridgeError, handle_bridge_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(Exception, handle_unexpected)
+    app.before_request(_begin_request)
+    config = app.extensions["bridge"].config
+    security.install(app, config)  # Host check and CORS, before anything reads the body
+    limits.install(app, config)
+    app.after_request(_end_request)
+
+
+def client_gone_probe() -> Callable[[], bool] | None:
+    """A check whether this request's client has hung up, to call while it waits for its answer.
+
+    gunicorn (`gunicorn.socket`) and werkzeug's dev server (`werkzeug.socket`) put the client's
+    socket in the WSGI environ; elsewhere (the Flask test client, TLS) there is no probe (None)
+    and a hang-up is noticed only when the response is written.
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return None
+    return lambda: peer_closed(sock)
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True once the peer has closed the connection (EOF) or reset it. Never consumes data: a
+    pipelined next request stays in the socket. Like Go's net/http, which Ollama runs on, an EOF
+    counts as a hang-up even if the client may only have closed its sending side."""
+    try:
+        poller = select.poll()  # poll, not select: no limit on the descriptor number
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed
+        return True
+
+
+def iter_close(it: Iterator[Any]) -> None:
+    close = getattr(it, "close", None)
+    if close:
+        close()

@@ -1,0 +1,153 @@
+"""Who serves a model: the per-model backend policy (mlx | ollama | auto) as an ordered plan.
+
+Admin rows (SQLite, enabled, by priority) override the mapping file; a name in neither goes to the
+default upstream. Upstream endpoints that fail are skipped for a cool-down (circuit breaker).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.routing.registry import Registry
+from bridge.routing.upstream import redact_url
+
+log = logging.getLogger(__name__)
+
+COOLDOWN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way to serve a request: the local MLX engine or one upstream endpoint."""
+
+    backend: str  # "mlx" | "ollama"
+    endpoint: str | None = None
+    source: str | None = None  # an admin row's mlx_model overriding the mapping
+    timeout: float | None = None
+    api_key_env: str | None = None  # the environment variable holding this endpoint's key
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.backend == "mlx" else f"ollama@{redact_url(self.endpoint)}"
+
+
+@dataclass
+class Plan:
+    """The ordered targets for one model and the option defaults its admin row sets."""
+
+    name: str
+    policy: str
+    targets: list[Target]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EndpointState:
+    failures: int = 0
+    open_until: float = 0.0
+    last_error: str = ""
+    last_ok: float = 0.0
+
+
+class Breaker:
+    """Per-endpoint circuit breaker: a failed endpoint is skipped until its cool-down ends."""
+
+    def __init__(self, cooldown: float = COOLDOWN_SECONDS) -> None:
+        self.cooldown = cooldown
+        self._states: dict[str, EndpointState] = {}
+        self._lock = threading.Lock()
+
+    def is_open(self, endpoint: str) -> bool:
+        with self._lock:
+            state = self._states.get(endpoint)
+            return bool(state and state.open_until > time.time())
+
+    def failure(self, endpoint: str, error: str) -> None:
+        with self._lock:
+            state = self._states.setdefault(endpoint, EndpointState())
+            state.failures += 1
+            state.open_until = time.time() + self.cooldown
+            state.last_error = error
+        log.warning("endpoint marked down endpoint=%s cooldown_s=%.0f error=%r", redact_url(endpoint),
+                    self.cooldown, error)
+
+    def success(self, endpoint: str) -> None:
+        with self._lock:
+            state = self._states.setdefault(endpoint, EndpointState())
+            state.failures, state.open_until, state.last_ok = 0, 0.0, time.time()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        with self._lock:
+            return {
+                str(redact_url(url)): {
+                    "state": "open" if s.open_until > now else "closed", "failures": s.failures,
+                    "retry_in_s": max(0.0, round(s.open_until - now, 1)), "last_error": s.last_error}
+                for url, s in self._states.items()
+            }
+
+
+class Router:
+    """Builds a Plan for a model name from the admin rows, the mapping file and the default upstream."""
+
+    def __init__(self, registry: Registry, default_upstream: Callable[[], str | None],
+                 rows_for_model: Callable[[str], list[Any]] | None = None,
+                 breaker: Breaker | None = None) -> None:
+        self.registry = registry
+        self.default_upstream = default_upstream
+        self.rows_for_model = rows_for_model
+        self.breaker = breaker or Breaker()
+
+    def plan(self, name: str) -> Plan:
+        rows = self._rows(name)
+        if rows:
+            plan = self._from_rows(name, rows)
+        else:
+            entry = self.registry.lookup(name)
+            policy = entry.backend if entry else "ollama"
+            plan = Plan(name, policy, self._targets(policy, self.default_upstream()))
+        plan.targets = self._order(plan.targets)
+        return plan
+
+    def _rows(self, name: str) -> list[Any]:
+        if self.rows_for_model is None:
+            return []
+        try:
+            return self.rows_for_model(name)
+        except Exception as exc:  # a locked or corrupt database must not stop serving
+            log.error("backend rows unavailable, using the mapping file model=%s error=%s", name, exc)
+            return []
+
+    def _from_rows(self, name: str, rows: list[Any]) -> Plan:
+        targets: list[Target] = []
+        for row in rows:
+            endpoint = row.endpoint_url or self.default_upstream()
+            for t in self._targets(row.backend_type, endpoint, row.mlx_model, row.timeout_seconds,
+                                   row.api_key_env):
+                if t not in targets:
+                    targets.append(t)
+        first = rows[0]
+        defaults = {k: v for k, v in (("num_predict", first.max_tokens),
+                                      ("temperature", first.temperature_default)) if v is not None}
+        return Plan(name, first.backend_type, targets, defaults)
+
+    @staticmethod
+    def _targets(policy: str, endpoint: str | None, source: str | None = None,
+                 timeout: float | None = None, api_key_env: str | None = None) -> list[Target]:
+        mlx = Target("mlx", source=source)
+        upstream = [Target("ollama", endpoint, timeout=timeout, api_key_env=api_key_env)] if endpoint else []
+        if policy == "mlx":
+            return [mlx]
+        if policy == "auto":
+            return [mlx, *upstream]
+        return upstream
+
+    def _order(self, targets: list[Target]) -> list[Target]:
+        """Endpoints in their cool-down go last (still tried when nothing else is left)."""
+        healthy = [t for t in targets if not (t.endpoint and self.breaker.is_open(t.endpoint))]
+        return healthy + [t for t in targets if t not in healthy]

@@ -1,0 +1,248 @@
+"""Forwarding to the upstream Ollama: raw bodies, streamed back chunk by chunk as they arrive."""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import json
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from flask import Response
+
+from bridge.errors import ShuttingDown, UpstreamError
+from bridge.http.web import dumps
+
+log = logging.getLogger(__name__)
+
+# The only client headers an upstream sees: what it needs to parse the body and answer in kind.
+# Authorization, Cookie, X-Api-Key and the rest are the client's business with the bridge; an
+# endpoint that needs credentials gets them from the row's `api_key_env`, never from the client.
+FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
+# The only upstream response headers relayed back (Set-Cookie, Location, WWW-Authenticate stay there).
+RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
+LISTING_TIMEOUT = (1.0, 3.0)
+HEALTH_TIMEOUT = (0.5, 0.5)  # /api/tags and /api/ps must answer even when the upstream hangs
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream could not be reached at all (connect failure): safe to try elsewhere.
+
+    `refused` is True when nothing listens there (connection refused), as opposed to a timeout
+    or a name that does not resolve: the upstream Ollama is not running.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL as it may be shown (health, errors, logs, the request log): `user:pass@` removed.
+
+    >>> redact_url("http://me:secret@10.0.0.5:11434/x")
+    'http://***@10.0.0.5:11434/x'
+    >>> redact_url("http://127.0.0.1:11435")
+    'http://127.0.0.1:11435'
+    """
+    if not url or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+class Upstream:
+    """HTTP client for upstream Ollama servers (one pooled session per thread)."""
+
+    def __init__(self, connect_timeout: float = 3.0, read_timeout: float = 300.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._local = threading.local()
+        self.stopping = threading.Event()  # set when the grace period ends: relays stop at the next chunk
+        self._streams: weakref.WeakSet[requests.Response] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            session = requests.Session()
+            # A cookie one upstream answer sets must never ride along on another client's request.
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            self._local.session = session
+        return self._local.session
+
+    def open(self, base_url: str, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, read_timeout: float | None = None,
+             api_key: str | None = None) -> requests.Response:
+        """Send a request and return the streaming response (status untouched, never redirected).
+
+        Only FORWARDED_HEADERS of `headers` are sent; `api_key` (from configuration) becomes
+        `Authorization: Bearer`.
+        """
+        url = base_url.rstrip("/") + path
+        shown = redact_url(base_url)
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+        sent["Accept-Encoding"] = "identity"  # relay bytes as they are; no re-compression
+        if api_key:
+            sent["Authorization"] = f"Bearer {api_key}"
+        try:
+            resp = self.session.request(
+                method, url, data=body, headers=sent, stream=True, allow_redirects=False,
+                timeout=(self.connect_timeout, read_timeout or self.read_timeout),
+            )
+        except requests.ConnectionError as exc:
+            reason = _reason(exc)
+            raise UpstreamUnavailable(f"upstream Ollama at {shown} is not reachable: {reason}",
+                                      refused=reason == "connection refused") from None
+        except requests.Timeout:
+            raise UpstreamError(f"upstream Ollama at {shown} timed out", status=504) from None
+        except requests.RequestException as exc:
+            raise UpstreamError(f"upstream Ollama at {shown} failed: {_reason(exc)}") from None
+        with self._streams_lock:
+            self._streams.add(resp)
+        return resp
+
+    def stop(self) -> None:
+        """End the relays: set `stopping` and cut the upstream connections they may be blocked on."""
+        self.stopping.set()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+
+    def get_json(self, base_url: str, path: str) -> dict[str, Any] | None:
+        """A small GET for listings; None when the upstream is down or answers garbage."""
+        try:
+            resp = self.session.get(base_url.rstrip("/") + path, timeout=LISTING_TIMEOUT,
+                                    allow_redirects=False)
+            if resp.status_code != 200:
+                raise requests.HTTPError(f"HTTP {resp.status_code}")
+            data = resp.json()
+        except (requests.RequestException, ValueError) as exc:
+            log.debug("upstream listing failed url=%s path=%s error=%s", redact_url(base_url), path,
+                      _reason(exc))
+            return None
+        return data if isinstance(data, dict) else None
+
+    def probe(self, base_url: str) -> str | None:
+        """None when the upstream answers /api/version, else why not ("connection refused", ...)."""
+        try:
+            # /health must stay fast even when the upstream accepts connections but never answers.
+            resp = self.session.get(base_url.rstrip("/") + "/api/version", timeout=HEALTH_TIMEOUT,
+                                    allow_redirects=False)
+        except requests.RequestException as exc:
+            return _reason(exc)
+        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+    def reachable(self, base_url: str) -> bool:
+        return self.probe(base_url) is None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__
+
+
+OnFinal = Callable[[dict[str, Any] | None, str | None, float | None], None]
+
+
+def relay(resp: requests.Response, on_final: OnFinal, stopping: threading.Event | None = None) -> Response:
+    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs last.
+
+    Once `stopping` is set (the server's grace period is over) the relay ends at the next chunk
+    with a final error line, like the engine's streams, instead of being cut when the worker exits.
+    """
+    headers = [(k, v) for k, v in resp.headers.items() if k.lower() in RELAYED_HEADERS]
+    content_type = resp.headers.get("Content-Type", "")
+    kind = "sse" if "event-stream" in content_type else "ndjson" if "json" in content_type else None
+    body = _relay_body(resp, kind, on_final, stopping or threading.Event())
+    return Response(body, status=resp.status_code, headers=headers)
+
+
+def _error_tail(kind: str | None, partial: bool, message: str) -> Iterator[bytes]:
+    """The stream's last line for a relay that cannot finish: NDJSON line or SSE error event."""
+    if kind == "ndjson":
+        yield (("\n" if partial else "") + dumps({"error": message}) + "\n").encode()
+    elif kind == "sse":  # the OpenAI shape; the openai SDK raises APIError on it
+        error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        yield (("\n\n" if partial else "") + "data: " + dumps(error) + "\n\n").encode()
+
+
+def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
+                stopping: threading.Event) -> Iterator[bytes]:
+    scanner = FinalLineScanner()
+    error: str | None = None
+    first: float | None = None
+    try:
+        for chunk in resp.iter_content(chunk_size=None):
+            if stopping.is_set():
+                error = ShuttingDown().message
+                yield from _error_tail(kind, scanner.partial, error)
+                break
+            first = first or time.perf_counter()
+            scanner.feed(chunk)
+            yield chunk
+    except requests.RequestException as exc:
+        error = ShuttingDown().message if stopping.is_set() else f"upstream connection lost: {_reason(exc)}"
+        log.warning("upstream stream broken url=%s error=%s", redact_url(resp.url), _reason(exc))
+        yield from _error_tail(kind, scanner.partial, error)
+    finally:
+        resp.close()
+        scanner.close()
+        on_final(scanner.final, error or scanner.error, first)
+
+
+class FinalLineScanner:
+    """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.final: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.buf)
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            self._look(line)
+        if len(self.buf) > 1 << 20 and b'"done"' not in self.buf:
+            self.buf = b""  # a huge non-NDJSON body (a blob): nothing to scan for
+
+    def _look(self, line: bytes) -> None:
+        if b'"done"' not in line and b'"error"' not in line and b'"status"' not in line:
+            return
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(obj, dict):
+            if obj.get("done") is True or obj.get("status") == "success":
+                self.final = obj
+            if isinstance(obj.get("error"), str):
+                self.error = obj["error"]
+
+    def close(self) -> None:
+        if self.buf.strip():
+            self._look(self.buf)
+

@@ -1,0 +1,1 @@
+"""The server as a service: process control, launchd/systemd units, doctor, logs."""

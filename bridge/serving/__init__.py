@@ -1,0 +1,1 @@
+"""Local generation on MLX: names -> jobs -> native responses, and what output holds."""

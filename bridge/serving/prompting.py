@@ -1,0 +1,99 @@
+"""Prompt tokens made on the request thread: each model's tokenizer, loaded once, and a size cut.
+
+Rendering and tokenizing a prompt takes time in proportion to its length (a 32 MB prompt: half
+a minute). On the engine thread that would stall every other client, so the request's own
+thread does it (Hugging Face's fast tokenizers release the GIL while they encode) and hands the
+engine the tokens (`PromptSpec.tokens`). Before tokenizing, the rendered text is cut to the part
+that could possibly fit in the context window, so an oversized prompt costs no more than one
+that fills the window. Only tokenizers are used here, never MLX.
+
+This is an optimisation: when a tokenizer cannot be loaded here, the job goes without tokens
+and the engine renders the prompt itself (and reports the load error as it always has).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from bridge.engine import PromptSpec
+from bridge.engine.prompts import prompt_tokens
+
+log = logging.getLogger(__name__)
+
+# Normalizers may join characters (NFKC composes "e" + U+0301 into "é"): a token can cover more
+# characters of the text than the length of its own string, but not twice as many.
+_NORMALIZER_SLACK = 2
+
+
+class _Slot:
+    """One model's tokenizer; its own lock, so loading one model's never blocks another's."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.lock = threading.Lock()
+        self.tokenizer: Any = None
+        self.longest = 0  # characters in the longest token of the vocabulary (0: unknown)
+
+
+class PromptTokenizers:
+    """Tokenizers for request threads, by model directory (least recently used dropped first)."""
+
+    def __init__(self, max_models: int = 4) -> None:
+        self.max_models = max(1, max_models)
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+
+    def tokens(self, path: str, digest: str, spec: PromptSpec, context: int) -> list[int] | None:
+        """The prompt's tokens, cut to what can fill `context`; None if no tokenizer loads here.
+
+        BridgeError (a template that rejects the messages, ids outside the vocabulary) is
+        raised: the request is at fault, whichever thread finds it.
+        """
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path):
+                return None
+        max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
+        return prompt_tokens(slot.tokenizer, spec, max_chars)
+
+    def _slot(self, path: str, digest: str) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(path)
+            if slot is None or slot.digest != digest:  # new, or its files changed
+                slot = self._slots[path] = _Slot(digest)
+            self._slots.move_to_end(path)
+            while len(self._slots) > self.max_models:
+                self._slots.popitem(last=False)
+            return slot
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slots.clear()
+
+
+def _load(slot: _Slot, path: str) -> bool:
+    from mlx_lm.utils import load_tokenizer  # the loader mlx_lm.load uses: the same tokens
+
+    try:
+        tokenizer = load_tokenizer(Path(path))
+        # The first encode may reset truncation/padding settings (a write); do it now, alone,
+        # so that later encodes from several threads at once only read.
+        tokenizer.encode("x")
+    except Exception as exc:  # corrupt files: the engine's load reports them to the client
+        log.info("no request-side tokenizer path=%s error=%s: %s", path, type(exc).__name__, exc)
+        return False
+    slot.tokenizer, slot.longest = tokenizer, longest_token(tokenizer)
+    return True
+
+
+def longest_token(tokenizer: Any) -> int:
+    """Characters in the vocabulary's longest token (byte-level vocabularies spell one byte
+    per character, so this also bounds the text characters a token covers); 0 if unknown."""
+    try:
+        return max((len(token) for token in tokenizer.get_vocab()), default=0)
+    except Exception:  # a tokenizer without a readable vocabulary: no cut
+        return 0

@@ -1,0 +1,1 @@
+"""The SQLite store, request tracking, aggregates and Prometheus metrics."""

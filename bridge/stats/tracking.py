@@ -1,0 +1,161 @@
+"""Request tracking: metrics now, SQLite later, on a writer thread so a request never waits.
+
+`record()` updates the Prometheus counters in the caller's thread (cheap) and queues the record;
+one writer thread stores queued records in batches (one transaction each). The queue is bounded:
+when SQLite falls behind, records are dropped and counted (`tracking_dropped_total`), never
+blocking a request. `start()` is called by `Bridge.start()` after gunicorn forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from bridge.errors import StoreUnavailable
+from bridge.stats.metrics import Metrics
+from bridge.stats.store import RequestRecord, Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+KEEP_RECORDS = 200_000  # the request log keeps this many newest records (a few tens of MB)
+_PRUNE_EVERY = 1000  # records written between prunes
+
+
+class _Flush:
+    """Queue marker: set once everything queued before it is written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class Tracker:
+    """Records every request in the store (background writer) and in the metrics."""
+
+    def __init__(self, store: Store, metrics: Metrics, *, max_queue: int = 10_000,
+                 keep_records: int = KEEP_RECORDS) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.keep_records = keep_records
+        self._queue: queue.Queue[object] = queue.Queue(max_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one drainer at a time (writer thread or a flush())
+        self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
+        self._last_drop_log = 0.0
+
+    # ---- called from request threads --------------------------------------------------------
+
+    def record(self, rec: RequestRecord) -> None:
+        """Count a finished request in the metrics and queue it for the store."""
+        self.metrics.record(rec)
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            self.metrics.dropped.inc()
+            now = time.monotonic()
+            if now - self._last_drop_log > 10:  # one line per 10 s, not one per request
+                self._last_drop_log = now
+                log.warning("tracking queue full, dropping request records model=%s", rec.model)
+
+    def fallback(self, model: str, from_backend: str, to_backend: str, reason: str) -> None:
+        """Count a fallback (reason as a metric label when it is a short category) and log it."""
+        self.metrics.fallback(model, from_backend, to_backend, reason)
+        log.warning("fallback model=%s from=%s to=%s reason=%r", model, from_backend, to_backend,
+                    reason)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until everything recorded so far is stored; True when it was in time."""
+        if not self.running:
+            self._drain()  # no writer thread (tests, or before start()): write here
+            return True
+        marker = _Flush()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def start(self) -> None:
+        """Start the writer thread (after any fork; idempotent)."""
+        if self.running:
+            return
+        self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued and end the writer thread."""
+        if not self.running:
+            self._drain()
+            return
+        self._queue.put(_STOP)
+        if self._thread:
+            self._thread.join(timeout)
+        self._thread = None
+
+    # ---- writer side ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            stop = self._write_batch(self._queue.get())
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write everything queued now, in the calling thread."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._write_batch(item)
+
+    def _write_batch(self, first: object) -> bool:
+        """Write `first` plus whatever else is queued (up to BATCH) in one transaction.
+
+        Returns True when the stop marker was seen.
+        """
+        batch: list[RequestRecord] = []
+        markers: list[_Flush] = []
+        item, stop = first, False
+        while True:
+            if isinstance(item, RequestRecord):
+                batch.append(item)
+            elif isinstance(item, _Flush):
+                markers.append(item)
+                break  # write now, so the marker means "everything before me is stored"
+            else:
+                stop = item is _STOP
+                break
+            if len(batch) >= BATCH:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            self._store(batch)
+        for m in markers:
+            m.done.set()
+        return stop
+
+    def _store(self, batch: list[RequestRecord]) -> None:
+        if not batch:
+            return
+        try:
+            self.store.record_many(batch)
+            self._since_prune += len(batch)
+            if self._since_prune >= _PRUNE_EVERY:
+                self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
+                self.store.prune(self.keep_records)
+        except StoreUnavailable as exc:  # the request already succeeded; losing its record is the lesser harm
+            log.error("request records not stored count=%d error=%r", len(batch), exc.message)
+        except Exception:  # a bad record must not end the writer thread
+            log.exception("request records not stored count=%d", len(batch))

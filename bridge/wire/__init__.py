@@ -1,0 +1,1 @@
+"""Pure request and response shapes: strict JSON, Ollama schemas, options, OpenAI conversions."""
