@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from bridge.api import admin
+from bridge.api import anthropic as anthropic_api
 from bridge.api import generate as api
 from bridge.api import models as models_api
 from bridge.api import openai as openai_api
@@ -85,6 +86,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app.register_blueprint(models_api.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)
+    app.register_blueprint(anthropic_api.bp)
     app.register_blueprint(proxy_api.bp)
     app.register_blueprint(pull_api.bp)
     app.register_blueprint(admin.bp)

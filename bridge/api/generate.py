@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from typing import Any, Protocol
 
 from flask import Blueprint, Response, current_app, g, request
@@ -69,16 +70,44 @@ def chat_handler(req: ChatRequest, started: int, responder: Responder) -> LocalH
     def local(model: LocalModel, plan: Plan) -> Response:
         if not req.messages:
             return responder.loaded(load_or_unload(req, model, plan, {"message": {"role": "assistant", "content": ""}}))
-        if any(m.images for m in req.messages):
-            raise Unsupported(f'"{req.model}" does not support images')
-        check_capabilities(req, model)
-        output = plan_output(req.think, model.description.capabilities, req.tools, req.format)
+        check_chat(req, model)
+        output = plan_output(req.think, model.description.capabilities, req.tools, req.format,
+                             req.forced_tools)
         spec = PromptSpec(messages=[m.to_template() for m in req.messages], tools=req.tools or None,
                           think=req.think, truncate=req.truncate,
                           logits_processor_factory=output.factory(tables()))
         return run(req, model, plan, spec, started, ChatShape(req), output, responder)
 
     return local
+
+
+def check_chat(req: ChatRequest, model: LocalModel) -> None:
+    """What the MLX side cannot do with this chat: Unsupported (400, or the next target)."""
+    if any(m.images for m in req.messages):
+        raise Unsupported(f'"{req.model}" does not support images')
+    check_capabilities(req, model)
+
+
+# A context no prompt reaches: counting never truncates (the count is all it computes).
+COUNT_CONTEXT = 1 << 40
+
+
+def prompt_token_count(req: ChatRequest, model: LocalModel, plan: Plan) -> int:
+    """The chat's prompt length in tokens through the model's chat template.
+
+    Counted on the engine thread (which owns the tokenizer) by a job that generates nothing:
+    with num_predict 0 the engine renders and tokenizes the prompt and answers Done at once.
+    """
+    check_chat(req, model)
+    spec = PromptSpec(messages=[m.to_template() for m in req.messages], tools=req.tools or None,
+                      think=req.think, truncate=False)
+    job = make_job(req, model, plan, spec)
+    job.options = replace(job.options, num_predict=0, num_ctx=COUNT_CONTEXT)
+    count = 0
+    for event in local_backend().run(job):
+        if isinstance(event, Done):
+            count = event.prompt_eval_count
+    return count
 
 
 def tables() -> TokenizerTables:
@@ -153,6 +182,12 @@ class Generation:
                  shape: Shape, outcome: Outcome, output: OutputPlan) -> None:
         self.first, self.events, self.stream = first, events, stream
         self.shape, self.outcome, self.output = shape, outcome, output
+        self.done: Done | None = None  # the job's last event, once it has come
+
+    @property
+    def stop_sequence(self) -> str:
+        """The `stop` string that ended the generation ("" for EOS or a length limit)."""
+        return self.done.stop_sequence if self.done else ""
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """Chunk objects, then the final one; a failure mid-way becomes a last {"error"} line."""
@@ -192,6 +227,7 @@ class Generation:
             if tail:
                 yield tail
             done, error = event, None
+            self.done = event
             yield event
         except BridgeError as exc:
             error = exc.message

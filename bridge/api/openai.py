@@ -8,7 +8,6 @@ Models the upstream serves get the original /v1 body, forwarded unchanged.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -16,7 +15,7 @@ from flask import Blueprint, Response, request
 from bridge.api.generate import Generation, chat_handler, generate_handler
 from bridge.api.models import served_locally, tag_entry, upstream_models
 from bridge.errors import BadRequest, ModelNotFound
-from bridge.http.web import json_response
+from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
 from bridge.serving.embeddings import openai_body, parse_openai
@@ -34,9 +33,6 @@ from bridge.wire.schemas import parse_chat, parse_generate
 
 bp = Blueprint("openai", __name__)
 
-SSE = "text/event-stream"
-
-
 class OpenAIResponder:
     """Renders a local generation through a ChatWriter/CompletionWriter: SSE or one object."""
 
@@ -52,11 +48,6 @@ class OpenAIResponder:
         if self.stream:
             return sse_response(self.writer.events([body]))
         return json_response(self.writer.completion(body))
-
-
-def sse_response(events: Iterable[str]) -> Response:
-    return Response(events, content_type=SSE,
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def require_model(name: str) -> str:

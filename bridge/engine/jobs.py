@@ -57,6 +57,9 @@ class Done:
     load_duration: int = 0
     cached_tokens: int = 0
     context: list[int] = field(default_factory=list)
+    # The `stop` string that ended the job (done_reason "stop"); "" for EOS or another end.
+    # Not in Ollama's objects: the Anthropic layer reports it as `stop_sequence`.
+    stop_sequence: str = ""
 
 
 @dataclass

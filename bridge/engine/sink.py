@@ -37,6 +37,7 @@ class TokenSink:
         self.first_token_ns = 0
         self.finished = False
         self.eos_hit = False
+        self.stop_hit = ""  # the stop string that matched, if one did
         self.final: Done | None = None  # sent by the engine once the model is released
 
     def add(self, token: int) -> bool:
@@ -60,7 +61,9 @@ class TokenSink:
         hit = self.stops.feed(text)
         if hit is not None:
             after, length = hit  # the stop string ends `after` characters before text's end
-            self.pending = self.pending[: len(self.pending) - after - length]
+            start = len(self.pending) - after - length
+            self.stop_hit = self.pending[start : start + length]
+            self.pending = self.pending[:start]
             self._flush()
             return self.finish("stop", flush=False)
         keep = self.stops.partial  # a suffix that may still grow into a stop string
@@ -98,6 +101,7 @@ class TokenSink:
             load_duration=self.load_duration,
             cached_tokens=self.cached_tokens,
             context=self.prompt + self.tokens,
+            stop_sequence=self.stop_hit if reason == "stop" else "",
         )
 
 

@@ -16,12 +16,14 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ServerBusy
 from bridge.http import limits, security
+from bridge.wire.anthropic_out import anthropic_error
 
 log = logging.getLogger("bridge.http")
 
 NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
 # httpx splits lines at these too (spec §9): escape them inside JSON strings.
 _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
 FOREVER_DATE = datetime(2318, 1, 1, tzinfo=timezone.utc)
@@ -46,6 +48,12 @@ def ndjson_stream(lines: Iterable[dict[str, Any]]) -> Response:
                     headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
 
+def sse_response(events: Iterable[str]) -> Response:
+    """A streamed server-sent-events response (the /v1 layers), each event flushed as produced."""
+    return Response(events, content_type=SSE,
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def rfc3339(ts: float | datetime | None = None) -> str:
     """UTC RFC3339 with microseconds and a Z, as Ollama's clients parse it."""
     if ts is None:
@@ -66,11 +74,17 @@ def expires_in(seconds: float) -> str:
     return rfc3339(datetime.now(timezone.utc) + timedelta(seconds=seconds))
 
 
-def error_body(message: str) -> dict[str, Any]:
-    """Native or OpenAI error shape depending on the path."""
+def error_body(message: str, status: int) -> dict[str, Any]:
+    """Native, Anthropic or OpenAI error shape depending on the path."""
+    if anthropic_path():
+        return anthropic_error(status, message, request_id())
     if request.path.startswith("/v1/"):
         return {"error": {"message": message, "type": _openai_type(), "param": None, "code": None}}
     return {"error": message}
+
+
+def anthropic_path() -> bool:
+    return request.path == "/v1/messages" or request.path.startswith("/v1/messages/")
 
 
 def _openai_type() -> str:
@@ -79,8 +93,10 @@ def _openai_type() -> str:
 
 def handle_bridge_error(exc: BridgeError) -> Response:
     g.openai_error_type = exc.openai_type
-    log.debug("request failed request_id=%s status=%d error=%r", request_id(), exc.status, exc.message)
-    return json_response(error_body(exc.message), exc.status)
+    # Anthropic's "overloaded" status is 529 (its SDK raises OverloadedError and retries).
+    status = 529 if isinstance(exc, ServerBusy) and anthropic_path() else exc.status
+    log.debug("request failed request_id=%s status=%d error=%r", request_id(), status, exc.message)
+    return json_response(error_body(exc.message, status), status)
 
 
 def handle_http_error(exc: HTTPException) -> Response:
@@ -90,12 +106,12 @@ def handle_http_error(exc: HTTPException) -> Response:
         text = "404 page not found" if code == 404 else "405 method not allowed"
         return Response(text, status=code, content_type="text/plain; charset=utf-8")
     g.openai_error_type = "invalid_request_error" if code < 500 else "api_error"
-    return json_response(error_body(exc.description or exc.name), code)
+    return json_response(error_body(exc.description or exc.name, code), code)
 
 
 def handle_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error request_id=%s path=%s", request_id(), request.path)
-    return json_response(error_body(f"internal error: {type(exc).__name__}"), 500)
+    return json_response(error_body(f"internal error: {type(exc).__name__}", 500), 500)
 
 
 def request_id() -> str:

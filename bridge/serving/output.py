@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.engine.structured import Constraint, TokenizerTables, grammar_for, mask
+from bridge.errors import BadRequest
 from bridge.serving.thinking import ThinkingSplitter
-from bridge.serving.toolcalls import ToolCallExtractor, ToolFormat
+from bridge.serving.toolcalls import ToolCallExtractor, ToolFormat, forced_call_schema
 
 DEFAULT_THINK = ("<think>", "</think>")
 _TAIL = 64  # prompt tokens decoded to find an open think block when the markers are multi-token
@@ -58,6 +59,7 @@ class OutputPlan:
     think: bool = False
     tools: list[dict[str, Any]] | None = None
     grammar: str | None = None
+    forced: bool = False  # the grammar is a required tool call (forced_call_schema)
     probe: OutputProbe = field(default_factory=OutputProbe)
 
     @property
@@ -81,10 +83,18 @@ class OutputPlan:
 
 
 def plan_output(think: bool | str | None, capabilities: list[str], tools: list[dict] | None,
-                fmt: str | dict | None) -> OutputPlan:
-    """Thinking models think unless told not to (Ollama's default); levels mean on."""
+                fmt: str | dict | None, forced: list[str] | None = None) -> OutputPlan:
+    """Thinking models think unless told not to (Ollama's default); levels mean on.
+
+    `forced`: tool names one of which the output must call (a grammar makes it so).
+    """
     thinks = "thinking" in capabilities and think is not False
-    return OutputPlan(think=thinks, tools=tools or None, grammar=grammar_for(fmt) if fmt else None)
+    if forced:
+        if fmt:
+            raise BadRequest("a required tool call cannot be combined with a response format")
+        fmt = forced_call_schema(tools or [], forced)
+    return OutputPlan(think=thinks, tools=tools or None, grammar=grammar_for(fmt) if fmt else None,
+                      forced=bool(forced))
 
 
 def traits_of(tokenizer: Any) -> Traits:
@@ -191,7 +201,7 @@ class OutputParser:
         if plan.think:
             start, end = traits.think_start or DEFAULT_THINK[0], traits.think_end or DEFAULT_THINK[1]
             self.splitter = ThinkingSplitter(start, end, traits.prompt_in_think)
-        self.tools = ToolCallExtractor(traits.tools, plan.tools) if plan.tools else None
+        self.tools = ToolCallExtractor(traits.tools, plan.tools, plan.forced) if plan.tools else None
 
     def feed(self, text: str) -> Delta:
         return self._route(self.splitter.feed(text) if self.splitter else None, text, last=False)

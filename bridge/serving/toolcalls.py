@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.errors import BadRequest, Unsupported
+
 log = logging.getLogger(__name__)
 
 _ALNUM = string.ascii_letters + string.digits
@@ -84,16 +86,53 @@ def normalise(parsed: Any, names: set[str] | None = None) -> list[tuple[str, dic
     return calls
 
 
-class ToolCallExtractor:
-    """Streams content through, taking tool calls out whole (one event per finished call)."""
+def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """The JSON schema of one call of one of `names` (`tool_choice` any/required/a tool).
 
-    def __init__(self, fmt: ToolFormat, tools: list[dict[str, Any]] | None) -> None:
+    The output is then a bare `{"name": ..., "arguments": {...}}` object, whatever the model's
+    own tool-call markers; each tool's `$defs` move to the root so its local `$ref`s still resolve.
+
+    >>> tool = {"function": {"name": "f", "parameters": {"type": "object"}}}
+    >>> forced_call_schema([tool], ["f"])["properties"]["name"]
+    {'const': 'f'}
+    """
+    defs: dict[str, Any] = {}
+    options = []
+    for tool in tools:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or fn.get("name") not in names:
+            continue
+        params = dict(fn.get("parameters") or {"type": "object"})
+        for key in ("$defs", "definitions"):
+            for def_name, schema in (params.pop(key, None) or {}).items():
+                if defs.setdefault(f"{key}/{def_name}", schema) != schema:
+                    raise Unsupported(f"tool_choice: tools define different schemas named {def_name!r}")
+        options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    if not options:
+        raise BadRequest(f"tool_choice names a tool that is not in tools: {', '.join(names)}")
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    for path, sub in defs.items():
+        key, def_name = path.split("/", 1)
+        schema.setdefault(key, {})[def_name] = sub
+    return schema
+
+
+class ToolCallExtractor:
+    """Streams content through, taking tool calls out whole (one event per finished call).
+
+    `forced`: the output is a bare JSON call by construction (a grammar from forced_call_schema),
+    so it is read as JSON even for a model whose own calls use markers.
+    """
+
+    def __init__(self, fmt: ToolFormat, tools: list[dict[str, Any]] | None, forced: bool = False) -> None:
         self.fmt = fmt
         self.tools = tools
         self.names = tool_names(tools)
         self.buf = ""
         self.inside = False  # tagged: between start and end markers
-        self.mode = "tagged" if fmt.tagged else "undecided"  # generic: undecided -> json | text
+        # generic: undecided -> json | text
+        self.mode = "json" if forced else "tagged" if fmt.tagged else "undecided"
         self.count = 0
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:

@@ -19,9 +19,10 @@ FINGERPRINT = "fp_ollama"
 DONE_EVENT = "data: [DONE]\n\n"
 
 
-def sse(obj: Any) -> str:
-    """One server-sent event."""
-    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
+def sse(obj: Any, event: str | None = None) -> str:
+    """One server-sent event; with `event`, an `event:` line first (Anthropic, Responses)."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
 def new_id(prefix: str) -> str:

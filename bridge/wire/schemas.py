@@ -72,6 +72,9 @@ class GenerateRequest(Common):
 class ChatRequest(Common):
     messages: list[Message] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)
+    # Not a native field: set by the Anthropic / Responses layers for a required tool call
+    # (`tool_choice` any/required/a named tool): the output must call one of these tools.
+    forced_tools: list[str] = field(default_factory=list)
 
 
 # reflect.TypeOf names of decoded JSON values, for Duration.UnmarshalJSON's error text
