@@ -14,6 +14,7 @@ from bridge.api import models as models_api
 from bridge.api import openai as openai_api
 from bridge.api import proxy as proxy_api
 from bridge.api import pull as pull_api
+from bridge.api import responses as responses_api
 from bridge.config import Config, load_config
 from bridge.engine import Engine
 from bridge.http import web
@@ -87,6 +88,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(anthropic_api.bp)
+    app.register_blueprint(responses_api.bp)
     app.register_blueprint(proxy_api.bp)
     app.register_blueprint(pull_api.bp)
     app.register_blueprint(admin.bp)
