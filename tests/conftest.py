@@ -147,3 +147,27 @@ def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     from bridge.importer.demo import DEMO_NAME
 
     return import_model(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2-home"), name=DEMO_NAME).path
+
+
+@pytest.fixture(scope="session")
+def protocol_bridges(tmp_path_factory, tiny_model_dir) -> Iterator[tuple[str, str]]:
+    """(bridge url, upstream url) for the Anthropic / Responses client tests.
+
+    The bridge serves `tiny` and the scripted `think` / `tools` models on MLX; its upstream is a
+    second bridge process serving `up-only` (seed 7), which the first one only forwards to.
+    """
+    from .scripted_model import scripted_models
+
+    root = tmp_path_factory.mktemp("protocols")
+    up_map = write_mappings(root / "up.yaml", {
+        "up-only": {"mlx": str(build_tiny_model(root / "up-only", seed=7)), "backend": "mlx"}})
+    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"), "--upstream", "none"])
+    try:
+        mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir), upstream=up_url)
+        proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
+        try:
+            yield url, up_url
+        finally:
+            stop_server(proc)
+    finally:
+        stop_server(up)

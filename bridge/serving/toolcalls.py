@@ -91,6 +91,7 @@ def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[st
 
     The output is then a bare `{"name": ..., "arguments": {...}}` object, whatever the model's
     own tool-call markers; each tool's `$defs` move to the root so its local `$ref`s still resolve.
+    Objects with `properties` and no `additionalProperties` take no other keys (see closed()).
 
     >>> tool = {"function": {"name": "f", "parameters": {"type": "object"}}}
     >>> forced_call_schema([tool], ["f"])["properties"]["name"]
@@ -102,7 +103,7 @@ def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[st
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or fn.get("name") not in names:
             continue
-        params = dict(fn.get("parameters") or {"type": "object"})
+        params = closed(fn.get("parameters") or {"type": "object"})
         for key in ("$defs", "definitions"):
             for def_name, schema in (params.pop(key, None) or {}).items():
                 if defs.setdefault(f"{key}/{def_name}", schema) != schema:
@@ -116,6 +117,35 @@ def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[st
         key, def_name = path.split("/", 1)
         schema.setdefault(key, {})[def_name] = sub
     return schema
+
+
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+
+
+def closed(schema: Any) -> Any:
+    """A copy in which objects listing `properties` allow no other keys unless they say so.
+
+    What OpenAI's strict function calling, llama.cpp's converter and Ollama's xgrammar path do;
+    without it a sampled call can grow invented keys until the token limit.
+
+    >>> closed({"type": "object", "properties": {"a": {"type": "object", "properties": {}}}})
+    {'type': 'object', 'properties': {'a': {'type': 'object', 'properties': {}, 'additionalProperties': False}}, 'additionalProperties': False}
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(sub) for sub in out[key]]
+    if isinstance(out.get("items"), dict):
+        out["items"] = closed(out["items"])
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 class ToolCallExtractor:
