@@ -6,6 +6,8 @@ tests/scripted_model.py); `up-only` lives only on its upstream, a second bridge 
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 import jsonschema
 import pytest
@@ -176,3 +178,20 @@ def test_upstream_models_are_forwarded(client, urls):
     with client.messages.stream(**kw) as stream:
         assert stream.get_final_message().content[0].text == direct.content[0].text
     assert client.messages.count_tokens(model="up-only", messages=Q).input_tokens == direct.usage.input_tokens
+
+
+def test_a_stalled_stream_does_not_hold_up_others(client, urls):
+    """A client opens a long /v1/messages stream and stops reading: a plain request, a token
+    count (an engine job of its own) and a short message are still answered within seconds."""
+    hog = requests.post(urls[0] + "/v1/messages", stream=True, timeout=30,
+                        json={"model": "tiny", "max_tokens": 100_000, "messages": Q, "stream": True})
+    try:
+        assert next(hog.iter_lines()) == b"event: message_start"  # it is generating
+        for call in (lambda: requests.get(urls[0] + "/api/version", timeout=10).raise_for_status(),
+                     lambda: client.messages.count_tokens(model="tiny", messages=Q),
+                     lambda: client.messages.create(model="tiny", max_tokens=5, messages=Q)):
+            started = time.perf_counter()
+            call()
+            assert time.perf_counter() - started < 3
+    finally:
+        hog.close()
