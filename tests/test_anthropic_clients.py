@@ -195,3 +195,23 @@ def test_a_stalled_stream_does_not_hold_up_others(client, urls):
             assert time.perf_counter() - started < 3
     finally:
         hog.close()
+
+
+def test_a_full_queue_is_529_overloaded(tmp_path, mappings_file):
+    """Anthropic's status for "overloaded" (the SDK's OverloadedError); native paths keep 503."""
+    from bridge.app import create_app
+    from bridge.config import load_config
+    from bridge.engine import Engine
+
+    app = create_app(load_config({}, mappings_path=mappings_file, home=tmp_path, upstream="none"),
+                     engine=Engine(max_queue=0))  # every job finds the queue full
+    app.extensions["bridge"].start()
+    try:
+        client = app.test_client()
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            resp = client.post(path, json={"model": "tiny", "max_tokens": 5, "messages": Q})
+            assert resp.status_code == 529 and resp.get_json()["error"]["type"] == "overloaded_error"
+        native = client.post("/api/chat", json={"model": "tiny", "messages": Q, "stream": False})
+        assert native.status_code == 503
+    finally:
+        app.extensions["bridge"].stop()
