@@ -183,6 +183,96 @@ def openai_completion_body() -> st.SearchStrategy[dict]:
                      {**OPENAI_SAMPLING, "suffix": maybe(st.text(max_size=4)), "echo": JSON, "logprobs": JSON})
 
 
+ANTHROPIC_BLOCK = maybe(st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": maybe(st.text(max_size=10))}),
+    st.fixed_dictionaries({"type": st.just("image"), "source": st.one_of(st.fixed_dictionaries({
+        "type": st.sampled_from(["base64", "url"]), "media_type": st.just("image/png"), "data": maybe(BASE64)}), JSON)}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": maybe(st.text(max_size=4)),
+                           "name": maybe(st.text(max_size=5)), "input": maybe(st.just({"a": 1}))}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": maybe(st.text(max_size=4)),
+                           "content": maybe(st.one_of(st.text(max_size=5), st.lists(JSON, max_size=2))),
+                           "is_error": maybe(st.booleans())}),
+    st.fixed_dictionaries({"type": st.just("thinking"), "thinking": maybe(st.text(max_size=5)),
+                           "signature": st.just("")}),
+    st.fixed_dictionaries({"type": st.sampled_from(["document", "redacted_thinking", "x"])})), 6)
+ANTHROPIC_TOOL = st.one_of(
+    st.fixed_dictionaries({"name": maybe(st.text(max_size=5)), "description": maybe(st.text(max_size=5)),
+                           "input_schema": st.one_of(st.just({"type": "object", "properties": {
+                               "a": {"type": "integer"}}}), JSON)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search_20250305", "custom"]), "name": st.just("w")}), JSON)
+
+
+@st.composite
+def anthropic_message(draw: st.DrawFn) -> Any:
+    if draw(one_in(15)):
+        return draw(JSON)
+    return {"role": draw(maybe(st.sampled_from(["user", "assistant", "system", "USER"]), 12)),
+            "content": draw(maybe(st.one_of(st.text(max_size=20), st.lists(ANTHROPIC_BLOCK, max_size=3))))}
+
+
+def anthropic_body() -> st.SearchStrategy[dict]:
+    """/v1/messages and /v1/messages/count_tokens (which ignores max_tokens)."""
+    return with_some({"model": MODELS, "messages": maybe(st.lists(anthropic_message(), min_size=1, max_size=4), 12),
+                      "max_tokens": st.sampled_from([1, 1, 2, 0, -1])}, {
+        "system": maybe(st.one_of(st.text(max_size=10), st.lists(st.fixed_dictionaries(
+            {"type": st.just("text"), "text": st.text(max_size=5)}), max_size=2))),
+        "stream": maybe(st.booleans()), "temperature": maybe(ODD_NUMBERS), "top_p": maybe(ODD_NUMBERS),
+        "top_k": maybe(ODD_NUMBERS), "stop_sequences": maybe(st.lists(st.text(max_size=3), max_size=2)),
+        "tools": maybe(st.lists(ANTHROPIC_TOOL, max_size=2)),
+        "tool_choice": maybe(st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"},
+                                              {"type": "tool", "name": "a"}, {"type": "x"},
+                                              {"type": "auto", "disable_parallel_tool_use": True}])),
+        "thinking": maybe(st.sampled_from([{"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"},
+                                           {"type": "enabled", "budget_tokens": 10}, {"type": "adaptive"},
+                                           {"type": "between_tools"}])),
+        "output_config": maybe(st.sampled_from([{"effort": "high"}, {"effort": "x"}, {"format": {"type": "json_schema"}},
+                                                {"format": {"type": "json_schema", "schema": {"type": "object"}}}])),
+        "metadata": maybe(st.sampled_from([{"user_id": "u"}, {"x": 1}])),
+        "service_tier": maybe(st.sampled_from(["auto", "priority"])), "container": JSON})
+
+
+RESPONSES_PART = maybe(st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": maybe(st.text(max_size=10))}),
+    st.fixed_dictionaries({"type": st.just("input_image"), "image_url": st.sampled_from(
+        ["data:image/png;base64,QUJD", "https://x/y.png", "data:x", ""])}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_file", "x"])})), 6)
+RESPONSES_CONTENT = maybe(st.one_of(st.text(max_size=20), st.lists(RESPONSES_PART, max_size=3)))
+RESPONSES_ITEM = maybe(st.one_of(
+    st.fixed_dictionaries({"role": ROLES, "content": RESPONSES_CONTENT}),
+    st.fixed_dictionaries({"type": st.just("message"), "role": st.sampled_from(["user", "assistant", "developer", "x"]),
+                           "content": RESPONSES_CONTENT}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": maybe(st.text(max_size=4)),
+                           "name": maybe(st.text(max_size=5)),
+                           "arguments": maybe(st.sampled_from(["{}", '{"a":1}', "{", "[]", ""]))}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": maybe(st.text(max_size=4)),
+                           "output": RESPONSES_CONTENT}),
+    st.fixed_dictionaries({"type": st.just("reasoning"), "summary": maybe(st.lists(JSON, max_size=2)),
+                           "encrypted_content": maybe(st.text(max_size=5))}),
+    st.fixed_dictionaries({"type": st.sampled_from(["item_reference", "x"])})), 6)
+RESPONSES_TOOL = st.one_of(
+    st.fixed_dictionaries({"type": st.just("function"), "name": maybe(st.text(max_size=5)),
+                           "parameters": st.one_of(st.just({"type": "object", "properties": {}}), JSON)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search", "file_search"])}), JSON)
+
+
+def responses_body() -> st.SearchStrategy[dict]:
+    return with_some({"model": MODELS, "input": maybe(st.one_of(st.text(max_size=20), st.lists(
+        RESPONSES_ITEM, max_size=4)), 12), "max_output_tokens": st.sampled_from([1, 1, 2, 0])}, {
+        "instructions": maybe(st.text(max_size=8)), "stream": maybe(st.booleans()),
+        "temperature": maybe(ODD_NUMBERS), "top_p": maybe(ODD_NUMBERS), "tools": maybe(st.lists(RESPONSES_TOOL, max_size=2)),
+        "tool_choice": maybe(st.sampled_from(["auto", "none", "required", {"type": "function", "name": "a"},
+                                              {"type": "allowed_tools", "mode": "required",
+                                               "tools": [{"type": "function", "name": "a"}]}, {"type": "web_search"}])),
+        "text": maybe(st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}},
+                                       {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+                                       {"format": {"type": "json_schema"}}, {"verbosity": "low"}])),
+        "reasoning": maybe(st.sampled_from([{"effort": "high"}, {"effort": "none"}, {"effort": "x"}, {"summary": "auto"}])),
+        "parallel_tool_calls": maybe(st.booleans()), "max_tool_calls": maybe(ODD_NUMBERS),
+        "truncation": maybe(st.sampled_from(["auto", "disabled", "x"])), "store": maybe(st.booleans()),
+        "previous_response_id": JSON, "include": maybe(st.lists(st.sampled_from(
+            ["reasoning.encrypted_content", "x"]), max_size=2)), "metadata": JSON, "user": JSON})
+
+
 def embed_body() -> st.SearchStrategy[dict]:
     return with_some({"model": MODELS}, {"input": maybe(st.one_of(st.text(max_size=5), st.lists(
         st.text(max_size=5), max_size=3))), "prompt": maybe(st.text(max_size=5)), "truncate": JSON,
@@ -244,6 +334,18 @@ DEEP_TEMPLATES = [
     ("/v1/chat/completions", '{"model":"tiny","max_tokens":1,"messages":[{"role":"assistant","content":"",'
                              '"tool_calls":[{"id":"1","function":{"name":"f","arguments":$}}]},{"role":"user","content":"x"}]}'),
     ("/v1/chat/completions", '{"model":"tiny","max_tokens":1,"messages":[{"role":"user","content":@}]}'),
+    ("/v1/messages", '{"model":"tiny","max_tokens":1,"messages":[{"role":"user","content":"x"}],'
+                     '"tools":[{"name":"f","input_schema":@}],"tool_choice":{"type":"any"}}'),
+    ("/v1/messages", '{"model":"tiny","max_tokens":1,"messages":[{"role":"assistant","content":[{"type":"tool_use",'
+                     '"id":"1","name":"f","input":@}]},{"role":"user","content":"x"}]}'),
+    ("/v1/messages/count_tokens", '{"model":"tiny","messages":[{"role":"user","content":"x"}],'
+                                  '"tools":[{"name":"f","input_schema":@}]}'),
+    ("/v1/responses", '{"model":"tiny","max_output_tokens":1,"input":"x","tool_choice":"required",'
+                      '"tools":[{"type":"function","name":"f","parameters":@}]}'),
+    ("/v1/responses", '{"model":"tiny","max_output_tokens":1,"input":"x",'
+                      '"text":{"format":{"type":"json_schema","name":"x","schema":@}}}'),
+    ("/v1/responses", '{"model":"tiny","max_output_tokens":1,"input":[{"type":"function_call","call_id":"1",'
+                      '"name":"f","arguments":$},{"role":"user","content":"x"}]}'),
     ("/api/show", '{"model":"tiny","verbose":@}'),
     ("/api/llm-backends", '{"model_name":"tiny","backend_type":"mlx","description":@}'),
 ]

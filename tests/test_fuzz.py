@@ -1,7 +1,8 @@
 """Property-based fuzzing of every endpoint: nothing a client sends may produce a 5xx.
 
 Each case asserts the status is below 500 and, for errors, the shape: `{"error": "<text>"}` on the
-native API, `{"error": {"message", "type", ...}}` on /v1, Go's plain-text 404/405 for unknown
+native API, `{"error": {"message", "type", ...}}` on /v1 (Anthropic's `{"type": "error", "error":
+{...}}` on /v1/messages), Go's plain-text 404/405 for unknown
 routes. Successful streams must parse line by line and carry no error line. The volume runs on the
 in-process app (upstream disabled, the tiny real MLX model); a smaller batch goes to a real server.
 
@@ -29,6 +30,7 @@ from .fuzz_bodies import (
     ADMIN_ROW,
     GARBAGE,
     MODELS,
+    anthropic_body,
     chat_body,
     deep_body,
     embed_body,
@@ -37,6 +39,7 @@ from .fuzz_bodies import (
     name_body,
     openai_chat_body,
     openai_completion_body,
+    responses_body,
 )
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
@@ -83,6 +86,11 @@ def check(resp: Any, method: str, path: str, name: str) -> None:
             assert isinstance(obj, dict) and "error" not in obj, (path, line)
     elif mimetype == "text/event-stream":
         for event in body.decode("utf-8").split("\n\n")[:-1]:
+            if event.startswith("event: "):  # Anthropic / Responses: named events
+                name, data = event.split("\n", 1)
+                assert data.startswith("data: ") and json.loads(data[6:])["type"] == name[7:], event
+                assert name[7:] not in ("error", "response.failed"), event
+                continue
             assert event.startswith("data: "), event
             if event != "data: [DONE]":
                 assert "error" not in json.loads(event[6:]), event
@@ -97,6 +105,11 @@ def check_error(path: str, status: int, mimetype: str, body: bytes) -> None:
         return
     assert mimetype == "application/json", (status, mimetype, body[:300])
     payload = json.loads(body)
+    if path.startswith("/v1/messages"):  # Anthropic's shape
+        assert isinstance(payload, dict) and payload.get("type") == "error", payload
+        err = payload["error"]
+        assert isinstance(err.get("message"), str) and err["message"] and isinstance(err.get("type"), str), payload
+        return
     assert isinstance(payload, dict) and set(payload) == {"error"}, payload
     if openai:
         err = payload["error"]
@@ -155,6 +168,18 @@ def test_fuzz_model_name_endpoints(client, endpoint, raw):
     post(client, path, raw, method)
 
 
+@fuzz(250)
+@given(path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]), raw=encoded(anthropic_body()))
+def test_fuzz_anthropic_messages(client, path, raw):
+    post(client, path, raw)
+
+
+@fuzz(250)
+@given(raw=encoded(responses_body()))
+def test_fuzz_responses(client, raw):
+    post(client, "/v1/responses", raw)
+
+
 @fuzz(150)
 @given(case=deep_body())
 def test_fuzz_deep_nesting(client, case):
@@ -167,7 +192,8 @@ def test_fuzz_deep_nesting(client, case):
 BODY_ENDPOINTS = [("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/v1/chat/completions"),
                   ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("POST", "/api/embed"),
                   ("POST", "/api/embeddings"), ("POST", "/api/llm-backends"), ("PUT", "/api/llm-backends/1"),
-                  ("POST", "/api/blobs/sha256:" + "0" * 64), *NAME_ENDPOINTS]
+                  ("POST", "/api/blobs/sha256:" + "0" * 64), ("POST", "/v1/messages"),
+                  ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses"), *NAME_ENDPOINTS]
 CONTENT_TYPES = st.sampled_from([None, "application/json", "text/plain", "application/x-www-form-urlencoded",
                                  "multipart/form-data; boundary=x", "application/json; charset=latin-1", "\x00"])
 
@@ -253,6 +279,8 @@ REAL = st.one_of(
     st.tuples(st.just("/api/chat"), encoded(chat_body())),
     st.tuples(st.just("/v1/chat/completions"), encoded(openai_chat_body())),
     st.tuples(st.just("/v1/completions"), encoded(openai_completion_body())),
+    st.tuples(st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]), encoded(anthropic_body())),
+    st.tuples(st.just("/v1/responses"), encoded(responses_body())),
     st.tuples(st.sampled_from(["/api/show", "/api/pull", "/api/copy"]), encoded(name_body())),
     st.tuples(st.sampled_from([p for m, p in BODY_ENDPOINTS if m == "POST"]), GARBAGE),
 )
@@ -279,7 +307,8 @@ FUZZED_RULES = {"/", "/api/version", "/api/tags", "/api/ps", "/health", "/metric
                 "/api/copy", "/api/create", "/api/push", "/api/generate", "/api/chat", "/v1/chat/completions",
                 "/v1/completions", "/v1/embeddings", "/api/embed", "/api/embeddings", "/api/blobs/<digest>",
                 "/api/llm-backends", "/api/llm-backends/<row_id>", "/api/llm-backends/<row_id>/toggle",
-                "/api/llm-backends/model/<path:model_name>", "/api/performance/comparison"}
+                "/api/llm-backends/model/<path:model_name>", "/api/performance/comparison",
+                "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"}
 
 
 def test_every_route_is_fuzzed(app):

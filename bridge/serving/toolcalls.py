@@ -103,7 +103,10 @@ def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[st
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or fn.get("name") not in names:
             continue
-        params = closed(fn.get("parameters") or {"type": "object"})
+        try:
+            params = closed(fn.get("parameters") or {"type": "object"})
+        except RecursionError:  # deeper than Python's stack: not worth a 500
+            raise BadRequest(f"tool_choice: the schema of tool {fn['name']!r} is nested too deeply") from None
         for key in ("$defs", "definitions"):
             for def_name, schema in (params.pop(key, None) or {}).items():
                 if defs.setdefault(f"{key}/{def_name}", schema) != schema:
