@@ -21,7 +21,7 @@ from bridge.routing.router import Plan
 from bridge.serving.embeddings import openai_body, parse_openai
 from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
     chat_to_native,
     completion_to_native,
@@ -104,14 +104,11 @@ def models() -> Response:
 
 @bp.get("/v1/models/<path:name>")
 def model(name: str) -> Response:
-    try:
-        key = ModelName.parse(name).key
-    except InvalidModelName:
-        raise ModelNotFound(name) from None
+    wanted = ModelName.try_parse(name)
+    if wanted is None:
+        raise ModelNotFound(name)
     for entry in listing():
-        try:
-            if ModelName.parse(str(entry.get("model") or entry.get("name") or "")).key == key:
-                return json_response(model_object(entry))
-        except InvalidModelName:
-            continue
+        listed = ModelName.try_parse(str(entry.get("model") or entry.get("name") or ""))
+        if listed and listed.key == wanted.key:
+            return json_response(model_object(entry))
     raise ModelNotFound(name)

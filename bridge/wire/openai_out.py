@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 FINGERPRINT = "fp_ollama"
 DONE_EVENT = "data: [DONE]\n\n"
@@ -157,10 +157,8 @@ class CompletionWriter:
 def model_object(entry: dict[str, Any]) -> dict[str, Any]:
     """An /api/tags entry as an OpenAI model object (owned_by: the namespace)."""
     name = str(entry.get("model") or entry.get("name") or "")
-    try:
-        owner = ModelName.parse(name).namespace
-    except InvalidModelName:
-        owner = "library"
+    parsed = ModelName.try_parse(name)
+    owner = parsed.namespace if parsed else "library"
     return {"id": name, "object": "model", "created": unix_time(entry.get("modified_at")), "owned_by": owner}
 
 
