@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import BadRequest, Unsupported
+from bridge.serving.markers import partial_suffix
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class ToolCallExtractor:
             if not self.inside:
                 idx = self.buf.find(start)
                 if idx < 0:
-                    keep = _partial_suffix(self.buf, start)
+                    keep = partial_suffix(self.buf, start)
                     content += self.buf[: len(self.buf) - keep]
                     self.buf = self.buf[len(self.buf) - keep:]
                     return content, calls
@@ -237,13 +238,6 @@ class ToolCallExtractor:
 def _json_parser(text: str, tools: Any = None) -> Any:
     """A bare JSON tool call (or a list of them)."""
     return json.loads(text.strip())
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
 
 
 def parse_all(text: str, fmt: ToolFormat, tools: list[dict[str, Any]] | None) -> tuple[str, list[dict]]:
