@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 
 from bridge.api.generate import Generation, chat_handler, prompt_token_count
+from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
@@ -63,7 +64,7 @@ def with_stop_sequence(generation: Generation) -> Iterator[dict[str, Any]]:
 
 def native_request(body: dict[str, Any], counting: bool = False) -> tuple[ChatRequest, MessagesPlan]:
     plan = messages_to_native(body, counting)
-    req = parse_chat(plan.native)
+    req = parse_chat(plan.native, active())
     req.forced_tools = plan.forced
     if plan.user_id:
         log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"), plan.user_id)

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, request
 from bridge.engine import Chunk, Done, Job, PromptSpec
 from bridge.engine.structured import TokenizerTables
 from bridge.errors import BadRequest, BridgeError, Unsupported
+from bridge.http.limits import active
 from bridge.http.web import client_gone_probe, json_response, ndjson_stream, rfc3339
 from bridge.routing.dispatch import LocalHandler, dispatch, record
 from bridge.routing.router import Plan
@@ -32,7 +33,7 @@ def local_backend() -> LocalBackend:
 def generate() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
-    req = parse_generate(parse_body(raw, "GenerateRequest"))
+    req = parse_generate(parse_body(raw, "GenerateRequest"), active())
     return dispatch(req.model, "/api/generate", raw, generate_handler(req, started, NativeResponder(req.stream)))
 
 
@@ -58,7 +59,7 @@ def generate_handler(req: GenerateRequest, started: int, responder: Responder) -
 def chat() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
-    req = parse_chat(parse_body(raw, "ChatRequest"))
+    req = parse_chat(parse_body(raw, "ChatRequest"), active())
     if not req.model:
         raise BadRequest("model is required")
     return dispatch(req.model, "/api/chat", raw, chat_handler(req, started, NativeResponder(req.stream)))

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, request
 from bridge.api.generate import Generation, chat_handler, generate_handler
 from bridge.api.models import served_locally, tag_entry, upstream_models
 from bridge.errors import BadRequest, ModelNotFound
+from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
@@ -61,7 +62,7 @@ def chat_completions() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
-    req = parse_chat(chat_to_native(body))
+    req = parse_chat(chat_to_native(body), active())
     responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
     return dispatch(require_model(req.model), request.path, raw, chat_handler(req, started, responder))
 
@@ -71,7 +72,7 @@ def completions() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "CompletionRequest")
-    req = parse_generate(completion_to_native(body))
+    req = parse_generate(completion_to_native(body), active())
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
     return dispatch(require_model(req.model), request.path, raw, generate_handler(req, started, responder))
 

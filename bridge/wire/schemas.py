@@ -7,9 +7,9 @@ from typing import Any
 
 from bridge.engine.gotemplate import check as check_template
 from bridge.errors import BadRequest
-from bridge.http.limits import active, check_images, check_messages
 from bridge.wire.durations import parse_keep_alive
 from bridge.wire.jsonbody import Fields, type_error
+from bridge.wire.limits import Limits, check_images, check_messages
 from bridge.wire.options import Options, parse_options
 
 THINK_LEVELS = ("high", "medium", "low", "max")
@@ -105,8 +105,8 @@ def _common(f: Fields) -> dict[str, Any]:
     }
 
 
-def parse_generate(body: dict[str, Any]) -> GenerateRequest:
-    """Validate a /api/generate body."""
+def parse_generate(body: dict[str, Any], limits: Limits) -> GenerateRequest:
+    """Validate a /api/generate body against the serving app's `limits`."""
     f = Fields(body, "GenerateRequest")
     req = GenerateRequest(
         **_common(f),
@@ -122,20 +122,20 @@ def parse_generate(body: dict[str, Any]) -> GenerateRequest:
         raise BadRequest("raw mode does not support template, system, or context")
     if req.template:  # parsed here, in the request thread: a bad one never reaches the engine
         check_template(req.template, {"System": req.system, "Prompt": req.prompt, "Response": ""},
-                       active().max_body)
-    check_images(req.images, "images")
+                       limits.max_body)
+    check_images(req.images, "images", limits)
     return req
 
 
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
-    """Validate a /api/chat body."""
+def parse_chat(body: dict[str, Any], limits: Limits) -> ChatRequest:
+    """Validate a /api/chat body against the serving app's `limits`."""
     f = Fields(body, "ChatRequest")
     raw_messages = f.list("messages", "[]api.Message")
-    check_messages(len(raw_messages))
+    check_messages(len(raw_messages), limits)
     messages = [parse_message(m, i) for i, m in enumerate(raw_messages)]
     images = 0
     for i, m in enumerate(messages):
-        images = check_images(m.images, f"messages[{i}].images", images)
+        images = check_images(m.images, f"messages[{i}].images", limits, images)
     tools = f.list("tools", "[]api.Tool")
     for i, tool in enumerate(tools):
         check_tool(tool, i)
