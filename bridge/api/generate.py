@@ -20,6 +20,7 @@ from bridge.routing.router import Plan
 from bridge.serving.local import JobStream, LocalBackend, LocalModel
 from bridge.serving.output import Delta, OutputPlan, plan_output, tables_for
 from bridge.wire.jsonbody import parse_body
+from bridge.wire.native_out import errors_as_last_line
 from bridge.wire.schemas import ChatRequest, Common, GenerateRequest, parse_chat, parse_generate
 
 bp = Blueprint("api", __name__)
@@ -192,15 +193,15 @@ class Generation:
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """Chunk objects, then the final one; a failure mid-way becomes a last {"error"} line."""
-        try:
-            with closing(self._parsed()) as items:
-                for item in items:
-                    if isinstance(item, Done):
-                        yield self.shape.final(item, self.outcome.started)
-                    else:
-                        yield self.shape.chunk(item)
-        except BridgeError as exc:
-            yield {"error": exc.message}
+        return errors_as_last_line(self._objects())
+
+    def _objects(self) -> Iterator[dict[str, Any]]:
+        with closing(self._parsed()) as items:
+            for item in items:
+                if isinstance(item, Done):
+                    yield self.shape.final(item, self.outcome.started)
+                else:
+                    yield self.shape.chunk(item)
 
     def merged(self) -> dict[str, Any]:
         """The final object holding the whole output (failures raise: an HTTP status)."""

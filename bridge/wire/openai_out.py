@@ -53,6 +53,10 @@ def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def error_object(message: str, kind: str = "api_error") -> dict[str, Any]:
+    """OpenAI's error body, the one shape for /v1 answers, SSE error events and relayed streams.
+
+    `kind` is the error's `openai_type` (bridge.errors); a failure mid-stream is an api_error.
+    """
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
