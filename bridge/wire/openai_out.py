@@ -32,7 +32,8 @@ def new_id(prefix: str) -> str:
 
 def usage(final: dict[str, Any]) -> dict[str, int]:
     prompt, completion = int(final.get("prompt_eval_count") or 0), int(final.get("eval_count") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
@@ -48,7 +49,8 @@ def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fn = call.get("function", {})
         out.append({"id": call.get("id", ""), "index": fn.get("index", i), "type": "function",
                     "function": {"name": fn.get("name", ""),
-                                 "arguments": json.dumps(fn.get("arguments", {}), ensure_ascii=False)}})
+                                 "arguments": json.dumps(fn.get("arguments", {}),
+                                                         ensure_ascii=False)}})
     return out
 
 
@@ -78,7 +80,8 @@ class ChatWriter:
         if msg.get("tool_calls"):
             message["tool_calls"] = openai_tool_calls(msg["tool_calls"])
         reason = finish_reason(final.get("done_reason"), bool(msg.get("tool_calls")))
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model,
                 "system_fingerprint": FINGERPRINT,
                 "choices": [{"index": 0, "message": message, "finish_reason": reason}],
                 "usage": usage(final)}
@@ -163,7 +166,8 @@ def model_object(entry: dict[str, Any]) -> dict[str, Any]:
     name = str(entry.get("model") or entry.get("name") or "")
     parsed = ModelName.try_parse(name)
     owner = parsed.namespace if parsed else "library"
-    return {"id": name, "object": "model", "created": unix_time(entry.get("modified_at")), "owned_by": owner}
+    return {"id": name, "object": "model", "created": unix_time(entry.get("modified_at")),
+            "owned_by": owner}
 
 
 def unix_time(value: Any) -> int:

@@ -165,12 +165,14 @@ def parse_message(raw: Any, index: int) -> Message:
     f = Fields(raw, "Message")
     role = f.str("role").lower()
     if role not in ROLES:
-        raise BadRequest(f"invalid role {role!r} in messages[{index}]: must be one of {', '.join(ROLES)}")
+        raise BadRequest(f"invalid role {role!r} in messages[{index}]: "
+                         f"must be one of {', '.join(ROLES)}")
     tool_calls = f.list("tool_calls", "[]api.ToolCall")
     for call in tool_calls:
         fn = call.get("function") if isinstance(call, dict) else None
         if not (isinstance(fn, dict) and _opt(fn, "name", str) and _opt(fn, "arguments", dict)):
-            raise BadRequest(f"invalid tool_calls in messages[{index}]: expected objects with a function "
+            raise BadRequest(f"invalid tool_calls in messages[{index}]: "
+                             "expected objects with a function "
                              "(a name and an arguments object)")
     return Message(
         role=role,
@@ -215,6 +217,7 @@ def _str_list(f: Fields, name: str, gotype: str) -> list[str]:
 
 def _int_list(f: Fields, name: str) -> list[int]:
     items = f.list(name, "[]int")
-    if not all(isinstance(i, int) and not isinstance(i, bool) and -(2**63) <= i < 2**63 for i in items):
+    if not all(isinstance(i, int) and not isinstance(i, bool) and -(2**63) <= i < 2**63
+               for i in items):
         raise type_error(f.struct, name, items, "[]int")
     return items
