@@ -48,7 +48,8 @@ class AnthropicResponder:
         if self.stream:
             return sse_response(self.writer.events(with_stop_sequence(generation)))
         final = generation.merged()
-        return json_response(self.writer.message({**final, "stop_sequence": generation.stop_sequence}))
+        return json_response(self.writer.message(
+            {**final, "stop_sequence": generation.stop_sequence}))
 
     def loaded(self, body: dict[str, Any]) -> Response:
         if self.stream:
@@ -62,12 +63,14 @@ def with_stop_sequence(generation: Generation) -> Iterator[dict[str, Any]]:
         yield {**line, "stop_sequence": generation.stop_sequence} if line.get("done") else line
 
 
-def native_request(body: dict[str, Any], counting: bool = False) -> tuple[ChatRequest, MessagesPlan]:
+def native_request(body: dict[str, Any],
+                   counting: bool = False) -> tuple[ChatRequest, MessagesPlan]:
     plan = messages_to_native(body, counting)
     req = parse_chat(plan.native, active())
     req.forced_tools = plan.forced
     if plan.user_id:
-        log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"), plan.user_id)
+        log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"),
+                 plan.user_id)
     return req, plan
 
 
@@ -90,7 +93,7 @@ def messages() -> Response:
 
 @bp.post("/v1/messages/count_tokens")
 def count_tokens() -> Response:
-    """The prompt's real token count through the model's chat template (Ollama has no such route)."""
+    """The prompt's real token count through the model's chat template (no such Ollama route)."""
     raw = request.get_data()
     body = parse_body(raw, STRUCT)
     name = messages_check(body, counting=True)

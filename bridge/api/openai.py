@@ -64,7 +64,8 @@ def chat_completions() -> Response:
     body = parse_body(raw, "ChatCompletionRequest")
     req = parse_chat(chat_to_native(body), active())
     responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
-    return dispatch(require_model(req.model), request.path, raw, chat_handler(req, started, responder))
+    handler = chat_handler(req, started, responder)
+    return dispatch(require_model(req.model), request.path, raw, handler)
 
 
 @bp.post("/v1/completions")
@@ -74,7 +75,8 @@ def completions() -> Response:
     body = parse_body(raw, "CompletionRequest")
     req = parse_generate(completion_to_native(body), active())
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
-    return dispatch(require_model(req.model), request.path, raw, generate_handler(req, started, responder))
+    handler = generate_handler(req, started, responder)
+    return dispatch(require_model(req.model), request.path, raw, handler)
 
 
 @bp.post("/v1/embeddings")
@@ -86,7 +88,8 @@ def embeddings() -> Response:
     req = parse_openai(body)
 
     def local(model: LocalModel, plan: Plan) -> Response:
-        return json_response(openai_body(req, model, plan, str(body.get("encoding_format") or "float")))
+        encoding = str(body.get("encoding_format") or "float")
+        return json_response(openai_body(req, model, plan, encoding))
 
     return dispatch(name, request.path, raw, local)
 
@@ -95,7 +98,8 @@ def listing() -> list[dict[str, Any]]:
     """The models /api/tags lists: MLX-served ones, then the upstream's other ones."""
     local = served_locally()
     entries = [tag_entry(m) for m in local]
-    return entries + upstream_models("/api/tags", {ModelName.parse(m.entry.name).key for m in local})
+    served = {ModelName.parse(m.entry.name).key for m in local}
+    return entries + upstream_models("/api/tags", served)
 
 
 @bp.get("/v1/models")
