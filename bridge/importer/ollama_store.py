@@ -1,4 +1,6 @@
-"""Read-only access to the local Ollama store: manifests/<host>/<ns>/<model>/<tag> + blobs/sha256-<hex>."""
+"""Read-only access to the local Ollama store.
+
+Layout: manifests/<host>/<ns>/<model>/<tag> + blobs/sha256-<hex>."""
 
 from __future__ import annotations
 
