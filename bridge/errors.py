@@ -1,4 +1,5 @@
-"""One error hierarchy for the whole bridge; HTTP mapping lives in `bridge.http_errors`."""
+"""One error hierarchy for the whole bridge; the HTTP mapping (status and the native, OpenAI or
+Anthropic body) lives in `bridge.http.web` (`handle_bridge_error`, `error_body`)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,15 @@ class BadRequest(BridgeError):
     openai_type = "invalid_request_error"
 
 
-class Unsupported(BadRequest):
-    """The model cannot do what was asked (tools, thinking, images...): another backend may."""
+class Unsupported(BridgeError):
+    """The model cannot do what was asked (tools, thinking, images...): another backend may.
+
+    A 400 like BadRequest but not one: routing falls back to the next target on it
+    (bridge.routing.dispatch.FALLBACK_ERRORS) and never on a BadRequest, a fault of the request.
+    """
+
+    status = 400
+    openai_type = "invalid_request_error"
 
 
 class Unauthorized(BridgeError):
@@ -101,7 +109,8 @@ class ServerBusy(BridgeError):
     status = 503
     openai_type = "api_error"
 
-    def __init__(self, message: str = "server busy, please try again.  maximum pending requests exceeded") -> None:
+    def __init__(self, message: str = "server busy, please try again.  "
+                 "maximum pending requests exceeded") -> None:
         super().__init__(message)
 
 

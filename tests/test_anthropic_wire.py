@@ -9,6 +9,7 @@ import pytest
 from bridge.errors import BadRequest, Unsupported
 from bridge.wire.anthropic_in import messages_check, messages_to_native
 from bridge.wire.anthropic_out import MessagesWriter, anthropic_error
+from bridge.wire.limits import Limits
 from bridge.wire.schemas import parse_chat
 
 PNG = "iVBORw0KGgo="
@@ -54,7 +55,7 @@ def test_request_mapping_folds_blocks_into_native_messages():
     assert failed["content"] == "Error: boom"  # is_error reaches the model as text
     assert follow == {"role": "user", "content": "and now?"}
     assert plan.user_id == "u-1" and plan.forced == [] and plan.max_calls is None
-    req = parse_chat(native)  # the native parser accepts what the conversion produces
+    req = parse_chat(native, Limits())  # the native parser accepts what the conversion produces
     assert req.messages[3].tool_name == "get_weather" and req.options.top_k == 5
 
 

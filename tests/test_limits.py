@@ -13,7 +13,7 @@ import requests
 
 from bridge.app import create_app
 from bridge.config import DEFAULT_MAX_BODY, load_config
-from bridge.http.limits import image_bytes
+from bridge.wire.limits import image_bytes
 
 from .test_bad_input import error_of, raw_request
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bridge.errors import BadRequest
+from bridge.wire.limits import Limits
 from bridge.wire.openai_in import chat_to_native, completion_to_native, embeddings_check
 from bridge.wire.openai_out import ChatWriter, CompletionWriter, model_object
 from bridge.wire.schemas import parse_chat
@@ -35,7 +36,7 @@ def test_chat_request_mapping():
     assert assistant["thinking"] == "hmm" and assistant["tool_calls"] == [
         {"id": "call_abcdEFGH", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}]
     assert tool == {"role": "tool", "content": "sunny", "tool_call_id": "call_abcdEFGH", "tool_name": "get_weather"}
-    req = parse_chat(native)  # the native parser accepts what the conversion produces
+    req = parse_chat(native, Limits())  # the native parser accepts what the conversion produces
     assert req.messages[3].tool_name == "get_weather" and req.options.num_predict == 5
 
 

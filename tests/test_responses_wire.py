@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bridge.errors import BadRequest, Unsupported
+from bridge.wire.limits import Limits
 from bridge.wire.responses_in import responses_to_native
 from bridge.wire.responses_out import ResponsesWriter
 from bridge.wire.schemas import parse_chat
@@ -46,7 +47,7 @@ def test_input_items_become_native_messages():
     assert tool == {"role": "tool", "content": "sunny", "tool_call_id": "call_1", "tool_name": "get_weather"}
     assert plan.echo["instructions"] == "Be brief." and plan.echo["tools"] == [WEATHER]
     assert plan.echo["top_p"] == 0.5 and plan.echo["max_output_tokens"] == 50
-    assert parse_chat(native).messages[4].tool_name == "get_weather"
+    assert parse_chat(native, Limits()).messages[4].tool_name == "get_weather"
 
 
 def test_a_function_call_without_an_assistant_message_opens_one():

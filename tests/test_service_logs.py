@@ -15,7 +15,7 @@ from .service_util import clean_env, free_port, mlx_bridge, started, wait_until
 
 ROTATE_SCRIPT = """
 import logging, os, sys
-from bridge.service.process.logfile import ServerLogHandler
+from bridge.service.logfile import ServerLogHandler
 handler = ServerLogHandler(sys.argv[1], max_bytes=2048, backups=2)
 log = logging.getLogger("t")
 log.addHandler(handler)

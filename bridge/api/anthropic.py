@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 
 from bridge.api.generate import Generation, chat_handler, prompt_token_count
+from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
@@ -47,7 +48,8 @@ class AnthropicResponder:
         if self.stream:
             return sse_response(self.writer.events(with_stop_sequence(generation)))
         final = generation.merged()
-        return json_response(self.writer.message({**final, "stop_sequence": generation.stop_sequence}))
+        return json_response(self.writer.message(
+            {**final, "stop_sequence": generation.stop_sequence}))
 
     def loaded(self, body: dict[str, Any]) -> Response:
         if self.stream:
@@ -61,12 +63,14 @@ def with_stop_sequence(generation: Generation) -> Iterator[dict[str, Any]]:
         yield {**line, "stop_sequence": generation.stop_sequence} if line.get("done") else line
 
 
-def native_request(body: dict[str, Any], counting: bool = False) -> tuple[ChatRequest, MessagesPlan]:
+def native_request(body: dict[str, Any],
+                   counting: bool = False) -> tuple[ChatRequest, MessagesPlan]:
     plan = messages_to_native(body, counting)
-    req = parse_chat(plan.native)
+    req = parse_chat(plan.native, active())
     req.forced_tools = plan.forced
     if plan.user_id:
-        log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"), plan.user_id)
+        log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"),
+                 plan.user_id)
     return req, plan
 
 
@@ -89,7 +93,7 @@ def messages() -> Response:
 
 @bp.post("/v1/messages/count_tokens")
 def count_tokens() -> Response:
-    """The prompt's real token count through the model's chat template (Ollama has no such route)."""
+    """The prompt's real token count through the model's chat template (no such Ollama route)."""
     raw = request.get_data()
     body = parse_body(raw, STRUCT)
     name = messages_check(body, counting=True)

@@ -13,12 +13,14 @@ from flask import Blueprint, Response, current_app, g, request
 from bridge.engine import Chunk, Done, Job, PromptSpec
 from bridge.engine.structured import TokenizerTables
 from bridge.errors import BadRequest, BridgeError, Unsupported
+from bridge.http.limits import active
 from bridge.http.web import client_gone_probe, json_response, ndjson_stream, rfc3339
 from bridge.routing.dispatch import LocalHandler, dispatch, record
 from bridge.routing.router import Plan
 from bridge.serving.local import JobStream, LocalBackend, LocalModel
 from bridge.serving.output import Delta, OutputPlan, plan_output, tables_for
 from bridge.wire.jsonbody import parse_body
+from bridge.wire.native_out import errors_as_last_line
 from bridge.wire.schemas import ChatRequest, Common, GenerateRequest, parse_chat, parse_generate
 
 bp = Blueprint("api", __name__)
@@ -32,7 +34,7 @@ def local_backend() -> LocalBackend:
 def generate() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
-    req = parse_generate(parse_body(raw, "GenerateRequest"))
+    req = parse_generate(parse_body(raw, "GenerateRequest"), active())
     return dispatch(req.model, "/api/generate", raw, generate_handler(req, started, NativeResponder(req.stream)))
 
 
@@ -58,7 +60,7 @@ def generate_handler(req: GenerateRequest, started: int, responder: Responder) -
 def chat() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
-    req = parse_chat(parse_body(raw, "ChatRequest"))
+    req = parse_chat(parse_body(raw, "ChatRequest"), active())
     if not req.model:
         raise BadRequest("model is required")
     return dispatch(req.model, "/api/chat", raw, chat_handler(req, started, NativeResponder(req.stream)))
@@ -191,15 +193,15 @@ class Generation:
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """Chunk objects, then the final one; a failure mid-way becomes a last {"error"} line."""
-        try:
-            with closing(self._parsed()) as items:
-                for item in items:
-                    if isinstance(item, Done):
-                        yield self.shape.final(item, self.outcome.started)
-                    else:
-                        yield self.shape.chunk(item)
-        except BridgeError as exc:
-            yield {"error": exc.message}
+        return errors_as_last_line(self._objects())
+
+    def _objects(self) -> Iterator[dict[str, Any]]:
+        with closing(self._parsed()) as items:
+            for item in items:
+                if isinstance(item, Done):
+                    yield self.shape.final(item, self.outcome.started)
+                else:
+                    yield self.shape.chunk(item)
 
     def merged(self) -> dict[str, Any]:
         """The final object holding the whole output (failures raise: an HTTP status)."""

@@ -53,10 +53,8 @@ def upstream_models(path: str, exclude: set[str]) -> list[dict[str, Any]]:
 
 
 def _key(entry: dict[str, Any]) -> str:
-    try:
-        return ModelName.parse(str(entry.get("model") or entry.get("name") or "")).key
-    except InvalidModelName:
-        return ""
+    parsed = ModelName.try_parse(str(entry.get("model") or entry.get("name") or ""))
+    return parsed.key if parsed else ""
 
 
 @bp.route("/api/tags", methods=["GET", "HEAD"])

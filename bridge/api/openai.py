@@ -15,13 +15,14 @@ from flask import Blueprint, Response, request
 from bridge.api.generate import Generation, chat_handler, generate_handler
 from bridge.api.models import served_locally, tag_entry, upstream_models
 from bridge.errors import BadRequest, ModelNotFound
+from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
 from bridge.serving.embeddings import openai_body, parse_openai
 from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
     chat_to_native,
     completion_to_native,
@@ -61,9 +62,10 @@ def chat_completions() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
-    req = parse_chat(chat_to_native(body))
+    req = parse_chat(chat_to_native(body), active())
     responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
-    return dispatch(require_model(req.model), request.path, raw, chat_handler(req, started, responder))
+    handler = chat_handler(req, started, responder)
+    return dispatch(require_model(req.model), request.path, raw, handler)
 
 
 @bp.post("/v1/completions")
@@ -71,9 +73,10 @@ def completions() -> Response:
     started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "CompletionRequest")
-    req = parse_generate(completion_to_native(body))
+    req = parse_generate(completion_to_native(body), active())
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
-    return dispatch(require_model(req.model), request.path, raw, generate_handler(req, started, responder))
+    handler = generate_handler(req, started, responder)
+    return dispatch(require_model(req.model), request.path, raw, handler)
 
 
 @bp.post("/v1/embeddings")
@@ -85,7 +88,8 @@ def embeddings() -> Response:
     req = parse_openai(body)
 
     def local(model: LocalModel, plan: Plan) -> Response:
-        return json_response(openai_body(req, model, plan, str(body.get("encoding_format") or "float")))
+        encoding = str(body.get("encoding_format") or "float")
+        return json_response(openai_body(req, model, plan, encoding))
 
     return dispatch(name, request.path, raw, local)
 
@@ -94,7 +98,8 @@ def listing() -> list[dict[str, Any]]:
     """The models /api/tags lists: MLX-served ones, then the upstream's other ones."""
     local = served_locally()
     entries = [tag_entry(m) for m in local]
-    return entries + upstream_models("/api/tags", {ModelName.parse(m.entry.name).key for m in local})
+    served = {ModelName.parse(m.entry.name).key for m in local}
+    return entries + upstream_models("/api/tags", served)
 
 
 @bp.get("/v1/models")
@@ -104,14 +109,11 @@ def models() -> Response:
 
 @bp.get("/v1/models/<path:name>")
 def model(name: str) -> Response:
-    try:
-        key = ModelName.parse(name).key
-    except InvalidModelName:
-        raise ModelNotFound(name) from None
+    wanted = ModelName.try_parse(name)
+    if wanted is None:
+        raise ModelNotFound(name)
     for entry in listing():
-        try:
-            if ModelName.parse(str(entry.get("model") or entry.get("name") or "")).key == key:
-                return json_response(model_object(entry))
-        except InvalidModelName:
-            continue
+        listed = ModelName.try_parse(str(entry.get("model") or entry.get("name") or ""))
+        if listed and listed.key == wanted.key:
+            return json_response(model_object(entry))
     raise ModelNotFound(name)

@@ -14,6 +14,7 @@ from bridge.routing.dispatch import dispatch
 from bridge.routing.registry import IMPORTED_DIR, MappedModel
 from bridge.wire.jsonbody import Fields, parse_body
 from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.native_out import errors_as_last_line
 
 bp = Blueprint("pull", __name__)
 
@@ -44,7 +45,7 @@ def pull() -> Response:
     lines = _lines(entry, registry.local_dir(entry) is not None)
     if stream is False:
         return _last(lines)
-    return ndjson_stream(_errors_as_lines(lines))
+    return ndjson_stream(errors_as_last_line(lines))
 
 
 def _lines(entry: MappedModel, present: bool) -> Iterator[dict[str, Any]]:
@@ -56,13 +57,6 @@ def _lines(entry: MappedModel, present: bool) -> Iterator[dict[str, Any]]:
                             f"({entry.source}) that are missing; import it again")
         return iter([{"status": "pulling manifest"}, {"status": "success"}])
     return _puller().pull(entry.source)
-
-
-def _errors_as_lines(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    try:
-        yield from lines
-    except BridgeError as exc:
-        yield {"error": exc.message}
 
 
 def _last(lines: Iterator[dict[str, Any]]) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from bridge.api.generate import Generation, chat_handler
+from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
@@ -53,7 +54,7 @@ def responses() -> Response:
     def local(model: LocalModel, plan: Plan) -> Response:
         # Converted only for MLX: an upstream model gets Ollama's own reading of the body.
         layer = responses_to_native(body)
-        req = parse_chat(layer.native)
+        req = parse_chat(layer.native, active())
         req.forced_tools = layer.forced
         writer = ResponsesWriter(req.model, layer.echo, layer.max_calls, layer.encrypted_reasoning)
         return chat_handler(req, started, ResponsesResponder(writer, req.stream))(model, plan)

@@ -22,8 +22,10 @@ class ClientError(BridgeError):
 def base_url(env: Mapping[str, str] | None = None) -> str:
     """Where client commands connect: MLX_BRIDGE_HOST, else OLLAMA_HOST, else 127.0.0.1:11434.
 
-    >>> base_url({}), base_url({"OLLAMA_HOST": "0.0.0.0:9"}), base_url({"MLX_BRIDGE_HOST": "h:1", "OLLAMA_HOST": ":9"})
-    ('http://127.0.0.1:11434', 'http://127.0.0.1:9', 'http://h:1')
+    >>> base_url({}), base_url({"OLLAMA_HOST": "0.0.0.0:9"})
+    ('http://127.0.0.1:11434', 'http://127.0.0.1:9')
+    >>> base_url({"MLX_BRIDGE_HOST": "h:1", "OLLAMA_HOST": ":9"})
+    'http://h:1'
     """
     env = os.environ if env is None else env
     raw = (env.get("MLX_BRIDGE_HOST") or "").strip() or env.get("OLLAMA_HOST")
@@ -70,7 +72,8 @@ class Client:
                                             timeout=self.timeout)
         except requests.ConnectionError:
             raise ClientError(f"could not connect to {self.url}: is the server running? "
-                              "(`mlx-bridge start`, or set MLX_BRIDGE_HOST / OLLAMA_HOST)") from None
+                              "(`mlx-bridge start`, or set MLX_BRIDGE_HOST / OLLAMA_HOST)"
+                              ) from None
         except requests.RequestException as exc:
             raise ClientError(f"request to {self.url}{path} failed: {exc}") from None
         if response.status_code >= 400:
@@ -84,7 +87,8 @@ class Client:
         try:
             return response.json()
         except ValueError:
-            raise ClientError(f"the server sent something that is not JSON: {response.text[:200]!r}") from None
+            raise ClientError("the server sent something that is not JSON: "
+                              f"{response.text[:200]!r}") from None
 
 
 def _decode(raw: bytes) -> dict[str, Any]:

@@ -18,17 +18,24 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--host", help="Bind address, any OLLAMA_HOST form (default 127.0.0.1:11434; env MLX_BRIDGE_HOST).")
+@click.option("--host", help="Bind address, any OLLAMA_HOST form "
+                             "(default 127.0.0.1:11434; env MLX_BRIDGE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (overrides the one in --host).")
-@click.option("--mappings", type=click.Path(dir_okay=False), help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS).")
-@click.option("--upstream", help="The real Ollama, e.g. http://127.0.0.1:11435 (env MLX_BRIDGE_UPSTREAM).")
-@click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
-@click.option("-v", "--verbose", is_flag=True, default=None, help="Log every request and debug details.")
-@click.option("--log-file", type=click.Path(dir_okay=False), help="Write logs here (rotated at 10 MB) instead of stderr.")
+@click.option("--mappings", type=click.Path(dir_okay=False),
+              help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS).")
+@click.option("--upstream",
+              help="The real Ollama, e.g. http://127.0.0.1:11435 (env MLX_BRIDGE_UPSTREAM).")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
+@click.option("-v", "--verbose", is_flag=True, default=None,
+              help="Log every request and debug details.")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="Write logs here (rotated at 10 MB) instead of stderr.")
 @click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds in-flight requests may run after SIGTERM.")
 @click.option("--demo/--no-demo", default=None,
-              help="Import the offline demo model smollm2:135m on first start (env MLX_BRIDGE_DEMO; "
+              help="Import the offline demo model smollm2:135m on first start "
+                   "(env MLX_BRIDGE_DEMO; "
                    "default: on unless --mappings/MLX_BRIDGE_MAPPINGS is given).")
 def serve(host: str | None, port: int | None, mappings: str | None, upstream: str | None,
           home: str | None, verbose: bool | None, log_file: str | None, grace: float,

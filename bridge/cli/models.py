@@ -22,7 +22,8 @@ class _Bar:
             self.close()
             self.stage = stage
             if total:
-                self.bar = tqdm(total=total, desc=stage, unit="B", unit_scale=True, unit_divisor=1024,
+                self.bar = tqdm(total=total, desc=stage, unit="B", unit_scale=True,
+                                unit_divisor=1024,
                                 dynamic_ncols=True)
             else:
                 click.echo(f"{stage}...", err=True)
@@ -37,10 +38,14 @@ class _Bar:
 
 @click.command("import")
 @click.argument("source")
-@click.option("--name", help="Model name to serve it under (default: the Ollama name or the file's stem).")
-@click.option("--quantize", type=click.Choice(["auto", "none", "8", "4"]), default="auto", show_default=True,
-              help="auto/none: float32 on Linux, float16 (bfloat16 for Gemma) on macOS; 8/4: MLX affine bits.")
-@click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
+@click.option("--name", help="Model name to serve it under "
+                             "(default: the Ollama name or the file's stem).")
+@click.option("--quantize", type=click.Choice(["auto", "none", "8", "4"]), default="auto",
+              show_default=True,
+              help="auto/none: float32 on Linux, float16 (bfloat16 for Gemma) on macOS; "
+                   "8/4: MLX affine bits.")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge).")
 def import_command(source: str, name: str | None, quantize: str, home: str | None) -> None:
     """Import a GGUF file, or a model from the local Ollama store, as an MLX model."""
     from bridge.config import load_config
@@ -67,7 +72,8 @@ def _warn_if_shadowed(name: str, mappings: Path | None, home: Path) -> None:
     except MappingError:
         return
     if entry is not None and entry.origin == "mappings":
-        click.echo(f"warning: {mappings} also maps '{name}'; that mapping is served instead", err=True)
+        click.echo(f"warning: {mappings} also maps '{name}'; that mapping is served instead",
+                   err=True)
 
 
 def register(cli: click.Group) -> None:

@@ -1,4 +1,4 @@
-"""`mlx-bridge` subcommands: client commands against a running server (list, ps, show, run, pull, rm, stop)."""
+"""`mlx-bridge` client commands for a running server: list, ps, show, run, pull, rm, stop."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def describe(info: dict[str, Any], verbose: bool = False) -> str:
             ("quantization", details.get("quantization_level", ""))]
     sections = [("Model", [f"{k:<20}{v}" for k, v in rows if v not in ("", None)])]
     sections.append(("Capabilities", list(info.get("capabilities") or [])))
-    sections.append(("Parameters", [p for p in str(info.get("parameters") or "").splitlines() if p]))
+    parameters = str(info.get("parameters") or "").splitlines()
+    sections.append(("Parameters", [p for p in parameters if p]))
     if verbose:
         sections.append(("Metadata", [f"{k:<40}{v}" for k, v in sorted(model_info.items())]))
     if info.get("license"):
@@ -208,7 +209,8 @@ def ago(text: str | None, now: Callable[[], datetime] = lambda: datetime.now(tim
     return f"{_relative((now() - when).total_seconds())} ago" if when else ""
 
 
-def until(text: str | None, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> str:
+def until(text: str | None,
+          now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> str:
     """`4 minutes from now`, `Forever`, or `Stopping...` (already expired)."""
     when = parse_time(text)
     if when is None:

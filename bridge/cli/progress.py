@@ -1,4 +1,4 @@
-"""Render /api/pull progress lines (spec §1.5): a bar per layer on a terminal, plain lines otherwise."""
+"""Render /api/pull progress lines (spec §1.5): a bar per layer on a terminal, else plain lines."""
 
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ def _readline_history(path: Path | None):  # type: ignore[no-untyped-def]
 def format_stats(final: dict[str, Any]) -> str:
     """Timing lines like `ollama run --verbose`.
 
-    >>> print(format_stats({"total_duration": 2_000_000_000, "eval_count": 10, "eval_duration": 500_000_000}), end="")
+    >>> stats = {"total_duration": 2_000_000_000, "eval_count": 10, "eval_duration": 500_000_000}
+    >>> print(format_stats(stats), end="")
     total duration:       2.000s
     eval count:           10 token(s)
     eval duration:        500.000ms

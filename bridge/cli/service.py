@@ -28,15 +28,19 @@ def server_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """serve's options, for the commands that start a server or describe one."""
     options = [
         click.option("--host", help="Bind address, any OLLAMA_HOST form (env MLX_BRIDGE_HOST)."),
-        click.option("--port", type=click.IntRange(0, 65535), help="Port (overrides the one in --host)."),
-        click.option("--mappings", type=click.Path(dir_okay=False), help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS)."),
+        click.option("--port", type=click.IntRange(0, 65535),
+                     help="Port (overrides the one in --host)."),
+        click.option("--mappings", type=click.Path(dir_okay=False),
+                     help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS)."),
         click.option("--upstream", help="The real Ollama (env MLX_BRIDGE_UPSTREAM)."),
-        click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge)."),
+        click.option("--home", type=click.Path(file_okay=False),
+                     help="State dir (env MLX_BRIDGE_HOME, default ~/.mlx-bridge)."),
         click.option("-v", "--verbose", is_flag=True, default=None, help="Log every request."),
         click.option("--demo/--no-demo", default=None,
                      help="Import the demo model smollm2:135m on first start (as serve)."),
         click.option("--grace", type=click.FloatRange(0),
-                     help=f"Seconds in-flight requests may run after a stop (default {DEFAULT_GRACE:g})."),
+                     help="Seconds in-flight requests may run after a stop "
+                          f"(default {DEFAULT_GRACE:g})."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -116,7 +120,8 @@ def _start_locked(config: Config, paths: ServicePaths, grace: float, wait: float
 @click.command()
 @click.argument("model", required=False)
 @click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME).")
-@click.option("--timeout", type=click.FloatRange(0), help="Seconds to wait before killing (default: grace + 10).")
+@click.option("--timeout", type=click.FloatRange(0),
+              help="Seconds to wait before killing (default: grace + 10).")
 def stop(model: str | None, home: str | None, timeout: float | None) -> None:
     """Stop the background server gracefully; with MODEL, unload that model instead."""
     if model:
@@ -152,7 +157,8 @@ def restart(wait: float, grace: float | None, **opts: Any) -> None:
         _start(config, DEFAULT_GRACE if grace is None else grace, wait, None, opts)
         return
     # same command line as before; host and home only for the port check and the PID file
-    _start(load_config(host=previous.bind, home=str(config.home)), previous.grace, wait, previous.argv)
+    _start(load_config(host=previous.bind, home=str(config.home)), previous.grace, wait,
+           previous.argv)
 
 
 @click.command()
@@ -167,7 +173,8 @@ def status(home: str | None, host: str | None, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
     else:
         click.echo(format_status(info))
-    sys.exit(0 if info["running"] and info["healthy"] else UNHEALTHY if info["running"] else NOT_RUNNING)
+    sys.exit(0 if info["running"] and info["healthy"]
+             else UNHEALTHY if info["running"] else NOT_RUNNING)
 
 
 def collect_status(paths: ServicePaths, default_url: str) -> dict[str, Any]:
@@ -206,7 +213,8 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append(f"removed a stale PID file (pid {info['stale_pid']} is not running)")
     if not info["running"]:
         return "\n".join([*lines, "mlx-bridge is not running"])
-    how = "" if info["managed"] else " (not started by `mlx-bridge start`: launchd, systemd or serve)"
+    how = ("" if info["managed"]
+           else " (not started by `mlx-bridge start`: launchd, systemd or serve)")
     lines.append(f"mlx-bridge is running{how}")
     rows = [("pid", info.get("pid") or "unknown"), ("address", info["url"])]
     if info.get("uptime") is not None:
@@ -240,8 +248,10 @@ def duration(seconds: float) -> str:
 
 @click.command()
 @click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME).")
-@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines (Ctrl+C stops).")
-@click.option("-n", "--lines", type=click.IntRange(0), default=50, show_default=True, help="Lines to show first.")
+@click.option("-f", "--follow", "follow_", is_flag=True,
+              help="Keep printing new lines (Ctrl+C stops).")
+@click.option("-n", "--lines", type=click.IntRange(0), default=50, show_default=True,
+              help="Lines to show first.")
 def logs(home: str | None, follow_: bool, lines: int) -> None:
     """Show the server log (also across rotations with -f)."""
     path = _paths(home).log_file

@@ -18,7 +18,8 @@ from bridge.service.units import Installer, build_spec
 
 @click.command("install-service")
 @server_options
-@click.option("--dry-run", is_flag=True, help="Print the unit file and the commands; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the unit file and the commands; change nothing.")
 def install_service(dry_run: bool, grace: float | None, **opts: Any) -> None:
     """Run the bridge at login: a LaunchAgent on macOS, a systemd user unit on Linux."""
     config = validated_config(**opts)
@@ -62,7 +63,8 @@ def uninstall_service() -> None:
 @click.command()
 @click.option("--host", help="The address the bridge should listen on (env MLX_BRIDGE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (overrides the one in --host).")
-@click.option("--mappings", type=click.Path(dir_okay=False), help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS).")
+@click.option("--mappings", type=click.Path(dir_okay=False),
+              help="model_mappings.yaml (env MLX_BRIDGE_MAPPINGS).")
 @click.option("--upstream", help="The real Ollama (env MLX_BRIDGE_UPSTREAM).")
 @click.option("--home", help="State dir (env MLX_BRIDGE_HOME).")  # not validated: doctor checks it
 def doctor(host: str | None, port: int | None, mappings: str | None, upstream: str | None,

@@ -40,7 +40,8 @@ class BatchRunner:
         return len(self.entries)
 
     def accepts(self, job: Job) -> bool:
-        return job.model_path == self.model_key and batchable(job) and len(self.entries) < self.capacity
+        return (job.model_path == self.model_key and batchable(job)
+                and len(self.entries) < self.capacity)
 
     def add(self, entry: Entry) -> None:
         """Insert a job (its prefill runs in the next steps, batched with other new prompts)."""
@@ -115,8 +116,10 @@ class BatchRunner:
             self._gen.remove(gone)  # their KV caches go with them: nothing is kept
         for uid in gone:
             entry = self.entries.pop(uid)
-            log.info("generation canceled request_id=%s model=%s", entry.job.request_id, entry.job.model_name)
-            self._ended.append(Ended(entry.job, entry.loaded, Failed(ClientClosed("request canceled"))))
+            log.info("generation canceled request_id=%s model=%s", entry.job.request_id,
+                     entry.job.model_name)
+            failed = Failed(ClientClosed("request canceled"))
+            self._ended.append(Ended(entry.job, entry.loaded, failed))
 
     def _finish(self, uid: int, cache: Any, tokens: list[int] | None) -> None:
         """A job ended normally: keep its KV cache for the next turn."""

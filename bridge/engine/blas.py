@@ -83,8 +83,10 @@ def enable() -> BlasInfo:
         return BlasInfo("bundled", detail=str(exc))
     if "mlx.core" in sys.modules:
         log.debug("BLAS loaded after mlx.core: effective only if no matmul ran yet")
-    info = BlasInfo("custom" if choice else "openblas", str(path), _corename(lib), _set_threads(lib))
-    log.info("blas=%s path=%s core=%s threads=%s", info.name, info.path, info.detail or "?", info.threads)
+    info = BlasInfo("custom" if choice else "openblas", str(path), _corename(lib),
+                    _set_threads(lib))
+    log.info("blas=%s path=%s core=%s threads=%s", info.name, info.path, info.detail or "?",
+             info.threads)
     return info
 
 
@@ -147,7 +149,8 @@ def _build(source: Path, target: Path) -> Path:
         shutil.copyfile(source, tmp)
         mapping.write_text("".join(f"{n} {n[len(PREFIX):]}\n" for n in names))
         subprocess.run(
-            [_patchelf(), "--rename-dynamic-symbols", str(mapping), "--set-soname", target.name, str(tmp)],
+            [_patchelf(), "--rename-dynamic-symbols", str(mapping), "--set-soname", target.name,
+             str(tmp)],
             check=True, capture_output=True, timeout=120,
         )
         os.replace(tmp, target)  # atomic: concurrent servers may build it at the same time
@@ -165,7 +168,8 @@ def dynamic_exports(path: Path) -> list[str]:
         raise RuntimeError(f"{path} is not a little-endian ELF64 library")
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
     names = []
     for sec in sections:
         if sec[1] != 11:  # SHT_DYNSYM
@@ -204,7 +208,8 @@ def _patchelf() -> str:
 
 def _cache_dirs() -> list[Path]:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return [Path(base) / "mlx-bridge" / "blas", Path(tempfile.gettempdir()) / f"mlx-bridge-blas-{os.getuid()}"]
+    return [Path(base) / "mlx-bridge" / "blas",
+            Path(tempfile.gettempdir()) / f"mlx-bridge-blas-{os.getuid()}"]
 
 
 def _corename(lib: ctypes.CDLL) -> str:

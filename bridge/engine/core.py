@@ -61,8 +61,10 @@ class Engine:
 
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
                  num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
-                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, restart_delay: float = RESTART_DELAY,
-                 restart_limit: int = RESTART_LIMIT, on_fatal: Callable[[], None] | None = None) -> None:
+                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS,
+                 restart_delay: float = RESTART_DELAY,
+                 restart_limit: int = RESTART_LIMIT,
+                 on_fatal: Callable[[], None] | None = None) -> None:
         self.keep_alive = keep_alive
         self.max_queue = max_queue
         self.num_parallel = max(1, num_parallel)
@@ -144,7 +146,8 @@ class Engine:
         with self._lock:
             waiting, running = self._waiting, self._running
         state = self.state if self.alive or self.state != "running" else "stopped"
-        return {"state": state, "queued": waiting, "active": running, "num_parallel": self.num_parallel,
+        return {"state": state, "queued": waiting, "active": running,
+                "num_parallel": self.num_parallel,
                 "blas": self.blas, "restarts": self.restarts,
                 "last_crash": dict(self.last_crash) if self.last_crash else None}
 
@@ -160,7 +163,8 @@ class Engine:
         """A fresh engine thread; a dead one never runs MLX again (models reload on demand)."""
         self._finished = threading.Event()
         self._ready = False
-        self._thread = threading.Thread(target=self._run, args=(delay,), name="mlx-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(delay,), name="mlx-engine",
+                                        daemon=True)
         self._thread.start()
 
     def _warm_up(self) -> None:
@@ -249,7 +253,8 @@ class Engine:
         try:
             while waiting:
                 job = waiting.popleft()
-                if not job.cancelled.is_set() and (job.model_path in blocked or not self._can_start(job)):
+                if not job.cancelled.is_set() and (job.model_path in blocked
+                                                   or not self._can_start(job)):
                     blocked.add(job.model_path)
                     self._pending.append(job)
                     continue
@@ -497,7 +502,8 @@ class Engine:
         running = sum(len(r) for r in self._runners.values()) + len(self._embeds)
         infos = [
             LoadedInfo(m.key, m.name, m.size, m.context_length,
-                       _in_use_expiry(m.keep_alive) if m.active else m.expires_at, m.loaded_at, m.active)
+                       _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
+                       m.loaded_at, m.active)
             for m in self.cache.models.values()
         ]
         with self._lock:

@@ -26,14 +26,16 @@ def backbone(model: Any) -> Any:
         inner = getattr(owner, "model", None)
         if inner is not None and callable(inner) and hasattr(inner, "embed_tokens"):
             return inner
-    raise Unsupported(f"{type(model).__module__} models do not support embeddings on the MLX backend")
+    raise Unsupported(f"{type(model).__module__} models do not support embeddings "
+                      "on the MLX backend")
 
 
 def input_tokens(tokenizer: Any, text: str, context: int, truncate: bool) -> list[int]:
     """The tokens of one input as the tokenizer encodes it (BOS included), fitted to the context."""
     tokens = list(tokenizer.encode(text))
     if not tokens:  # "" with a tokenizer that adds no BOS: pool over one special token instead
-        special = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        special = (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+                   else tokenizer.eos_token_id)
         tokens = [int(special or 0)]
     if len(tokens) > context:
         if not truncate:
@@ -78,7 +80,8 @@ class EmbedTask:
         self.batch.append(tokens)
         self.count += len(tokens)
         if len(self.batch) == len(self.texts) and self.count > self.max_tokens:
-            raise BadRequest(f"too many tokens: {self.count} (the limit is {self.max_tokens} per request; "
+            raise BadRequest(f"too many tokens: {self.count} (the limit is {self.max_tokens} "
+                             "per request; "
                              "MLX_BRIDGE_MAX_EMBED_TOKENS)")
 
     def _forward_next(self) -> None:
@@ -112,4 +115,5 @@ class EmbedTask:
         log.info("embedded request_id=%s model=%s inputs=%d tokens=%d ms=%.1f", self.job.request_id,
                  self.job.model_name, len(self.batch), self.count,
                  (time.perf_counter_ns() - self.started) / 1e6)
-        return Embedded(vectors=self.vectors, prompt_eval_count=self.count, load_duration=self.load_ns)
+        return Embedded(vectors=self.vectors, prompt_eval_count=self.count,
+                        load_duration=self.load_ns)

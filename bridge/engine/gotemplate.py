@@ -11,7 +11,8 @@ that would grow past the body cap is a 400 there, before anything reaches the en
 
 >>> render("{{ if .System }}<s>{{ .System }}</s>{{ end }}[U]{{ .Prompt }}[A]", {"Prompt": "hi"})
 '[U]hi[A]'
->>> render("{{- if .System }}{{ .System }}\\n{{ end -}}\\n  {{ .Prompt }}", {"System": "s", "Prompt": "hi"})
+>>> tmpl = "{{- if .System }}{{ .System }}\\n{{ end -}}\\n  {{ .Prompt }}"
+>>> render(tmpl, {"System": "s", "Prompt": "hi"})
 's\\nhi'
 >>> render("{{ if .Suffix }}F{{ else }}P{{ end }}", {})
 'P'

@@ -57,7 +57,8 @@ BUILTINS = {
     "array": '"[" space (value space ("," space value space)*)? "]"',
 }
 PRIMITIVES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER",
-              "boolean": '("true" | "false")', "null": '"null"', "object": "object", "array": "array"}
+              "boolean": '("true" | "false")', "null": '"null"', "object": "object",
+              "array": "array"}
 # Keywords that constrain values but that no grammar here enforces, with their no-op values.
 UNENFORCED = {"not": None, "if": None, "then": None, "else": None, "dependentSchemas": None,
               "dependentRequired": None, "dependencies": None, "patternProperties": None,
@@ -226,7 +227,8 @@ class _Builder:
 
     def union(self, options: Any, depth: int) -> str:
         if not isinstance(options, list) or not options:
-            raise BadRequest("format: `anyOf`/`oneOf`/`type` alternatives must be a non-empty array")
+            raise BadRequest("format: `anyOf`/`oneOf`/`type` alternatives must be "
+                             "a non-empty array")
         _branches(len(options), "`anyOf`/`oneOf` alternatives")
         return "(" + " | ".join(self.visit(o, depth + 1) for o in options) + ")"
 

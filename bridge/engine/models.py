@@ -100,7 +100,7 @@ class ModelCache:
     def __init__(self, max_loaded: int = 3, on_unload: Callable[[str], None] | None = None) -> None:
         self.max_loaded = max(1, max_loaded)
         self.models: dict[str, LoadedModel] = {}
-        self.on_unload = on_unload  # drops what else holds MLX memory for a model (its prompt cache)
+        self.on_unload = on_unload  # drops what else holds MLX memory for a model (prompt cache)
         self._garbage = False  # a model was dropped but its memory not yet handed back
 
     def get(self, key: str) -> LoadedModel | None:
@@ -117,7 +117,8 @@ class ModelCache:
                              batchable=_batchable(model))
         self.models[key] = loaded
         elapsed = time.perf_counter_ns() - t0
-        log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size, elapsed / 1e6)
+        log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size,
+                 elapsed / 1e6)
         return loaded, elapsed
 
     def _make_room(self) -> None:

@@ -1,4 +1,4 @@
-"""Admit a job: prompt tokens, context window, sampler, logits processors and sink. Engine thread only."""
+"""Admit a job: prompt tokens, context window, sampler, processors, sink. Engine thread only."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def _call_factory(factory: Any, tokenizer: Any) -> Any:
     except BridgeError:
         raise
     except Exception as exc:
-        raise EngineError(f"could not build the logits processor: {type(exc).__name__}: {exc}") from None
+        raise EngineError("could not build the logits processor: "
+                          f"{type(exc).__name__}: {exc}") from None
 
 
 def sampler_for(loaded: LoadedModel, options: Options) -> Any:
@@ -111,7 +112,8 @@ def make_processors(options: Options, context: int) -> list[Any]:
     )
 
 
-def fit_context(tokens: list[int], options: Options, context: int, truncate: bool) -> tuple[list[int], int]:
+def fit_context(tokens: list[int], options: Options, context: int,
+                truncate: bool) -> tuple[list[int], int]:
     """Apply the context window: returns (prompt tokens, max new tokens)."""
     if len(tokens) >= context:
         if not truncate:

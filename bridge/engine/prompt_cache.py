@@ -1,4 +1,6 @@
-"""Prompt (KV) cache: finished requests' caches, reused by prompts sharing a prefix. Engine thread only.
+"""Prompt (KV) cache: finished requests' caches, reused by prompts sharing a prefix.
+
+Engine thread only.
 
 Each model gets an mlx-lm `LRUPromptCache` (a token trie; a longer cached sequence is trimmed
 to the shared prefix, so a growing chat and requests sharing a system prompt both hit). One
@@ -34,7 +36,7 @@ class PromptCache:
         return sum(len(c) for c in self._models.values())
 
     def fetch(self, key: str, tokens: list[int]) -> tuple[list[Any] | None, int]:
-        """A private copy of the nearest cache and how many prompt tokens it covers (< len(tokens))."""
+        """A private copy of the nearest cache and the prompt tokens it covers (< len(tokens))."""
         lru = self._models.get(key)
         if lru is None or self.max_bytes == 0:
             return None, 0
@@ -63,7 +65,8 @@ class PromptCache:
         mx.eval([c.state for c in cache])
         lru = self._models.get(key)
         if lru is None:
-            lru = self._models[key] = LRUPromptCache(max_size=self.max_entries, max_bytes=self.max_bytes)
+            lru = self._models[key] = LRUPromptCache(max_size=self.max_entries,
+                                                     max_bytes=self.max_bytes)
         lru.insert_cache(key, list(tokens), cache)
         self._used[key] = time.monotonic()
         self._enforce()
@@ -79,7 +82,8 @@ class PromptCache:
         lru = self._models.pop(key, None)
         self._used.pop(key, None)
         if lru is not None and len(lru):
-            log.info("prompt cache dropped model_key=%s entries=%d bytes=%d", key, len(lru), lru.nbytes)
+            log.info("prompt cache dropped model_key=%s entries=%d bytes=%d", key, len(lru),
+                     lru.nbytes)
 
     def clear(self) -> None:
         for key in list(self._models):

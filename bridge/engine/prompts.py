@@ -21,7 +21,8 @@ def prompt_tokens(tokenizer: Any, spec: PromptSpec, max_chars: int | None = None
         return encode(tokenizer, _tail(text, max_chars))
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in spec.context):
-        raise BadRequest(f"context contains token ids outside this model's vocabulary (0..{vocab - 1})")
+        raise BadRequest("context contains token ids outside this model's vocabulary "
+                         f"(0..{vocab - 1})")
     return list(spec.context) + encode(tokenizer, _tail(generate_text(tokenizer, spec), max_chars))
 
 

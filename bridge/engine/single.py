@@ -53,7 +53,8 @@ class SingleRunner:
                 raise Cancelled()
             finished = self._next(entry)
         except Cancelled:
-            log.info("generation canceled request_id=%s model=%s", entry.job.request_id, entry.job.model_name)
+            log.info("generation canceled request_id=%s model=%s", entry.job.request_id,
+                     entry.job.model_name)
             return self._end(Failed(ClientClosed("request canceled")), keep_cache=False)
         if not finished:
             return []

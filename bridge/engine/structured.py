@@ -87,7 +87,8 @@ class Constraint:
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):
-            log.warning("constrained token rejected token=%d error=%s", token, self.matcher.get_error())
+            log.warning("constrained token rejected token=%d error=%s", token,
+                        self.matcher.get_error())
 
     def allowed(self, width: int) -> Any:
         """A boolean numpy row over the logits: the tokens the grammar allows next."""

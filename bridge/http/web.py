@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 from bridge.errors import BridgeError, ServerBusy
 from bridge.http import limits, security
 from bridge.wire.anthropic_out import anthropic_error
+from bridge.wire.native_out import error_line
+from bridge.wire.openai_out import error_object
 
 log = logging.getLogger("bridge.http")
 
@@ -79,8 +81,8 @@ def error_body(message: str, status: int) -> dict[str, Any]:
     if anthropic_path():
         return anthropic_error(status, message, request_id())
     if request.path.startswith("/v1/"):
-        return {"error": {"message": message, "type": _openai_type(), "param": None, "code": None}}
-    return {"error": message}
+        return error_object(message, _openai_type())
+    return error_line(message)
 
 
 def anthropic_path() -> bool:

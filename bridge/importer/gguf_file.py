@@ -69,7 +69,8 @@ class GGUFFile:
 
     def check_types(self) -> None:
         """Fail before any work when a tensor uses a quantization we cannot dequantize."""
-        bad = sorted({t.type_name for t in self.tensors.values() if t.type_name not in SUPPORTED_TYPES})
+        bad = sorted({t.type_name for t in self.tensors.values()
+                      if t.type_name not in SUPPORTED_TYPES})
         if bad:
             raise ImportFailed(
                 f"unsupported GGUF tensor type(s) {', '.join(bad)} in {self.path.name}; "

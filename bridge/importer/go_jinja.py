@@ -630,7 +630,8 @@ def _printf(fmt: str, args: list[str]) -> str:
     verbs = re.findall(r"%.", fmt)
     if any(v not in ("%s", "%v", "%d", "%%") for v in verbs):
         raise Unconvertible(f"printf verbs {verbs}")
-    values = [a if v == "%d" else f"go_print({a})" for v, a in zip([v for v in verbs if v != "%%"], args, strict=False)]
+    printed = [v for v in verbs if v != "%%"]
+    values = [a if v == "%d" else f"go_print({a})" for v, a in zip(printed, args, strict=False)]
     return f"({jinja_literal(fmt.replace('%v', '%s'))} | format({', '.join(values)}))"
 
 
@@ -642,7 +643,8 @@ _COLLATE = (
     "{% for m in go_in %}"
     "{% if m['role'] == 'system' %}"
     "{% set go_state.parts = go_state.parts + [m['content'] or ''] %}{% endif %}"
-    "{% if go_state.messages and go_state.messages[-1]['role'] == m['role'] and m['role'] != 'tool' %}"
+    "{% if go_state.messages and go_state.messages[-1]['role'] == m['role']"
+    " and m['role'] != 'tool' %}"
     "{% set go_state.messages = go_state.messages[:-1] + [dict(go_state.messages[-1], "
     "content=(go_state.messages[-1]['content'] or '') ~ '\\n\\n' ~ (m['content'] or ''))] %}"
     "{% else %}{% set go_state.messages = go_state.messages + [m] %}{% endif %}"
@@ -682,7 +684,8 @@ def to_jinja(template: str, system: str = "") -> str:
     head = "{% set go_in = messages %}"
     if system:
         head += ("{% if not messages or messages[0]['role'] != 'system' %}"
-                 "{% set go_in = [{'role': 'system', 'content': " + jinja_literal(system) + "}] + messages %}"
+                 "{% set go_in = [{'role': 'system', 'content': " + jinja_literal(system)
+                 + "}] + messages %}"
                  "{% endif %}")
     think = _think_fields(used, "<think>" in template or "thinking" in used)
     if "messages" in used:

@@ -122,7 +122,8 @@ def _llama3_scaling(g: GGUFFile, head_dim: int, base: float) -> dict[str, Any]:
     factor = float(freqs.max())
     original = int(g.arch_get("rope.scaling.original_context_length") or 8192)
     for low, high in ((1.0, 4.0), (1.0, 2.0), (2.0, 4.0)):
-        if np.allclose(_llama3_divisors(head_dim, base, factor, low, high, original), freqs, rtol=1e-3):
+        divisors = _llama3_divisors(head_dim, base, factor, low, high, original)
+        if np.allclose(divisors, freqs, rtol=1e-3):
             return {"rope_type": "llama3", "type": "llama3", "factor": factor,
                     "low_freq_factor": low, "high_freq_factor": high,
                     "original_max_position_embeddings": original}

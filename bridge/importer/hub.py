@@ -77,7 +77,8 @@ def fetch_manifest(repo: str) -> tuple[str, list[RepoFile]]:
         sha = s.lfs.sha256 if s.lfs else None
         files.append(RepoFile(s.rfilename, int(s.size or (s.lfs.size if s.lfs else 0)), sha))
     if not any(f.name.endswith(".safetensors") for f in files):
-        raise PullError(f"pull model manifest: {repo} has no safetensors weights (not an MLX model)")
+        raise PullError(f"pull model manifest: {repo} has no safetensors weights "
+                        "(not an MLX model)")
     return str(info.sha or ""), files
 
 
@@ -103,11 +104,13 @@ class Puller:
         with self._lock(repo):
             final = self.downloads_dir / repo
             partial = final.with_name(f".{final.name}.partial")  # kept: an interrupted pull resumes
-            try:  # disk full, read-only state dir: an error line; the model appears only when complete
+            # disk full, read-only state dir: an error line; the model appears only when complete
+            try:
                 yield from self._fetch_all(repo, commit, files, partial, final)
             except OSError as exc:
                 where = f": {exc.filename}" if exc.filename else ""
-                raise PullError(f"pulling {repo} into {final.parent} failed: {exc.strerror or exc}{where}") from None
+                raise PullError(f"pulling {repo} into {final.parent} failed: "
+                                f"{exc.strerror or exc}{where}") from None
         log.info("model pulled repo=%s files=%d path=%s", repo, len(files), final)
         yield {"status": "success"}
 
@@ -135,7 +138,8 @@ def _download(repo: str, commit: str, f: RepoFile, partial: Path) -> Iterator[di
         except Exception as exc:  # the same error line as for the weights (network or disk)
             raise PullError(f"pulling {f.name} from {repo} failed: {exc}") from None
         digest = "sha256:" + _sha256(partial / f.name)
-        yield {"status": f"pulling {digest[7:19]}", "digest": digest, "total": f.size, "completed": f.size}
+        yield {"status": f"pulling {digest[7:19]}", "digest": digest, "total": f.size,
+               "completed": f.size}
         return
     digest = "sha256:" + f.sha256
     status = f"pulling {f.sha256[:12]}"
@@ -189,7 +193,8 @@ def _progress(updates: queue.Queue[int | BaseException | None], f: RepoFile, sta
 def _fetch(repo: str, commit: str, name: str, partial: Path, report: Any) -> None:
     from huggingface_hub import hf_hub_download
 
-    hf_hub_download(repo, name, revision=commit or None, local_dir=partial, tqdm_class=_bar_class(report))
+    hf_hub_download(repo, name, revision=commit or None, local_dir=partial,
+                    tqdm_class=_bar_class(report))
 
 
 def _bar_class(report: Any) -> type:
@@ -226,7 +231,8 @@ def _finish(repo: str, commit: str, files: list[RepoFile], digests: dict[str, st
     """Write our manifest and swap the complete directory into place by renames."""
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's resume metadata
     manifest = {"repo": repo, "commit": commit,
-                "files": [{"name": f.name, "size": f.size, "digest": digests[f.name]} for f in files]}
+                "files": [{"name": f.name, "size": f.size, "digest": digests[f.name]}
+                          for f in files]}
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():

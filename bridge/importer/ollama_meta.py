@@ -66,7 +66,8 @@ class OllamaMeta:
 
 def apply(config: dict[str, Any], meta: OllamaMeta) -> dict[str, Any]:
     """Set tokenizer_config's chat template from the Ollama layers; returns the import notes."""
-    notes: dict[str, Any] = {"template": meta.template, "system": meta.system, "params": meta.params}
+    notes: dict[str, Any] = {"template": meta.template, "system": meta.system,
+                             "params": meta.params}
     if meta.template:
         try:
             config["chat_template"] = to_jinja(meta.template, meta.system)
@@ -88,5 +89,6 @@ def apply(config: dict[str, Any], meta: OllamaMeta) -> dict[str, Any]:
 def with_default_system(template: str, system: str) -> str:
     """`template` with `system` as the first message when a chat has none (Ollama's rule)."""
     return ("{%- if not messages or messages[0]['role'] != 'system' %}"
-            "{%- set messages = [{'role': 'system', 'content': " + jinja_literal(system) + "}] + messages %}"
+            "{%- set messages = [{'role': 'system', 'content': " + jinja_literal(system)
+            + "}] + messages %}"
             "{%- endif %}" + template)

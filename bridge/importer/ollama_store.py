@@ -1,4 +1,6 @@
-"""Read-only access to the local Ollama store: manifests/<host>/<ns>/<model>/<tag> + blobs/sha256-<hex>."""
+"""Read-only access to the local Ollama store.
+
+Layout: manifests/<host>/<ns>/<model>/<tag> + blobs/sha256-<hex>."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from bridge.importer.errors import ImportFailed
 from bridge.importer.gguf_file import check_magic
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"
@@ -58,9 +60,8 @@ def manifest_path(root: Path, name: ModelName) -> Path | None:
 def find_model(name: str, root: Path | None = None) -> OllamaModel | None:
     """The store's model named `name`, or None when the store has no such manifest."""
     root = root or store_root()
-    try:
-        parsed = ModelName.parse(name)
-    except InvalidModelName:
+    parsed = ModelName.try_parse(name)
+    if parsed is None:
         return None
     manifest = manifest_path(root, parsed)
     if manifest is None:
@@ -114,8 +115,7 @@ def list_models(root: Path | None = None) -> list[str]:
     names = []
     for path in sorted(base.glob("*/*/*/*")):
         host, ns, model, tag = path.relative_to(base).parts
-        try:
-            names.append(ModelName.parse(f"{host}/{ns}/{model}:{tag}").display)
-        except InvalidModelName:
-            continue
+        parsed = ModelName.try_parse(f"{host}/{ns}/{model}:{tag}")
+        if parsed:
+            names.append(parsed.display)
     return names

@@ -1,4 +1,4 @@
-"""`mlx-bridge import`: resolve the source, convert into a temp dir, swap it in, register the name."""
+"""`mlx-bridge import`: resolve the source, convert into a temp dir, swap it in, register it."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def target_dir(base: Path, home: Path, display: str) -> Path:
 
 
 def import_model(source: str, home: Path, *, name: str | None = None, quantize: str = "auto",
-                 progress: Progress = _no_progress, ollama_root: Path | None = None) -> ImportResult:
+                 progress: Progress = _no_progress,
+                 ollama_root: Path | None = None) -> ImportResult:
     """Import `source` into home/models/imported/<slug> and register it as `name`."""
     if quantize not in QUANTIZE_CHOICES:
         raise ImportFailed(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
@@ -139,8 +140,8 @@ def import_model(source: str, home: Path, *, name: str | None = None, quantize: 
             _build(src, work, quantize, progress)
             progress("registering", 0, 0)
             options = src.meta.options() if src.meta else {}
-            _swap_in(work, final, lambda: register_local_model(home, display, f"{IMPORTED_DIR}/{final.name}",
-                                                               options))
+            _swap_in(work, final, lambda: register_local_model(
+                home, display, f"{IMPORTED_DIR}/{final.name}", options))
         finally:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(work.with_name(work.name + "-float"), ignore_errors=True)
@@ -149,7 +150,8 @@ def import_model(source: str, home: Path, *, name: str | None = None, quantize: 
         raise ImportFailed(f"import into {base} failed, nothing was registered: "
                            f"{exc.strerror or exc}{where}") from None
     seconds = time.monotonic() - started
-    log.info("model imported name=%s source=%s path=%s seconds=%.1f", display, source, final, seconds)
+    log.info("model imported name=%s source=%s path=%s seconds=%.1f", display, source, final,
+             seconds)
     return ImportResult(display, final, src.provenance["source"], seconds)
 
 
@@ -181,7 +183,7 @@ def _clean_stale(base: Path, name: str) -> None:
 
 
 def _swap_in(work: Path, final: Path, register: Callable[[], None]) -> None:
-    """Replace `final` with `work` by renames and register it; a failed step puts the old one back."""
+    """Replace `final` with `work` by renames and register it; a failed step restores the old."""
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
     had_old = final.exists()
     if had_old:

@@ -1,4 +1,4 @@
-"""Write safetensors shards one tensor at a time (float32, float16 or bfloat16; no MLX, no torch)."""
+"""Write safetensors shards one tensor at a time (float32, float16 or bfloat16; no MLX/torch)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def _write_shard(path: Path, tensors: Iterable[PlannedTensor], dtype: str,
     offset = 0
     for t in tensors:
         n = int(np.prod(t.shape)) * _ITEMSIZE[dtype]
-        header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[t.name] = {"dtype": dtype, "shape": list(t.shape),
+                          "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned

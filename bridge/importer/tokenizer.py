@@ -1,4 +1,4 @@
-"""Rebuild a Hugging Face fast tokenizer (tokenizer.json + tokenizer_config.json) from GGUF metadata."""
+"""Rebuild a Hugging Face fast tokenizer (tokenizer.json, tokenizer_config.json) from GGUF."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def _bpe(g: GGUFFile, tokens: list[str]) -> Any:
 
     pre = str(g.get("tokenizer.ggml.pre") or "default")
     if pre not in _BPE_PRE:
-        raise ImportFailed(f"unsupported BPE pre-tokenizer '{pre}' (supported: {', '.join(_BPE_PRE)})")
+        raise ImportFailed(f"unsupported BPE pre-tokenizer '{pre}' "
+                           f"(supported: {', '.join(_BPE_PRE)})")
     regex, digits, nfc = _BPE_PRE[pre]
     merges = [tuple(m.split(" ", 1)) for m in g.get("tokenizer.ggml.merges") or []]
     model = models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=False, byte_fallback=False,
@@ -70,7 +71,7 @@ def _bpe(g: GGUFFile, tokens: list[str]) -> Any:
 
 
 def _sentencepiece(g: GGUFFile, tokens: list[str], types: list[int]) -> Any:
-    """SentencePiece BPE as Hugging Face converts it: merges ordered by piece score, byte fallback."""
+    """SentencePiece BPE as Hugging Face converts it: merges by piece score, byte fallback."""
     from tokenizers import Tokenizer, decoders, models, normalizers
 
     scores: list[float] = g.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
@@ -82,7 +83,8 @@ def _sentencepiece(g: GGUFFile, tokens: list[str], types: list[int]) -> Any:
     tok = Tokenizer(model)
     prefix = bool(g.get("tokenizer.ggml.add_space_prefix", True))
     replace = normalizers.Replace(" ", "\u2581")
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), replace]) if prefix else replace
+    tok.normalizer = (normalizers.Sequence([normalizers.Prepend("\u2581"), replace])
+                      if prefix else replace)
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if prefix:
         steps.append(decoders.Strip(" ", 1, 0))
@@ -91,7 +93,7 @@ def _sentencepiece(g: GGUFFile, tokens: list[str], types: list[int]) -> Any:
 
 
 def _spm_merges(tokens: list[str], types: list[int], scores: list[float]) -> list[tuple[str, str]]:
-    """Every split of a normal piece into two pieces, best piece score first (HF's generate_merges)."""
+    """Every split of a normal piece in two pieces, best piece score first (HF generate_merges)."""
     normal = {t: i for i, t in enumerate(tokens) if types[i] == NORMAL}
     found: list[tuple[float, int, int, int, int, str, str]] = []
     for piece, pid in normal.items():
@@ -115,8 +117,10 @@ def _add_special(tok: Any, tokens: list[str], types: list[int]) -> None:
     """Control tokens become special added tokens; user-defined ones plain added tokens."""
     from tokenizers import AddedToken
 
-    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types, strict=False) if k == CONTROL]
-    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types, strict=False)
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, k in zip(tokens, types, strict=False) if k == CONTROL]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, k in zip(tokens, types, strict=False)
             if k == USER_DEFINED]
     tok.add_special_tokens(special)
     tok.add_tokens(user)
@@ -126,7 +130,8 @@ def _post_processor(g: GGUFFile, tok: Any, tokens: list[str]) -> None:
     """Prepend BOS (and append EOS) when the GGUF says llama.cpp would."""
     from tokenizers import processors
 
-    steps = [processors.ByteLevel(trim_offsets=False)] if g.get("tokenizer.ggml.model") == "gpt2" else []
+    gpt2 = g.get("tokenizer.ggml.model") == "gpt2"
+    steps = [processors.ByteLevel(trim_offsets=False)] if gpt2 else []
     bos, eos = _token(g, tokens, "bos"), _token(g, tokens, "eos")
     add_bos = bool(g.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
     add_eos = bool(g.get("tokenizer.ggml.add_eos_token", False)) and eos is not None

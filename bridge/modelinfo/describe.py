@@ -268,7 +268,7 @@ def _describe(root: Path, scan: DirScan, config_bytes: bytes, digest: str) -> Mo
 
 
 def _ollama_notes(root: Path) -> dict[str, Any]:
-    """What an import from the Ollama store recorded: template, system, params (importer.ollama_meta)."""
+    """What an import from the Ollama store recorded: template, system, params (ollama_meta)."""
     notes = read_json(root / "mlx_bridge_import.json").get("ollama")
     return notes if isinstance(notes, dict) else {}
 

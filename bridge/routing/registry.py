@@ -184,10 +184,10 @@ class Registry:
 
     def lookup(self, name: str) -> MappedModel | None:
         """The entry for a request's model name (case-insensitive, `:latest` implied)."""
-        try:
-            key = ModelName.parse(name).key
-        except InvalidModelName:
+        parsed = ModelName.try_parse(name)
+        if parsed is None:
             return None
+        key = parsed.key
         self.refresh()
         with self._lock:
             return self._entries.get(key)

@@ -19,6 +19,8 @@ from flask import Response
 
 from bridge.errors import ShuttingDown, UpstreamError
 from bridge.http.web import dumps
+from bridge.wire.native_out import error_line
+from bridge.wire.openai_out import error_object
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +181,9 @@ def relay(resp: requests.Response, on_final: OnFinal, stopping: threading.Event 
 def _error_tail(kind: str | None, partial: bool, message: str) -> Iterator[bytes]:
     """The stream's last line for a relay that cannot finish: NDJSON line or SSE error event."""
     if kind == "ndjson":
-        yield (("\n" if partial else "") + dumps({"error": message}) + "\n").encode()
+        yield (("\n" if partial else "") + dumps(error_line(message)) + "\n").encode()
     elif kind == "sse":  # the OpenAI shape; the openai SDK raises APIError on it
-        error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        error = error_object(message)
         yield (("\n\n" if partial else "") + "data: " + dumps(error) + "\n\n").encode()
 
 

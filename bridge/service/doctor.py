@@ -62,18 +62,21 @@ def check_mlx(python: str, env: Mapping[str, str] | None = None) -> list[Check]:
     """Import MLX in a subprocess (a broken install may crash it) and report device and BLAS."""
     fix = "reinstall: pip install --force-reinstall 'mlx[cpu]' mlx-lm (macOS: mlx)"
     try:
-        proc = subprocess.run([python, "-m", "bridge.engine.mlxprobe"], capture_output=True, text=True,
+        proc = subprocess.run([python, "-m", "bridge.engine.mlxprobe"], capture_output=True,
+                              text=True,
                               timeout=PROBE_TIMEOUT, env=dict(env) if env is not None else None)
     except subprocess.TimeoutExpired:
         return [Check("mlx", "fail", f"importing MLX took over {PROBE_TIMEOUT:g}s", fix)]
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        tail = ((proc.stderr or proc.stdout).strip().splitlines()[-1:]
+                or [f"exit status {proc.returncode}"])
         return [Check("mlx", "fail", f"the MLX probe crashed: {tail[0]}", fix)]
     if "error" in out:
         return [Check("mlx", "fail", out["error"], fix)]
-    checks = [Check("mlx", "ok", f"mlx {out['mlx']}, mlx-lm {out.get('mlx_lm', '?')}, device {out['device']}")]
+    versions = f"mlx {out['mlx']}, mlx-lm {out.get('mlx_lm', '?')}, device {out['device']}"
+    checks = [Check("mlx", "ok", versions)]
     if "blas" in out:
         checks.append(check_blas(out["blas"], out.get("blas_setup") or {}))
     return checks
@@ -121,7 +124,8 @@ def check_port(config: Config) -> Check:
     if probe_health(url) is not None:
         return Check("port", "ok", f"{config.host.bind} is served by mlx-bridge ({who})")
     return Check("port", "fail", f"{config.host.bind} is held by {who}",
-                 "stop it, or use another port (--port, MLX_BRIDGE_HOST); if it is Ollama, move it: "
+                 "stop it, or use another port (--port, MLX_BRIDGE_HOST); "
+                 "if it is Ollama, move it: "
                  "OLLAMA_HOST=127.0.0.1:11435 ollama serve")
 
 

@@ -35,7 +35,7 @@ def _last_lines(f: BinaryIO, end: int, lines: int) -> list[str]:
 
 def follow(path: Path, write: Callable[[str], None], *, lines: int = 0, poll: float = 0.3,
            stop: threading.Event | None = None) -> None:
-    """Write the last `lines` lines, then what is appended until `stop` is set (across rotations)."""
+    """Write the last `lines` lines, then what is appended until `stop` is set (over rotations)."""
     stop = stop or threading.Event()
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     f = _open(path, at_end=True)

@@ -123,7 +123,8 @@ def listening_inodes(port: int, proc: Path = Path("/proc")) -> list[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if (len(fields) > 9 and fields[3] == _LISTEN
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port):
                 found.append(fields[9])
     return found
 

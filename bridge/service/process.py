@@ -154,7 +154,8 @@ def serve_argv(config: Config, log_file: Path, grace: float, *, mappings_given: 
     as it would in the foreground.
     """
     argv = [sys.executable, "-m", "bridge", "serve", "--host", config.host.bind,
-            "--home", str(config.home.resolve()), "--log-file", str(log_file), "--grace", f"{grace:g}"]
+            "--home", str(config.home.resolve()), "--log-file", str(log_file),
+            "--grace", f"{grace:g}"]
     if mappings_given and config.mappings_path:
         argv += ["--mappings", str(config.mappings_path.resolve())]
     if demo is not None:
@@ -180,7 +181,8 @@ def _describe_holder(holder: Holder | None, url: str) -> str:
     if holder is None:
         return "another process (could not tell which: try `lsof -i` or `ss -ltnp`)"
     if probe_health(url) is not None:
-        return f"mlx-bridge {holder} (not started from this state dir: check --home, launchd or systemd)"
+        return (f"mlx-bridge {holder} (not started from this state dir: "
+                "check --home, launchd or systemd)")
     return str(holder)
 
 

@@ -20,13 +20,14 @@ from xml.sax.saxutils import escape
 from bridge.config import Config
 from bridge.service.process import STOP_MARGIN, ServiceError, ServicePaths, serve_argv
 
-LABEL = "com.mlx-bridge.http.server"
-UNIT_NAME = "mlx-bridge.service.process"
-TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / f"{LABEL}.plist"
+LABEL = "com.mlx-bridge.server"
+UNIT_NAME = "mlx-bridge.service"
+TEMPLATE = Path(__file__).resolve().parents[2] / "launchd" / f"{LABEL}.plist"
 # Settings worth freezing into the service's environment when they are set at install time.
 PASSED_ENV = ("OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_NUM_PARALLEL",
               "OLLAMA_MAX_QUEUE", "OLLAMA_ORIGINS", "OLLAMA_MODELS", "OLLAMA_DEBUG",
-              "MLX_BRIDGE_THREADS", "MLX_BRIDGE_READ_TIMEOUT", "MLX_BRIDGE_ADMIN_TOKEN", "MLX_BRIDGE_LOG_MAX_BYTES",
+              "MLX_BRIDGE_THREADS", "MLX_BRIDGE_READ_TIMEOUT", "MLX_BRIDGE_ADMIN_TOKEN",
+              "MLX_BRIDGE_LOG_MAX_BYTES",
               "MLX_BRIDGE_LOG_BACKUPS", "MLX_BRIDGE_DEMO", "MLX_BRIDGE_BLAS", "HF_HOME",
               "HF_HUB_OFFLINE")
 _SAFE_ARG = re.compile(r"[A-Za-z0-9_/.:=,@+-]+")
@@ -121,7 +122,8 @@ def _walk(value: object) -> list[object]:
 
 def render_systemd(spec: UnitSpec) -> str:
     """A systemd user unit running the bridge in the foreground."""
-    env = "".join(f"Environment={_quote(f'{k}={v}', expand=False)}\n" for k, v in sorted(spec.env.items()))
+    env = "".join(f"Environment={_quote(f'{k}={v}', expand=False)}\n"
+                  for k, v in sorted(spec.env.items()))
     return f"""[Unit]
 Description=mlx-bridge: Ollama-compatible server with MLX models in-process
 
@@ -159,7 +161,7 @@ def _quote(arg: str, expand: bool = True) -> str:
 
 
 def verify_systemd(path: Path, runner: Runner = run_command) -> str | None:
-    """Problems `systemd-analyze verify` finds in the unit ("" when clean; None without the tool)."""
+    """Problems `systemd-analyze verify` finds in the unit ("" when clean; None without it)."""
     if not shutil.which("systemd-analyze"):
         return None
     # System mode: the user manager needs a login session that a build box may not have.
@@ -192,7 +194,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 @dataclass
 class Installer:
-    """Install or remove the service for one platform; every system command goes through `runner`."""
+    """Install or remove the service for one platform; every system command goes via `runner`."""
 
     platform: str = sys.platform
     target_dir: Path | None = None
@@ -205,7 +207,8 @@ class Installer:
             return "launchd"
         if self.platform.startswith("linux"):
             return "systemd"
-        raise ServiceError(f"install-service supports macOS (launchd) and Linux (systemd), not {self.platform}")
+        raise ServiceError("install-service supports macOS (launchd) and Linux (systemd), "
+                           f"not {self.platform}")
 
     @property
     def unit_path(self) -> Path:
@@ -219,7 +222,7 @@ class Installer:
         return render_plist(spec) if self.kind == "launchd" else render_systemd(spec).encode()
 
     def install(self, spec: UnitSpec) -> list[list[str]]:
-        """Write the unit (mode 0600: it may hold the admin token) and load it; returns the commands run."""
+        """Write the unit (mode 0600: it may hold the admin token) and load it; returns commands."""
         data, path = self.render(spec), self.unit_path
         existed = path.exists()
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from bridge.errors import (
 from bridge.modelinfo.describe import DescriptionCache, ModelDescription
 from bridge.routing.registry import MappedModel, Registry, resolve_source, unregister_local_model
 from bridge.serving.prompting import PromptTokenizers
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,10 @@ class LocalModel:
 
 def override_source(entry: MappedModel | None, name: str, source: str) -> MappedModel | None:
     """The mapping entry with its MLX source replaced (admin rows may name other weights)."""
-    try:
-        display = ModelName.parse(name).display
-    except InvalidModelName:
+    parsed = ModelName.try_parse(name)
+    if parsed is None:
         return None
-    base = entry or MappedModel(display, source)
+    base = entry or MappedModel(parsed.display, source)
     return replace(base, source=resolve_source(source, Path.cwd()), origin="admin")
 
 

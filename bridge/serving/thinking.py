@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.serving.markers import partial_suffix
+
 # Marker pairs mlx-lm recognises as single tokens (tokenizer_utils._infer_thinking).
 THINK_PAIRS: tuple[tuple[str, str], ...] = (
     ("<think>", "</think>"),
@@ -81,7 +83,7 @@ class ThinkingSplitter:
             self.state, self.lstrip = "content", True
             return True
         # Hold back a possible partial closing marker and trailing whitespace (it may precede it).
-        keep = len(self.buf) - _partial_suffix(self.buf, self.end)
+        keep = len(self.buf) - partial_suffix(self.buf, self.end)
         ready = self._strip(self.buf[:keep])
         body = ready.rstrip()
         out.thinking += body
@@ -98,14 +100,6 @@ class ThinkingSplitter:
             text = text.lstrip()
             self.lstrip = not text
         return text
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
 
 
 def split_text(text: str, start: str, end: str, in_thinking: bool = False) -> Split:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import BadRequest, Unsupported
+from bridge.serving.markers import partial_suffix
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,15 @@ def forced_call_schema(tools: list[dict[str, Any]], names: list[str]) -> dict[st
         try:
             params = closed(fn.get("parameters") or {"type": "object"})
         except RecursionError:  # deeper than Python's stack: not worth a 500
-            raise BadRequest(f"tool_choice: the schema of tool {fn['name']!r} is nested too deeply") from None
+            raise BadRequest(f"tool_choice: the schema of tool {fn['name']!r} "
+                             "is nested too deeply") from None
         for key in ("$defs", "definitions"):
             for def_name, schema in (params.pop(key, None) or {}).items():
                 if defs.setdefault(f"{key}/{def_name}", schema) != schema:
-                    raise Unsupported(f"tool_choice: tools define different schemas named {def_name!r}")
-        options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                    raise Unsupported("tool_choice: tools define different schemas named "
+                                      f"{def_name!r}")
+        options.append({"type": "object",
+                        "properties": {"name": {"const": fn["name"]}, "arguments": params},
                         "required": ["name", "arguments"], "additionalProperties": False})
     if not options:
         raise BadRequest(f"tool_choice names a tool that is not in tools: {', '.join(names)}")
@@ -132,8 +136,10 @@ def closed(schema: Any) -> Any:
     What OpenAI's strict function calling, llama.cpp's converter and Ollama's xgrammar path do;
     without it a sampled call can grow invented keys until the token limit.
 
-    >>> closed({"type": "object", "properties": {"a": {"type": "object", "properties": {}}}})
-    {'type': 'object', 'properties': {'a': {'type': 'object', 'properties': {}, 'additionalProperties': False}}, 'additionalProperties': False}
+    >>> inner = {"type": "object", "properties": {}}
+    >>> schema = closed({"type": "object", "properties": {"a": inner}})
+    >>> schema["additionalProperties"], schema["properties"]["a"]
+    (False, {'type': 'object', 'properties': {}, 'additionalProperties': False})
     """
     if not isinstance(schema, dict):
         return schema
@@ -158,7 +164,8 @@ class ToolCallExtractor:
     so it is read as JSON even for a model whose own calls use markers.
     """
 
-    def __init__(self, fmt: ToolFormat, tools: list[dict[str, Any]] | None, forced: bool = False) -> None:
+    def __init__(self, fmt: ToolFormat, tools: list[dict[str, Any]] | None,
+                 forced: bool = False) -> None:
         self.fmt = fmt
         self.tools = tools
         self.names = tool_names(tools)
@@ -202,7 +209,7 @@ class ToolCallExtractor:
             if not self.inside:
                 idx = self.buf.find(start)
                 if idx < 0:
-                    keep = _partial_suffix(self.buf, start)
+                    keep = partial_suffix(self.buf, start)
                     content += self.buf[: len(self.buf) - keep]
                     self.buf = self.buf[len(self.buf) - keep:]
                     return content, calls
@@ -220,7 +227,8 @@ class ToolCallExtractor:
             else:
                 content += start + body + end  # not a call after all: keep the text
 
-    def _parse(self, text: str, parser: Parser | None, names: set[str] | None = None) -> list[dict[str, Any]]:
+    def _parse(self, text: str, parser: Parser | None,
+               names: set[str] | None = None) -> list[dict[str, Any]]:
         if parser is None:
             return []
         try:
@@ -239,18 +247,13 @@ def _json_parser(text: str, tools: Any = None) -> Any:
     return json.loads(text.strip())
 
 
-def _partial_suffix(text: str, marker: str) -> int:
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
-
-
-def parse_all(text: str, fmt: ToolFormat, tools: list[dict[str, Any]] | None) -> tuple[str, list[dict]]:
+def parse_all(text: str, fmt: ToolFormat,
+              tools: list[dict[str, Any]] | None) -> tuple[str, list[dict]]:
     """Content and tool calls of a whole output.
 
     >>> fmt = ToolFormat("<tool_call>", "</tool_call>", _json_parser)
-    >>> content, calls = parse_all('Sure.<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>', fmt, None)
+    >>> text = 'Sure.<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+    >>> content, calls = parse_all(text, fmt, None)
     >>> content, [c["function"] for c in calls]
     ('Sure.', [{'index': 0, 'name': 'f', 'arguments': {'a': 1}}])
     """

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bridge.stats.store import RequestRecord
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 NAMESPACE = "mlx_bridge"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,10 +77,8 @@ class Metrics:
 
     def model_label(self, name: str) -> str:
         """The lower-case name; past `max_models` distinct names, "other" (bounds the series count)."""
-        try:
-            label = ModelName.parse(name).key  # one series per model, however clients spell it
-        except InvalidModelName:
-            label = "invalid"
+        parsed = ModelName.try_parse(name)  # one series per model, however clients spell it
+        label = parsed.key if parsed else "invalid"
         if label not in self._models:
             if len(self._models) >= self.max_models:
                 return "other"

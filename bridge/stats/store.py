@@ -23,7 +23,7 @@ from typing import Any
 
 from bridge.errors import Conflict, StoreUnavailable
 from bridge.stats.perf import BackendStats, backend_stats, comparison
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,8 @@ def now_rfc3339() -> str:
 
 def model_key(name: str) -> str:
     """Ollama's lookup key (`llama3` == `Llama3:latest`); lower-cased text if not a valid name."""
-    try:
-        return ModelName.parse(name).key
-    except InvalidModelName:
-        return name.lower()
+    parsed = ModelName.try_parse(name)
+    return parsed.key if parsed else name.lower()
 
 
 def norm_endpoint(url: str | None) -> str | None:
@@ -276,10 +274,10 @@ class Store:
 
         An invalid name gives []; a locked or corrupt database raises StoreUnavailable (503).
         """
-        try:
-            key = ModelName.parse(model_name).key
-        except InvalidModelName:
+        parsed = ModelName.try_parse(model_name)
+        if parsed is None:
             return []
+        key = parsed.key
         with self._db() as conn:
             cur = conn.execute("SELECT * FROM backends WHERE model_key = ? AND enabled = 1 "
                                "ORDER BY priority DESC, id", (key,))

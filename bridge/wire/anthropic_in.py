@@ -69,7 +69,8 @@ def messages_to_native(body: dict[str, Any], counting: bool = False) -> Messages
         think = config["effort"]
     native: dict[str, Any] = {
         "model": f.str("model"),
-        "messages": system_messages(f.raw("system")) + convert_messages(f.list("messages", "[]anthropic.MessageParam")),
+        "messages": system_messages(f.raw("system"))
+        + convert_messages(f.list("messages", "[]anthropic.MessageParam")),
         "stream": bool(f.bool("stream", False)),
         "options": sampling_options(f),
     }
@@ -127,7 +128,8 @@ def system_messages(system: Any) -> list[dict[str, Any]]:
         raise BadRequest("system: must be a string or an array of text blocks")
     texts = []
     for block in system:
-        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+        if (not isinstance(block, dict) or block.get("type") != "text"
+                or not isinstance(block.get("text"), str)):
             raise BadRequest("system: only text blocks are allowed")
         texts.append(block["text"])
     text = "".join(texts)
@@ -148,12 +150,14 @@ def convert_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def convert_message(role: str, content: Any, index: int, names: dict[str, str]) -> list[dict[str, Any]]:
+def convert_message(role: str, content: Any, index: int,
+                    names: dict[str, str]) -> list[dict[str, Any]]:
     """One Anthropic message: its blocks fold into one native message (tool results apart)."""
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise BadRequest(f"messages.{index}.content: must be a string or an array of content blocks")
+        raise BadRequest(f"messages.{index}.content: must be a string or an array of "
+                         "content blocks")
     msg: dict[str, Any] = {"role": role, "content": ""}
     texts: list[str] = []
     results: list[dict[str, Any]] = []
@@ -191,7 +195,8 @@ def image_data(source: Any, where: str) -> str:
     if not isinstance(source, dict):
         raise BadRequest(f"{where}: invalid image source")
     if source.get("type") != "base64":
-        raise BadRequest(f"invalid image source type: {source.get('type')}. Only base64 images are supported.")
+        raise BadRequest(f"invalid image source type: {source.get('type')}. "
+                         "Only base64 images are supported.")
     data = source.get("data")
     if not isinstance(data, str):
         raise BadRequest(f"{where}: invalid image source")
@@ -232,7 +237,8 @@ def tool_result_message(block: dict[str, Any], where: str, names: dict[str, str]
             elif kind == "image":
                 images.append(image_data(part.get("source"), f"{where}.content.{n}"))
             else:
-                raise Unsupported(f"{where}.content.{n}: tool result blocks of type {kind!r} are not supported")
+                raise Unsupported(f"{where}.content.{n}: tool result blocks of type {kind!r} "
+                                  "are not supported")
     elif content is not None:
         raise BadRequest(f"{where}.content: must be a string or an array of blocks")
     text = "".join(texts)
@@ -254,12 +260,14 @@ def tools_to_native(tools: list[Any]) -> list[dict[str, Any]]:
             raise BadRequest(f"tools.{i}: expected an object")
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise Unsupported(f"tools.{i}: server tools ({kind!r}) are not supported; only client tools")
+            raise Unsupported(f"tools.{i}: server tools ({kind!r}) are not supported; "
+                              "only client tools")
         name, schema = tool.get("name"), tool.get("input_schema")
         if not isinstance(name, str) or not name:
             raise BadRequest(f"tools.{i}.name: required")
         if not isinstance(schema, dict):
-            raise BadRequest(f'invalid input_schema for tool "{name}": must be a JSON schema object')
+            raise BadRequest(f'invalid input_schema for tool "{name}": '
+                             "must be a JSON schema object")
         fn: dict[str, Any] = {"name": name, "parameters": schema}
         if isinstance(tool.get("description"), str):
             fn["description"] = tool["description"]
@@ -267,7 +275,8 @@ def tools_to_native(tools: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[str], int | None, list[dict[str, Any]]]:
+def tool_choice(choice: Any, tools: list[dict[str, Any]]
+                ) -> tuple[list[str], int | None, list[dict[str, Any]]]:
     """(names one of which must be called, max tool calls, the tools the model is shown)."""
     if choice is None:
         return [], None, tools
@@ -303,7 +312,8 @@ def thinking(value: Any, max_tokens: int | None, counting: bool) -> tuple[bool |
     if kind == "enabled":
         budget = value.get("budget_tokens")
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
-            raise BadRequest(f"thinking.budget_tokens: must be an integer of at least {MIN_THINKING_BUDGET}")
+            raise BadRequest("thinking.budget_tokens: must be an integer of at least "
+                             f"{MIN_THINKING_BUDGET}")
         if not counting and max_tokens is not None and max_tokens <= budget:
             raise BadRequest("max_tokens must be greater than thinking.budget_tokens")
         return True, display != "omitted"
@@ -330,8 +340,10 @@ def output_config(value: Any) -> dict[str, Any]:
             out["effort"] = EFFORT[item]
         elif key == "format":
             schema = item.get("schema") if isinstance(item, dict) else None
-            if not isinstance(item, dict) or item.get("type") != "json_schema" or not isinstance(schema, dict):
-                raise BadRequest('output_config.format: expected {"type": "json_schema", "schema": {...}}')
+            if (not isinstance(item, dict) or item.get("type") != "json_schema"
+                    or not isinstance(schema, dict)):
+                raise BadRequest('output_config.format: expected '
+                                 '{"type": "json_schema", "schema": {...}}')
             out["format"] = schema
         else:
             raise Unsupported(f"output_config.{key}: not supported by mlx-bridge")

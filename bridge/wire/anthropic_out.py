@@ -30,7 +30,8 @@ def error_type(status: int) -> str:
 
 def anthropic_error(status: int, message: str, request_id: str = "") -> dict[str, Any]:
     """`{"type": "error", "error": {"type", "message"}, "request_id"}`."""
-    out: dict[str, Any] = {"type": "error", "error": {"type": error_type(status), "message": message}}
+    out: dict[str, Any] = {"type": "error",
+                           "error": {"type": error_type(status), "message": message}}
     if request_id:
         out["request_id"] = request_id
     return out
@@ -38,8 +39,10 @@ def anthropic_error(status: int, message: str, request_id: str = "") -> dict[str
 
 def stop_reason(done_reason: str | None, tool_calls: bool, stop_sequence: str) -> str:
     """
-    >>> stop_reason("stop", False, ""), stop_reason("stop", False, "###"), stop_reason("length", False, "")
-    ('end_turn', 'stop_sequence', 'max_tokens')
+    >>> stop_reason("stop", False, ""), stop_reason("stop", False, "###")
+    ('end_turn', 'stop_sequence')
+    >>> stop_reason("length", False, "")
+    'max_tokens'
     >>> stop_reason("stop", True, "")
     'tool_use'
     """
@@ -116,8 +119,8 @@ class MessagesWriter:
         for call in self._allowed(msg.get("tool_calls") or []):  # calls arrive whole
             block = tool_use_block(call)
             yield from self._open("tool_use", {**block, "input": {}})
-            yield self._block_delta({"type": "input_json_delta",
-                                     "partial_json": json.dumps(block["input"], ensure_ascii=False)})
+            partial = json.dumps(block["input"], ensure_ascii=False)
+            yield self._block_delta({"type": "input_json_delta", "partial_json": partial})
             yield from self._close()
 
     def _finish(self, final: dict[str, Any]) -> Iterator[str]:
@@ -127,7 +130,8 @@ class MessagesWriter:
         stop = str(final.get("stop_sequence") or "")
         reason = stop_reason(final.get("done_reason"), self.calls > 0, stop)
         yield sse({"type": "message_delta",
-                   "delta": {"stop_reason": reason, "stop_sequence": stop if reason == "stop_sequence" else None},
+                   "delta": {"stop_reason": reason,
+                             "stop_sequence": stop if reason == "stop_sequence" else None},
                    "usage": usage(final)}, "message_delta")
         yield sse({"type": "message_stop"}, "message_stop")
 
@@ -146,7 +150,8 @@ class MessagesWriter:
             yield sse({"type": "content_block_stop", "index": self.index}, "content_block_stop")
 
     def _block_delta(self, delta: dict[str, Any]) -> str:
-        return sse({"type": "content_block_delta", "index": self.index, "delta": delta}, "content_block_delta")
+        return sse({"type": "content_block_delta", "index": self.index, "delta": delta},
+                   "content_block_delta")
 
     def _allowed(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.max_calls is not None:

@@ -14,7 +14,8 @@ from bridge.errors import BadRequest
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-_JSON_TYPE = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
+_JSON_TYPE = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
+              dict: "object"}
 
 
 def json_type(value: Any) -> str:
@@ -45,7 +46,8 @@ def parse_body(raw: bytes, struct: str) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(text):
         body = _replace_lone_surrogates(body)
     if not isinstance(body, dict):
-        raise BadRequest(f"json: cannot unmarshal {json_type(body)} into Go value of type api.{struct}")
+        raise BadRequest(f"json: cannot unmarshal {json_type(body)} into Go value of type "
+                         f"api.{struct}")
     return body
 
 
@@ -58,7 +60,8 @@ def _reject_constant(name: str) -> Any:
 # Python's decoder messages -> what Go's scanner says at the same offending character
 _GO_SYNTAX = {
     "Expecting value": "looking for beginning of value",
-    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+    "Expecting property name enclosed in double quotes":
+        "looking for beginning of object key string",
     "Expecting ':' delimiter": "after object key",
     "Extra data": "after top-level value",
     "Invalid control character at": "in string literal",
@@ -131,7 +134,8 @@ def _replace_lone_surrogates(body: Any) -> Any:
 def type_error(struct: str, field: str, value: Any, gotype: str) -> BadRequest:
     """Go's `cannot unmarshal` text for a wrongly typed field."""
     return BadRequest(
-        f"json: cannot unmarshal {json_type(value)} into Go struct field {struct}.{field} of type {gotype}"
+        f"json: cannot unmarshal {json_type(value)} into Go struct field {struct}.{field} "
+        f"of type {gotype}"
     )
 
 

@@ -128,6 +128,18 @@ class ModelName:
             tag=_check(_TAG_RE, DEFAULT_TAG if tag is None else tag, "tag", s),
         )
 
+    @classmethod
+    def try_parse(cls, s: str) -> ModelName | None:
+        """``parse``, or None for a name Ollama would reject (for callers that skip or 404 it).
+
+        >>> ModelName.try_parse("llama3").key, ModelName.try_parse("../etc")
+        ('llama3:latest', None)
+        """
+        try:
+            return cls.parse(s)
+        except InvalidModelName:
+            return None
+
     @property
     def display(self) -> str:
         """Ollama's ``DisplayShortest``: default host/namespace dropped, tag always present.

@@ -57,7 +57,8 @@ def completion_to_native(body: dict[str, Any]) -> dict[str, Any]:
 
 def sampling_options(f: Fields) -> dict[str, Any]:
     """OpenAI sampling fields as native options; temperature and top_p default to 1.0."""
-    options: dict[str, Any] = {"temperature": f.number("temperature", 1.0), "top_p": f.number("top_p", 1.0)}
+    options: dict[str, Any] = {"temperature": f.number("temperature", 1.0),
+                               "top_p": f.number("top_p", 1.0)}
     max_tokens = f.int("max_tokens")
     if max_tokens is None:
         max_tokens = f.int("max_completion_tokens")
@@ -103,7 +104,8 @@ def response_format(value: Any) -> str | dict[str, Any] | None:
         if not isinstance(schema, dict):
             raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
         return schema
-    raise BadRequest(f"invalid response_format type: {kind!r} (expected text, json_object or json_schema)")
+    raise BadRequest(f"invalid response_format type: {kind!r} "
+                     "(expected text, json_object or json_schema)")
 
 
 def reasoning(f: Fields) -> bool | str | None:
@@ -198,7 +200,8 @@ def tool_calls_to_native(calls: Any, index: int, names: dict[str, str]) -> list[
             try:
                 args = json.loads(args) if args.strip() else {}
             except (ValueError, RecursionError):  # deeper than Python's stack: not worth a 500
-                raise BadRequest(f"invalid tool call arguments in message at index {index}") from None
+                raise BadRequest(
+                    f"invalid tool call arguments in message at index {index}") from None
         native: dict[str, Any] = {"function": {"index": n, "name": fn["name"], "arguments": args}}
         if isinstance(call.get("id"), str):
             native["id"] = call["id"]
@@ -212,7 +215,8 @@ def embeddings_check(body: dict[str, Any]) -> str:
     f = Fields(body, "EmbedRequest")
     value = f.raw("input")
     if value is None or value == [] or not (
-            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            isinstance(value, str)
+            or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
         raise BadRequest("invalid input")
     encoding = f.raw("encoding_format")
     if encoding not in (None, "", "float", "base64"):

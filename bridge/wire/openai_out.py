@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.names import ModelName
 
 FINGERPRINT = "fp_ollama"
 DONE_EVENT = "data: [DONE]\n\n"
@@ -32,7 +32,8 @@ def new_id(prefix: str) -> str:
 
 def usage(final: dict[str, Any]) -> dict[str, int]:
     prompt, completion = int(final.get("prompt_eval_count") or 0), int(final.get("eval_count") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
@@ -48,11 +49,16 @@ def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fn = call.get("function", {})
         out.append({"id": call.get("id", ""), "index": fn.get("index", i), "type": "function",
                     "function": {"name": fn.get("name", ""),
-                                 "arguments": json.dumps(fn.get("arguments", {}), ensure_ascii=False)}})
+                                 "arguments": json.dumps(fn.get("arguments", {}),
+                                                         ensure_ascii=False)}})
     return out
 
 
 def error_object(message: str, kind: str = "api_error") -> dict[str, Any]:
+    """OpenAI's error body, the one shape for /v1 answers, SSE error events and relayed streams.
+
+    `kind` is the error's `openai_type` (bridge.errors); a failure mid-stream is an api_error.
+    """
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
@@ -74,7 +80,8 @@ class ChatWriter:
         if msg.get("tool_calls"):
             message["tool_calls"] = openai_tool_calls(msg["tool_calls"])
         reason = finish_reason(final.get("done_reason"), bool(msg.get("tool_calls")))
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model,
                 "system_fingerprint": FINGERPRINT,
                 "choices": [{"index": 0, "message": message, "finish_reason": reason}],
                 "usage": usage(final)}
@@ -157,11 +164,10 @@ class CompletionWriter:
 def model_object(entry: dict[str, Any]) -> dict[str, Any]:
     """An /api/tags entry as an OpenAI model object (owned_by: the namespace)."""
     name = str(entry.get("model") or entry.get("name") or "")
-    try:
-        owner = ModelName.parse(name).namespace
-    except InvalidModelName:
-        owner = "library"
-    return {"id": name, "object": "model", "created": unix_time(entry.get("modified_at")), "owned_by": owner}
+    parsed = ModelName.try_parse(name)
+    owner = parsed.namespace if parsed else "library"
+    return {"id": name, "object": "model", "created": unix_time(entry.get("modified_at")),
+            "owned_by": owner}
 
 
 def unix_time(value: Any) -> int:

@@ -21,7 +21,8 @@ STRUCT = "ResponsesRequest"
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 SUMMARIES = (None, "auto", "concise", "detailed")
 # What a stateless bridge cannot do: refused whenever the field is set at all.
-STATEFUL = {"previous_response_id": "responses are not stored (send the whole conversation in input)",
+STATEFUL = {"previous_response_id":
+            "responses are not stored (send the whole conversation in input)",
             "conversation": "conversations are not stored (send the whole conversation in input)",
             "prompt": "stored prompt templates are not available"}
 INCLUDABLE = ("reasoning.encrypted_content",)
@@ -56,12 +57,14 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
     tools = tools_to_native(f.list("tools", "[]responses.Tool"))
     forced, max_calls, tools = tool_choice(f.raw("tool_choice"), tools)
     max_calls = call_limit(f, max_calls)
-    messages = [{"role": "system", "content": f.str("instructions")}] if f.str("instructions") else []
+    instructions = f.str("instructions")
+    messages = [{"role": "system", "content": instructions}] if instructions else []
     messages += input_to_messages(f.raw("input"))
     if not messages:
         raise BadRequest("input is required")
     native: dict[str, Any] = {"model": f.str("model"), "messages": messages,
-                              "stream": bool(f.bool("stream", False)), "options": sampling_options(f),
+                              "stream": bool(f.bool("stream", False)),
+                              "options": sampling_options(f),
                               "truncate": truncation(f.raw("truncation")) == "auto"}
     if tools:
         native["tools"] = tools
@@ -74,7 +77,8 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
     echo = {"instructions": f.str("instructions") or None, "tools": f.list("tools", ""),
             "tool_choice": f.raw("tool_choice") or "auto", "text": text, "reasoning": reasoning,
             "temperature": native["options"]["temperature"], "top_p": f.number("top_p"),
-            "max_output_tokens": f.int("max_output_tokens"), "max_tool_calls": f.int("max_tool_calls"),
+            "max_output_tokens": f.int("max_output_tokens"),
+            "max_tool_calls": f.int("max_tool_calls"),
             "parallel_tool_calls": f.bool("parallel_tool_calls", True),
             "truncation": truncation(f.raw("truncation")), "metadata": metadata(f.raw("metadata")),
             "user": f.str("user") or None, "safety_identifier": f.str("safety_identifier") or None,
@@ -93,7 +97,8 @@ def refuse_stateful(f: Fields) -> None:
     if f.bool("background", False):
         raise Unsupported("background: true is not supported (responses are not stored)")
     if f.raw("service_tier") not in (None, "auto", "default"):
-        raise Unsupported(f"service_tier {f.raw('service_tier')!r} is not available (only auto/default)")
+        raise Unsupported(f"service_tier {f.raw('service_tier')!r} is not available "
+                          "(only auto/default)")
     if (f.int("top_logprobs") or 0) > 0:
         raise Unsupported("top_logprobs is not supported for MLX models")
     options = f.dict("stream_options", "responses.StreamOptions")
@@ -178,7 +183,8 @@ def text_config(value: Any) -> tuple[str | dict[str, Any] | None, dict[str, Any]
         if not isinstance(fmt.get("schema"), dict):
             raise BadRequest("text.format.schema must be a JSON schema object")
         return fmt["schema"], echo
-    raise BadRequest(f"invalid text.format type: {kind!r} (expected text, json_object or json_schema)")
+    raise BadRequest(f"invalid text.format type: {kind!r} "
+                     "(expected text, json_object or json_schema)")
 
 
 def reasoning_config(value: Any) -> tuple[bool | str | None, dict[str, Any] | None]:
@@ -189,7 +195,8 @@ def reasoning_config(value: Any) -> tuple[bool | str | None, dict[str, Any] | No
         raise BadRequest("reasoning: must be an object")
     effort = value.get("effort")
     if effort is not None and effort not in REASONING_EFFORT:
-        raise BadRequest(f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+        raise BadRequest(f'invalid reasoning value: "{effort}" '
+                         '(must be "minimal", "low", "medium", '
                          '"high", "xhigh", "ultra", "max", or "none")')
     summary = value.get("summary", value.get("generate_summary"))
     if summary not in SUMMARIES:
@@ -208,20 +215,23 @@ def tools_to_native(tools: list[Any]) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
-            raise Unsupported(f"tools[{i}]: built-in tools ({kind!r}) are not supported; only function tools")
+            raise Unsupported(f"tools[{i}]: built-in tools ({kind!r}) are not supported; "
+                              "only function tools")
         name, params = tool.get("name"), tool.get("parameters")
         if not isinstance(name, str) or not name:
             raise BadRequest(f"tools[{i}].name: required")
         if params is not None and not isinstance(params, dict):
             raise BadRequest(f"tools[{i}].parameters: must be a JSON schema object")
-        fn: dict[str, Any] = {"name": name, "parameters": params or {"type": "object", "properties": {}}}
+        fn: dict[str, Any] = {"name": name,
+                              "parameters": params or {"type": "object", "properties": {}}}
         if isinstance(tool.get("description"), str):
             fn["description"] = tool["description"]
         out.append({"type": "function", "function": fn})
     return out
 
 
-def tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[str], int | None, list[dict[str, Any]]]:
+def tool_choice(choice: Any, tools: list[dict[str, Any]]
+                ) -> tuple[list[str], int | None, list[dict[str, Any]]]:
     """(names one of which must be called, max calls, the tools the model is shown)."""
     names = [t["function"]["name"] for t in tools]
     if choice in (None, "auto"):
@@ -242,9 +252,11 @@ def tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[str], in
         shown = [t for t in tools if t["function"]["name"] in allowed]
         mode = choice.get("mode", "auto")
         if not shown or mode not in ("auto", "required"):
-            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode (auto or required)")
+            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode "
+                             "(auto or required)")
         return ([t["function"]["name"] for t in shown] if mode == "required" else []), None, shown
-    raise Unsupported(f"tool_choice {choice!r} is not supported (auto, none, required or a function)")
+    raise Unsupported(f"tool_choice {choice!r} is not supported "
+                      "(auto, none, required or a function)")
 
 
 def input_to_messages(value: Any) -> list[dict[str, Any]]:
@@ -324,7 +336,8 @@ def image_payload(part: dict[str, Any], where: str) -> str:
     if not isinstance(url, str):
         raise BadRequest("invalid image input")
     if url.startswith(("http://", "https://")):
-        raise BadRequest("image URLs are not currently supported, please use base64 encoded data instead")
+        raise BadRequest("image URLs are not currently supported, "
+                         "please use base64 encoded data instead")
     for prefix in IMAGE_PREFIXES:
         if url.startswith(prefix):
             return url[len(prefix):]
@@ -369,4 +382,5 @@ def reasoning_text(item: dict[str, Any]) -> str:
     if isinstance(item.get("encrypted_content"), str) and item["encrypted_content"]:
         return item["encrypted_content"]
     parts = [*(item.get("summary") or []), *(item.get("content") or [])]
-    return "".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "".join(p["text"] for p in parts
+                   if isinstance(p, dict) and isinstance(p.get("text"), str))

@@ -24,7 +24,8 @@ def new_id(prefix: str) -> str:
 
 def usage(final: dict[str, Any]) -> dict[str, Any]:
     prompt, output = int(final.get("prompt_eval_count") or 0), int(final.get("eval_count") or 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": output,
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
 
 
@@ -73,7 +74,8 @@ class ResponsesWriter:
             status = "incomplete" if final.get("done_reason") == "length" else "completed"
             incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         return {"id": self.id, "object": "response", "created_at": self.created_at,
-                "completed_at": int(time.time()) if status == "completed" else None, "status": status,
+                "completed_at": int(time.time()) if status == "completed" else None,
+                "status": status,
                 "error": {"code": "server_error", "message": error} if error is not None else None,
                 "incomplete_details": incomplete, "model": self.model, "output": output,
                 "previous_response_id": None, "presence_penalty": 0, "frequency_penalty": 0,
@@ -114,7 +116,8 @@ class ResponsesWriter:
         for line in lines:
             if "error" in line:
                 yield from self._close()
-                yield self._event("response.failed", response=self._body(None, self.output, str(line["error"])))
+                failed = self._body(None, self.output, str(line["error"]))
+                yield self._event("response.failed", response=failed)
                 return
             if line.get("done"):
                 yield from self._finish(line)
@@ -141,10 +144,12 @@ class ResponsesWriter:
             self.item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "text": ""}
             yield self._event("response.output_item.added", output_index=len(self.output),
                               item={"id": self.item["id"], "type": "reasoning", "summary": []})
-            yield self._event("response.reasoning_summary_part.added", **self._where(summary_index=0),
+            yield self._event("response.reasoning_summary_part.added",
+                              **self._where(summary_index=0),
                               part={"type": "summary_text", "text": ""})
         self.item["text"] += delta
-        yield self._event("response.reasoning_summary_text.delta", **self._where(summary_index=0), delta=delta)
+        yield self._event("response.reasoning_summary_text.delta",
+                          **self._where(summary_index=0), delta=delta)
 
     def _text(self, delta: str) -> Iterator[str]:
         if self.item is None or self.item["type"] != "message":
@@ -152,10 +157,12 @@ class ResponsesWriter:
             self.item = {"id": new_id("msg"), "type": "message", "text": ""}
             yield self._event("response.output_item.added", output_index=len(self.output),
                               item=self._message(self.item["id"], "", "in_progress"))
-            yield self._event("response.content_part.added", **self._where(content_index=0), part=text_part(""))
+            yield self._event("response.content_part.added", **self._where(content_index=0),
+                              part=text_part(""))
         self.item["text"] += delta
         if delta:
-            yield self._event("response.output_text.delta", **self._where(content_index=0), delta=delta,
+            yield self._event("response.output_text.delta", **self._where(content_index=0),
+                              delta=delta,
                               logprobs=[])
 
     def _close(self) -> Iterator[str]:
@@ -167,13 +174,16 @@ class ResponsesWriter:
         where = {"item_id": item["id"], "output_index": index}
         if item["type"] == "reasoning":
             done = self._reasoning(item["id"], text)
-            yield self._event("response.reasoning_summary_text.done", **where, summary_index=0, text=text)
+            yield self._event("response.reasoning_summary_text.done", **where, summary_index=0,
+                              text=text)
             yield self._event("response.reasoning_summary_part.done", **where, summary_index=0,
                               part={"type": "summary_text", "text": text})
         else:
             done = self._message(item["id"], text, "completed")
-            yield self._event("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
-            yield self._event("response.content_part.done", **where, content_index=0, part=text_part(text))
+            yield self._event("response.output_text.done", **where, content_index=0, text=text,
+                              logprobs=[])
+            yield self._event("response.content_part.done", **where, content_index=0,
+                              part=text_part(text))
         self.output.append(done)
         yield self._event("response.output_item.done", output_index=index, item=done)
 
@@ -184,7 +194,8 @@ class ResponsesWriter:
         where = {"item_id": done["id"], "output_index": index}
         yield self._event("response.output_item.added", output_index=index,
                           item={**done, "status": "in_progress", "arguments": ""})
-        yield self._event("response.function_call_arguments.delta", **where, delta=done["arguments"])
+        yield self._event("response.function_call_arguments.delta", **where,
+                          delta=done["arguments"])
         yield self._event("response.function_call_arguments.done", **where, name=done["name"],
                           arguments=done["arguments"])
         self.output.append(done)

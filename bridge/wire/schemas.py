@@ -7,9 +7,9 @@ from typing import Any
 
 from bridge.engine.gotemplate import check as check_template
 from bridge.errors import BadRequest
-from bridge.http.limits import active, check_images, check_messages
 from bridge.wire.durations import parse_keep_alive
 from bridge.wire.jsonbody import Fields, type_error
+from bridge.wire.limits import Limits, check_images, check_messages
 from bridge.wire.options import Options, parse_options
 
 THINK_LEVELS = ("high", "medium", "low", "max")
@@ -105,8 +105,8 @@ def _common(f: Fields) -> dict[str, Any]:
     }
 
 
-def parse_generate(body: dict[str, Any]) -> GenerateRequest:
-    """Validate a /api/generate body."""
+def parse_generate(body: dict[str, Any], limits: Limits) -> GenerateRequest:
+    """Validate a /api/generate body against the serving app's `limits`."""
     f = Fields(body, "GenerateRequest")
     req = GenerateRequest(
         **_common(f),
@@ -122,20 +122,20 @@ def parse_generate(body: dict[str, Any]) -> GenerateRequest:
         raise BadRequest("raw mode does not support template, system, or context")
     if req.template:  # parsed here, in the request thread: a bad one never reaches the engine
         check_template(req.template, {"System": req.system, "Prompt": req.prompt, "Response": ""},
-                       active().max_body)
-    check_images(req.images, "images")
+                       limits.max_body)
+    check_images(req.images, "images", limits)
     return req
 
 
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
-    """Validate a /api/chat body."""
+def parse_chat(body: dict[str, Any], limits: Limits) -> ChatRequest:
+    """Validate a /api/chat body against the serving app's `limits`."""
     f = Fields(body, "ChatRequest")
     raw_messages = f.list("messages", "[]api.Message")
-    check_messages(len(raw_messages))
+    check_messages(len(raw_messages), limits)
     messages = [parse_message(m, i) for i, m in enumerate(raw_messages)]
     images = 0
     for i, m in enumerate(messages):
-        images = check_images(m.images, f"messages[{i}].images", images)
+        images = check_images(m.images, f"messages[{i}].images", limits, images)
     tools = f.list("tools", "[]api.Tool")
     for i, tool in enumerate(tools):
         check_tool(tool, i)
@@ -165,12 +165,14 @@ def parse_message(raw: Any, index: int) -> Message:
     f = Fields(raw, "Message")
     role = f.str("role").lower()
     if role not in ROLES:
-        raise BadRequest(f"invalid role {role!r} in messages[{index}]: must be one of {', '.join(ROLES)}")
+        raise BadRequest(f"invalid role {role!r} in messages[{index}]: "
+                         f"must be one of {', '.join(ROLES)}")
     tool_calls = f.list("tool_calls", "[]api.ToolCall")
     for call in tool_calls:
         fn = call.get("function") if isinstance(call, dict) else None
         if not (isinstance(fn, dict) and _opt(fn, "name", str) and _opt(fn, "arguments", dict)):
-            raise BadRequest(f"invalid tool_calls in messages[{index}]: expected objects with a function "
+            raise BadRequest(f"invalid tool_calls in messages[{index}]: "
+                             "expected objects with a function "
                              "(a name and an arguments object)")
     return Message(
         role=role,
@@ -215,6 +217,7 @@ def _str_list(f: Fields, name: str, gotype: str) -> list[str]:
 
 def _int_list(f: Fields, name: str) -> list[int]:
     items = f.list(name, "[]int")
-    if not all(isinstance(i, int) and not isinstance(i, bool) and -(2**63) <= i < 2**63 for i in items):
+    if not all(isinstance(i, int) and not isinstance(i, bool) and -(2**63) <= i < 2**63
+               for i in items):
         raise type_error(f.struct, name, items, "[]int")
     return items
