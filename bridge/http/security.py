@@ -19,10 +19,11 @@ import re
 import socket
 from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 
 from bridge.config import Config
 from bridge.errors import Forbidden
+from bridge.state import bridge
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _local_ips() -> frozenset[str]:
 
 
 def _guard() -> Guard:
-    return current_app.extensions["security"]
+    return bridge().guard
 
 
 def check_request() -> Response | None:
@@ -165,8 +166,7 @@ def add_cors_headers(response: Response) -> Response:
     return response
 
 
-def install(app: Flask, config: Config) -> None:
-    """Hang the guard on the app and register its hooks."""
-    app.extensions["security"] = Guard.from_config(config)
+def install(app: Flask) -> None:
+    """Register the guard's hooks (the Guard itself is `bridge().guard`)."""
     app.before_request(check_request)
     app.after_request(add_cors_headers)

@@ -9,13 +9,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, g
-
-from bridge.engine import Done, Embedded, Job, PromptSpec
+from bridge.engine import Done, Embedded, PromptSpec
 from bridge.errors import BadRequest
 from bridge.http.limits import check_embed_inputs
 from bridge.routing.router import Plan
+from bridge.serving.generation import make_job
 from bridge.serving.local import LocalModel
+from bridge.state import bridge
 from bridge.wire.durations import parse_keep_alive
 from bridge.wire.jsonbody import Fields
 from bridge.wire.options import Options, parse_options
@@ -91,12 +91,8 @@ def run(req: EmbedRequest, model: LocalModel, plan: Plan) -> Embedded | Done:
     """Submit the job (a plain load when there is no input) and wait for its one result."""
     check_embed_inputs(len(req.inputs))  # here: an upstream answers by its own rules
     spec = PromptSpec(embed_inputs=req.inputs, truncate=req.truncate) if req.inputs else None
-    keep_alive = req.keep_alive if req.keep_alive is not None else model.entry.keep_alive
-    options = req.options.merged(plan.defaults).merged(model.entry.options)
-    job = Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
-              request_id=g.get("request_id", ""))
     result: Embedded | Done | None = None
-    for event in current_app.extensions["bridge"].local.run(job):
+    for event in bridge().local.run(make_job(req, model, plan, spec)):
         if isinstance(event, (Embedded, Done)):
             result = event
     assert result is not None

@@ -219,7 +219,3 @@ class OutputParser:
             content, calls = content + rest, calls + more
         return Delta(content, thinking, calls)
 
-
-def tables_for(extensions: dict[str, Any]) -> TokenizerTables:
-    """The app's llguidance tokenizer tables (kept across requests, one per loaded tokenizer)."""
-    return extensions.setdefault("mlx_bridge.token_tables", TokenizerTables())
