@@ -42,7 +42,9 @@ def make_job(req: JobRequest, model: LocalModel, plan: Plan, spec: PromptSpec | 
     then the mapping file's; what none sets keeps Ollama's default (Options' field defaults).
     keep_alive: the request's, then the mapping's (the engine falls back to OLLAMA_KEEP_ALIVE)."""
     keep_alive = req.keep_alive if req.keep_alive is not None else model.entry.keep_alive
-    options = req.options.merged(plan.defaults).merged(model.entry.options)
+    # One merge: `merged` fills only what the request left unset, so a second merge would let
+    # the mapping's value override the admin row's one.
+    options = req.options.merged({**model.entry.options, **plan.defaults})
     return Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
                request_id=context().request_id)
 
