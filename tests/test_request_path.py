@@ -196,3 +196,27 @@ def test_request_log_of_a_stream_times_the_whole_stream(app, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
     assert len(lines) == 1 and "path=/api/chat status=200 backend=mlx model=tiny" in lines[0]
     assert float(lines[0].rsplit("ms=", 1)[1]) >= 1000
+
+
+def test_tracker_prunes_once_per_prune_interval(tmp_path) -> None:
+    """The first batch prunes (the file may hold more than is kept); after that only every
+    _PRUNE_EVERY records, not after every batch."""
+    from bridge.stats.metrics import Metrics
+    from bridge.stats.store import RequestRecord, Store
+    from bridge.stats.tracking import _PRUNE_EVERY, Tracker
+
+    class CountingStore(Store):
+        prunes = 0
+
+        def prune(self, keep: int) -> int:
+            CountingStore.prunes += 1
+            return super().prune(keep)
+
+    tracker = Tracker(CountingStore(tmp_path / "db.sqlite"), Metrics())
+    rec = RequestRecord(model="m", backend="mlx", endpoint=None, status="ok", prompt_tokens=1,
+                        eval_tokens=1, ttft_ms=1.0, latency_ms=2.0, tokens_per_sec=None)
+    for _ in range(_PRUNE_EVERY // 10 * 2):  # two intervals' worth, in batches of 10
+        for _ in range(10):
+            tracker.record(rec)
+        tracker.flush()
+    assert CountingStore.prunes == 2  # the first batch, then one per interval (not 200)

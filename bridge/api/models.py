@@ -1,4 +1,5 @@
-"""Blueprint: liveness, version, and the model listings (/api/tags, /api/ps, /api/show, /api/delete)."""
+"""Blueprint: liveness, version, and the model listings (/api/tags, /api/ps, /api/show,
+/api/delete)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def show() -> Response:
         raise BadRequest("invalid model name") from None
     verbose = bool(Fields(body, "ShowRequest").bool("verbose"))
     try:
-        return dispatch(name, "/api/show", raw, lambda model, plan: json_response(show_body(model, verbose)))
+        return dispatch(name, "/api/show", raw,
+                        lambda model, plan: json_response(show_body(model, verbose)))
     except ModelNotFound:
         raise ModelNotFound(display) from None  # Ollama names the model in its full form here
 

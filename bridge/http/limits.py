@@ -61,7 +61,8 @@ def active() -> Limits:
 def check_messages(count: int) -> None:
     cap = active().max_messages
     if count > cap:
-        raise BadRequest(f"too many messages: {count} (the limit is {cap}; MLX_BRIDGE_MAX_MESSAGES)")
+        raise BadRequest(f"too many messages: {count} (the limit is {cap}; "
+                         "MLX_BRIDGE_MAX_MESSAGES)")
 
 
 def check_embed_inputs(count: int) -> None:

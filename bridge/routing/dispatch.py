@@ -74,7 +74,8 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
 
 
 def check_model_name(name: str) -> None:
-    """400 `invalid model name` for what Ollama's name rules reject; the empty name is Ollama's 404."""
+    """400 `invalid model name` for what Ollama's name rules reject; the empty name is Ollama's
+    404."""
     if not name:
         raise ModelNotFound(name)
     try:
@@ -99,7 +100,8 @@ def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> B
     log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
                 context().request_id, name, shown)
     return UpstreamNotRunning(template.format(name=name, display=display)
-                              + f"; the upstream Ollama at {shown} is not running (connection refused)")
+                              + f"; the upstream Ollama at {shown} is not running "
+                              "(connection refused)")
 
 
 def _refused(exc: BridgeError) -> bool:

@@ -1,4 +1,5 @@
-"""Embeddings for MLX models: /api/embed, legacy /api/embeddings and /v1/embeddings bodies and answers."""
+"""Embeddings for MLX models: /api/embed, legacy /api/embeddings and /v1/embeddings bodies and
+answers."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def _fields(f: Fields, inputs: list[str]) -> EmbedRequest:
     dimensions = f.int("dimensions", 0) or 0
     if dimensions < 0:
         raise BadRequest("dimensions must be a positive integer")
-    return EmbedRequest(f.str("model"), inputs, truncate=bool(f.bool("truncate", True)), dimensions=dimensions,
-                        options=parse_options(f.dict("options")), keep_alive=keep_alive)
+    return EmbedRequest(f.str("model"), inputs, truncate=bool(f.bool("truncate", True)),
+                        dimensions=dimensions, options=parse_options(f.dict("options")),
+                        keep_alive=keep_alive)
 
 
 def parse_embed(body: dict[str, Any]) -> EmbedRequest:
@@ -70,7 +72,8 @@ def parse_legacy(body: dict[str, Any]) -> EmbedRequest:
 def parse_openai(body: dict[str, Any]) -> EmbedRequest:
     """/v1/embeddings (already checked by embeddings_check): "" embeds the empty string."""
     value = body.get("input")
-    return _fields(Fields(body, "EmbedRequest"), [value] if isinstance(value, str) else list(value or []))
+    inputs = [value] if isinstance(value, str) else list(value or [])
+    return _fields(Fields(body, "EmbedRequest"), inputs)
 
 
 def normalise(vector: list[float]) -> list[float]:
@@ -105,7 +108,8 @@ def embed_body(req: EmbedRequest, model: LocalModel, plan: Plan, started: int) -
     if not isinstance(result, Embedded):
         return {"model": req.model, "embeddings": []}
     return {"model": req.model, "embeddings": [shaped(v, req.dimensions) for v in result.vectors],
-            "total_duration": time.perf_counter_ns() - started, "load_duration": result.load_duration,
+            "total_duration": time.perf_counter_ns() - started,
+            "load_duration": result.load_duration,
             "prompt_eval_count": result.prompt_eval_count}
 
 

@@ -162,9 +162,9 @@ class Tracker:
             self.store.record_many(batch)
             self._since_prune += len(batch)
             if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
+                self._since_prune = 0  # the next prune after another _PRUNE_EVERY records
                 self.store.prune(self.keep_records)
-        except StoreUnavailable as exc:  # the request already succeeded; losing its record is the lesser harm
+        except StoreUnavailable as exc:  # the request succeeded; losing its record is lesser harm
             log.error("request records not stored count=%d error=%r", len(batch), exc.message)
         except Exception:  # a bad record must not end the writer thread
             log.exception("request records not stored count=%d", len(batch))
