@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from flask import Flask
 
@@ -17,79 +16,48 @@ from bridge.api import pull as pull_api
 from bridge.api import responses as responses_api
 from bridge.config import Config, load_config
 from bridge.engine import Engine
+from bridge.engine.structured import TokenizerTables
 from bridge.http import web
+from bridge.http.limits import Limits
+from bridge.http.security import Guard
+from bridge.importer.hub import Puller
 from bridge.routing.registry import Registry
 from bridge.routing.router import Router
 from bridge.routing.upstream import Upstream
 from bridge.serving.local import LocalBackend
+from bridge.state import KEY, Bridge, bridge, default_upstream
 from bridge.stats.metrics import Metrics
 from bridge.stats.store import DB_FILE, Store
 from bridge.stats.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UPSTREAM = "http://127.0.0.1:11435"
-NO_UPSTREAM = ("none", "off", "")
+__all__ = ["Bridge", "bridge", "create_app"]
 
 
-@dataclass
-class Bridge:
-    """Everything a request needs, stored in `app.extensions["bridge"]`."""
-
-    config: Config
-    registry: Registry
-    local: LocalBackend
-    upstream: Upstream = field(default_factory=Upstream)
-    router: Router | None = None
-    store: Store | None = None  # backend rows + request log (SQLite)
-    tracker: Tracker | None = None
-    metrics: Metrics | None = None
-
-    @property
-    def upstream_url(self) -> str | None:
-        """The default upstream Ollama; None when disabled (`--upstream none`)."""
-        url = self.config.upstream or self.registry.upstream or DEFAULT_UPSTREAM
-        return None if url.strip().lower() in NO_UPSTREAM else url.rstrip("/")
-
-    def start(self) -> None:
-        """Start background threads; called in the serving process after any fork."""
-        self.upstream.stopping.clear()
-        self.local.engine.start()
-        if self.tracker:
-            self.tracker.start()
-
-    def stop(self) -> None:
-        self.upstream.stop()  # forwarded streams end with an error line too
-        self.local.engine.stop()
-        if self.tracker:
-            self.tracker.stop()
-        if self.store:
-            self.store.close()  # reopened on demand if the app is used again
-
-
-def create_app(config: Config | None = None, *, engine: Engine | None = None) -> Flask:
-    """Build the app. Nothing is started here: call `app.extensions["bridge"].start()`."""
+def create_app(config: Config | None = None, *, engine: Engine | None = None,
+               upstream: Upstream | None = None) -> Flask:
+    """Build the app. Nothing is started here: call `bridge().start()` (or
+    `app.extensions["bridge"].start()`). `engine` and `upstream` replace the real ones (tests)."""
     config = config or load_config()
     config.home.mkdir(parents=True, exist_ok=True)
     registry = Registry(config.mappings_path, config.home)
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
                               max_queue=config.max_queue, num_parallel=config.num_parallel,
                               max_embed_tokens=config.max_embed_tokens)
+    store = Store(config.home / DB_FILE)
+    metrics = Metrics(engine.snapshot)
     app = Flask(__name__)
-    bridge = Bridge(config, registry, LocalBackend(registry, engine),
-                    upstream=Upstream(config.connect_timeout, config.request_timeout))
-    bridge.store = Store(config.home / DB_FILE)
-    bridge.router = Router(registry, lambda: bridge.upstream_url, rows_for_model=bridge.store.rows_for_model)
-    bridge.metrics = Metrics(engine.snapshot)
-    bridge.tracker = Tracker(bridge.store, bridge.metrics)
-    app.extensions["bridge"] = bridge
+    app.extensions[KEY] = Bridge(
+        config=config, registry=registry, local=LocalBackend(registry, engine),
+        upstream=upstream or Upstream(config.connect_timeout, config.request_timeout),
+        router=Router(registry, lambda: default_upstream(config, registry),
+                      rows_for_model=store.rows_for_model),
+        store=store, tracker=Tracker(store, metrics), metrics=metrics,
+        limits=Limits.from_config(config), guard=Guard.from_config(config),
+        puller=Puller(registry.downloads_dir), tables=TokenizerTables())
     web.install(app)
-    app.register_blueprint(models_api.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(openai_api.bp)
-    app.register_blueprint(anthropic_api.bp)
-    app.register_blueprint(responses_api.bp)
-    app.register_blueprint(proxy_api.bp)
-    app.register_blueprint(pull_api.bp)
-    app.register_blueprint(admin.bp)
+    for blueprint in (models_api.bp, api.bp, openai_api.bp, anthropic_api.bp, responses_api.bp,
+                      proxy_api.bp, pull_api.bp, admin.bp):
+        app.register_blueprint(blueprint)
     return app

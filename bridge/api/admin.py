@@ -12,12 +12,13 @@ import hmac
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from bridge.api.admin_fields import check_row
 from bridge.errors import BadRequest, Forbidden, NotFound, StoreUnavailable, Unauthorized
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.upstream import redact_url
+from bridge.state import bridge
 from bridge.stats.metrics import CONTENT_TYPE
 from bridge.stats.store import BackendRow, Store
 from bridge.wire.jsonbody import parse_body
@@ -32,12 +33,8 @@ NO_TOKEN = ("admin writes are disabled: no admin token is configured. Set MLX_BR
 BAD_TOKEN = "missing or invalid admin token: send 'Authorization: Bearer <MLX_BRIDGE_ADMIN_TOKEN>'"
 
 
-def _bridge() -> Any:
-    return current_app.extensions["bridge"]
-
-
 def _store() -> Store:
-    store = getattr(_bridge(), "store", None)
+    store = getattr(bridge(), "store", None)
     if store is None:
         raise StoreUnavailable("the backend store is not configured on this server")
     return store
@@ -45,7 +42,7 @@ def _store() -> Store:
 
 def require_admin(write: bool) -> None:
     """401 on a wrong or missing token; 403 for a write when no token is configured."""
-    token = _bridge().config.admin_token
+    token = bridge().config.admin_token
     if not token:
         if write:
             raise Forbidden(NO_TOKEN)
@@ -66,7 +63,7 @@ def _challenge(response: Response) -> Response:
 
 def _fresh() -> None:
     """Let queued request records reach SQLite first, so stats include the latest requests."""
-    tracker = getattr(_bridge(), "tracker", None)
+    tracker = getattr(bridge(), "tracker", None)
     if tracker is not None:
         tracker.flush(timeout=1.0)
 
@@ -130,16 +127,16 @@ def backends_for_model(model_name: str) -> Response:
 
 def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
     """The first choice: the top enabled row, else the mapping file, else the upstream."""
-    bridge = _bridge()
+    state = bridge()
     if rows:
         top = rows[0]
         source, backend, mlx_model, endpoint = "backends", top.backend_type, top.mlx_model, top.endpoint_url
-    elif (entry := bridge.registry.lookup(name)) is not None:
+    elif (entry := state.registry.lookup(name)) is not None:
         source, backend, mlx_model, endpoint = "mappings", entry.backend, entry.source, None
     else:
         source, backend, mlx_model, endpoint = "default", "ollama", None, None
     if backend != "mlx" and endpoint is None:
-        endpoint = bridge.upstream_url
+        endpoint = state.upstream_url
     return {"source": source, "backend_type": backend, "endpoint_url": redact_url(endpoint),
             "mlx_model": mlx_model, "id": rows[0].id if rows else None}
 
@@ -209,7 +206,7 @@ def _since(raw: str | None) -> str | None:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text (no auth, like most exporters; bind the bridge to localhost to keep it private)."""
-    registry = getattr(_bridge(), "metrics", None)
+    registry = getattr(bridge(), "metrics", None)
     if registry is None:
         raise NotFound("metrics are not enabled on this server")
     return Response(registry.exposition(), content_type=CONTENT_TYPE)

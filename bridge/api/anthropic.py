@@ -10,17 +10,16 @@ checked, as in Ollama. Errors take Anthropic's shape (bridge.http.web.error_body
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, request
 
-from bridge.api.generate import Generation, chat_handler, prompt_token_count
 from bridge.http.limits import active
-from bridge.http.web import json_response, sse_response
+from bridge.http.web import json_response, request_id, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
+from bridge.serving.generation import Generation, chat_handler, prompt_token_count
 from bridge.serving.local import LocalModel
 from bridge.wire.anthropic_in import (
     STRUCT,
@@ -69,14 +68,12 @@ def native_request(body: dict[str, Any],
     req = parse_chat(plan.native, active())
     req.forced_tools = plan.forced
     if plan.user_id:
-        log.info("anthropic metadata request_id=%s user_id=%s", g.get("request_id", "-"),
-                 plan.user_id)
+        log.info("anthropic metadata request_id=%s user_id=%s", request_id(), plan.user_id)
     return req, plan
 
 
 @bp.post("/v1/messages")
 def messages() -> Response:
-    started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, STRUCT)
     name = messages_check(body)
@@ -86,7 +83,7 @@ def messages() -> Response:
         req, layer = native_request(body)
         writer = MessagesWriter(req.model, estimate_input_tokens(layer.native), layer.show_thinking,
                                 layer.max_calls)
-        return chat_handler(req, started, AnthropicResponder(writer, req.stream))(model, plan)
+        return chat_handler(req, AnthropicResponder(writer, req.stream))(model, plan)
 
     return dispatch(name, request.path, raw, local)
 

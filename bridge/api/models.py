@@ -1,28 +1,27 @@
-"""Blueprint: liveness, version, and the model listings (/api/tags, /api/ps, /api/show, /api/delete)."""
+"""Blueprint: liveness, version, and the model listings (/api/tags, /api/ps, /api/show,
+/api/delete)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from bridge import __version__
 from bridge.errors import BadRequest, ModelNotFound
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.dispatch import dispatch
 from bridge.routing.upstream import redact_url
-from bridge.serving.local import LocalBackend, LocalModel
+from bridge.serving.catalog import served_locally, tag_entry, upstream_models
+from bridge.serving.local import LocalModel
+from bridge.state import bridge
 from bridge.wire.jsonbody import Fields, parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 
 bp = Blueprint("models", __name__)
 
 OLLAMA_VERSION = "0.33.0"  # the protocol level we speak; clients gate features on it
-
-
-def local_backend() -> LocalBackend:
-    return current_app.extensions["bridge"].local
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -35,28 +34,6 @@ def version() -> Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
-def served_locally() -> list[LocalModel]:
-    """Present models whose policy lets MLX serve them (an `ollama` policy hides them)."""
-    router = current_app.extensions["bridge"].router
-    return [m for m in local_backend().present() if router.plan(m.entry.name).policy != "ollama"]
-
-
-def upstream_models(path: str, exclude: set[str]) -> list[dict[str, Any]]:
-    """The upstream's listing minus names MLX serves (each name appears once); [] when down."""
-    bridge = current_app.extensions["bridge"]
-    url = bridge.upstream_url
-    data = bridge.upstream.get_json(url, path) if url else None
-    models = data.get("models") if data else None
-    if not isinstance(models, list):
-        return []
-    return [m for m in models if isinstance(m, dict) and _key(m) not in exclude]
-
-
-def _key(entry: dict[str, Any]) -> str:
-    parsed = ModelName.try_parse(str(entry.get("model") or entry.get("name") or ""))
-    return parsed.key if parsed else ""
-
-
 @bp.route("/api/tags", methods=["GET", "HEAD"])
 def tags() -> Response:
     local = sorted(served_locally(), key=lambda m: m.description.modified_at, reverse=True)
@@ -66,16 +43,9 @@ def tags() -> Response:
     return json_response({"models": entries})
 
 
-def tag_entry(m: LocalModel) -> dict[str, Any]:
-    d = m.description
-    return {"name": m.entry.name, "model": m.entry.name, "modified_at": rfc3339(d.modified_at),
-            "size": d.size, "digest": d.digest, "details": d.details,
-            "capabilities": d.capabilities}
-
-
 @bp.get("/api/ps")
 def ps() -> Response:
-    backend = local_backend()
+    backend = bridge().local
     by_key: dict[tuple[str, str], LocalModel] = {}
     for m in backend.present():
         by_key.setdefault((m.key, ""), m)
@@ -117,7 +87,8 @@ def show() -> Response:
         raise BadRequest("invalid model name") from None
     verbose = bool(Fields(body, "ShowRequest").bool("verbose"))
     try:
-        return dispatch(name, "/api/show", raw, lambda model, plan: json_response(show_body(model, verbose)))
+        return dispatch(name, "/api/show", raw,
+                        lambda model, plan: json_response(show_body(model, verbose)))
     except ModelNotFound:
         raise ModelNotFound(display) from None  # Ollama names the model in its full form here
 
@@ -171,7 +142,7 @@ def delete() -> Response:
         raise BadRequest(f'name "{name}" is invalid') from None
 
     def delete_local(model: LocalModel, plan: Any) -> Response:
-        local_backend().delete(model)
+        bridge().local.delete(model)
         return Response(status=200)
 
     try:
@@ -182,25 +153,25 @@ def delete() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
-    bridge = current_app.extensions["bridge"]
-    engine = bridge.local.engine
-    loaded = [{"model": i.name, "size": i.size, "expires_at": rfc3339(i.expires_at), "active": i.active}
-              for i in engine.snapshot()]
-    url = bridge.upstream_url
-    problem = bridge.upstream.probe(url) if url else None
-    state = engine.health()
-    if state["last_crash"]:  # what happened: the error, and when (restarting or failed for good)
-        state["last_crash"]["at"] = rfc3339(state["last_crash"]["at"])
+    state = bridge()
+    engine = state.local.engine
+    loaded = [{"model": i.name, "size": i.size, "expires_at": rfc3339(i.expires_at),
+               "active": i.active} for i in engine.snapshot()]
+    url = state.upstream_url
+    problem = state.upstream.probe(url) if url else None
+    health = engine.health()
+    if health["last_crash"]:  # what happened: the error, and when (restarting or failed for good)
+        health["last_crash"]["at"] = rfc3339(health["last_crash"]["at"])
     return json_response({
         "status": "ok" if engine.alive else "degraded",
         "version": __version__,
-        "engine": state,
+        "engine": health,
         "loaded_models": loaded,
         "backends": {
             "mlx": {"available": engine.alive, "device": engine.device},
             "ollama": {"upstream": redact_url(url), "reachable": bool(url) and problem is None,
                        "error": upstream_problem(url, problem),
-                       "endpoints": bridge.router.breaker.snapshot()},
+                       "endpoints": state.router.breaker.snapshot()},
         },
     })
 

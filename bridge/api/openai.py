@@ -7,19 +7,18 @@ Models the upstream serves get the original /v1 body, forwarded unchanged.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from bridge.api.generate import Generation, chat_handler, generate_handler
-from bridge.api.models import served_locally, tag_entry, upstream_models
 from bridge.errors import BadRequest, ModelNotFound
 from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
+from bridge.serving.catalog import served_locally, tag_entry, upstream_models
 from bridge.serving.embeddings import openai_body, parse_openai
+from bridge.serving.generation import Generation, chat_handler, generate_handler
 from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import ModelName
@@ -59,24 +58,20 @@ def require_model(name: str) -> str:
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
     req = parse_chat(chat_to_native(body), active())
     responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
-    handler = chat_handler(req, started, responder)
-    return dispatch(require_model(req.model), request.path, raw, handler)
+    return dispatch(require_model(req.model), request.path, raw, chat_handler(req, responder))
 
 
 @bp.post("/v1/completions")
 def completions() -> Response:
-    started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, "CompletionRequest")
     req = parse_generate(completion_to_native(body), active())
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
-    handler = generate_handler(req, started, responder)
-    return dispatch(require_model(req.model), request.path, raw, handler)
+    return dispatch(require_model(req.model), request.path, raw, generate_handler(req, responder))
 
 
 @bp.post("/v1/embeddings")

@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from bridge.errors import BadRequest, ModelNotFound
 from bridge.http.web import json_response
@@ -14,6 +14,7 @@ from bridge.routing.dispatch import dispatch, forward
 from bridge.routing.router import Plan, Target
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
 from bridge.serving.local import LocalModel
+from bridge.state import bridge
 from bridge.wire.jsonbody import Fields, parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 
@@ -23,7 +24,7 @@ _DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 
 
 def default_target() -> Target:
-    url = current_app.extensions["bridge"].upstream_url
+    url = bridge().upstream_url
     if not url:
         raise ModelNotFound("", " (no upstream Ollama is configured)")
     return Target("ollama", endpoint=url)

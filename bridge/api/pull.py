@@ -5,24 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, request
 
 from bridge.errors import BadRequest, BridgeError
-from bridge.http.web import json_response, ndjson_stream
-from bridge.importer.hub import Puller, PullError
+from bridge.http.web import context, json_response, ndjson_stream
+from bridge.importer.hub import PullError
 from bridge.routing.dispatch import dispatch
 from bridge.routing.registry import IMPORTED_DIR, MappedModel
+from bridge.state import bridge
 from bridge.wire.jsonbody import Fields, parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 from bridge.wire.native_out import errors_as_last_line
 
 bp = Blueprint("pull", __name__)
-
-
-def _puller() -> Puller:
-    bridge = current_app.extensions["bridge"]
-    # one Puller per app: it holds the per-repo locks (dict.setdefault is atomic under the GIL)
-    return current_app.extensions.setdefault("mlx_pull", Puller(bridge.registry.downloads_dir))
 
 
 @bp.post("/api/pull")
@@ -36,11 +31,11 @@ def pull() -> Response:
     except InvalidModelName:
         raise BadRequest("invalid model name") from None
     stream = f.bool("stream")
-    g.model, g.backend = display, "mlx"
-    bridge = current_app.extensions["bridge"]
-    registry = bridge.registry
+    ctx, state = context(), bridge()
+    ctx.model, ctx.backend = display, "mlx"
+    registry = state.registry
     entry = registry.lookup(display)
-    if entry is None or bridge.router.plan(display).policy == "ollama":
+    if entry is None or state.router.plan(display).policy == "ollama":
         return dispatch(name, "/api/pull", raw, None)  # not ours: the upstream Ollama pulls it
     lines = _lines(entry, registry.local_dir(entry) is not None)
     if stream is False:
@@ -56,7 +51,7 @@ def _lines(entry: MappedModel, present: bool) -> Iterator[dict[str, Any]]:
             raise PullError(f"pull model manifest: '{entry.name}' is served from local files "
                             f"({entry.source}) that are missing; import it again")
         return iter([{"status": "pulling manifest"}, {"status": "success"}])
-    return _puller().pull(entry.source)
+    return bridge().puller.pull(entry.source)  # one Puller: it holds the per-repo locks
 
 
 def _last(lines: Iterator[dict[str, Any]]) -> Response:

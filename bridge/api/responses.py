@@ -8,16 +8,15 @@ serves get the original body, forwarded unchanged. Errors take OpenAI's shape.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from bridge.api.generate import Generation, chat_handler
 from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
+from bridge.serving.generation import Generation, chat_handler
 from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.responses_in import STRUCT, responses_check, responses_to_native
@@ -46,7 +45,6 @@ class ResponsesResponder:
 
 @bp.post("/v1/responses")
 def responses() -> Response:
-    started = time.perf_counter_ns()
     raw = request.get_data()
     body = parse_body(raw, STRUCT)
     name = responses_check(body)
@@ -57,6 +55,6 @@ def responses() -> Response:
         req = parse_chat(layer.native, active())
         req.forced_tools = layer.forced
         writer = ResponsesWriter(req.model, layer.echo, layer.max_calls, layer.encrypted_reasoning)
-        return chat_handler(req, started, ResponsesResponder(writer, req.stream))(model, plan)
+        return chat_handler(req, ResponsesResponder(writer, req.stream))(model, plan)
 
     return dispatch(name, request.path, raw, local)

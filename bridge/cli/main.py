@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -63,10 +62,3 @@ def _register_subcommands() -> None:
 
 _register_subcommands()
 
-
-def main() -> None:
-    cli(prog_name="mlx-bridge")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -103,9 +103,6 @@ class ModelCache:
         self.on_unload = on_unload  # drops what else holds MLX memory for a model (prompt cache)
         self._garbage = False  # a model was dropped but its memory not yet handed back
 
-    def get(self, key: str) -> LoadedModel | None:
-        return self.models.get(key)
-
     def load(self, key: str, name: str) -> tuple[LoadedModel, int]:
         """Return the loaded model (loading it if needed) and the load time in ns (never 0)."""
         t0 = time.perf_counter_ns()
@@ -149,14 +146,6 @@ class ModelCache:
         if self._garbage:
             self._garbage = False
             free_memory()
-
-    def expire(self, now: float | None = None) -> list[str]:
-        """Unload idle models whose keep_alive ran out; returns their keys."""
-        now = time.time() if now is None else now
-        expired = [k for k, m in self.models.items() if m.active == 0 and m.expires_at <= now]
-        for key in expired:
-            self.unload(key, reason="keep_alive")
-        return expired
 
     def next_expiry(self) -> float:
         """Seconds until the next model expires (inf if none will)."""

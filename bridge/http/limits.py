@@ -13,8 +13,8 @@ from typing import Any
 from flask import Flask, current_app, has_app_context, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bridge.config import Config
 from bridge.errors import PayloadTooLarge
+from bridge.state import KEY, bridge, bridge_of
 from bridge.wire import limits as caps
 from bridge.wire.limits import Limits
 
@@ -25,9 +25,9 @@ NO_CAP = 1 << 62  # Flask reads None as "use MAX_CONTENT_LENGTH"
 def active() -> Limits:
     """The serving app's limits; the defaults outside an app (pure parsing in tests)."""
     if has_app_context():
-        limits = current_app.extensions.get("limits")
-        if isinstance(limits, Limits):
-            return limits
+        state = current_app.extensions.get(KEY)  # absent in a bare Flask app
+        if state is not None:
+            return bridge().limits
     return Limits()
 
 
@@ -71,9 +71,8 @@ def too_large(exc: RequestEntityTooLarge) -> Any:
     return handle_bridge_error(_refuse(request.content_length))
 
 
-def install(app: Flask, config: Config) -> None:
-    limits = Limits.from_config(config)
-    app.extensions["limits"] = limits
-    app.config["MAX_CONTENT_LENGTH"] = limits.max_body
+def install(app: Flask) -> None:
+    """Register the size checks (the Limits themselves are `bridge().limits`)."""
+    app.config["MAX_CONTENT_LENGTH"] = bridge_of(app).limits.max_body
     app.before_request(check_length)
     app.register_error_handler(RequestEntityTooLarge, too_large)

@@ -19,10 +19,11 @@ import re
 import socket
 from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 
 from bridge.config import Config
 from bridge.errors import Forbidden
+from bridge.state import bridge
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ ALLOWED_HEADERS = (
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 MAX_AGE = str(12 * 3600)  # gin-contrib/cors DefaultConfig
 LOCAL_TLDS = (".localhost", ".local", ".internal")
-_HOST_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:%\[\]-]*")  # RFC 3986 reg-name, IP literal, port
+# RFC 3986 reg-name, IP literal, port
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:%\[\]-]*")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Guard:
     @classmethod
     def from_config(cls, config: Config) -> Guard:
         origins = [o.strip().lower() for o in (*config.origins, *BUILTIN_ORIGINS) if o.strip()]
-        wild = tuple(re.compile(".*".join(re.escape(p) for p in o.split("*"))) for o in origins if "*" in o)
+        wild = tuple(re.compile(".*".join(re.escape(p) for p in o.split("*")))
+                     for o in origins if "*" in o)
         check_host = config.host.is_loopback
         return cls(check_host=check_host, hostname=socket.gethostname().lower(),
                    local_ips=_local_ips() if check_host else frozenset(), allow_all="*" in origins,
@@ -83,7 +86,8 @@ class Guard:
 
     def origin_allowed(self, origin: str) -> bool:
         origin = origin.lower()
-        return self.allow_all or origin in self.exact or any(p.fullmatch(origin) for p in self.patterns)
+        return (self.allow_all or origin in self.exact
+                or any(p.fullmatch(origin) for p in self.patterns))
 
 
 def _strip_port(host: str) -> str:
@@ -110,7 +114,7 @@ def _local_ips() -> frozenset[str]:
 
 
 def _guard() -> Guard:
-    return current_app.extensions["security"]
+    return bridge().guard
 
 
 def check_request() -> Response | None:
@@ -147,7 +151,8 @@ def _same_host(origin: str) -> bool:
 
 def _preflight_headers() -> dict[str, str]:
     requested = request.headers.get("Access-Control-Request-Headers", "")
-    stainless = [h.strip() for h in requested.split(",") if h.strip().lower().startswith("x-stainless-")]
+    stainless = [h.strip() for h in requested.split(",")
+                 if h.strip().lower().startswith("x-stainless-")]
     known = {h.lower() for h in ALLOWED_HEADERS}
     extra = [h for h in stainless if h.lower() not in known]
     return {"Access-Control-Allow-Methods": ALLOWED_METHODS,
@@ -165,8 +170,7 @@ def add_cors_headers(response: Response) -> Response:
     return response
 
 
-def install(app: Flask, config: Config) -> None:
-    """Hang the guard on the app and register its hooks."""
-    app.extensions["security"] = Guard.from_config(config)
+def install(app: Flask) -> None:
+    """Register the guard's hooks (the Guard itself is `bridge().guard`)."""
     app.before_request(check_request)
     app.after_request(add_cors_headers)

@@ -9,8 +9,9 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -69,13 +70,6 @@ def rfc3339(ts: float | datetime | None = None) -> str:
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def expires_in(seconds: float) -> str:
-    """RFC3339 for now + seconds (negative keep_alive means forever)."""
-    if seconds < 0:
-        return rfc3339(float("inf"))
-    return rfc3339(datetime.now(timezone.utc) + timedelta(seconds=seconds))
-
-
 def error_body(message: str, status: int) -> dict[str, Any]:
     """Native, Anthropic or OpenAI error shape depending on the path."""
     if anthropic_path():
@@ -116,23 +110,48 @@ def handle_unexpected(exc: Exception) -> Response:
     return json_response(error_body(f"internal error: {type(exc).__name__}", 500), 500)
 
 
+@dataclass
+class RequestContext:
+    """One request's identity and timing, made once when it starts and read by everything it
+    reaches: the engine job (request_id), dispatch (model, backend, fallback_from), the tracker
+    (started_ns) and the request log line."""
+
+    request_id: str
+    started_ns: int
+    model: str = "-"
+    backend: str = "-"  # the target serving it now ("mlx", or "ollama@<endpoint>")
+    fallback_from: str | None = None  # the backend of a target that failed before this one
+
+
+def context() -> RequestContext:
+    """This request's context (made on first use when the hooks did not run: a bare context)."""
+    ctx = g.get("ctx")
+    if ctx is None:
+        ctx = g.ctx = RequestContext(_new_request_id(), time.perf_counter_ns())
+    return ctx
+
+
 def request_id() -> str:
-    return getattr(g, "request_id", "-")
+    return context().request_id
+
+
+def _new_request_id() -> str:
+    return request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
 
 
 def _begin_request() -> None:
-    g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
-    g.started = time.perf_counter()
+    g.ctx = RequestContext(_new_request_id(), time.perf_counter_ns())
 
 
 def _end_request(response: Response) -> Response:
-    response.headers["X-Request-ID"] = request_id()
-    log.info(
+    """Log the request when its response is closed: a stream's `ms` is the whole stream."""
+    ctx = context()
+    response.headers["X-Request-ID"] = ctx.request_id
+    method, path, status = request.method, request.path, response.status_code
+    response.call_on_close(lambda: log.info(
         "request request_id=%s method=%s path=%s status=%d backend=%s model=%s ms=%.1f",
-        request_id(), request.method, request.path, response.status_code,
-        getattr(g, "backend", "-"), getattr(g, "model", "-"),
-        (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
-    )
+        ctx.request_id, method, path, status, ctx.backend, ctx.model,
+        (time.perf_counter_ns() - ctx.started_ns) / 1e6))
     return response
 
 
@@ -142,9 +161,8 @@ def install(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
     app.before_request(_begin_request)
-    config = app.extensions["bridge"].config
-    security.install(app, config)  # Host check and CORS, before anything reads the body
-    limits.install(app, config)
+    security.install(app)  # Host check and CORS, before anything reads the body
+    limits.install(app)
     app.after_request(_end_request)
 
 
@@ -174,8 +192,3 @@ def peer_closed(sock: socket.socket) -> bool:
     except (OSError, ValueError):  # reset, or already closed
         return True
 
-
-def iter_close(it: Iterator[Any]) -> None:
-    close = getattr(it, "close", None)
-    if close:
-        close()

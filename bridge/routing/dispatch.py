@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, request
 
 from bridge.errors import (
     BadRequest,
@@ -20,9 +20,12 @@ from bridge.errors import (
     UpstreamError,
     UpstreamNotRunning,
 )
+from bridge.http.web import RequestContext, context
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable, redact_url, relay
 from bridge.serving.local import LocalModel
+from bridge.state import bridge
+from bridge.stats.tracking import record_failed_attempt, record_forwarded
 from bridge.wire.names import InvalidModelName, ModelName
 
 log = logging.getLogger(__name__)
@@ -44,38 +47,35 @@ NOT_FOUND_TEXT = {
 }
 
 
-def bridge_objects() -> Any:
-    return current_app.extensions["bridge"]
-
-
 def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
              method: str = "POST") -> Response:
     """Serve a model request from the first target of its plan that can take it."""
-    check_model_name(model_name)  # before any routing: an invalid name is never forwarded or recorded
-    bridge = bridge_objects()
-    plan = bridge.router.plan(model_name)
-    g.model = model_name
+    check_model_name(model_name)  # before routing: an invalid name is never forwarded or recorded
+    state, ctx = bridge(), context()
+    plan = state.router.plan(model_name)
+    ctx.model = model_name
     targets = [t for t in plan.targets if t.backend != "mlx" or local is not None]
     if not targets:
         raise ModelNotFound(model_name)
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
-        g.backend = target.label
+        ctx.backend = target.label
         try:
             if target.backend == "mlx":
                 assert local is not None
-                return local(bridge.local.require(model_name, source=target.source), plan)
+                return local(state.local.require(model_name, source=target.source), plan)
             return forward(target, path, raw, plan, last=i == len(targets) - 1, method=method)
         except FALLBACK_ERRORS as exc:
             failed.append(exc)
             if i == len(targets) - 1:
                 raise unserved(model_name, path, target, failed) from None
-            note_fallback(model_name, target, targets[i + 1], exc)
+            note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
 
 
 def check_model_name(name: str) -> None:
-    """400 `invalid model name` for what Ollama's name rules reject; the empty name is Ollama's 404."""
+    """400 `invalid model name` for what Ollama's name rules reject; the empty name is Ollama's
+    404."""
     if not name:
         raise ModelNotFound(name)
     try:
@@ -98,22 +98,26 @@ def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> B
     display = ModelName.parse(name).display
     shown = redact_url(last.endpoint)
     log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
-                g.get("request_id", "-"), name, shown)
+                context().request_id, name, shown)
     return UpstreamNotRunning(template.format(name=name, display=display)
-                              + f"; the upstream Ollama at {shown} is not running (connection refused)")
+                              + f"; the upstream Ollama at {shown} is not running "
+                              "(connection refused)")
 
 
 def _refused(exc: BridgeError) -> bool:
     return isinstance(exc, UpstreamUnavailable) and exc.refused
 
 
-def note_fallback(model: str, failed: Target, nxt: Target, exc: BridgeError) -> None:
+def note_fallback(ctx: RequestContext, failed: Target, nxt: Target, exc: BridgeError) -> None:
+    """Log and record the failed attempt (a request record and the fallback counter)."""
     reason = type(exc).__name__
     log.warning("fallback request_id=%s model=%s from=%s to=%s reason=%s error=%r",
-                g.get("request_id", "-"), model, failed.label, nxt.label, reason, exc.message)
-    tracker = getattr(bridge_objects(), "tracker", None)
-    if tracker is not None:
-        tracker.fallback(model, failed.backend, nxt.backend, reason)
+                ctx.request_id, ctx.model, failed.label, nxt.label, reason, exc.message)
+    tracker = bridge().tracker
+    record_failed_attempt(tracker, ctx, failed.backend, redact_url(failed.endpoint), reason,
+                          exc.message)
+    tracker.fallback(ctx.model, failed.backend, nxt.backend, reason)
+    ctx.fallback_from = failed.backend
 
 
 def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, last: bool = True,
@@ -123,33 +127,39 @@ def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, las
     A redirect is never followed (it would take the request, and the endpoint's key, elsewhere):
     it counts as a failure of the endpoint, reported with 502 when no other target is left.
     """
-    bridge = bridge_objects()
+    state, ctx = bridge(), context()
     assert target.endpoint is not None
     body = apply_defaults(raw, plan.defaults) if plan and plan.defaults else raw
     headers = {k: v for k, v in request.headers.items() if k.lower() != "x-request-id"}
-    headers["X-Request-ID"] = g.get("request_id", "")  # the bridge's id: one id in both logs
-    started = time.perf_counter()
+    headers["X-Request-ID"] = ctx.request_id  # the bridge's id: one id in both logs
+    breaker = state.router.breaker
+    opened_ns = time.perf_counter_ns()  # the upstream's own latency: from here, not the request's
     try:
-        resp = bridge.upstream.open(target.endpoint, method, path, body, headers,
-                                    read_timeout=target.timeout, api_key=api_key(target))
+        resp = state.upstream.open(target.endpoint, method, path, body, headers,
+                                   read_timeout=target.timeout, api_key=api_key(target))
     except UpstreamUnavailable as exc:
-        bridge.router.breaker.failure(target.endpoint, exc.message)
+        breaker.failure(target.endpoint, exc.message)
         raise
-    shown = redact_url(target.endpoint)
-    if 300 <= resp.status_code < 400:
+    shown, status = redact_url(target.endpoint), resp.status_code
+    if 300 <= status < 400:
         resp.close()
-        bridge.router.breaker.failure(target.endpoint, f"HTTP {resp.status_code} redirect")
-        raise UpstreamError(f"upstream Ollama at {shown} answered a redirect (HTTP {resp.status_code}); "
+        breaker.failure(target.endpoint, f"HTTP {status} redirect")
+        raise UpstreamError(f"upstream Ollama at {shown} answered a redirect (HTTP {status}); "
                             "redirects are not followed: set the endpoint's final URL")
-    if resp.status_code >= 500 and not last:
+    if status >= 500 and not last:
         resp.close()
-        bridge.router.breaker.failure(target.endpoint, f"HTTP {resp.status_code}")
-        raise UpstreamError(f"upstream {shown} answered {resp.status_code}")
-    bridge.router.breaker.success(target.endpoint)
-    model = plan.name if plan else g.get("model", "")
-    # The relay runs after the view returns (no app context): bind what tracking needs now.
-    return relay(resp, lambda final, error, first_at: _track_upstream(
-        bridge, model, target, resp.status_code, final, error, started, first_at), bridge.upstream.stopping)
+        breaker.failure(target.endpoint, f"HTTP {status}")
+        raise UpstreamError(f"upstream {shown} answered {status}")
+    breaker.success(target.endpoint)
+    tracker = state.tracker
+
+    def on_final(final: dict[str, Any] | None, error: str | None, first_at: float | None) -> None:
+        # runs in the relay, after the view returned (no app context): uses only bound objects
+        first_ns = int(first_at * 1e9) if first_at is not None else None  # perf_counter's clock
+        record_forwarded(tracker, ctx, target.backend, shown, status, final, error, opened_ns,
+                         first_ns)
+
+    return relay(resp, on_final, state.upstream.stopping)
 
 
 def api_key(target: Target) -> str | None:
@@ -172,38 +182,3 @@ def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
         return json.dumps(body).encode()
     except (ValueError, RecursionError):  # nested deeper than the stack allows here: as it came
         return raw
-
-
-def _track_upstream(bridge: Any, model: str, target: Target, status: int, final: dict | None,
-                    error: str | None, started: float, first_at: float | None) -> None:
-    final = final or {}
-    eval_count = int(final.get("eval_count") or 0)
-    eval_ns = int(final.get("eval_duration") or 0)
-    record(bridge, model, target.backend, redact_url(target.endpoint),
-           ok=status < 400 and error is None, error=error or (None if status < 400 else f"HTTP {status}"),
-           prompt_tokens=int(final.get("prompt_eval_count") or 0), eval_tokens=eval_count,
-           ttft_ms=(first_at - started) * 1000 if first_at is not None else None,
-           latency_ms=(time.perf_counter() - started) * 1000,
-           tokens_per_sec=eval_count / (eval_ns / 1e9) if eval_ns else None)
-
-
-def record(bridge: Any, model: str, backend: str, endpoint: str | None, *, ok: bool, error: str | None,
-           prompt_tokens: int, eval_tokens: int, ttft_ms: float | None, latency_ms: float,
-           tokens_per_sec: float | None, cached_tokens: int = 0) -> None:
-    """Hand one request's outcome to the performance tracker (when one is configured)."""
-    tracker = getattr(bridge, "tracker", None)
-    if tracker is None:
-        return
-    from bridge.stats.store import RequestRecord
-
-    # a client hanging up is not the backend's failure: "canceled", not "error"
-    status = "ok" if ok else ("canceled" if error in ("request canceled", "client disconnected") else "error")
-    rec = RequestRecord(model=model, backend=backend, endpoint=endpoint, status=status,
-                        prompt_tokens=prompt_tokens, eval_tokens=eval_tokens, ttft_ms=ttft_ms,
-                        latency_ms=latency_ms, tokens_per_sec=tokens_per_sec, error=error)
-    if hasattr(rec, "cached_tokens"):
-        rec.cached_tokens = cached_tokens
-    try:
-        tracker.record(rec)
-    except Exception:  # tracking must never break serving
-        log.exception("could not record request model=%s", model)

@@ -107,7 +107,8 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
     except BadRequest as exc:
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
-    return MappedModel(name, resolve_source(spec["mlx"], base), backend, keep_alive, options, origin)
+    return MappedModel(name, resolve_source(spec["mlx"], base), backend, keep_alive, options,
+                       origin)
 
 
 def resolve_source(source: str, base: Path) -> str:
@@ -257,7 +258,8 @@ def register_local_model(home: Path, name: str, source: str,
     with _locked_local_file(home) as (path, models):
         key = ModelName.parse(display).key
         models = {n: v for n, v in models.items() if ModelName.parse(str(n)).key != key}
-        models[display] = {"mlx": source, "backend": "mlx", **({"options": options} if options else {})}
+        models[display] = {"mlx": source, "backend": "mlx",
+                           **({"options": options} if options else {})}
         _write_local_file(path, models)
 
 

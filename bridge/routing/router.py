@@ -73,8 +73,8 @@ class Breaker:
             state.failures += 1
             state.open_until = time.time() + self.cooldown
             state.last_error = error
-        log.warning("endpoint marked down endpoint=%s cooldown_s=%.0f error=%r", redact_url(endpoint),
-                    self.cooldown, error)
+        log.warning("endpoint marked down endpoint=%s cooldown_s=%.0f error=%r",
+                    redact_url(endpoint), self.cooldown, error)
 
     def success(self, endpoint: str) -> None:
         with self._lock:
@@ -87,13 +87,15 @@ class Breaker:
             return {
                 str(redact_url(url)): {
                     "state": "open" if s.open_until > now else "closed", "failures": s.failures,
-                    "retry_in_s": max(0.0, round(s.open_until - now, 1)), "last_error": s.last_error}
+                    "retry_in_s": max(0.0, round(s.open_until - now, 1)),
+                    "last_error": s.last_error}
                 for url, s in self._states.items()
             }
 
 
 class Router:
-    """Builds a Plan for a model name from the admin rows, the mapping file and the default upstream."""
+    """Builds a Plan for a model name from the admin rows, the mapping file and the default
+    upstream."""
 
     def __init__(self, registry: Registry, default_upstream: Callable[[], str | None],
                  rows_for_model: Callable[[str], list[Any]] | None = None,
@@ -120,7 +122,8 @@ class Router:
         try:
             return self.rows_for_model(name)
         except Exception as exc:  # a locked or corrupt database must not stop serving
-            log.error("backend rows unavailable, using the mapping file model=%s error=%s", name, exc)
+            log.error("backend rows unavailable, using the mapping file model=%s error=%s", name,
+                      exc)
             return []
 
     def _from_rows(self, name: str, rows: list[Any]) -> Plan:
@@ -140,7 +143,8 @@ class Router:
     def _targets(policy: str, endpoint: str | None, source: str | None = None,
                  timeout: float | None = None, api_key_env: str | None = None) -> list[Target]:
         mlx = Target("mlx", source=source)
-        upstream = [Target("ollama", endpoint, timeout=timeout, api_key_env=api_key_env)] if endpoint else []
+        upstream = ([Target("ollama", endpoint, timeout=timeout, api_key_env=api_key_env)]
+                    if endpoint else [])
         if policy == "mlx":
             return [mlx]
         if policy == "auto":

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # Authorization, Cookie, X-Api-Key and the rest are the client's business with the bridge; an
 # endpoint that needs credentials gets them from the row's `api_key_env`, never from the client.
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
-# The only upstream response headers relayed back (Set-Cookie, Location, WWW-Authenticate stay there).
+# The only upstream response headers relayed back (Set-Cookie, Location, WWW-Authenticate stay
+# there).
 RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
 LISTING_TIMEOUT = (1.0, 3.0)
 HEALTH_TIMEOUT = (0.5, 0.5)  # /api/tags and /api/ps must answer even when the upstream hangs
@@ -71,7 +72,8 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._local = threading.local()
-        self.stopping = threading.Event()  # set when the grace period ends: relays stop at the next chunk
+        # set when the grace period ends: relays stop at the next chunk
+        self.stopping = threading.Event()
         self._streams: weakref.WeakSet[requests.Response] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
 
@@ -116,7 +118,8 @@ class Upstream:
         return resp
 
     def stop(self) -> None:
-        """End the relays: set `stopping` and cut the upstream connections they may be blocked on."""
+        """End the relays: set `stopping` and cut the upstream connections they may be blocked
+        on."""
         self.stopping.set()
         with self._streams_lock:
             streams = list(self._streams)
@@ -156,7 +159,8 @@ class Upstream:
 
 def _reason(exc: Exception) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "Connection reset"):
         if marker in text:
             return marker.lower()
     return type(exc).__name__
@@ -165,8 +169,10 @@ def _reason(exc: Exception) -> str:
 OnFinal = Callable[[dict[str, Any] | None, str | None, float | None], None]
 
 
-def relay(resp: requests.Response, on_final: OnFinal, stopping: threading.Event | None = None) -> Response:
-    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs last.
+def relay(resp: requests.Response, on_final: OnFinal,
+          stopping: threading.Event | None = None) -> Response:
+    """Stream an upstream response back unchanged; `on_final(final, error, first_chunk_at)` runs
+    last.
 
     Once `stopping` is set (the server's grace period is over) the relay ends at the next chunk
     with a final error line, like the engine's streams, instead of being cut when the worker exits.
@@ -202,7 +208,8 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
             scanner.feed(chunk)
             yield chunk
     except requests.RequestException as exc:
-        error = ShuttingDown().message if stopping.is_set() else f"upstream connection lost: {_reason(exc)}"
+        error = (ShuttingDown().message if stopping.is_set()
+                 else f"upstream connection lost: {_reason(exc)}")
         log.warning("upstream stream broken url=%s error=%s", redact_url(resp.url), _reason(exc))
         yield from _error_tail(kind, scanner.partial, error)
     finally:

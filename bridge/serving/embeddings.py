@@ -1,4 +1,5 @@
-"""Embeddings for MLX models: /api/embed, legacy /api/embeddings and /v1/embeddings bodies and answers."""
+"""Embeddings for MLX models: /api/embed, legacy /api/embeddings and /v1/embeddings bodies and
+answers."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, g
-
-from bridge.engine import Done, Embedded, Job, PromptSpec
+from bridge.engine import Done, Embedded, PromptSpec
 from bridge.errors import BadRequest
 from bridge.http.limits import check_embed_inputs
 from bridge.routing.router import Plan
+from bridge.serving.generation import make_job
 from bridge.serving.local import LocalModel
+from bridge.state import bridge
 from bridge.wire.durations import parse_keep_alive
 from bridge.wire.jsonbody import Fields
 from bridge.wire.options import Options, parse_options
@@ -41,8 +42,9 @@ def _fields(f: Fields, inputs: list[str]) -> EmbedRequest:
     dimensions = f.int("dimensions", 0) or 0
     if dimensions < 0:
         raise BadRequest("dimensions must be a positive integer")
-    return EmbedRequest(f.str("model"), inputs, truncate=bool(f.bool("truncate", True)), dimensions=dimensions,
-                        options=parse_options(f.dict("options")), keep_alive=keep_alive)
+    return EmbedRequest(f.str("model"), inputs, truncate=bool(f.bool("truncate", True)),
+                        dimensions=dimensions, options=parse_options(f.dict("options")),
+                        keep_alive=keep_alive)
 
 
 def parse_embed(body: dict[str, Any]) -> EmbedRequest:
@@ -70,7 +72,8 @@ def parse_legacy(body: dict[str, Any]) -> EmbedRequest:
 def parse_openai(body: dict[str, Any]) -> EmbedRequest:
     """/v1/embeddings (already checked by embeddings_check): "" embeds the empty string."""
     value = body.get("input")
-    return _fields(Fields(body, "EmbedRequest"), [value] if isinstance(value, str) else list(value or []))
+    inputs = [value] if isinstance(value, str) else list(value or [])
+    return _fields(Fields(body, "EmbedRequest"), inputs)
 
 
 def normalise(vector: list[float]) -> list[float]:
@@ -91,12 +94,8 @@ def run(req: EmbedRequest, model: LocalModel, plan: Plan) -> Embedded | Done:
     """Submit the job (a plain load when there is no input) and wait for its one result."""
     check_embed_inputs(len(req.inputs))  # here: an upstream answers by its own rules
     spec = PromptSpec(embed_inputs=req.inputs, truncate=req.truncate) if req.inputs else None
-    keep_alive = req.keep_alive if req.keep_alive is not None else model.entry.keep_alive
-    options = req.options.merged(plan.defaults).merged(model.entry.options)
-    job = Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
-              request_id=g.get("request_id", ""))
     result: Embedded | Done | None = None
-    for event in current_app.extensions["bridge"].local.run(job):
+    for event in bridge().local.run(make_job(req, model, plan, spec)):
         if isinstance(event, (Embedded, Done)):
             result = event
     assert result is not None
@@ -109,7 +108,8 @@ def embed_body(req: EmbedRequest, model: LocalModel, plan: Plan, started: int) -
     if not isinstance(result, Embedded):
         return {"model": req.model, "embeddings": []}
     return {"model": req.model, "embeddings": [shaped(v, req.dimensions) for v in result.vectors],
-            "total_duration": time.perf_counter_ns() - started, "load_duration": result.load_duration,
+            "total_duration": time.perf_counter_ns() - started,
+            "load_duration": result.load_duration,
             "prompt_eval_count": result.prompt_eval_count}
 
 

@@ -111,7 +111,8 @@ class LocalBackend:
         self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1)
 
     def find(self, name: str, source: str | None = None) -> LocalModel | None:
-        """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or None."""
+        """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or
+        None."""
         entry = self.registry.lookup(name)
         if source:
             entry = override_source(entry, name, source)
@@ -144,7 +145,8 @@ class LocalBackend:
             try:
                 found.append(LocalModel(entry, path, self.descriptions.get(path)))
             except ValueError as exc:
-                log.warning("skipping unreadable model name=%s path=%s error=%s", entry.name, path, exc)
+                log.warning("skipping unreadable model name=%s path=%s error=%s", entry.name, path,
+                            exc)
         return found
 
     def run(self, job: Job, client_gone: Callable[[], bool] | None = None) -> JobStream:
@@ -168,7 +170,8 @@ class LocalBackend:
         """Delete the weights if the bridge itself put them in its state dir (unloading first);
         when another name uses them too, only this name goes (or a 400 for a mapped name)."""
         if model.entry.is_local_dir or not self.registry.owns(model.path):
-            where = "the user's directory" if model.entry.is_local_dir else "a directory mlx-bridge did not create"
+            where = ("the user's directory" if model.entry.is_local_dir
+                     else "a directory mlx-bridge did not create")
             raise BadRequest(
                 f"model '{model.entry.name}' is served from {where} ({model.path}); "
                 "mlx-bridge only deletes what it downloaded into its state dir. "

@@ -199,9 +199,11 @@ class OutputParser:
     def __init__(self, plan: OutputPlan, traits: Traits) -> None:
         self.splitter = None
         if plan.think:
-            start, end = traits.think_start or DEFAULT_THINK[0], traits.think_end or DEFAULT_THINK[1]
+            start = traits.think_start or DEFAULT_THINK[0]
+            end = traits.think_end or DEFAULT_THINK[1]
             self.splitter = ThinkingSplitter(start, end, traits.prompt_in_think)
-        self.tools = ToolCallExtractor(traits.tools, plan.tools, plan.forced) if plan.tools else None
+        self.tools = (ToolCallExtractor(traits.tools, plan.tools, plan.forced)
+                      if plan.tools else None)
 
     def feed(self, text: str) -> Delta:
         return self._route(self.splitter.feed(text) if self.splitter else None, text, last=False)
@@ -219,7 +221,3 @@ class OutputParser:
             content, calls = content + rest, calls + more
         return Delta(content, thinking, calls)
 
-
-def tables_for(extensions: dict[str, Any]) -> TokenizerTables:
-    """The app's llguidance tokenizer tables (kept across requests, one per loaded tokenizer)."""
-    return extensions.setdefault("mlx_bridge.token_tables", TokenizerTables())

@@ -63,7 +63,8 @@ class Metrics:
         self.fallbacks = self._counter("fallbacks", "Requests handed to another backend.",
                                        ["model", "from", "to", "reason"])
         self.dropped = self._counter("tracking_dropped",
-                                     "Request records dropped because the writer queue was full.", [])
+                                     "Request records dropped because the writer queue was full.",
+                                     [])
         self.latency = Histogram("request_latency_seconds", "Request latency, start to last byte.",
                                  mb, namespace=NAMESPACE, registry=self.registry,
                                  buckets=LATENCY_BUCKETS)
@@ -76,7 +77,8 @@ class Metrics:
         return Counter(name, doc, labels, namespace=NAMESPACE, registry=self.registry)
 
     def model_label(self, name: str) -> str:
-        """The lower-case name; past `max_models` distinct names, "other" (bounds the series count)."""
+        """The lower-case name; past `max_models` distinct names, "other" (bounds the series
+        count)."""
         parsed = ModelName.try_parse(name)  # one series per model, however clients spell it
         label = parsed.key if parsed else "invalid"
         if label not in self._models:
@@ -101,7 +103,8 @@ class Metrics:
             self.ttft.labels(model, backend).observe(rec.ttft_ms / 1000)
 
     def fallback(self, model: str, from_backend: str, to_backend: str, reason: str) -> None:
-        """Count one fallback; `reason` is a short category (an error class name); free text is "other"."""
+        """Count one fallback; `reason` is a short category (an error class name); free text is
+        "other"."""
         label = reason if _REASON_RE.fullmatch(reason) else "other"
         self.fallbacks.labels(self.model_label(model), from_backend, to_backend, label).inc()
 

@@ -63,7 +63,8 @@ def backend_stats(conn: sqlite3.Connection, model_name: str, backend_type: str,
 _GROUP = "model_key, backend, endpoint"
 
 
-def comparison(conn: sqlite3.Connection, key: str | None, since: str | None) -> list[dict[str, Any]]:
+def comparison(conn: sqlite3.Connection, key: str | None,
+               since: str | None) -> list[dict[str, Any]]:
     """`[{"model", "backends": [{backend, endpoint, requests, ..., p95_latency_ms}]}]` by model.
 
     Aggregated inside SQLite (percentiles with a window function), so a large request log is

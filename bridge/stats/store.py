@@ -113,7 +113,7 @@ class BackendRow:
     max_tokens: int | None
     temperature_default: float | None
     timeout_seconds: float | None
-    api_key_env: str | None  # names the environment variable with the endpoint's key (never the key)
+    api_key_env: str | None  # the environment variable with the endpoint's key (never the key)
     description: str
     created_at: str  # RFC3339 UTC
     updated_at: str
@@ -172,7 +172,8 @@ class Store:
     # ---- connection -------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """The write connection (under self._lock), opened on first use, re-tried after a failure."""
+        """The write connection (under self._lock), opened on first use, re-tried after a
+        failure."""
         if self._conn is None:
             self._conn = self._open(self.timeout, schema=True)
         return self._conn
@@ -189,14 +190,17 @@ class Store:
     def _open(self, timeout: float, schema: bool) -> sqlite3.Connection:
         locked = self._locked
         if locked is not None and time.monotonic() < locked[0]:
-            raise locked[1]  # a lock just timed out: fail at once instead of waiting on every request
+            # a lock just timed out: fail at once instead of waiting on every request
+            raise locked[1]
         conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
+                                   isolation_level=None)
             conn.row_factory = sqlite3.Row
             if schema:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+                # WAL + NORMAL: durable across a process crash
+                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA)
                 _add_columns(conn)
         except sqlite3.Error as exc:
@@ -305,7 +309,8 @@ class Store:
         cols = ", ".join(data)
         marks = ", ".join("?" for _ in data)
         with self._db(write=True) as conn:
-            cur = conn.execute(f"INSERT INTO backends ({cols}) VALUES ({marks})", tuple(data.values()))
+            cur = conn.execute(f"INSERT INTO backends ({cols}) VALUES ({marks})",
+                               tuple(data.values()))
             row_id = cur.lastrowid
         log.info("backend created id=%s model=%s backend=%s endpoint=%s", row_id,
                  data["model_name"], data["backend_type"], data["endpoint_url"])
@@ -322,7 +327,8 @@ class Store:
             data["updated_at"] = now_rfc3339()
             sets = ", ".join(f"{col} = ?" for col in data)
             with self._db(write=True) as conn:
-                cur = conn.execute(f"UPDATE backends SET {sets} WHERE id = ?", (*data.values(), row_id))
+                cur = conn.execute(f"UPDATE backends SET {sets} WHERE id = ?",
+                                   (*data.values(), row_id))
                 if cur.rowcount == 0:
                     return None
             log.info("backend updated id=%s fields=%s", row_id, ",".join(sorted(changes)))
@@ -331,8 +337,9 @@ class Store:
     def toggle(self, row_id: int) -> BackendRow | None:
         """Flip `enabled`; None when the id does not exist."""
         with self._db(write=True) as conn:
-            cur = conn.execute("UPDATE backends SET enabled = 1 - enabled, updated_at = ? WHERE id = ?",
-                               (now_rfc3339(), row_id))
+            cur = conn.execute(
+                "UPDATE backends SET enabled = 1 - enabled, updated_at = ? WHERE id = ?",
+                (now_rfc3339(), row_id))
             if cur.rowcount == 0:
                 return None
         row = self.get(row_id)
@@ -387,7 +394,8 @@ class Store:
         with self._report_db() as conn:
             return backend_stats(conn, row.model_name, row.backend_type, row.endpoint_url)
 
-    def comparison(self, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+    def comparison(self, model: str | None = None,
+                   since: str | None = None) -> list[dict[str, Any]]:
         """Per model, per backend and endpoint: counts, error rate, latency percentiles, speed."""
         with self._report_db() as conn:
             return comparison(conn, model_key(model) if model else None, since)

@@ -1,5 +1,9 @@
 """Request tracking: metrics now, SQLite later, on a writer thread so a request never waits.
 
+Every request outcome is turned into a RequestRecord here, and only here: `LocalOutcome` for a
+generation on MLX, `record_forwarded` for a relayed upstream answer, `record_failed_attempt` for
+a target that failed before its first byte and was passed over for the next one.
+
 `record()` updates the Prometheus counters in the caller's thread (cheap) and queues the record;
 one writer thread stores queued records in batches (one transaction each). The queue is bounded:
 when SQLite falls behind, records are dropped and counted (`tracking_dropped_total`), never
@@ -12,10 +16,15 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StoreUnavailable
 from bridge.stats.metrics import Metrics
 from bridge.stats.store import RequestRecord, Store
+
+if TYPE_CHECKING:
+    from bridge.engine import Done
+    from bridge.http.web import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +162,78 @@ class Tracker:
             self.store.record_many(batch)
             self._since_prune += len(batch)
             if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
+                self._since_prune = 0  # the next prune after another _PRUNE_EVERY records
                 self.store.prune(self.keep_records)
-        except StoreUnavailable as exc:  # the request already succeeded; losing its record is the lesser harm
+        except StoreUnavailable as exc:  # the request succeeded; losing its record is lesser harm
             log.error("request records not stored count=%d error=%r", len(batch), exc.message)
         except Exception:  # a bad record must not end the writer thread
             log.exception("request records not stored count=%d", len(batch))
+
+
+# ---- outcomes -> records (request threads, or a relay's generator after the view returned) ----
+
+CANCELED_ERRORS = ("request canceled", "client disconnected")
+
+
+def status_of(ok: bool, error: str | None) -> str:
+    """A client hanging up is not the backend's failure: "canceled", not "error"."""
+    if ok:
+        return "ok"
+    return "canceled" if error in CANCELED_ERRORS else "error"
+
+
+def _record(tracker: Tracker, rec: RequestRecord) -> None:
+    try:
+        tracker.record(rec)
+    except Exception:  # tracking must never break serving
+        log.exception("could not record request model=%s", rec.model)
+
+
+class LocalOutcome:
+    """Records a local (MLX) generation's result once it ends (ttft: up to its first event)."""
+
+    def __init__(self, tracker: Tracker, ctx: RequestContext) -> None:
+        self.tracker, self.ctx = tracker, ctx
+        self.first_ns = time.perf_counter_ns()
+
+    def finish(self, done: Done | None, error: str | None) -> None:
+        eval_s = done.eval_duration / 1e9 if done and done.eval_duration else 0
+        started = self.ctx.started_ns
+        _record(self.tracker, RequestRecord(
+            model=self.ctx.model, backend="mlx", endpoint=None,
+            status=status_of(done is not None, error), error=error,
+            prompt_tokens=done.prompt_eval_count if done else 0,
+            eval_tokens=done.eval_count if done else 0,
+            ttft_ms=(self.first_ns - started) / 1e6,
+            latency_ms=(time.perf_counter_ns() - started) / 1e6,
+            tokens_per_sec=done.eval_count / eval_s if done and eval_s else None,
+            cached_tokens=done.cached_tokens if done else 0, fallback_from=self.ctx.fallback_from))
+
+
+def record_forwarded(tracker: Tracker, ctx: RequestContext, backend: str, endpoint: str | None,
+                     status: int, final: dict[str, Any] | None, error: str | None,
+                     opened_ns: int, first_ns: int | None) -> None:
+    """A relayed upstream answer, from its final NDJSON object (token counts and durations);
+    timed from `opened_ns`, when the upstream was asked (a failed attempt before is not its)."""
+    final = final or {}
+    eval_count = int(final.get("eval_count") or 0)
+    eval_ns = int(final.get("eval_duration") or 0)
+    _record(tracker, RequestRecord(
+        model=ctx.model, backend=backend, endpoint=endpoint,
+        status=status_of(status < 400 and error is None, error),
+        error=error or (None if status < 400 else f"HTTP {status}"),
+        prompt_tokens=int(final.get("prompt_eval_count") or 0), eval_tokens=eval_count,
+        ttft_ms=(first_ns - opened_ns) / 1e6 if first_ns is not None else None,
+        latency_ms=(time.perf_counter_ns() - opened_ns) / 1e6,
+        tokens_per_sec=eval_count / (eval_ns / 1e9) if eval_ns else None,
+        fallback_from=ctx.fallback_from))
+
+
+def record_failed_attempt(tracker: Tracker, ctx: RequestContext, backend: str,
+                          endpoint: str | None, reason: str, message: str) -> None:
+    """A target that failed before its first byte (the request went on to the next one)."""
+    _record(tracker, RequestRecord(
+        model=ctx.model, backend=backend, endpoint=endpoint, status="error",
+        error=f"{reason}: {message}", prompt_tokens=0, eval_tokens=0, ttft_ms=None,
+        latency_ms=(time.perf_counter_ns() - ctx.started_ns) / 1e6, tokens_per_sec=None,
+        fallback_from=ctx.fallback_from))
