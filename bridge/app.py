@@ -9,6 +9,7 @@ from flask import Flask
 
 from bridge.api import admin
 from bridge.api import anthropic as anthropic_api
+from bridge.api import gateway as gateway_api
 from bridge.api import generate as api
 from bridge.api import models as models_api
 from bridge.api import openai as openai_api
@@ -92,4 +93,5 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app.register_blueprint(proxy_api.bp)
     app.register_blueprint(pull_api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(gateway_api.bp)
     return app
