@@ -75,7 +75,7 @@ class Echo(BaseHTTPRequestHandler):
             return self._send(200, {})
         try:
             model = str((json.loads(raw) if raw else {}).get("model", ""))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # garbage is echoed, not parsed
             model = ""
         seen = {"upstream": self.server.name, "method": self.command, "target": self.path,
                 "body": raw.decode("utf-8", "replace"), "model": model,
