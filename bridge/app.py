@@ -8,6 +8,7 @@ from flask import Flask
 
 from bridge.api import admin
 from bridge.api import anthropic as anthropic_api
+from bridge.api import gateway as gateway_api
 from bridge.api import generate as api
 from bridge.api import models as models_api
 from bridge.api import openai as openai_api
@@ -58,6 +59,6 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
         puller=Puller(registry.downloads_dir), tables=TokenizerTables())
     web.install(app)
     for blueprint in (models_api.bp, api.bp, openai_api.bp, anthropic_api.bp, responses_api.bp,
-                      proxy_api.bp, pull_api.bp, admin.bp):
+                      proxy_api.bp, pull_api.bp, admin.bp, gateway_api.bp):
         app.register_blueprint(blueprint)
     return app

@@ -147,7 +147,8 @@ cmd_switch() {
   [ -n "${MLX_BRIDGE_ADMIN_TOKEN:-}" ] \
     || die "set MLX_BRIDGE_ADMIN_TOKEN to the token the server was started with"
   quoted=$(MODEL=$model "$PYTHON" -c 'import os, urllib.parse; print(urllib.parse.quote(os.environ["MODEL"], safe=""))')
-  found=$(get "$BRIDGE_URL/api/llm-backends/model/$quoted") || die "could not look up '$model' (invalid name?)"
+  # 404 when the model has no row and no mapping yet: then a new row is created
+  found=$(get "$BRIDGE_URL/api/llm-backends/model/$quoted") || found='{}'
   id=$(printf '%s' "$found" | json 'rows = d.get("rows", []); print(rows[0]["id"] if rows else "")')
   body=$(MODEL=$model BACKEND=$backend "$PYTHON" -c \
     'import json, os; print(json.dumps({"model_name": os.environ["MODEL"], "backend_type": os.environ["BACKEND"], "enabled": True}))')

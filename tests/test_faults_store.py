@@ -250,7 +250,7 @@ def test_kill_9_during_admin_writes_leaves_the_database_intact(tmp_path, tiny_mo
 
     proc, url = _server(tmp_path, tiny_model_dir)
     try:
-        listed = requests.get(url + "/api/llm-backends", headers=AUTH, timeout=10).json()["backends"]
+        listed = requests.get(url + "/api/llm-backends", headers=AUTH, timeout=10).json()
         assert sorted(r["id"] for r in listed) == sorted(rows)
         assert _admin_write(url).status_code == 201
         assert_serves(url)

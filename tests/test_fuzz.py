@@ -308,7 +308,10 @@ FUZZED_RULES = {"/", "/api/version", "/api/tags", "/api/ps", "/health", "/metric
                 "/v1/completions", "/v1/embeddings", "/api/embed", "/api/embeddings", "/api/blobs/<digest>",
                 "/api/llm-backends", "/api/llm-backends/<row_id>", "/api/llm-backends/<row_id>/toggle",
                 "/api/llm-backends/model/<path:model_name>", "/api/performance/comparison",
-                "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"}
+                "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+                # fuzzed in tests/test_fuzz_gateway.py
+                "/api/models", "/api/models/<path:name>", "/api/mlx/models",
+                "/api/mlx/load/<path:name>", "/api/health"}
 
 
 def test_every_route_is_fuzzed(app):

@@ -1,6 +1,7 @@
 """Blueprint: the backend registry's admin API, the performance comparison and /metrics.
 
-Auth: with `MLX_BRIDGE_ADMIN_TOKEN` set, every call except the model lookup and /metrics needs
+Auth: with `MLX_BRIDGE_ADMIN_TOKEN` set, every call except the model lookup, the performance
+comparison and /metrics needs
 `Authorization: Bearer <token>` (401 otherwise). Without a token, reads are open and writes are
 refused (403). No routing logic here: the router reads the same store on every request, so a
 change applies to the next request.
@@ -18,9 +19,10 @@ from bridge.api.admin_fields import check_row
 from bridge.errors import BadRequest, Forbidden, NotFound, StoreUnavailable, Unauthorized
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.upstream import redact_url
+from bridge.serving.catalog import plan_json
 from bridge.state import bridge
 from bridge.stats.metrics import CONTENT_TYPE
-from bridge.stats.store import BackendRow, Store
+from bridge.stats.store import ROW_FIELDS, BackendRow, Store
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 
@@ -69,8 +71,10 @@ def _fresh() -> None:
 
 
 def row_json(row: BackendRow, store: Store) -> dict[str, Any]:
-    """A row with its read-only stats (a URL's `user:pass@`, from a file older than the check, masked)."""
-    return {**row.to_dict(), "endpoint_url": redact_url(row.endpoint_url), **store.stats(row).to_dict()}
+    """A row with its read-only stats (a URL's `user:pass@`, from a file older than the check,
+    masked)."""
+    return {**row.to_dict(), "endpoint_url": redact_url(row.endpoint_url),
+            **store.stats(row).to_dict()}
 
 
 def _row_id(raw: str) -> int:
@@ -101,7 +105,7 @@ def list_backends() -> Response:
     _fresh()
     store = _store()
     rows = store.list_rows(enabled_only=_flag("enabled_only"))
-    return json_response({"backends": [row_json(r, store) for r in rows]})
+    return json_response([row_json(r, store) for r in rows])  # an array: `jq '.[] | ...'`
 
 
 @bp.get(f"{BACKENDS}/<row_id>")
@@ -114,15 +118,37 @@ def get_backend(row_id: str) -> Response:
 
 @bp.get(f"{BACKENDS}/model/<path:model_name>")
 def backends_for_model(model_name: str) -> Response:
-    """Service lookup (no auth): the enabled rows and who answers the model right now."""
+    """Service lookup (no auth): the row that applies (`jq '.backend_type'`), with the plan.
+
+    The row is the top enabled admin row, else the mapping file's entry in row form (`id` null);
+    a model in neither has no row (404, saying where its requests go instead).
+    """
     try:
         name = ModelName.parse(model_name).display
     except InvalidModelName:
         raise BadRequest(f"invalid model name {model_name!r}") from None
     store = _store()
     rows = store.rows_for_model(name)
-    return json_response({"model_name": name, "rows": [row_json(r, store) for r in rows],
-                          "effective_backend": _effective(name, rows)})
+    effective = _effective(name, rows)
+    if rows:
+        row = row_json(rows[0], store)
+    elif effective["source"] == "mappings":
+        row = _mapping_row(name, effective)
+    else:
+        where = effective["endpoint_url"] or "nowhere (no upstream is configured)"
+        raise NotFound(f"no backend row for model '{name}': no enabled admin row and no entry in "
+                       f"the mapping file; its requests go to the default upstream {where}")
+    return json_response({**row, "source": effective["source"],
+                          "rows": [row_json(r, store) for r in rows],
+                          "effective_backend": effective,
+                          "plan": plan_json(bridge().router.plan(name))})
+
+
+def _mapping_row(name: str, effective: dict[str, Any]) -> dict[str, Any]:
+    """The mapping file's entry in the shape of an admin row (it has no id, stats or times)."""
+    return {**dict.fromkeys(ROW_FIELDS), "model_name": name,
+            "backend_type": effective["backend_type"], "mlx_model": effective["mlx_model"],
+            "enabled": True, "priority": 0, "description": "from the mapping file"}
 
 
 def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
@@ -130,7 +156,8 @@ def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
     state = bridge()
     if rows:
         top = rows[0]
-        source, backend, mlx_model, endpoint = "backends", top.backend_type, top.mlx_model, top.endpoint_url
+        source, backend = "backends", top.backend_type
+        mlx_model, endpoint = top.mlx_model, top.endpoint_url
     elif (entry := state.registry.lookup(name)) is not None:
         source, backend, mlx_model, endpoint = "mappings", entry.backend, entry.source, None
     else:
@@ -178,8 +205,8 @@ def toggle_backend(row_id: str) -> Response:
 
 @bp.get("/api/performance/comparison")
 def performance_comparison() -> Response:
-    """Backends side by side per model (`?model=`, `?since=` RFC3339)."""
-    require_admin(write=False)
+    """Backends side by side per model (`?model=`, `?since=` RFC3339); no token, like /metrics:
+    it shows counts and latencies, no endpoint keys or row settings."""
     model = request.args.get("model") or None
     if model is not None:
         try:
@@ -200,13 +227,15 @@ def _since(raw: str | None) -> str | None:
         dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         return rfc3339(dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc))
     except (ValueError, OverflowError):
-        raise BadRequest(f"since must be an RFC3339 time such as 2025-01-31T00:00:00Z (got {raw!r})") from None
+        raise BadRequest("since must be an RFC3339 time such as 2025-01-31T00:00:00Z "
+                         f"(got {raw!r})") from None
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text (no auth, like most exporters; bind the bridge to localhost to keep it private)."""
-    registry = getattr(bridge(), "metrics", None)
+    """Prometheus text (no auth, like most exporters; bind the bridge to localhost to keep it
+    private)."""
+    registry = bridge().metrics
     if registry is None:
         raise NotFound("metrics are not enabled on this server")
     return Response(registry.exposition(), content_type=CONTENT_TYPE)

@@ -106,7 +106,8 @@ def _number(positive: bool) -> Check:
     def check(name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _fail(name, "must be a number")
-        if not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= MAX_INT):
+        in_range = (value > 0 if positive else value >= 0) and value <= MAX_INT
+        if not (math.isfinite(value) and in_range):
             raise _fail(name, "must be greater than 0" if positive else "must not be negative")
         return float(value)
     return check

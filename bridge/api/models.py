@@ -152,6 +152,7 @@ def delete() -> Response:
 
 
 @bp.get("/health")
+@bp.get("/api/health")  # the hybrid gateway's name for it (scripts written against it)
 def health() -> Response:
     state = bridge()
     engine = state.local.engine

@@ -1,17 +1,22 @@
-"""Blueprint: endpoints the bridge forwards to the upstream Ollama for models MLX does not serve."""
+"""Blueprint: endpoints forwarded to the upstream Ollama, and the relay for unknown paths."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import NotFound
 
-from bridge.errors import BadRequest, ModelNotFound
-from bridge.http.web import json_response
+from bridge.errors import BadRequest, BridgeError, ModelNotFound
+from bridge.errors import NotFound as BridgeNotFound
+from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
 from bridge.routing.dispatch import dispatch, forward
 from bridge.routing.router import Plan, Target
+from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
@@ -19,6 +24,7 @@ from bridge.wire.jsonbody import Fields, parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 
 bp = Blueprint("proxy", __name__)
+log = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 
@@ -82,3 +88,65 @@ def blobs(digest: str) -> Response:
         raise BadRequest("invalid digest format")
     body = request.stream if request.method == "POST" else None  # stream big uploads through
     return forward(default_target(), f"/api/blobs/{digest}", body, method=request.method)
+
+
+@bp.app_errorhandler(NotFound)
+def relay_unknown(exc: NotFound) -> Response:
+    """A path the bridge does not serve goes to the default upstream unchanged (404 without one).
+
+    Only a routing miss is relayed: a known path with a wrong method stays the bridge's 405, and
+    a NotFound raised inside a view is answered as usual. A JSON body naming a valid `model` is
+    routed by that model like /api/chat (plan, fallback, tracking); anything else is relayed as is.
+    """
+    if exc is not request.routing_exception or not bridge().upstream_url:
+        return handle_http_error(exc)
+    try:  # an error handler's own errors are not mapped by Flask: map them here
+        return _relay(raw_target(), request.get_data())  # the body under the usual cap
+    except UpstreamUnavailable as error:
+        if not error.refused:
+            return handle_bridge_error(error)
+        # No Ollama listens there (a bridge used for MLX only): the path stays Ollama's 404.
+        log.info("unknown path not relayed request_id=%s path=%s reason=%r",
+                 request_id(), request.path, error.message)
+        return handle_http_error(exc)
+    except BridgeError as error:
+        return handle_bridge_error(error)
+
+
+def _relay(path: str, raw: bytes) -> Response:
+    name = body_model(raw)
+    if name is not None:
+        mlx_only(name)
+        return dispatch(name, path, raw, None, method=request.method)
+    return forward(default_target(), path, raw or None, method=request.method)
+
+
+def mlx_only(name: str) -> None:
+    """A model only MLX serves has no upstream to take an endpoint the bridge lacks: say so."""
+    plan = bridge().router.plan(name)
+    if plan.targets and all(t.backend == "mlx" for t in plan.targets):
+        raise BridgeNotFound(f"{request.method} {request.path} is not served for model "
+                             f"'{name}': it runs on MLX here, and endpoints the bridge does not "
+                             "implement are relayed only to an upstream Ollama")
+
+
+def raw_target() -> str:
+    """The request target as the client sent it: percent-escapes and query string untouched."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw:
+        parts = urlsplit(raw)  # an absolute-form target (`GET http://host/x`): keep path and query
+        return urlunsplit(("", "", parts.path or "/", parts.query, "")) if parts.scheme else raw
+    query = request.query_string.decode("latin-1")
+    return quote(request.path) + (f"?{query}" if query else "")
+
+
+def body_model(raw: bytes) -> str | None:
+    """The `model` of a JSON object body when it is a valid Ollama name, else None."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(raw).get("model")
+        ModelName.parse(value)
+    except (ValueError, RecursionError, InvalidModelName, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.http.web import rfc3339
+from bridge.routing.router import Plan
+from bridge.routing.upstream import redact_url
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
 from bridge.wire.names import ModelName
@@ -39,3 +41,10 @@ def tag_entry(m: LocalModel) -> dict[str, Any]:
     return {"name": m.entry.name, "model": m.entry.name, "modified_at": rfc3339(d.modified_at),
             "size": d.size, "digest": d.digest, "details": d.details,
             "capabilities": d.capabilities}
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """A routing plan as shown to admins: the targets in the order they are tried now."""
+    return {"policy": plan.policy, "defaults": plan.defaults, "targets": [
+        {"backend": t.backend, "endpoint_url": redact_url(t.endpoint), "mlx_model": t.source,
+         "timeout_seconds": t.timeout} for t in plan.targets]}
