@@ -119,8 +119,10 @@ class HostSpec:
     def is_loopback(self) -> bool:
         """True when bound to localhost or a loopback IP only.
 
-        >>> parse_host("").is_loopback, parse_host("[::1]").is_loopback, parse_host(":1").is_loopback
-        (True, True, False)
+        >>> parse_host("").is_loopback, parse_host("[::1]").is_loopback
+        (True, True)
+        >>> parse_host(":1").is_loopback
+        False
         """
         if self.host.lower() == "localhost":
             return True
@@ -295,7 +297,7 @@ def _env_int(
 
 
 def _truthy(value: str | None) -> bool:
-    """Interpret a boolean-ish variable (``1``, ``true``, ``yes``, ``on``, or a non-zero integer)."""
+    """A boolean-ish variable: ``1``, ``true``, ``yes``, ``on``, or a non-zero integer."""
     if value is None:
         return False
     v = value.lower()

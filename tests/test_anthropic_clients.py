@@ -124,10 +124,10 @@ def test_thinking(client):
     assert "thinking_delta" in deltas and final.content[0].thinking == THOUGHT
     off = client.messages.create(**kw, thinking={"type": "disabled"})
     assert [(b.type, b.text) for b in off.content] == [("text", HELLO)]
-    with pytest.raises(anthropic.BadRequestError) as err:
-        client.messages.create(model="tiny", max_tokens=2048, messages=Q,
-                               thinking={"type": "enabled", "budget_tokens": 1024})
-    assert err.value.body["error"] == {"type": "invalid_request_error", "message": '"tiny" does not support thinking'}
+    # A model without thinking answers anyway (Ollama's relax_thinking: Claude Code always asks).
+    plain = client.messages.create(model="tiny", max_tokens=8, messages=Q,
+                                   thinking={"type": "enabled", "budget_tokens": 1024})
+    assert plain.content and all(b.type == "text" for b in plain.content)
 
 
 def test_count_tokens_is_the_real_prompt_length(client, tiny_model_dir):

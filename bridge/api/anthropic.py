@@ -72,6 +72,15 @@ def native_request(body: dict[str, Any],
     return req, plan
 
 
+def relax_thinking(req: ChatRequest, model: LocalModel) -> None:
+    """Thinking asked of a model without it is dropped, not a 400 (Ollama's `relax_thinking` for
+    this layer): Claude Code and the SDKs send `thinking` whatever model they talk to."""
+    if req.think and "thinking" not in model.description.capabilities:
+        log.debug("thinking dropped request_id=%s model=%s (the model has none)", request_id(),
+                  model.entry.name)
+        req.think = None
+
+
 @bp.post("/v1/messages")
 def messages() -> Response:
     raw = request.get_data()
@@ -81,6 +90,7 @@ def messages() -> Response:
     def local(model: LocalModel, plan: Plan) -> Response:
         # Converted only for MLX: an upstream model gets Ollama's own reading of the body.
         req, layer = native_request(body)
+        relax_thinking(req, model)
         writer = MessagesWriter(req.model, estimate_input_tokens(layer.native), layer.show_thinking,
                                 layer.max_calls)
         return chat_handler(req, AnthropicResponder(writer, req.stream))(model, plan)
@@ -97,6 +107,7 @@ def count_tokens() -> Response:
 
     def local(model: LocalModel, plan: Plan) -> Response:
         req, _ = native_request(body, counting=True)
+        relax_thinking(req, model)
         return json_response(count_tokens_body(prompt_token_count(req, model, plan)))
 
     return dispatch(name, request.path, raw, local)

@@ -1,10 +1,10 @@
 """Where an HTTP/1 request ends, found in the bytes received so far (no sockets, no blocking).
 
-The worker (bridge/http/worker.py) reads each request on its main loop, without a thread, and hands the
-connection to a request thread only once this says the request is all there. It only frames the
-request (end of the header block, Content-Length or chunked framing); gunicorn's parser still
-validates everything when the thread parses the buffered bytes, and whatever this cannot frame
-is handed over as soon as the headers are complete, for gunicorn to refuse.
+The worker (bridge/http/worker.py) reads each request on its main loop, without a thread, and
+hands the connection to a request thread only once this says the request is all there. It only
+frames the request (end of the header block, Content-Length or chunked framing); gunicorn's
+parser still validates everything when the thread parses the buffered bytes, and whatever this
+cannot frame is handed over as soon as the headers are complete, for gunicorn to refuse.
 
 >>> r = RequestBuffer(max_body=100)
 >>> r.feed(b"POST /api/chat HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\nab")
@@ -13,7 +13,8 @@ is handed over as soon as the headers are complete, for gunicorn to refuse.
 <Verdict.READY: 'ready'>
 >>> RequestBuffer(max_body=100).feed(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
 <Verdict.READY: 'ready'>
->>> RequestBuffer(max_body=100).feed(b"POST /api/blobs/x HTTP/1.1\\r\\nContent-Length: 9\\r\\n\\r\\n")
+>>> blob = b"POST /api/blobs/x HTTP/1.1\\r\\nContent-Length: 9\\r\\n\\r\\n"
+>>> RequestBuffer(max_body=100).feed(blob)
 <Verdict.STREAM: 'stream'>
 """
 

@@ -49,7 +49,8 @@ class BridgeServer(BaseApplication):
         settings: dict[str, Any] = {
             "bind": [c.host.bind],
             "workers": 1,  # MLX weights live in-process: more workers would mean more copies
-            "worker_class": "bridge.http.worker.BridgeWorker",  # gthread + refuse-at-once graceful stop
+            # gthread, plus a graceful stop that refuses new connections at once
+            "worker_class": "bridge.http.worker.BridgeWorker",
             "threads": c.threads,
             # Connections are read on the main loop (bridge/http/worker.py) and cost no thread until
             # their request is complete, so many slow ones fit; never more than the fds allow.
@@ -123,5 +124,6 @@ def _worker_exit(server: Any, worker: Any) -> None:
 def serve(config: Config, *, log_file: Path | None = None, grace: float = DEFAULT_GRACE) -> None:
     """Run in the foreground until SIGTERM/SIGINT (SIGTERM drains for `grace` seconds)."""
     setup_logging(config.verbose, log_file)
-    log.warning("mlx-bridge listening on http://%s (mappings=%s)", config.host.bind, config.mappings_path)
+    log.warning("mlx-bridge listening on http://%s (mappings=%s)", config.host.bind,
+                config.mappings_path)
     BridgeServer(config, grace).run()
