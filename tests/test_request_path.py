@@ -23,6 +23,7 @@ from bridge.serving.embeddings import EmbedRequest
 from bridge.serving.generation import make_job
 from bridge.state import bridge, bridge_of
 from bridge.testing import build_tiny_model
+from bridge.wire.limits import Limits
 from bridge.wire.options import parse_options
 from bridge.wire.schemas import parse_chat
 
@@ -170,7 +171,8 @@ def test_make_job_precedence_request_then_row_then_mapping(app) -> None:
         model = replace(model, entry=replace(model.entry, keep_alive=60.0, options={
             "temperature": 0.9, "top_k": 3, "num_ctx": 512}))
         plan = Plan("tiny", "mlx", [], defaults={"temperature": 0.5, "top_k": 7})
-        chat = parse_chat({"model": "tiny", "messages": [], "options": {"temperature": 0.1}})
+        chat = parse_chat({"model": "tiny", "messages": [], "options": {"temperature": 0.1}},
+                          Limits())
         embed = EmbedRequest("tiny", ["x"], options=parse_options({"temperature": 0.1}),
                              keep_alive=5.0)
         for req, keep_alive in ((chat, 60.0), (embed, 5.0)):
