@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from bridge.app import create_app
 from bridge.config import load_config
 from bridge.testing import build_tiny_model
 
+# Re-exported: test modules import these from here (`from .conftest import start_server`).
+from .helpers import free_port, start_server, stop_server, write_mappings
+
+__all__ = ["TINY", "free_port", "start_server", "stop_server", "write_mappings"]
+
 TINY = "tiny:latest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -58,16 +50,6 @@ def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             max_position_embeddings=1 << 17)
 
 
-def write_mappings(path: Path, models: dict[str, dict], upstream: str | None = None) -> Path:
-    import yaml
-
-    data: dict = {"models": models}
-    if upstream:
-        data["upstream"] = upstream
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.fixture(scope="session")
 def mappings_file(tmp_path_factory, tiny_model_dir, base_model_dir) -> Path:
     d = tmp_path_factory.mktemp("cfg")
@@ -92,43 +74,6 @@ def app(mappings_file, bridge_home):
     application.extensions["bridge"].start()
     yield application
     application.extensions["bridge"].stop()
-
-
-def start_server(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
-                 timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start `mlx-bridge serve` as a real process and wait until it answers."""
-    port = port or free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--port", str(port), *args],
-        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
-        try:
-            if requests.get(url + "/health", timeout=5).json()["engine"]["state"] == "running":
-                return proc, url
-        except (requests.RequestException, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError("server did not start in time")
-
-
-def stop_server(proc: subprocess.Popen, timeout: float = 20) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 @pytest.fixture(scope="session")
