@@ -111,12 +111,12 @@ def server(mappings_file, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
-    """The demo model imported once per session, as `serve --demo` imports it."""
-    from bridge.importer import import_model
+def smollm2_dir(smollm2_gguf, imported) -> Path:
+    """The demo model imported once per session, as `serve --demo` imports it (the same import
+    test_import_real.py checks against the reference)."""
     from bridge.importer.demo import DEMO_NAME
 
-    return import_model(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2-home"), name=DEMO_NAME).path
+    return imported(smollm2_gguf, DEMO_NAME)
 
 
 @pytest.fixture(scope="session")
