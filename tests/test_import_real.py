@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bridge.modelinfo.describe import describe_model
 
@@ -38,12 +39,14 @@ def _agreement(gguf: Path, model_dir: Path) -> tuple[float, float, float]:
     return compare(ReferenceModel(str(gguf)).logits(ids), logits)
 
 
+@pytest.mark.slow
 def test_smollm2_agrees_with_the_reference(smollm2_gguf, imported):
     top1, kl_mean, kl_max = _agreement(smollm2_gguf, imported(smollm2_gguf, "smollm2:135m"))
     print(f"smollm2 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")
     assert top1 >= MIN_TOP1 and kl_mean <= MAX_MEAN_KL and kl_max <= MAX_KL
 
 
+@pytest.mark.slow
 def test_gemma3_agrees_with_the_reference(gemma_gguf, imported):
     top1, kl_mean, kl_max = _agreement(gemma_gguf, imported(gemma_gguf, "gemma3:270m"))
     print(f"gemma3 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")

@@ -312,6 +312,7 @@ CITY = {"type": "object", "additionalProperties": False, "required": ["city", "c
                        "population_millions": {"type": "integer", "minimum": 0, "maximum": 50}}}
 
 
+@pytest.mark.slow
 def test_gemma_schema_output_validates(gemma):
     prompt = f"Answer in JSON matching this schema: {json.dumps(CITY)}\nWhat is the capital of France?"
     body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": prompt}], "format": CITY,
