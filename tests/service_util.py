@@ -1,4 +1,5 @@
-"""Helpers for the service and CLI tests: run `mlx-bridge` as a real process in a clean environment."""
+"""Helpers for the service and CLI tests: run `mlx-bridge` as a real process in a clean
+environment."""
 
 from __future__ import annotations
 

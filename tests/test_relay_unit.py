@@ -102,7 +102,8 @@ def test_an_upstream_that_refuses_marks_the_endpoint_down(tmp_path: Path,
 @pytest.fixture(scope="module")
 def chunked_server() -> Iterator[HTTPServer]:
     """A threaded HTTPServer: it answers HTTP/1.1 with chunked bodies, as Ollama does (the
-    default single-threaded one speaks HTTP/1.0, whose close-delimited body requests reads whole)."""
+    default single-threaded one speaks HTTP/1.0, whose close-delimited body requests reads
+    whole)."""
     server = HTTPServer(threaded=True)
     server.start()
     yield server
