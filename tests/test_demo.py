@@ -35,6 +35,7 @@ def demo_home(tmp_path_factory):
     return home, mappings
 
 
+@pytest.mark.slow
 def test_first_start_imports_the_demo_and_it_answers_paris(demo_home):
     home, mappings = demo_home
     started = time.time()

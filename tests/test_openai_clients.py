@@ -18,10 +18,8 @@ import pytest
 import requests
 from pydantic import BaseModel, Field
 
-from bridge.testing import build_tiny_model
-
 from .conftest import start_server, stop_server, write_mappings
-from .scripted_model import ANSWER, HELLO, THOUGHT, WEATHER, scripted_models
+from .scripted_model import ANSWER, HELLO, THOUGHT, WEATHER
 
 Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER_TOOL = {"type": "function", "function": {
@@ -74,17 +72,11 @@ def stub_upstream():
 
 
 @pytest.fixture(scope="module")
-def bridges(tmp_path_factory, tiny_model_dir):
-    """(bridge url, upstream bridge url): `up-only` lives only on the upstream."""
-    root = tmp_path_factory.mktemp("v1")
-    up_map = write_mappings(root / "up.yaml", {
-        "up-only": {"mlx": str(build_tiny_model(root / "up-only", seed=7)), "backend": "mlx"}})
-    up, up_url = start_server(["--mappings", str(up_map), "--home", str(root / "up-home"), "--upstream", "none"])
-    mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir), upstream=up_url)
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
-    yield url, up_url
-    stop_server(proc)
-    stop_server(up)
+def bridges(protocol_bridges):
+    """(bridge url, upstream bridge url): `up-only` lives only on the upstream. The session's
+    pair (conftest.protocol_bridges), shared with the Anthropic and Responses client tests:
+    these tests only read."""
+    return protocol_bridges
 
 
 @pytest.fixture(scope="module")

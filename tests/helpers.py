@@ -1,0 +1,96 @@
+"""The one home of the tests' plain helpers: free ports, real server processes, mapping files,
+polling, NDJSON. conftest.py and the *_util.py modules import from here (and re-export what older
+test modules import from them); scripts/bench_common.py keeps its own copies because the scripts run
+standalone, without the test package on the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_mappings(path: Path, models: dict[str, dict], upstream: str | None = None) -> Path:
+    """A model_mappings.yaml with `models` (and a default `upstream`)."""
+    import yaml
+
+    data: dict = {"models": models}
+    if upstream:
+        data["upstream"] = upstream
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def engine_running(url: str) -> bool:
+    """The server at `url` answers /health with a running engine."""
+    try:
+        return requests.get(url + "/health", timeout=5).json()["engine"]["state"] == "running"
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return False
+
+
+def start_server(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
+                 timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """Start `mlx-bridge serve` as a real process and wait until it answers."""
+    port = port or free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--port", str(port), *args],
+        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        if engine_running(url):
+            return proc, url
+        time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError("server did not start in time")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM the server's process group; SIGKILL it when it outstays `timeout`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
+               interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; its last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def ndjson(lines: Iterable[bytes | str]) -> list[dict]:
+    """The objects of NDJSON lines (e.g. `resp.iter_lines()`), blank lines skipped."""
+    return [json.loads(line) for line in lines if line]
