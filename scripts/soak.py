@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Soak test: N clients for M minutes against a real `mlx-bridge serve` on loopback; stops by itself.
+"""Soak test: N clients for M minutes against a real `mlx-bridge serve` on loopback; stops by
+itself.
 
 Each client loops over a seeded mix of streamed and non-streamed /api/generate, /api/chat and
 /v1/chat/completions, mid-stream hang-ups and bad requests (which must get a 4xx with an error
@@ -43,10 +44,11 @@ BAD = [
     ("/api/chat", b'{"model": "soak", "messages": "not a list"}'),
     ("/api/generate", b'{"model": "soak", "prompt": "x", "options": {"temperature": "hot"}}'),
     ("/api/generate", b'{"model": "no-such-model", "prompt": "x"}'),
-    ("/v1/chat/completions", b'{"model": "soak", "messages": [{"role": "user"}], "max_tokens": -5}'),
+    ("/v1/chat/completions",
+     b'{"model": "soak", "messages": [{"role": "user"}], "max_tokens": -5}'),
 ]
-MIX = [("generate", 3), ("generate_stream", 3), ("chat", 3), ("chat_stream", 4), ("openai_stream", 2),
-       ("disconnect", 2), ("bad", 1)]
+MIX = [("generate", 3), ("generate_stream", 3), ("chat", 3), ("chat_stream", 4),
+       ("openai_stream", 2), ("disconnect", 2), ("bad", 1)]
 
 
 @dataclass
@@ -101,7 +103,8 @@ class Client:
 
     def _native(self, path: str, stream: bool) -> float | None:
         prompt = self.rng.choice(PROMPTS)
-        body = ({"prompt": prompt} if path == "/api/generate" else {"messages": [{"role": "user", "content": prompt}]})
+        body = ({"prompt": prompt} if path == "/api/generate"
+                else {"messages": [{"role": "user", "content": prompt}]})
         body.update(model="soak", stream=stream, options=OPTIONS)
         started = time.perf_counter()
         resp = self._post(path, body, stream)
@@ -141,7 +144,8 @@ class Client:
         return first
 
     def disconnect(self) -> None:
-        body = {"model": "soak", "prompt": self.rng.choice(PROMPTS), "options": {"num_predict": 2000}}
+        body = {"model": "soak", "prompt": self.rng.choice(PROMPTS),
+                "options": {"num_predict": 2000}}
         after = self.rng.randint(1, 8)
         with self._post("/api/generate", body, True) as resp:
             for i, _ in enumerate(resp.iter_lines()):
@@ -152,12 +156,13 @@ class Client:
         path, raw = self.rng.choice(BAD)
         resp = self.session.post(self.url + path, data=raw, timeout=60,
                                  headers={"Content-Type": "application/json"})
-        assert 400 <= resp.status_code < 500, f"{path} {raw[:60]!r}: HTTP {resp.status_code} {resp.text[:200]}"
+        assert 400 <= resp.status_code < 500, (
+            f"{path} {raw[:60]!r}: HTTP {resp.status_code} {resp.text[:200]}")
         assert "error" in resp.json(), resp.text[:200]
 
 
 class Sampler:
-    """Every `every` seconds: the worker's RSS and the engine's load, with the requests done so far."""
+    """Every `every` seconds: the worker's RSS, the engine's load, the requests done so far."""
 
     def __init__(self, url: str, worker: int, results: Results, every: float, t0: float) -> None:
         self.url, self.worker, self.results, self.every, self.t0 = url, worker, results, every, t0
@@ -174,7 +179,8 @@ class Sampler:
         except (requests.RequestException, ValueError, KeyError):
             engine = {}
         s = {"t": round(time.monotonic() - self.t0, 1), "rss_kib": rss_bytes([self.worker]) // 1024,
-             "active": engine.get("active"), "queued": engine.get("queued"), "requests": self.results.count()}
+             "active": engine.get("active"), "queued": engine.get("queued"),
+             "requests": self.results.count()}
         self.samples.append(s)
         if not s["rss_kib"]:
             self.results.fail("worker", f"worker pid {self.worker} is gone (crashed or restarted)")
@@ -203,9 +209,11 @@ def rss_summary(samples: list[dict], warmup_s: float) -> dict:
         ts, rs = [s["t"] for s in steady], [s["rss_kib"] for s in steady]
         mt, mr = sum(ts) / len(ts), sum(rs) / len(rs)
         var = sum((t - mt) ** 2 for t in ts)
-        slope = sum((t - mt) * (r - mr) for t, r in zip(ts, rs, strict=True)) / var * 60 if var else 0.0
-    return {"start_kib": samples[0]["rss_kib"], "after_warmup_kib": round(first), "end_kib": round(last),
-            "max_kib": max(s["rss_kib"] for s in samples), "warmup_growth_pct": _pct(samples[0]["rss_kib"], first),
+        slope = (sum((t - mt) * (r - mr) for t, r in zip(ts, rs, strict=True)) / var * 60
+                 if var else 0.0)
+    return {"start_kib": samples[0]["rss_kib"], "after_warmup_kib": round(first),
+            "end_kib": round(last), "max_kib": max(s["rss_kib"] for s in samples),
+            "warmup_growth_pct": _pct(samples[0]["rss_kib"], first),
             "steady_growth_pct": _pct(first, last), "steady_slope_kib_per_min": round(slope, 1)}
 
 
@@ -220,7 +228,8 @@ def report(results: Results, samples: list[dict], args: argparse.Namespace, seco
         lat, ttft = results.latency[kind], results.ttft[kind]
         rows[kind] = {"ok": len(lat), "errors": len(results.errors[kind]),
                       **{f"p{p}_s": _round(percentile(lat, p)) for p in (50, 90, 99)},
-                      "max_s": _round(max(lat) if lat else None), "ttft_p50_s": _round(percentile(ttft, 50))}
+                      "max_s": _round(max(lat) if lat else None),
+                      "ttft_p50_s": _round(percentile(ttft, 50))}
     warmup = args.warmup if args.warmup is not None else round(min(120.0, seconds * 0.2), 1)
     summary = {"clients": args.clients, "minutes": args.minutes, "seconds": round(seconds, 1),
                "warmup_s": warmup, "requests": sum(r["ok"] + r["errors"] for r in rows.values()),
@@ -228,17 +237,20 @@ def report(results: Results, samples: list[dict], args: argparse.Namespace, seco
                "error_samples": {k: v[:5] for k, v in results.errors.items() if v},
                "rss": rss_summary(samples, warmup), "samples": samples}
     summary["passed"] = summary["errors"] == 0 and summary["rss"]["steady_growth_pct"] < 5
-    print(f"\n{'kind':16} {'ok':>6} {'err':>5} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'max s':>7} {'ttft p50':>9}")
+    print(f"\n{'kind':16} {'ok':>6} {'err':>5} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} "
+          f"{'max s':>7} {'ttft p50':>9}")
     for kind, r in rows.items():
         print(f"{kind:16} {r['ok']:6} {r['errors']:5} {_fmt(r['p50_s'])} {_fmt(r['p90_s'])} "
               f"{_fmt(r['p99_s'])} {_fmt(r['max_s'])} {_fmt(r['ttft_p50_s'], 9)}")
     rss = summary["rss"]
-    print(f"\n{summary['requests']} requests in {seconds:.0f} s ({summary['requests'] / seconds:.1f}/s), "
+    print(f"\n{summary['requests']} requests in {seconds:.0f} s "
+          f"({summary['requests'] / seconds:.1f}/s), "
           f"{summary['errors']} errors")
     print(f"worker RSS: start {rss['start_kib'] / 1024:.1f} MiB, after {warmup:.0f} s warm-up "
           f"{rss['after_warmup_kib'] / 1024:.1f} MiB ({rss['warmup_growth_pct']:+.1f}%), end "
           f"{rss['end_kib'] / 1024:.1f} MiB, max {rss['max_kib'] / 1024:.1f} MiB")
-    print(f"steady state: {rss['steady_growth_pct']:+.2f}% ({rss['steady_slope_kib_per_min']:+.1f} KiB/min); "
+    print(f"steady state: {rss['steady_growth_pct']:+.2f}% "
+          f"({rss['steady_slope_kib_per_min']:+.1f} KiB/min); "
           f"targets: 0 errors, < 5% -> {'PASS' if summary['passed'] else 'FAIL'}")
     for kind, msgs in summary["error_samples"].items():
         print(f"  {kind}: {msgs[0]}")
@@ -263,8 +275,8 @@ def serve(args: argparse.Namespace, tmp: Path):  # type: ignore[no-untyped-def]
     mappings = tmp / "model_mappings.yaml"
     mappings.write_text(yaml.safe_dump({"models": {"soak": {"mlx": model, "backend": "mlx"}}}))
     port = free_port()
-    cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--mappings", str(mappings),
-           "--home", str(tmp / "home"), "--upstream", "none"]
+    cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port),
+           "--mappings", str(mappings), "--home", str(tmp / "home"), "--upstream", "none"]
     server = start_server("bridge", cmd, {"HF_HUB_OFFLINE": "1"}, port,
                           lambda url: requests.get(url + "/health", timeout=2).ok, tmp)
     workers = [p for p in tree_pids(server.proc.pid) if p != server.proc.pid]
@@ -284,12 +296,16 @@ def settle(url: str, results: Results, timeout: float = 15.0) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--model", help="an MLX model directory (default: the tiny test model, built here)")
-    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
-    parser.add_argument("--warmup", type=float, help="seconds counted as warm-up (default: 20%%, at most 120)")
+    parser.add_argument("--model", help="an MLX model directory "
+                                        "(default: the tiny test model, built here)")
+    parser.add_argument("--sample-every", type=float, default=5.0,
+                        help="seconds between RSS samples")
+    parser.add_argument("--warmup", type=float,
+                        help="seconds counted as warm-up (default: 20%%, at most 120)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="soak.json")
     args = parser.parse_args()
@@ -304,7 +320,8 @@ def main() -> int:
             sampler.sample()
             sampler.start()
             deadline = t0 + args.minutes * 60
-            threads = [threading.Thread(target=Client(server.url, i, deadline, results, args.seed).run, daemon=True)
+            threads = [threading.Thread(target=Client(server.url, i, deadline, results,
+                                                      args.seed).run, daemon=True)
                        for i in range(args.clients)]
             for t in threads:
                 t.start()
@@ -318,7 +335,8 @@ def main() -> int:
             server.stop()
         log = server.log.read_text(errors="replace")
         if "Traceback" in log:
-            results.fail("server_log", "the server log has a Traceback:\n" + log[log.index("Traceback"):][:2000])
+            results.fail("server_log", "the server log has a Traceback:\n"
+                         + log[log.index("Traceback"):][:2000])
         if server.proc.returncode not in (0, None):
             results.fail("server_exit", f"server exited with {server.proc.returncode}")
     summary = report(results, sampler.samples, args, seconds)

@@ -89,7 +89,8 @@ def main() -> int:
                 else:
                     result, reason = native(args.url, args.model, via, schema, msgs, seed)
                 rows.append({"model": pyd.__name__, "seed": seed, "via": via, "result": result,
-                             "done_reason": reason, "seconds": round(time.monotonic() - started, 1)})
+                             "done_reason": reason,
+                             "seconds": round(time.monotonic() - started, 1)})
                 print(json.dumps(rows[-1]), flush=True)
     by_result = Counter(r["result"] for r in rows)
     valid = by_result["valid"]

@@ -78,7 +78,8 @@ def q6_k(x: np.ndarray) -> np.ndarray:
         h, s, o = g // 4, (g % 4) // 2, g % 2
         ql[:, h, o * 32:(o + 1) * 32] |= (q[:, g] & 0x0F) << (4 * s)
         qh[:, h] |= ((q[:, g] >> 4) & 0x03) << (2 * (g % 4))
-    return np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), _f16(d)], axis=1)
+    return np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), _f16(d)],
+                          axis=1)
 
 
 _K_ENCODERS = {"Q4_K": q4_k, "Q5_K": q5_k, "Q6_K": q6_k}
@@ -112,7 +113,8 @@ _LAYER_BY_ARCH = {
 
 
 def gguf_name(arch: str, hf: str) -> str:
-    glob = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    glob = {"model.embed_tokens.weight": "token_embd.weight",
+            "model.norm.weight": "output_norm.weight",
             "lm_head.weight": "output.weight"}
     if hf in glob:
         return glob[hf]
@@ -136,18 +138,23 @@ def random_weights(arch: str, cfg: dict[str, Any], seed: int = 0) -> dict[str, n
         base = 0.0 if arch == "gemma3" else 1.0
         return (base + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    w = {"model.embed_tokens.weight": (rng.standard_normal((cfg["vocab_size"], h)) * 0.5).astype(np.float32),
+    w = {"model.embed_tokens.weight":
+         (rng.standard_normal((cfg["vocab_size"], h)) * 0.5).astype(np.float32),
          "model.norm.weight": norm(h)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        w |= {p + "self_attn.q_proj.weight": dense(q_dim, h), p + "self_attn.k_proj.weight": dense(kv_dim, h),
-              p + "self_attn.v_proj.weight": dense(kv_dim, h), p + "self_attn.o_proj.weight": dense(h, q_dim),
-              p + "mlp.gate_proj.weight": dense(inter, h), p + "mlp.up_proj.weight": dense(inter, h),
+        w |= {p + "self_attn.q_proj.weight": dense(q_dim, h),
+              p + "self_attn.k_proj.weight": dense(kv_dim, h),
+              p + "self_attn.v_proj.weight": dense(kv_dim, h),
+              p + "self_attn.o_proj.weight": dense(h, q_dim),
+              p + "mlp.gate_proj.weight": dense(inter, h),
+              p + "mlp.up_proj.weight": dense(inter, h),
               p + "mlp.down_proj.weight": dense(h, inter), p + "input_layernorm.weight": norm(h),
               p + "post_attention_layernorm.weight": norm(h)}
         if arch == "qwen2":
             for name, n in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
-                w[p + f"self_attn.{name}_proj.bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+                w[p + f"self_attn.{name}_proj.bias"] = (
+                    (0.1 * rng.standard_normal(n)).astype(np.float32))
         if arch in ("qwen3", "gemma3"):
             w[p + "self_attn.q_norm.weight"] = norm(hd)
             w[p + "self_attn.k_norm.weight"] = norm(hd)

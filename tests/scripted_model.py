@@ -28,7 +28,8 @@ CHATML = (
 # Qwen3-like: `enable_thinking=false` closes an empty think block in the prompt.
 THINK_TEMPLATE = CHATML + (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think></think>' }}{%- endif %}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think></think>' }}{%- endif %}"
     "{%- endif %}"
 )
 
@@ -37,14 +38,17 @@ THINK_TEMPLATE = CHATML + (
 TOOLS_TEMPLATE = (
     "{%- if tools %}{{- '<|im_start|>system\\n# Tools' }}"
     "{%- for t in tools %}{{- '\\n' + (t | tojson) }}{%- endfor %}"
-    "{{- '\\nCall one with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\\n' }}"
+    "{{- '\\nCall one with <tool_call>{\"name\": ..., \"arguments\": ...}"
+    "</tool_call><|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- for m in messages %}"
     "{%- if m['role'] == 'assistant' and m['tool_calls'] %}{{- '<|im_start|>assistant\\n' }}"
     "{%- for tool_call in m['tool_calls'] %}{%- set tool_call = tool_call['function'] %}"
-    "{{- '<tool_call>{\"name\": \"' + tool_call.name + '\", \"arguments\": ' + (tool_call.arguments | tojson) + '}</tool_call>' }}"
+    "{{- '<tool_call>{\"name\": \"' + tool_call.name + '\", \"arguments\": ' "
+    "+ (tool_call.arguments | tojson) + '}</tool_call>' }}"
     "{%- endfor %}{{- '<|im_end|>\\n' }}"
-    "{%- elif m['role'] == 'tool' %}{{- '<|im_start|>tool ' + (m['name'] or '') + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- elif m['role'] == 'tool' %}"
+    "{{- '<|im_start|>tool ' + (m['name'] or '') + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>' + m['role'] + '\\n' + (m['content'] or '') + '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
@@ -79,7 +83,8 @@ def build_scripted_model(path: Path, script: dict[str, str], template: str, seed
     config.update(vocab_size=vocab, tie_word_embeddings=False)
     (root / "config.json").write_text(json.dumps(config, indent=2))
     ids = {t: tok.token_to_id(t) for t in [*script, *script.values()]}
-    _save(root / "model.safetensors", _weights(config, {ids[a]: ids[b] for a, b in script.items()}, seed))
+    _save(root / "model.safetensors",
+          _weights(config, {ids[a]: ids[b] for a, b in script.items()}, seed))
     return root
 
 
@@ -108,7 +113,8 @@ def _weights(config: dict, successor: dict[int, int], seed: int) -> dict[str, np
 def _save(file: Path, weights: dict[str, np.ndarray]) -> None:
     import mlx.core as mx
 
-    mx.save_safetensors(str(file), {k: mx.array(v) for k, v in weights.items()}, metadata={"format": "mlx"})
+    mx.save_safetensors(str(file), {k: mx.array(v) for k, v in weights.items()},
+                        metadata={"format": "mlx"})
 
 
 def scripted_models(root: Path, tiny_dir: Path) -> dict[str, dict]:

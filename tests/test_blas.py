@@ -14,7 +14,8 @@ import requests
 
 from bridge.engine import blas
 
-linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fast BLAS is for Linux CPU")
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                           reason="the fast BLAS is for Linux CPU")
 
 # Run in a fresh interpreter: which BLAS MLX binds is decided once per process.
 PROBE = """
@@ -27,9 +28,11 @@ a = np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32)
 b = np.random.default_rng(1).standard_normal((200, 100)).astype(np.float32)
 got = np.array(mx.array(a) @ mx.array(b))
 bound = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value if info.path else None
-ours = ctypes.cast(ctypes.CDLL(info.path).cblas_sgemm, ctypes.c_void_p).value if info.path else None
-print(json.dumps({"name": info.name, "path": info.path, "core": info.detail, "threads": info.threads,
-                  "err": float(np.abs(got - a @ b).max()), "same_symbol": bound == ours}))
+ours = (ctypes.cast(ctypes.CDLL(info.path).cblas_sgemm, ctypes.c_void_p).value
+        if info.path else None)
+print(json.dumps({"name": info.name, "path": info.path, "core": info.detail,
+                  "threads": info.threads, "err": float(np.abs(got - a @ b).max()),
+                  "same_symbol": bound == ours}))
 """
 
 

@@ -28,7 +28,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "openwebui_chat_request.json"
 SHORT = {"temperature": 0, "num_predict": 16}  # keeps a 135M model on a busy CPU within seconds
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
+    "parameters": {"type": "object",
+                   "properties": {"city": {"type": "string", "description": "The city"}},
                    "required": ["city"]}}}
 ASK = "What is the weather in Paris?"
 
@@ -99,7 +100,8 @@ def test_open_webui_default_chat_answers_and_others_are_not_held_up(url):
 
 
 def test_ollama_python_chat_with_tools(url):
-    reply = ollama.Client(host=url).chat(model=DEMO_NAME, messages=[{"role": "user", "content": ASK}],
+    reply = ollama.Client(host=url).chat(model=DEMO_NAME,
+                                         messages=[{"role": "user", "content": ASK}],
                                          tools=[WEATHER], options=SHORT)
     assert reply.done and (reply.message.content or reply.message.tool_calls)
     _calls_are_well_formed(reply.message.tool_calls, {"get_weather"})
@@ -130,12 +132,14 @@ def test_openai_sdk_chat_with_tools(url):
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
-    reply = client.chat.completions.create(model=DEMO_NAME, messages=[{"role": "user", "content": ASK}],
+    reply = client.chat.completions.create(model=DEMO_NAME,
+                                           messages=[{"role": "user", "content": ASK}],
                                            tools=[WEATHER], max_tokens=16, temperature=0)
     choice = reply.choices[0]
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     for call in choice.message.tool_calls or []:
-        assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
+        assert (call.function.name == "get_weather"
+                and isinstance(json.loads(call.function.arguments), dict))
 
 
 def test_an_earlier_demo_import_gets_the_tool_template_on_the_next_start(demo_home, smollm2_gguf,
@@ -145,7 +149,8 @@ def test_an_earlier_demo_import_gets_the_tool_template_on_the_next_start(demo_ho
     [config_file] = (home / "models" / "imported").glob("smollm2-135m*/tokenizer_config.json")
     config = json.loads(config_file.read_text())
     del config["tool_parser_type"]
-    config["chat_template"] = GGUFFile(smollm2_gguf).get("tokenizer.chat_template")  # as imported before
+    # as imported before
+    config["chat_template"] = GGUFFile(smollm2_gguf).get("tokenizer.chat_template")
     config_file.unlink()  # a hard link to the module's import: write a file of its own
     config_file.write_text(json.dumps(config))
     assert needs_tool_template(home)

@@ -39,7 +39,8 @@ def three_models(tmp_path_factory):
 
 
 def gen_job(path: str, n: int = 4, **kw) -> Job:
-    return Job(path, "m", spec=PromptSpec(prompt="hello"), options=Options(temperature=0, num_predict=n), **kw)
+    return Job(path, "m", spec=PromptSpec(prompt="hello"),
+               options=Options(temperature=0, num_predict=n), **kw)
 
 
 def test_generates_and_reports_metrics(engine, tiny_model_dir):
@@ -137,7 +138,8 @@ class FakeTokenizer:
 
 def run_sink(pieces, tokens, stop=(), max_tokens=100):
     events = []
-    sink = TokenSink(FakeTokenizer(pieces), events.append, prompt=[1], max_tokens=max_tokens, stop=stop)
+    sink = TokenSink(FakeTokenizer(pieces), events.append, prompt=[1], max_tokens=max_tokens,
+                     stop=stop)
     for t in tokens:
         if sink.add(t):
             break
@@ -147,7 +149,8 @@ def run_sink(pieces, tokens, stop=(), max_tokens=100):
 
 
 def test_sink_stop_string_split_across_tokens():
-    text, done = run_sink({1: "Hello", 2: " wor", 3: "ld!", 4: " more"}, [1, 2, 3, 4], stop=("world",))
+    text, done = run_sink({1: "Hello", 2: " wor", 3: "ld!", 4: " more"}, [1, 2, 3, 4],
+                          stop=("world",))
     assert text == "Hello " and done.done_reason == "stop"
 
 

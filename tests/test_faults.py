@@ -55,8 +55,10 @@ def upstream(tmp_path_factory):
     other = str(build_tiny_model(root / "other", seed=5))
     # writes a line per token (notices a disconnect); 128k context: 50000 tokens are not clamped
     talkative = str(build_tiny_model(root / "slow", max_position_embeddings=1 << 17))
-    mappings = write_mappings(root / "m.yaml", {"auto-corrupt": {"mlx": other}, "slow": {"mlx": talkative}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"), "--upstream", "none"])
+    mappings = write_mappings(root / "m.yaml", {"auto-corrupt": {"mlx": other},
+                                                "slow": {"mlx": talkative}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
@@ -65,7 +67,8 @@ def upstream(tmp_path_factory):
 def corrupt_bridge(tmp_path_factory, upstream):
     root = tmp_path_factory.mktemp("fault-models")
     dirs = {kind: build_tiny_model(root / kind) for kind in [*CORRUPT, "good", "auto"]}
-    models = {kind: {"mlx": str(path), "backend": "mlx"} for kind, path in dirs.items() if kind != "auto"}
+    models = {kind: {"mlx": str(path), "backend": "mlx"}
+              for kind, path in dirs.items() if kind != "auto"}
     models["auto-corrupt"] = {"mlx": str(dirs["auto"]), "backend": "auto"}
     mappings = write_mappings(root / "m.yaml", models, upstream=upstream)
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h")])
@@ -81,9 +84,11 @@ def test_corrupt_models_fail_clearly_and_the_others_keep_answering(corrupt_bridg
     for kind, message in CORRUPT.items():
         _corrupt(kind, dirs[kind])
         r = generate(url, kind)
-        assert r.status_code == (404 if kind == "deleted" else 500) and message in r.json()["error"], r.text
+        assert (r.status_code == (404 if kind == "deleted" else 500)
+                and message in r.json()["error"]), r.text
         chat = requests.post(url + "/api/chat", timeout=60, json={
-            "model": kind, "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 4}})
+            "model": kind, "messages": [{"role": "user", "content": "hi"}],
+            "options": {"num_predict": 4}})
         assert chat.status_code == r.status_code and message in chat.json()["error"]
         assert_serves(url)  # the healthy model is unaffected
     ps = [m["name"] for m in requests.get(url + "/api/ps", timeout=10).json()["models"]]
@@ -105,7 +110,8 @@ def test_a_corrupt_auto_model_falls_back_to_the_upstream(corrupt_bridge, upstrea
 
 def test_forwarded_stream_ends_with_an_error_line_when_the_grace_period_is_over(tmp_path, upstream):
     mappings = write_mappings(tmp_path / "m.yaml", {}, upstream=upstream)
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"), "--grace", "1"])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"),
+                              "--grace", "1"])
     try:
         body = {"model": "slow", "prompt": "The quick brown fox", "raw": True,
                 "options": {"temperature": 0, "num_predict": 50000, "num_ctx": 60000}}
@@ -118,7 +124,8 @@ def test_forwarded_stream_ends_with_an_error_line_when_the_grace_period_is_over(
         assert rest[-1] == {"error": "server is shutting down"}
         assert not any(line.get("done") for line in rest)
         assert proc.wait(30) == 0
-        assert time.monotonic() - began < 5, "ended at the grace period, not when the worker was killed"
+        assert time.monotonic() - began < 5, (
+            "ended at the grace period, not when the worker was killed")
     finally:
         stop_server(proc)
 
@@ -127,17 +134,20 @@ def test_forwarded_stream_ends_with_an_error_line_when_the_grace_period_is_over(
 
 
 def test_killing_the_upstream_mid_sse_stream_ends_with_an_error_event(tmp_path, tiny_model_dir):
-    """The NDJSON case is test_routing's; an SSE relay must end with an error event the SDK raises."""
+    """The NDJSON case is test_routing's; an SSE relay must end with an error event the SDK
+    raises."""
     import openai
 
     up_map = write_mappings(tmp_path / "up.yaml", {"far": {"mlx": str(tiny_model_dir)}})
-    up_proc, up_url = start_server(["--mappings", str(up_map), "--home", str(tmp_path / "uh"), "--upstream", "none"])
-    proc, url = start_server(["--mappings", str(write_mappings(tmp_path / "m.yaml", {}, upstream=up_url)),
+    up_proc, up_url = start_server(["--mappings", str(up_map), "--home", str(tmp_path / "uh"),
+                                    "--upstream", "none"])
+    proc, url = start_server(["--mappings",
+                              str(write_mappings(tmp_path / "m.yaml", {}, upstream=up_url)),
                               "--home", str(tmp_path / "h")])
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        stream = client.completions.create(model="far", prompt="The quick brown fox", max_tokens=1900,
-                                           temperature=0, stream=True)
+        stream = client.completions.create(model="far", prompt="The quick brown fox",
+                                           max_tokens=1900, temperature=0, stream=True)
         seen = 0
         with pytest.raises(openai.APIError, match="upstream connection lost"):
             for _ in stream:

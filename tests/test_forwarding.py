@@ -67,14 +67,15 @@ def bridge(tmp_path_factory, tiny_model_dir, upstreams) -> Iterator[str]:
 
 
 def add_row(bridge: str, **fields) -> dict:
-    resp = requests.post(bridge + "/api/llm-backends", headers=AUTH, json={"backend_type": "ollama", **fields},
-                         timeout=10)
+    resp = requests.post(bridge + "/api/llm-backends", headers=AUTH,
+                         json={"backend_type": "ollama", **fields}, timeout=10)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
 
 def chat(bridge: str, model: str, headers: dict[str, str] | None = None) -> requests.Response:
-    return requests.post(bridge + "/api/chat", json={"model": model, "messages": CHAT, "stream": False},
+    return requests.post(bridge + "/api/chat",
+                         json={"model": model, "messages": CHAT, "stream": False},
                          headers=headers, timeout=30)
 
 
@@ -111,15 +112,19 @@ def test_invalid_model_names_are_refused_and_never_forwarded_or_recorded(bridge,
                 assert error["type"] == "invalid_request_error" and "invalid" in error["message"]
             else:
                 assert isinstance(error, str) and "invalid" in error, (path, error[:200])
-    forwarded = [r for r in recording_upstream.records(recorder) if r["path"].startswith(("/api/", "/v1/"))
+    forwarded = [r for r in recording_upstream.records(recorder)
+                 if r["path"].startswith(("/api/", "/v1/"))
                  and r["path"] not in ("/api/version", "/api/tags", "/api/ps")]
     assert forwarded == [], [(r["path"], r["model"][:20]) for r in forwarded]
     # the recorder does see what is forwarded: a valid name nobody maps goes upstream
     assert chat(bridge, "remote-control").status_code == 200
-    assert [r["model"] for r in recording_upstream.records(recorder, "/api/chat")] == ["remote-control"]
-    logged = requests.get(bridge + "/api/performance/comparison", headers=AUTH, timeout=30).json()["models"]
+    assert [r["model"] for r in recording_upstream.records(recorder, "/api/chat")] == [
+        "remote-control"]
+    logged = requests.get(bridge + "/api/performance/comparison", headers=AUTH,
+                          timeout=30).json()["models"]
     assert "remote-control:latest" in [m["model"] for m in logged]
-    assert all(len(m["model"]) < 100 and "\x00" not in m["model"] and ".." not in m["model"] for m in logged)
+    assert all(len(m["model"]) < 100 and "\x00" not in m["model"] and ".." not in m["model"]
+               for m in logged)
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -140,7 +145,8 @@ def test_client_credentials_are_not_relayed(bridge, upstreams):
     assert resp.status_code == 200 and resp.json()["message"]["content"] == "ok"
     [seen] = recording_upstream.records(recorder, "/api/chat")
     text = str(seen["headers"])
-    assert not any(secret in text for secret in ("client-secret", "client-cookie", "client-api-key", "Y2xpZW50"))
+    assert not any(secret in text for secret in ("client-secret", "client-cookie",
+                                                  "client-api-key", "Y2xpZW50"))
     headers = lowered(seen["headers"])
     assert set(headers) <= {"host", "content-type", "accept", "user-agent", "x-request-id",
                             "accept-encoding", "content-length", "connection"}, sorted(headers)
@@ -151,7 +157,8 @@ def test_client_credentials_are_not_relayed(bridge, upstreams):
 
 def test_an_endpoint_key_comes_from_the_environment_variable_its_row_names(bridge, upstreams):
     recorder = upstreams[0]
-    keyed = add_row(bridge, model_name="remote-keyed", endpoint_url=recorder, api_key_env="MLX_BRIDGE_KEY_REMOTE")
+    keyed = add_row(bridge, model_name="remote-keyed", endpoint_url=recorder,
+                    api_key_env="MLX_BRIDGE_KEY_REMOTE")
     unset = add_row(bridge, model_name="remote-unset", endpoint_url=recorder,
                     api_key_env="MLX_BRIDGE_KEY_NOT_SET")
     try:
@@ -162,14 +169,16 @@ def test_an_endpoint_key_comes_from_the_environment_variable_its_row_names(bridg
         assert lowered(seen["headers"])["authorization"] == f"Bearer {KEY}"
         missing = chat(bridge, "remote-unset", CLIENT_SECRETS)
         assert missing.status_code == 502 and "$MLX_BRIDGE_KEY_NOT_SET" in missing.json()["error"]
-        assert [r["model"] for r in recording_upstream.records(recorder, "/api/chat")] == ["remote-keyed"]
+        assert [r["model"] for r in recording_upstream.records(recorder, "/api/chat")] == [
+            "remote-keyed"]
     finally:
         for row in (keyed, unset):
             requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)
     for name in ("HOME", "MLX_BRIDGE_ADMIN_TOKEN", "mlx_bridge_key_x", "MLX_BRIDGE_KEY_"):
         refused = requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
             "model_name": "remote-x", "backend_type": "ollama", "api_key_env": name})
-        assert refused.status_code == 422 and refused.json()["error"].startswith("api_key_env:"), name
+        assert (refused.status_code == 422
+                and refused.json()["error"].startswith("api_key_env:")), name
 
 
 def test_redirects_are_reported_never_followed(bridge, upstreams):
@@ -181,7 +190,8 @@ def test_redirects_are_reported_never_followed(bridge, upstreams):
         resp = chat(bridge, "remote-moved")
         assert resp.status_code == 502, resp.text
         assert "redirect" in resp.json()["error"] and "not followed" in resp.json()["error"]
-        assert [r["path"] for r in recording_upstream.records(recorder, "/moved/")] == ["/moved/api/chat"]
+        assert [r["path"] for r in recording_upstream.records(recorder, "/moved/")] == [
+            "/moved/api/chat"]
         assert recording_upstream.records(elsewhere) == []  # the request never went there
         assert requests.get(bridge + "/api/version", timeout=5).status_code == 200
     finally:
@@ -208,11 +218,14 @@ def test_endpoint_urls_with_credentials_are_refused_without_echoing_them(bridge)
 
 @pytest.fixture(scope="module")
 def down(tmp_path_factory, tiny_model_dir) -> Iterator[tuple[str, list[str]]]:
-    """A bridge whose upstream (given with user:password@) has nothing listening; (url, log lines)."""
+    """A bridge whose upstream (given with user:password@) has nothing listening.
+
+    Yields (url, log lines)."""
     root = tmp_path_factory.mktemp("down")
     mappings = write_mappings(root / "map.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
     upstream = f"http://bridgeuser:hunter2-secret@127.0.0.1:{free_port()}"
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"), "--upstream", upstream])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
+                              "--upstream", upstream])
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(
         raw.decode(errors="replace") for raw in iter(proc.stdout.readline, b"")), daemon=True)
@@ -227,7 +240,8 @@ def test_unknown_models_are_404_for_ollama_python(down):
     client = ollama.Client(host=url)
     calls = {
         "chat": (lambda: client.chat(model="nope-x", messages=CHAT), "model 'nope-x' not found"),
-        "generate": (lambda: client.generate(model="nope-x", prompt="hi"), "model 'nope-x' not found"),
+        "generate": (lambda: client.generate(model="nope-x", prompt="hi"),
+                     "model 'nope-x' not found"),
         "show": (lambda: client.show("nope-x"), "model 'nope-x:latest' not found"),
         "pull": (lambda: client.pull("nope-x"), "pull model manifest: file does not exist"),
         "embed": (lambda: client.embed(model="nope-x", input="hi"),
@@ -240,7 +254,8 @@ def test_unknown_models_are_404_for_ollama_python(down):
         assert err.value.error.startswith(text), (what, err.value.error)
         assert "is not running (connection refused)" in err.value.error
         assert "hunter2" not in err.value.error and "***@127.0.0.1" in err.value.error
-    assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done  # MLX still serves
+    # MLX still serves
+    assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done
 
 
 def test_unknown_models_are_not_found_for_the_openai_sdk_without_retries(down):
@@ -293,12 +308,14 @@ DOWN_CASES = st.one_of(
     st.tuples(st.just("/api/chat"), encoded(chat_body())),
     st.tuples(st.just("/v1/chat/completions"), encoded(openai_chat_body())),
     st.tuples(st.just("/v1/completions"), encoded(openai_completion_body())),
-    st.tuples(st.sampled_from(["/api/embed", "/api/embeddings", "/v1/embeddings"]), encoded(embed_body())),
-    st.tuples(st.sampled_from(["/api/show", "/api/pull", "/api/copy", "/api/push"]), encoded(name_body())),
+    st.tuples(st.sampled_from(["/api/embed", "/api/embeddings", "/v1/embeddings"]),
+              encoded(embed_body())),
+    st.tuples(st.sampled_from(["/api/show", "/api/pull", "/api/copy", "/api/push"]),
+              encoded(name_body())),
     st.tuples(st.sampled_from(["/api/generate", "/api/chat", "/v1/chat/completions", "/api/embed",
                                "/api/show", "/api/push"]),
-              encoded(st.builds(lambda n: {"model": n, "source": n, "prompt": "hi", "messages": CHAT,
-                                           "input": "hi"}, ISSUE_NAMES))),
+              encoded(st.builds(lambda n: {"model": n, "source": n, "prompt": "hi",
+                                           "messages": CHAT, "input": "hi"}, ISSUE_NAMES))),
 )
 
 
@@ -309,5 +326,6 @@ def test_fuzzed_requests_never_answer_5xx_while_the_upstream_is_down(down, case)
     """Before: unknown and invalid names answered 502 (the upstream "not reachable")."""
     url, _ = down
     path, raw = case
-    resp = requests.post(url + path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+    resp = requests.post(url + path, data=raw, headers={"Content-Type": "application/json"},
+                         timeout=60)
     assert resp.status_code < 500, (path, raw[:120], resp.status_code, resp.text[:200])

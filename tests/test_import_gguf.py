@@ -17,9 +17,9 @@ from bridge.testing import build_tiny_model
 from .gguf_fixtures import bpe_tokenizer_meta, random_weights, spm_tokenizer_meta, write_gguf
 from .reference_forward import ReferenceModel, compare
 
-CFG = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-       "num_key_value_heads": 2, "head_dim": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-       "max_position_embeddings": 1024}
+CFG = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "rms_norm_eps": 1e-6,
+       "rope_theta": 10000.0, "max_position_embeddings": 1024}
 # Relative RMS error of a dequantized 2-D tensor against the float original, per ggml type:
 # about 1.5x what each format's step size gives on Gaussian weights.
 TOLERANCE = {"F32": 0.0, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 0.01, "Q6_K": 0.03, "Q5_K": 0.06,
@@ -68,7 +68,8 @@ def test_dequantized_weights_match_the_originals(tmp_path, tiny_tokenizer, qtype
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
-def test_each_architecture_maps_exactly_and_agrees_with_the_reference(tmp_path, tiny_tokenizer, arch):
+def test_each_architecture_maps_exactly_and_agrees_with_the_reference(tmp_path, tiny_tokenizer,
+                                                                      arch):
     tok = spm_tokenizer_meta() if arch == "gemma3" else bpe_tokenizer_meta(tiny_tokenizer)
     gguf_path, out, config, weights = _convert(tmp_path, arch, tok)
     imported = load_file(str(out / "model.safetensors"))
@@ -91,14 +92,18 @@ def test_each_architecture_maps_exactly_and_agrees_with_the_reference(tmp_path, 
 
 def test_bpe_tokenizer_is_rebuilt_identically(tmp_path, tiny_tokenizer):
     template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
-    _, out, _, _ = _convert(tmp_path, "llama", bpe_tokenizer_meta(tiny_tokenizer), template=template)
-    original, rebuilt = Tokenizer.from_file(str(tiny_tokenizer)), Tokenizer.from_file(str(out / "tokenizer.json"))
-    for text in (TEXT, "<|im_start|>user\nWhat is 2024?<|im_end|>", "café naïve 日本 ☕  spaces\n\n"):
+    _, out, _, _ = _convert(tmp_path, "llama", bpe_tokenizer_meta(tiny_tokenizer),
+                            template=template)
+    original = Tokenizer.from_file(str(tiny_tokenizer))
+    rebuilt = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for text in (TEXT, "<|im_start|>user\nWhat is 2024?<|im_end|>",
+                 "café naïve 日本 ☕  spaces\n\n"):
         assert rebuilt.encode(text).ids == original.encode(text).ids, text
         assert rebuilt.decode(rebuilt.encode(text).ids, skip_special_tokens=False) == text
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_cfg["eos_token"] == "<|im_end|>" and tok_cfg["chat_template"] == template
-    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == original.token_to_id("<|im_end|>")
+    assert (json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+            == original.token_to_id("<|im_end|>"))
 
 
 def test_sentencepiece_tokenizer_merges_by_score_and_falls_back_to_bytes(tmp_path):
@@ -112,7 +117,8 @@ def test_sentencepiece_tokenizer_merges_by_score_and_falls_back_to_bytes(tmp_pat
 
 def test_unsupported_architecture_fails_early_naming_it(tmp_path, tiny_tokenizer):
     tok = bpe_tokenizer_meta(tiny_tokenizer)
-    path = write_gguf(tmp_path / "phi.gguf", "phi3", _cfg("llama", tok), random_weights("llama", _cfg("llama", tok)), tok)
+    path = write_gguf(tmp_path / "phi.gguf", "phi3", _cfg("llama", tok),
+                      random_weights("llama", _cfg("llama", tok)), tok)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ImportFailed, match="unsupported architecture 'phi3'"):
@@ -130,7 +136,8 @@ def test_unsupported_quantization_fails_early_naming_it(tmp_path, tiny_tokenizer
     reader = gguf.GGUFReader(str(path))
     for f in reader.fields.values():
         if not f.name.startswith("GGUF.") and f.name != "general.architecture":
-            w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+            w.add_key_value(f.name, f.contents(), f.types[0],
+                            f.types[-1] if len(f.types) > 1 else None)
     w.add_tensor("token_embd.weight", np.zeros((cfg["vocab_size"], 84), np.uint8),
                  raw_dtype=gguf.GGMLQuantizationType.Q2_K)
     w.write_header_to_file()
@@ -168,7 +175,8 @@ def test_quantize_option_writes_an_mlx_quantized_model(tmp_path, tiny_tokenizer,
     path = write_gguf(tmp_path / "m.gguf", "llama", cfg, random_weights("llama", cfg), tok, "Q8_0")
     result = import_model(str(path), tmp_path / "home", name="q", quantize=bits)
     config = json.loads((result.path / "config.json").read_text())
-    assert config["quantization"]["bits"] == int(bits) and config["quantization"]["group_size"] == 64
+    assert (config["quantization"]["bits"] == int(bits)
+            and config["quantization"]["group_size"] == 64)
     assert (result.path / "mlx_bridge_import.json").is_file()
     from mlx_lm import generate, load
 

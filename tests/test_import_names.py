@@ -20,9 +20,9 @@ from bridge.testing import build_tiny_model
 from .conftest import write_mappings
 from .gguf_fixtures import bpe_tokenizer_meta, random_weights, write_gguf
 
-CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-       "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-       "max_position_embeddings": 512}
+CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5,
+       "rope_theta": 10000.0, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def ggufs(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("gguf")
     tok = bpe_tokenizer_meta(build_tiny_model(tmp / "tok") / "tokenizer.json")
     cfg = {**CFG, "vocab_size": len(tok["tokens"])}
-    return tuple(write_gguf(tmp / f"m{seed}.gguf", "llama", cfg, random_weights("llama", cfg, seed), tok)
+    return tuple(write_gguf(tmp / f"m{seed}.gguf", "llama", cfg,
+                            random_weights("llama", cfg, seed), tok)
                  for seed in (1, 2))
 
 
@@ -46,8 +47,9 @@ def names(client) -> dict[str, dict]:
 
 
 def chat(client, model: str) -> int:
-    return client.post("/api/chat", json={"model": model, "stream": False, "options": {"num_predict": 2},
-                                          "messages": [{"role": "user", "content": "hi"}]}).status_code
+    return client.post("/api/chat", json={
+        "model": model, "stream": False, "options": {"num_predict": 2},
+        "messages": [{"role": "user", "content": "hi"}]}).status_code
 
 
 def source_of(path: Path) -> str:
@@ -100,7 +102,8 @@ def test_a_mapped_name_sharing_its_files_is_refused(ggufs, tmp_path):
     home = tmp_path / "home"
     imported = import_model(str(ggufs[0]), home, name="base:1")
     source = f"imported/{imported.path.name}"
-    mappings = write_mappings(tmp_path / "m.yaml", {"one:1": {"mlx": source}, "two:1": {"mlx": source}})
+    mappings = write_mappings(tmp_path / "m.yaml", {"one:1": {"mlx": source},
+                                                    "two:1": {"mlx": source}})
     app = serve(home, mappings)
     try:
         client = app.test_client()

@@ -1,4 +1,5 @@
-"""Limits: the body cap (413 before the body is read), messages and images caps, the context window."""
+"""Limits: the body cap (413 before the body is read), messages and images caps, the context
+window."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def openai_error(resp, status: int) -> str:
 # --- body cap --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/show", "/api/pull", "/api/llm-backends"])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/show", "/api/pull",
+                                  "/api/llm-backends"])
 def test_declared_oversized_body_is_refused_unread(client, path):
     resp = client.post(path, input_stream=Untouchable(), content_type="application/json",
                        environ_overrides={"CONTENT_LENGTH": str(DEFAULT_MAX_BODY + 1)})
@@ -87,7 +89,8 @@ def test_declared_oversized_body_is_refused_unread(client, path):
 
 
 def test_oversized_body_on_v1_has_the_openai_shape(client):
-    resp = client.post("/v1/chat/completions", input_stream=Untouchable(), content_type="application/json",
+    resp = client.post("/v1/chat/completions", input_stream=Untouchable(),
+                       content_type="application/json",
                        environ_overrides={"CONTENT_LENGTH": str(64 << 20)})
     assert "MLX_BRIDGE_MAX_BODY" in openai_error(resp, 413)
 
@@ -95,7 +98,8 @@ def test_oversized_body_on_v1_has_the_openai_shape(client):
 def test_chunked_body_is_cut_one_byte_past_the_cap(small):
     body = Counting()
     resp = small.post("/api/chat", input_stream=body, content_type="application/json",
-                      headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+                      headers={"Transfer-Encoding": "chunked"},
+                      environ_overrides={"wsgi.input_terminated": True})
     assert "more than 4096 bytes" in error_of(resp) and resp.status_code == 413
     assert body.read_bytes <= 4096 + 1
 
@@ -105,7 +109,8 @@ def test_body_at_the_cap_is_accepted(small):
     raw = f'{{"model":"tiny","prompt":"{prompt}","stream":false,"options":{{"num_predict":1}}}}'
     padded = raw.encode() + b" " * (4096 - len(raw))
     assert len(padded) == 4096
-    assert small.post("/api/generate", data=padded, content_type="application/json").status_code == 200
+    assert small.post("/api/generate", data=padded,
+                      content_type="application/json").status_code == 200
     over = small.post("/api/generate", data=padded + b" ", content_type="application/json")
     assert over.status_code == 413
 
@@ -122,7 +127,8 @@ def send_headers_only(url: str, length: int) -> tuple[bytes, float]:
     parts = urlsplit(url)
     started = time.perf_counter()
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Type: application/json\r\n"
                      f"Content-Length: {length}\r\n\r\n".encode() + b'{"model":"')
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
@@ -159,9 +165,11 @@ def test_real_server_chunked_oversized_body(server):
 def test_messages_cap(small):
     ok = small.post("/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "hi"}] * 3})
     assert ok.status_code == 200
-    resp = small.post("/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "hi"}] * 4})
+    resp = small.post("/api/chat",
+                      json={**CHAT, "messages": [{"role": "user", "content": "hi"}] * 4})
     assert error_of(resp) == "too many messages: 4 (the limit is 3; MLX_BRIDGE_MAX_MESSAGES)"
-    resp = small.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 4})
+    resp = small.post("/v1/chat/completions",
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 4})
     assert openai_error(resp, 400).startswith("too many messages")
 
 
@@ -179,13 +187,16 @@ PNG = base64.b64encode(b"\x89PNG").decode()  # 4 bytes: under the 8-byte cap
 def test_image_checks(small, images, text):
     gen = small.post("/api/generate", json={"model": "tiny", "prompt": "x", "images": images})
     assert text in error_of(gen) and gen.status_code == 400
-    chat = small.post("/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "x", "images": images}]})
+    chat = small.post("/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "x",
+                                                                "images": images}]})
     assert text in error_of(chat) and chat.status_code == 400
 
 
 def test_images_count_across_messages(small):
-    msgs = [{"role": "user", "content": "x", "images": [PNG]}, {"role": "user", "content": "y", "images": [PNG, PNG]}]
-    assert error_of(small.post("/api/chat", json={**CHAT, "messages": msgs})).startswith("too many images: 3")
+    msgs = [{"role": "user", "content": "x", "images": [PNG]},
+            {"role": "user", "content": "y", "images": [PNG, PNG]}]
+    assert error_of(small.post("/api/chat", json={**CHAT, "messages": msgs})).startswith(
+        "too many images: 3")
 
 
 def test_valid_images_pass_validation(small):
@@ -193,12 +204,14 @@ def test_valid_images_pass_validation(small):
     resp = small.post("/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "x",
                                                                 "images": [PNG, "QUJD\r\nREVG"]}]})
     assert error_of(resp) == '"tiny" does not support images'
-    v1 = small.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}]}]})
+    v1 = small.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}]}]})
     assert openai_error(v1, 400) == "illegal base64 data at input byte 0"
 
 
-@pytest.mark.parametrize(("data", "size"), [("", 0), ("QQ==", 1), ("QUI=", 2), ("QUJD", 3), ("QUJD\nQUJD", 6)])
+@pytest.mark.parametrize(("data", "size"), [("", 0), ("QQ==", 1), ("QUI=", 2), ("QUJD", 3),
+                                            ("QUJD\nQUJD", 6)])
 def test_image_bytes(data, size):
     assert image_bytes(data) == size
 
@@ -210,7 +223,8 @@ LONG = "hello world " * 100
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 def test_prompt_longer_than_the_context_is_truncated(client, path):
-    body = {"model": "tiny", "stream": False, "options": {"num_ctx": 32, "num_predict": 4, "temperature": 0}}
+    body = {"model": "tiny", "stream": False,
+            "options": {"num_ctx": 32, "num_predict": 4, "temperature": 0}}
     if path == "/api/generate":
         body["prompt"] = LONG
     else:
@@ -218,22 +232,25 @@ def test_prompt_longer_than_the_context_is_truncated(client, path):
     resp = client.post(path, json=body)
     assert resp.status_code == 200, resp.get_data()[:300]
     out = resp.get_json()
-    assert out["prompt_eval_count"] < 32 and out["prompt_eval_count"] + out.get("eval_count", 0) <= 32
+    assert (out["prompt_eval_count"] < 32
+            and out["prompt_eval_count"] + out.get("eval_count", 0) <= 32)
     refused = client.post(path, json={**body, "truncate": False})
-    assert (refused.status_code, error_of(refused)) == (400, "the input length exceeds the context length")
+    assert (refused.status_code, error_of(refused)) == (
+        400, "the input length exceeds the context length")
 
 
 def test_openai_prompt_longer_than_the_context_is_truncated(client):
-    resp = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
-                                                     "messages": [{"role": "user", "content": LONG * 30}]})
+    resp = client.post("/v1/chat/completions", json={
+        "model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": LONG * 30}]})
     assert resp.status_code == 200, resp.get_data()[:300]
     assert resp.get_json()["usage"]["prompt_tokens"] < 2048  # the tiny model's context
 
 
 @pytest.mark.parametrize("num_predict", [1000, -1, -2, 10**30])
 def test_num_predict_is_bounded_by_the_context(client, num_predict):
-    resp = client.post("/api/generate", json={"model": "tiny", "prompt": "count", "stream": False, "options": {
-        "num_ctx": 24, "num_predict": num_predict, "temperature": 0}})
+    resp = client.post("/api/generate", json={
+        "model": "tiny", "prompt": "count", "stream": False,
+        "options": {"num_ctx": 24, "num_predict": num_predict, "temperature": 0}})
     out = resp.get_json()
     assert resp.status_code == 200, out
     assert out["prompt_eval_count"] + out.get("eval_count", 0) <= 24
@@ -246,16 +263,20 @@ def test_num_predict_is_bounded_by_the_context(client, num_predict):
 
 def test_limits_from_the_environment(tmp_path):
     cfg = load_config({"MLX_BRIDGE_MAX_BODY": "1048576", "MLX_BRIDGE_MAX_MESSAGES": "50",
-                       "MLX_BRIDGE_MAX_IMAGES": "0", "MLX_BRIDGE_MAX_IMAGE_BYTES": "1000"}, home=tmp_path)
-    assert (cfg.max_body, cfg.max_messages, cfg.max_images, cfg.max_image_bytes) == (1 << 20, 50, 0, 1000)
-    default = load_config({"MLX_BRIDGE_MAX_BODY": "lots", "MLX_BRIDGE_MAX_MESSAGES": "0"}, home=tmp_path)
+                       "MLX_BRIDGE_MAX_IMAGES": "0", "MLX_BRIDGE_MAX_IMAGE_BYTES": "1000"},
+                      home=tmp_path)
+    assert (cfg.max_body, cfg.max_messages, cfg.max_images, cfg.max_image_bytes) == (
+        1 << 20, 50, 0, 1000)
+    default = load_config({"MLX_BRIDGE_MAX_BODY": "lots", "MLX_BRIDGE_MAX_MESSAGES": "0"},
+                          home=tmp_path)
     assert default.max_body == DEFAULT_MAX_BODY == 32 << 20 and default.max_messages == 10_000
 
 
 def test_max_body_reaches_the_server_process(tmp_path, mappings_file):
     from .conftest import start_server, stop_server
 
-    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(tmp_path), "--upstream", "none"],
+    proc, url = start_server(["--mappings", str(mappings_file), "--home", str(tmp_path),
+                              "--upstream", "none"],
                              env={"MLX_BRIDGE_MAX_BODY": "2048"})
     try:
         big = requests.post(url + "/api/show", data=b" " * 2049 + b"{}", timeout=10)

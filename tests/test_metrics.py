@@ -37,9 +37,12 @@ def test_record_counts_requests_errors_tokens_and_latency() -> None:
     s = samples(m.exposition().decode())
     mlx = labels(model="tiny:latest", backend="mlx")
     up = labels(model="tiny:latest", backend="ollama")
-    assert s[("mlx_bridge_requests_total", labels(model="tiny:latest", backend="mlx", status="ok"))] == 2
-    assert s[("mlx_bridge_requests_total", labels(model="tiny:latest", backend="mlx", status="canceled"))] == 1
-    assert s[("mlx_bridge_requests_total", labels(model="tiny:latest", backend="ollama", status="error"))] == 1
+    assert s[("mlx_bridge_requests_total",
+              labels(model="tiny:latest", backend="mlx", status="ok"))] == 2
+    assert s[("mlx_bridge_requests_total",
+              labels(model="tiny:latest", backend="mlx", status="canceled"))] == 1
+    assert s[("mlx_bridge_requests_total",
+              labels(model="tiny:latest", backend="ollama", status="error"))] == 1
     assert s[("mlx_bridge_errors_total", up)] == 1
     assert ("mlx_bridge_errors_total", mlx) not in s
     assert s[("mlx_bridge_prompt_tokens_total", mlx)] == 7 + 10 + 10
@@ -48,7 +51,8 @@ def test_record_counts_requests_errors_tokens_and_latency() -> None:
     # canceled requests are not latency samples; TTFT only where one was measured
     assert s[("mlx_bridge_request_latency_seconds_count", mlx)] == 2
     assert s[("mlx_bridge_request_latency_seconds_sum", mlx)] == pytest.approx(2.4)
-    assert s[("mlx_bridge_request_latency_seconds_bucket", labels(model="tiny:latest", backend="mlx", le="0.5"))] == 1
+    assert s[("mlx_bridge_request_latency_seconds_bucket",
+              labels(model="tiny:latest", backend="mlx", le="0.5"))] == 1
     assert s[("mlx_bridge_ttft_seconds_count", mlx)] == 2
     assert s[("mlx_bridge_ttft_seconds_sum", mlx)] == pytest.approx(0.1)
 
@@ -60,7 +64,8 @@ def test_fallbacks_are_labelled_by_model_from_to_reason() -> None:
     m.fallback("tiny", "ollama", "ollama", "connection refused by 10.0.0.1:11434")
     s = samples(m.exposition().decode())
     base = {"model": "tiny:latest", "from": "mlx", "to": "ollama"}
-    assert s[("mlx_bridge_fallbacks_total", frozenset({**base, "reason": "ModelLoadError"}.items()))] == 2
+    assert s[("mlx_bridge_fallbacks_total",
+              frozenset({**base, "reason": "ModelLoadError"}.items()))] == 2
     other = {"model": "tiny:latest", "from": "ollama", "to": "ollama", "reason": "other"}
     assert s[("mlx_bridge_fallbacks_total", frozenset(other.items()))] == 1
 
@@ -81,7 +86,8 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     assert samples(one.exposition().decode())[key] == 1
     assert key not in samples(two.exposition().decode())
     assert REGISTRY.get_sample_value("mlx_bridge_requests_total",
-                                     {"model": "solo:latest", "backend": "mlx", "status": "ok"}) is None
+                                     {"model": "solo:latest", "backend": "mlx",
+                                      "status": "ok"}) is None
 
 
 def test_loaded_models_read_at_scrape_time() -> None:
@@ -104,7 +110,8 @@ def test_metrics_endpoint_serves_prometheus_text(app, client) -> None:
     s = samples(r.data.decode())
     assert s[("mlx_bridge_requests_total",
               labels(model="metrics-probe:latest", backend="ollama", status="error"))] == 1
-    assert s[("mlx_bridge_errors_total", labels(model="metrics-probe:latest", backend="ollama"))] == 1
+    assert s[("mlx_bridge_errors_total",
+              labels(model="metrics-probe:latest", backend="ollama"))] == 1
     fb = {"model": "metrics-probe:latest", "from": "mlx", "to": "ollama", "reason": "EngineError"}
     assert s[("mlx_bridge_fallbacks_total", frozenset(fb.items()))] == 1
 
@@ -119,7 +126,8 @@ def test_a_real_generate_is_counted_and_its_model_shown_loaded(app, client) -> N
     assert s[ok] == before + 1
     assert s[("mlx_bridge_eval_tokens_total", labels(model="tiny:latest", backend="mlx"))] >= 1
     assert s[("mlx_bridge_loaded_models", frozenset())] >= 1
-    sizes = {dict(k[1])["model"]: v for k, v in s.items() if k[0] == "mlx_bridge_loaded_model_bytes"}
+    sizes = {dict(k[1])["model"]: v for k, v in s.items()
+             if k[0] == "mlx_bridge_loaded_model_bytes"}
     assert sizes.get("tiny:latest", 0) > 0
     app.extensions["bridge"].tracker.flush()
     compared = client.get("/api/performance/comparison?model=tiny").get_json()["models"]

@@ -1,4 +1,5 @@
-"""Unit tests for bridge/routing/registry.py: mapping-file validation, name lookup, disk lookup, reload."""
+"""Unit tests for bridge/routing/registry.py: mapping-file validation, name lookup, disk lookup,
+reload."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_missing_mlx_names_the_model(spec):
 
 
 def test_bad_backend_names_the_model():
-    with pytest.raises(MappingError, match=r"model 'm:7b'.*backend must be one of mlx, ollama, auto"):
+    with pytest.raises(MappingError,
+                       match=r"model 'm:7b'.*backend must be one of mlx, ollama, auto"):
         parse({"m:7b": {"mlx": "mlx-community/M-4bit", "backend": "llamacpp"}})
 
 
@@ -109,7 +111,8 @@ def test_keep_alive_and_options_are_parsed():
     # validated like a request's options: types normalised, unknown and null keys dropped
     assert entry.options == {"temperature": 1.0, "stop": ("END",), "num_predict": 8}
     assert isinstance(entry.options["num_predict"], int)
-    assert parse({"m": {"mlx": "mlx-community/M-4bit", "keep_alive": -1}})["m:latest"].keep_alive == -1.0
+    assert parse({"m": {"mlx": "mlx-community/M-4bit",
+                        "keep_alive": -1}})["m:latest"].keep_alive == -1.0
 
 
 @pytest.mark.parametrize("options", [[1], "fast", {"temperature": "hot"}, {"num_predict": 1.5},
@@ -194,13 +197,14 @@ def make_registry(tmp_path: Path, models: dict, **top: object) -> tuple[Registry
 
 
 def test_lookup_is_case_insensitive_with_implied_latest(tmp_path):
-    reg, _ = make_registry(tmp_path, {"tiny": "mlx-community/T-4bit", "Coder:7B": "mlx-community/C-4bit"},
+    reg, _ = make_registry(tmp_path, {"tiny": "mlx-community/T-4bit",
+                                      "Coder:7B": "mlx-community/C-4bit"},
                            upstream="http://127.0.0.1:11435")
     assert reg.upstream == "http://127.0.0.1:11435"
     entry = reg.lookup("tiny")
     assert entry is not None and entry.name == "tiny:latest"
-    for alias in ("TINY:latest", "Tiny:LATEST", "library/tiny", "registry.ollama.ai/library/tiny:latest",
-                  "tiny@sha256:" + "0" * 64):
+    for alias in ("TINY:latest", "Tiny:LATEST", "library/tiny",
+                  "registry.ollama.ai/library/tiny:latest", "tiny@sha256:" + "0" * 64):
         assert reg.lookup(alias) == entry, alias
     assert reg.lookup("coder:7b") == reg.lookup("CODER:7B") == reg.lookup("Coder:7B")
     assert reg.lookup("coder") is None  # :latest is not :7b
@@ -211,7 +215,8 @@ def test_lookup_is_case_insensitive_with_implied_latest(tmp_path):
 
 
 def test_local_dir_for_a_model_directory(tmp_path, model_dir):
-    reg, _ = make_registry(tmp_path, {"tiny": {"mlx": str(model_dir)}, "gone": str(tmp_path / "nothing")})
+    reg, _ = make_registry(tmp_path, {"tiny": {"mlx": str(model_dir)},
+                                      "gone": str(tmp_path / "nothing")})
     entry = reg.lookup("tiny")
     assert entry is not None and entry.is_local_dir
     assert reg.local_dir(entry) == model_dir
@@ -263,7 +268,8 @@ def test_live_reload_when_the_mapping_file_changes(tmp_path):
     assert reg.lookup("first") is None  # removals are picked up too
 
 
-@pytest.mark.parametrize("broken", ["models: [unclosed\n", "models:\n  m: {backend: mlx}\n", "- a\n"])
+@pytest.mark.parametrize("broken", ["models: [unclosed\n", "models:\n  m: {backend: mlx}\n",
+                                    "- a\n"])
 def test_broken_edit_keeps_the_previous_mapping(tmp_path, broken):
     reg, mappings = make_registry(tmp_path, {"keep": "mlx-community/Keep-4bit"},
                                   upstream="http://up:1")

@@ -21,9 +21,9 @@ RECORDS = 200_000
 
 
 def rec(model: str = "m", error: str | None = None) -> RequestRecord:
-    return RequestRecord(model=model, backend="ollama", endpoint="http://h:1", status="error" if error else "ok",
-                         prompt_tokens=1, eval_tokens=1, ttft_ms=1.0, latency_ms=2.0, tokens_per_sec=3.0,
-                         error=error)
+    return RequestRecord(model=model, backend="ollama", endpoint="http://h:1",
+                         status="error" if error else "ok", prompt_tokens=1, eval_tokens=1,
+                         ttft_ms=1.0, latency_ms=2.0, tokens_per_sec=3.0, error=error)
 
 
 def fill_log(path: Path, n: int) -> None:
@@ -34,9 +34,12 @@ def fill_log(path: Path, n: int) -> None:
             "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
             "INSERT INTO requests (ts, model, model_key, backend, endpoint, status, prompt_tokens, "
             "eval_tokens, ttft_ms, latency_ms, tokens_per_sec) "
-            "SELECT '2025-01-01T00:00:00.000000Z', 'm' || (i % 20) || ':latest', 'm' || (i % 20) || ':latest', "
-            "CASE WHEN i % 3 THEN 'ollama' ELSE 'mlx' END, CASE WHEN i % 3 THEN 'http://127.0.0.1:1' END, "
-            "CASE WHEN i % 10 THEN 'ok' ELSE 'error' END, 10, 20, 5.0, abs(random() % 100000) / 100.0, 30.0 "
+            "SELECT '2025-01-01T00:00:00.000000Z', 'm' || (i % 20) || ':latest', "
+            "'m' || (i % 20) || ':latest', "
+            "CASE WHEN i % 3 THEN 'ollama' ELSE 'mlx' END, "
+            "CASE WHEN i % 3 THEN 'http://127.0.0.1:1' END, "
+            "CASE WHEN i % 10 THEN 'ok' ELSE 'error' END, 10, 20, 5.0, "
+            "abs(random() % 100000) / 100.0, 30.0 "
             "FROM c", (n,))
 
 
@@ -44,10 +47,12 @@ def test_stored_fields_are_bounded(tmp_path):
     store = Store(tmp_path / "bridge.db")
     store.record_many([rec("m" * 100_000, "boom " * 200_000) for _ in range(20)])
     with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        sizes = conn.execute("SELECT MAX(LENGTH(model)), MAX(LENGTH(model_key)), MAX(LENGTH(error)) "
+        sizes = conn.execute("SELECT MAX(LENGTH(model)), MAX(LENGTH(model_key)), "
+                             "MAX(LENGTH(error)) "
                              "FROM requests").fetchone()
     assert sizes == (MAX_MODEL_CHARS, MAX_MODEL_CHARS, MAX_ERROR_CHARS)
-    assert (tmp_path / "bridge.db").stat().st_size + (tmp_path / "bridge.db-wal").stat().st_size < 1_000_000
+    assert ((tmp_path / "bridge.db").stat().st_size
+            + (tmp_path / "bridge.db-wal").stat().st_size < 1_000_000)
     store.close()
 
 
@@ -93,7 +98,8 @@ def test_a_routed_request_beside_comparisons_over_200k_records(tmp_path, tiny_mo
     home.mkdir()
     fill_log(home / "bridge.db", RECORDS)
     mappings = write_mappings(tmp_path / "map.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(home), "--upstream", "none"],
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(home),
+                              "--upstream", "none"],
                              env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
     took: list[float] = []
     try:
@@ -111,7 +117,8 @@ def test_a_routed_request_beside_comparisons_over_200k_records(tmp_path, tiny_mo
         latencies = []
         while scans.is_alive():
             started = time.perf_counter()
-            assert requests.post(url + "/api/show", json={"model": "tiny"}, timeout=60).status_code == 200
+            assert requests.post(url + "/api/show", json={"model": "tiny"},
+                                 timeout=60).status_code == 200
             latencies.append(time.perf_counter() - started)
             time.sleep(0.01)
         scans.join()
@@ -121,5 +128,6 @@ def test_a_routed_request_beside_comparisons_over_200k_records(tmp_path, tiny_mo
     # Time routing spent stuck: a request that waited for a scan waits about as long as the scan.
     stuck = sum(t for t in latencies if t > 0.5)
     print(f"\ncomparisons_s={[round(t, 2) for t in took]} show_requests={len(latencies)} "
-          f"median_s={statistics.median(latencies):.3f} max_s={max(latencies):.2f} stuck_s={stuck:.2f}")
+          f"median_s={statistics.median(latencies):.3f} max_s={max(latencies):.2f} "
+          f"stuck_s={stuck:.2f}")
     assert max(latencies) < 3.0 and stuck < 0.3 * sum(took), (sorted(latencies)[-5:], took)

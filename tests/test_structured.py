@@ -57,7 +57,8 @@ def chat(client, fmt, stream=False, **options):
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 1.0, "seed": 3},
-                                     {"temperature": 1.5, "seed": 11}], ids=["greedy", "t1", "t1.5"])
+                                     {"temperature": 1.5, "seed": 11}],
+                         ids=["greedy", "t1", "t1.5"])
 def test_schema_output_always_validates(client, stream, options):
     text, final = chat(client, PERSON, stream, **options)
     jsonschema.validate(json.loads(text), PERSON)
@@ -65,18 +66,21 @@ def test_schema_output_always_validates(client, stream, options):
 
 
 def test_streamed_equals_non_streamed(client):
-    assert chat(client, PERSON, True, temperature=0)[0] == chat(client, PERSON, False, temperature=0)[0]
+    assert (chat(client, PERSON, True, temperature=0)[0]
+            == chat(client, PERSON, False, temperature=0)[0])
 
 
 def test_format_json_gives_an_object_unless_the_limit_cuts_it(client):
     """Free-form JSON has no bound: a random model sometimes nests on until num_predict."""
     outcomes = []
     for seed in range(1, 7):
-        text, final = chat(client, "json", seed % 2 == 0, temperature=0.9, seed=seed, num_predict=200)
+        text, final = chat(client, "json", seed % 2 == 0, temperature=0.9, seed=seed,
+                           num_predict=200)
         if final["done_reason"] == "stop":
             assert isinstance(json.loads(text), dict)
         else:
-            assert final["done_reason"] == "length" and final["eval_count"] == 200 and text.startswith("{")
+            assert (final["done_reason"] == "length" and final["eval_count"] == 200
+                    and text.startswith("{"))
         outcomes.append(final["done_reason"])
     assert outcomes.count("stop") >= 3, outcomes
 
@@ -102,7 +106,8 @@ def test_generate_endpoint_and_batched_requests(client):
     results: list[str] = []
 
     def one() -> None:  # unseeded jobs share the engine's continuous batch
-        results.append(client.application.test_client().post("/api/generate", json=body).get_json()["response"])
+        resp = client.application.test_client().post("/api/generate", json=body)
+        results.append(resp.get_json()["response"])
 
     threads = [threading.Thread(target=one) for _ in range(4)]
     for t in threads:
@@ -116,7 +121,8 @@ def test_generate_endpoint_and_batched_requests(client):
 
 @pytest.mark.parametrize("fmt,status,words", [
     ({"type": "nonsense"}, 400, "Unrecognized schema"),
-    ({"type": "object", "dependentSchemas": {"a": {}}}, 400, "['dependentSchemas'] are not supported"),
+    ({"type": "object", "dependentSchemas": {"a": {}}}, 400,
+     "['dependentSchemas'] are not supported"),
     ({"type": "string", "pattern": "(?<=a)b"}, 400, "look-around"),
     ("yaml", 400, 'invalid format: "yaml"'),
     # llguidance's parser would give up mid-answer past ~1000 branches at one position
@@ -143,8 +149,10 @@ def test_v1_response_format(client):
         if choice["finish_reason"] == "stop":
             finished.append(json.loads(choice["message"]["content"]))
     assert finished and all(isinstance(v, dict) for v in finished)
-    schema_fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
-    out = client.post("/v1/chat/completions", json={**base, "response_format": schema_fmt}).get_json()
+    schema_fmt = {"type": "json_schema",
+                  "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    out = client.post("/v1/chat/completions",
+                      json={**base, "response_format": schema_fmt}).get_json()
     jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), PERSON)
     bad = client.post("/v1/chat/completions", json={**base, "response_format": {"type": "xml"}})
     assert bad.status_code == 400 and bad.get_json()["error"]["type"] == "invalid_request_error"
@@ -307,15 +315,19 @@ def gemma(tmp_path_factory, gemma_gguf, imported):
     app.extensions["bridge"].stop()
 
 
-CITY = {"type": "object", "additionalProperties": False, "required": ["city", "country", "population_millions"],
-        "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"enum": ["France", "Germany", "Italy"]},
+CITY = {"type": "object", "additionalProperties": False,
+        "required": ["city", "country", "population_millions"],
+        "properties": {"city": {"type": "string", "maxLength": 20},
+                       "country": {"enum": ["France", "Germany", "Italy"]},
                        "population_millions": {"type": "integer", "minimum": 0, "maximum": 50}}}
 
 
 @pytest.mark.slow
 def test_gemma_schema_output_validates(gemma):
-    prompt = f"Answer in JSON matching this schema: {json.dumps(CITY)}\nWhat is the capital of France?"
-    body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": prompt}], "format": CITY,
+    prompt = (f"Answer in JSON matching this schema: {json.dumps(CITY)}\n"
+              "What is the capital of France?")
+    body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": prompt}],
+            "format": CITY,
             "stream": True, "options": {"temperature": 0, "num_predict": 60}}
     resp = gemma.post("/api/chat", json=body)
     assert resp.status_code == 200, resp.get_data(as_text=True)

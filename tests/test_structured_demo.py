@@ -1,4 +1,5 @@
-"""Structured output on the offline demo model (SmolLM2-135M) through a real server and real clients.
+"""Structured output on the offline demo model (SmolLM2-135M) through a real server and real
+clients.
 
 Each Pydantic model of tests/structured_models.py goes through ollama-python's `chat` and
 `generate` (`format`) and the openai SDK's `chat.completions.parse` (`response_format`), at
@@ -128,7 +129,8 @@ def test_tight_num_predict_cuts_the_json_with_done_reason_length(smol_url):
     cut = client.chat(model=MODEL, messages=msgs, format=schema,
                       options={"seed": SEED, "temperature": 0, "num_predict": 8})
     assert cut.done_reason == "length" and cut.eval_count == 8
-    assert full.message.content.startswith(cut.message.content) and cut.message.content.startswith("{")
+    assert (full.message.content.startswith(cut.message.content)
+            and cut.message.content.startswith("{"))
     with pytest.raises(json.JSONDecodeError):
         json.loads(cut.message.content)
     gen = client.generate(model=MODEL, prompt=msgs[0]["content"], format=schema,

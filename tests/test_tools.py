@@ -21,7 +21,8 @@ CALL_ID = re.compile(r"call_[A-Za-z0-9]{8}")
 Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
 JSON_TOOLS = ToolFormat("<tool_call>", "</tool_call>", lambda text, tools: json.loads(text))
 
 
@@ -44,7 +45,8 @@ def stream_through(ex: ToolCallExtractor, text: str, size: int) -> tuple[str, li
 
 @pytest.mark.parametrize("size", [1, 3, 11, 1000])
 def test_tagged_calls_come_out_whole_for_any_chunking(size):
-    text = f'Checking.<tool_call>{CALL}</tool_call><tool_call>{{"name": "f", "arguments": {{}}}}</tool_call>'
+    text = (f'Checking.<tool_call>{CALL}</tool_call>'
+            f'<tool_call>{{"name": "f", "arguments": {{}}}}</tool_call>')
     content, calls = stream_through(ToolCallExtractor(JSON_TOOLS, [WEATHER_TOOL]), text, size)
     assert content == "Checking."
     assert [c["function"] for c in calls] == [
@@ -65,11 +67,13 @@ def test_malformed_or_unclosed_calls_stay_content():
 def test_bare_json_calls_need_a_known_tool_name():
     generic = ToolFormat()
     llama = '{"name": "get_weather", "parameters": {"city": "Rome"}}'
-    assert stream_through(ToolCallExtractor(generic, [WEATHER_TOOL]), llama, 4)[1][0]["function"] == {
+    calls = stream_through(ToolCallExtractor(generic, [WEATHER_TOOL]), llama, 4)[1]
+    assert calls[0]["function"] == {
         "index": 0, "name": "get_weather", "arguments": {"city": "Rome"}}
     other = '{"name": "Bob", "age": 3}'
     assert stream_through(ToolCallExtractor(generic, [WEATHER_TOOL]), other, 4) == (other, [])
-    assert stream_through(ToolCallExtractor(generic, [WEATHER_TOOL]), "plain text", 2) == ("plain text", [])
+    assert stream_through(ToolCallExtractor(generic, [WEATHER_TOOL]), "plain text", 2) == (
+        "plain text", [])
 
 
 def test_mistral_style_marker_without_end():
@@ -104,7 +108,8 @@ def test_streamed_call_arrives_whole_in_one_chunk(client):
 
 
 def test_without_tools_the_text_is_left_alone(client):
-    out = client.post("/api/chat", json={"model": "tools", "messages": Q, "stream": False}).get_json()
+    out = client.post("/api/chat",
+                      json={"model": "tools", "messages": Q, "stream": False}).get_json()
     assert out["message"]["content"] == f"<tool_call>{CALL}</tool_call>"
     assert "tool_calls" not in out["message"]
 
@@ -113,28 +118,36 @@ def test_tool_result_is_fed_back(client):
     call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     messages = [*Q, {"role": "assistant", "content": "", "tool_calls": [call]},
                 {"role": "tool", "content": WEATHER, "tool_name": "get_weather"}]
-    out = client.post("/api/chat", json={"model": "tools", "messages": messages, "tools": [WEATHER_TOOL],
-                                         "stream": False}).get_json()
+    out = client.post("/api/chat", json={"model": "tools", "messages": messages,
+                                         "tools": [WEATHER_TOOL], "stream": False}).get_json()
     assert out["message"] == {"role": "assistant", "content": ANSWER}
 
 
 def test_model_without_tool_support_is_refused(client):
     resp = client.post("/api/chat", json={"model": "think", "messages": Q, "tools": [WEATHER_TOOL]})
-    assert resp.status_code == 400 and resp.get_json() == {"error": "think:latest does not support tools"}
-    v1 = client.post("/v1/chat/completions", json={"model": "think", "messages": Q, "tools": [WEATHER_TOOL]})
-    assert v1.status_code == 400 and v1.get_json()["error"]["message"] == "think:latest does not support tools"
+    assert resp.status_code == 400 and resp.get_json() == {
+        "error": "think:latest does not support tools"}
+    v1 = client.post("/v1/chat/completions",
+                     json={"model": "think", "messages": Q, "tools": [WEATHER_TOOL]})
+    assert (v1.status_code == 400
+            and v1.get_json()["error"]["message"] == "think:latest does not support tools")
 
 
 def test_bare_json_call_from_a_constrained_random_model(client):
-    """tiny has random weights and no parser: a schema forces a call-shaped object, read as a call."""
+    """tiny has random weights and no parser: a schema forces a call-shaped object, read as a
+    call."""
     schema = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
               "properties": {"name": {"const": "get_weather"},
-                             "arguments": {"type": "object", "additionalProperties": False, "required": ["city"],
-                                           "properties": {"city": {"type": "string", "maxLength": 8}}}}}
-    out = client.post("/api/chat", json={"model": "tiny", "messages": Q, "tools": [WEATHER_TOOL], "format": schema,
-                                         "stream": False, "options": {"temperature": 0}}).get_json()
+                             "arguments": {"type": "object", "additionalProperties": False,
+                                           "required": ["city"],
+                                           "properties": {"city": {"type": "string",
+                                                                   "maxLength": 8}}}}}
+    out = client.post("/api/chat", json={"model": "tiny", "messages": Q, "tools": [WEATHER_TOOL],
+                                         "format": schema, "stream": False,
+                                         "options": {"temperature": 0}}).get_json()
     (call,) = out["message"]["tool_calls"]
-    assert call["function"]["name"] == "get_weather" and isinstance(call["function"]["arguments"]["city"], str)
+    assert (call["function"]["name"] == "get_weather"
+            and isinstance(call["function"]["arguments"]["city"], str))
     assert out["message"]["content"] == ""
 
 
@@ -148,5 +161,6 @@ def test_v1_tool_calls_and_tool_results(client):
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}  # a JSON string in /v1
     follow = [*Q, {"role": "assistant", "content": None, "tool_calls": [call]},
               {"role": "tool", "tool_call_id": call["id"], "content": WEATHER}]
-    answer = client.post("/v1/chat/completions", json={**body, "messages": follow}).get_json()["choices"][0]
+    answer = client.post("/v1/chat/completions",
+                         json={**body, "messages": follow}).get_json()["choices"][0]
     assert answer["message"]["content"] == ANSWER and answer["finish_reason"] == "stop"
