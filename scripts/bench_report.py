@@ -52,8 +52,8 @@ def _ratio(a, b):
 
 def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool | None]]:
     """(what, value, target, met)."""
-    raw, br, peer = columns.get("raw", {}), columns.get("bridge", {}), columns.get("mlx_lm.server",
-                                                                                   {})
+    raw, br, peer = (columns.get("raw", {}), columns.get("bridge", {}),
+                     columns.get("mlx_lm.server", {}))
     bundled = columns.get("raw (bundled BLAS)", {})
     agg = br.get("aggregate_tok_s", {})
     chat = br.get("chat_ttft_ms") or [None]

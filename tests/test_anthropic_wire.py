@@ -30,19 +30,19 @@ def test_request_mapping_folds_blocks_into_native_messages():
         temperature=0.2, top_k=5, stop_sequences=["###"], tools=[WEATHER], stream=True,
         metadata={"user_id": "u-1"}, service_tier="auto",
         messages=[
-            {"role": "user", "content": [{"type": "text", "text": "Look "}, {"type": "text",
-                                                                             "text": "here"},
-                                         {"type": "image", "source": {"type": "base64",
-                                                                      "media_type": "image/png",
-                                                                      "data": PNG}}]},
+            {"role": "user", "content": [{"type": "text", "text": "Look "},
+                                         {"type": "text", "text": "here"},
+                                         {"type": "image", "source": {
+                                             "type": "base64", "media_type": "image/png",
+                                             "data": PNG}}]},
             {"role": "assistant", "content": [
                 {"type": "thinking", "thinking": "hmm", "signature": "sig"},
                 {"type": "text", "text": "Checking."},
                 {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
                  "input": {"city": "Paris"}}]},
             {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text",
-                                                                               "text": "sunny"}]},
+                {"type": "tool_result", "tool_use_id": "toolu_1",
+                 "content": [{"type": "text", "text": "sunny"}]},
                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "boom",
                  "is_error": True},
                 {"type": "text", "text": "and now?"}]}]))
@@ -51,13 +51,13 @@ def test_request_mapping_folds_blocks_into_native_messages():
                                  "stop": ["###"]}
     assert native["stream"] is True and "think" not in native and "format" not in native
     assert native["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather", "parameters": WEATHER[
-            "input_schema"]}}]
+        "name": "get_weather", "description": "Current weather",
+        "parameters": WEATHER["input_schema"]}}]
     system, user, assistant, result, failed, follow = native["messages"]
     assert system == {"role": "system", "content": "Be brief. Be kind."}
     assert user == {"role": "user", "content": "Look here", "images": [PNG]}
-    assert assistant == {"role": "assistant", "content": "Checking.", "thinking": "hmm",
-                         "tool_calls": [
+    assert assistant == {
+        "role": "assistant", "content": "Checking.", "thinking": "hmm", "tool_calls": [
         {"id": "toolu_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
     assert result == {"role": "tool", "content": "sunny", "tool_call_id": "toolu_1",
                       "tool_name": "get_weather"}
@@ -70,8 +70,8 @@ def test_request_mapping_folds_blocks_into_native_messages():
 
 def test_no_defaults_are_invented():
     native = messages_to_native(body()).native
-    assert native["options"] == {"num_predict": 100} and native["messages"] == Q and native[
-        "stream"] is False
+    assert (native["options"] == {"num_predict": 100} and native["messages"] == Q
+            and native["stream"] is False)
 
 
 @pytest.mark.parametrize("choice,forced,tools,max_calls", [
@@ -83,8 +83,8 @@ def test_no_defaults_are_invented():
 ])
 def test_tool_choice(choice, forced, tools, max_calls):
     plan = messages_to_native(body(tools=[WEATHER, CLOCK], tool_choice=choice))
-    assert plan.forced == forced and len(plan.native.get("tools",
-                                                         [])) == tools and plan.max_calls == max_calls
+    assert (plan.forced == forced and len(plan.native.get("tools", [])) == tools
+            and plan.max_calls == max_calls)
 
 
 @pytest.mark.parametrize("thinking,extra,think,show", [
@@ -102,8 +102,8 @@ def test_thinking(thinking, extra, think, show):
 
 def test_output_config_format_is_the_native_format():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    plan = messages_to_native(body(output_config={"format": {"type": "json_schema",
-                                                             "schema": schema}}))
+    plan = messages_to_native(body(output_config={
+        "format": {"type": "json_schema", "schema": schema}}))
     assert plan.native["format"] == schema
 
 
@@ -113,11 +113,11 @@ def test_output_config_format_is_the_native_format():
     ({"model": "m", "max_tokens": 0, "messages": Q}, BadRequest,
      "max_tokens is required and must be positive"),
     ({"model": "m", "max_tokens": 5}, BadRequest, "messages is required"),
-    (body(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "url",
-                                                                              "url": "http://x"}}]}]),
+    (body(messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "http://x"}}]}]),
      BadRequest, "invalid image source type: url. Only base64 images are supported."),
-    (body(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "base64",
-                                                                              "data": "@@"}}]}]),
+    (body(messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "data": "@@"}}]}]),
      BadRequest, None),
     (body(messages=[{"role": "assistant", "content": [{"type": "tool_use", "name": "f",
                                                        "input": {}}]}]),
@@ -179,8 +179,8 @@ def test_message_object():
     assert stopped["stop_reason"] == "stop_sequence" and stopped["stop_sequence"] == "###"
     assert MessagesWriter("m").message(final("length"))["stop_reason"] == "max_tokens"
     assert MessagesWriter("m").message(final())["content"] == [{"type": "text", "text": ""}]
-    two = MessagesWriter("m", max_calls=1).message(final(tool_calls=[CALL, {**CALL,
-                                                                            "id": "call_2"}]))
+    two = MessagesWriter("m", max_calls=1).message(
+        final(tool_calls=[CALL, {**CALL, "id": "call_2"}]))
     assert [b["id"] for b in two["content"]] == ["call_1"]
     hidden = MessagesWriter("m", show_thinking=False).message(final(thinking="secret", content="x"))
     assert hidden["content"][0] == {"type": "thinking", "signature": "", "thinking": ""}
@@ -222,16 +222,16 @@ def test_event_stream():
                                               "name": "get_weather", "input": {}}
     assert events[11][1]["delta"] == {"type": "input_json_delta",
                                       "partial_json": '{"city": "Paris"}'}
-    assert events[13][1] == {"type": "message_delta", "delta": {"stop_reason": "tool_use",
-                                                                "stop_sequence": None},
+    assert events[13][1] == {"type": "message_delta",
+                             "delta": {"stop_reason": "tool_use", "stop_sequence": None},
                              "usage": {"input_tokens": 7, "output_tokens": 3}}
 
 
 def test_event_stream_error_and_empty_output():
     events = parse_sse("".join(MessagesWriter("m").events([chunk(content="a"),
                                                            {"error": "engine died"}])))
-    assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error",
-                                                               "message": "engine died"}})
+    assert events[-1] == ("error", {"type": "error",
+                                    "error": {"type": "api_error", "message": "engine died"}})
     empty = parse_sse("".join(MessagesWriter("m").events([final(stop="##")])))
     assert [e for e, _ in empty][2:] == ["content_block_start", "content_block_stop",
                                          "message_delta", "message_stop"]
@@ -241,6 +241,6 @@ def test_event_stream_error_and_empty_output():
 def test_error_shape():
     assert anthropic_error(404, "model 'x' not found", "abc") == {
         "type": "error", "error": {"type": "not_found_error", "message": "model 'x' not found"},
-                                                                  "request_id": "abc"}
+        "request_id": "abc"}
     assert anthropic_error(529, "busy")["error"]["type"] == "overloaded_error"
     assert anthropic_error(500, "boom")["error"]["type"] == "api_error"

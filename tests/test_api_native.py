@@ -67,8 +67,8 @@ def test_chat_stream_and_non_stream_agree(client):
 
 def test_chat_history_goes_through_the_template(client):
     short = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": GREEDY,
-                                            "messages": [{"role": "user",
-                                                          "content": "hi"}]}).get_json()
+                                            "messages": [{"role": "user", "content": "hi"}]
+                                            }).get_json()
     long = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": GREEDY,
                                           "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
@@ -99,9 +99,8 @@ def test_num_predict_and_stop(client):
                                              "options": {**GREEDY, "num_predict": 3}}).get_json()
     assert out["eval_count"] == 3 and out["done_reason"] == "length"
     full = client.post("/api/generate", json={"model": "tiny", "prompt": "abc", "stream": False,
-                                              "options": {**GREEDY,
-                                                          "num_predict": 20}}).get_json()[
-                                                              "response"]
+                                              "options": {**GREEDY, "num_predict": 20}}
+                       ).get_json()["response"]
     stop = full[4:6]
     assert stop
     cut = client.post("/api/generate", json={"model": "tiny", "prompt": "abc", "stream": False,
@@ -188,8 +187,8 @@ def test_keep_alive_zero_unloads_after_request(client):
 def test_ps_lists_shared_weights_once_with_expiry(client):
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": "10m"})
     client.post("/api/generate", json={"model": "tiny-alias:v1", "prompt": "", "keep_alive": "10m"})
-    models = [m for m in client.get("/api/ps").get_json()["models"] if m["name"] in ("tiny:latest",
-                                                                                     "tiny-alias:v1")]
+    models = [m for m in client.get("/api/ps").get_json()["models"]
+              if m["name"] in ("tiny:latest", "tiny-alias:v1")]
     assert len(models) == 1, "two names mapped to one directory share one loaded model"
     assert models[0]["name"] == "tiny-alias:v1"  # listed under the name last used
     m = models[0]
@@ -198,8 +197,8 @@ def test_ps_lists_shared_weights_once_with_expiry(client):
     expires = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
     assert 500 < (expires - datetime.now(expires.tzinfo)).total_seconds() <= 600
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": -1})
-    forever = next(m for m in client.get("/api/ps").get_json()["models"] if m[
-        "name"] == "tiny:latest")["expires_at"]
+    forever = next(m for m in client.get("/api/ps").get_json()["models"]
+                   if m["name"] == "tiny:latest")["expires_at"]
     assert forever.startswith("23")  # > 20 years ahead: the CLI prints "Forever"
     client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
 
@@ -212,8 +211,8 @@ def test_tags_describe_present_models_only(client):
     for m in models:
         assert m["name"] == m["model"] and HEX64.fullmatch(m["digest"]) and m["size"] > 0
         d = m["details"]
-        assert d["family"] == "llama" and d["families"] == ["llama"] and d[
-            "format"] == "safetensors"
+        assert (d["family"] == "llama" and d["families"] == ["llama"]
+                and d["format"] == "safetensors")
         assert d["quantization_level"] == "F32" and d["parameter_size"]
         datetime.fromisoformat(m["modified_at"].replace("Z", "+00:00"))
     stamps = [m["modified_at"] for m in models]
@@ -276,8 +275,8 @@ def test_delete_removes_what_the_bridge_downloaded(client, app, tmp_path):
         assert "dl:1b" not in {m["name"] for m in client.get("/api/tags").get_json()["models"]}
         assert not any(m["name"] == "dl:1b" for m in client.get("/api/ps").get_json()["models"])
         gone = client.post("/api/generate", json={"model": "dl:1b", "prompt": "x"})
-        assert gone.status_code == 404 and gone.get_json()["error"].startswith("model 'dl:1b' not "
-                                                                               "found")
+        assert gone.status_code == 404 and gone.get_json()["error"].startswith(
+            "model 'dl:1b' not found")
     finally:
         local_file.unlink()
 

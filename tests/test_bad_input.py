@@ -500,8 +500,8 @@ def test_num_ctx_is_honoured(client):
                                             options={**FAST, "num_ctx": 16}))
     assert error_of(resp) == "the input length exceeds the context length"
     assert resp.status_code == 400
-    resp = send(client, "POST", G, body_for(G, prompt=long_prompt, options={**FAST,
-                                                                            "num_ctx": 4096}))
+    resp = send(client, "POST", G, body_for(G, prompt=long_prompt,
+                                            options={**FAST, "num_ctx": 4096}))
     assert resp.status_code == 200
 
 
@@ -515,8 +515,8 @@ def test_app_still_serves_normally_afterwards(client):
     assert resp.status_code == 200, resp.get_data()[:500]
     out = resp.get_json()
     assert out["done"] is True and out["model"] == "tiny"
-    resp = send(client, "POST", C, {"model": "tiny", "messages": [{"role": "user",
-                                                                   "content": "hi"}],
+    resp = send(client, "POST", C, {"model": "tiny",
+                                    "messages": [{"role": "user", "content": "hi"}],
                                     "options": {"num_predict": 3}})
     assert resp.status_code == 200
     lines = [json.loads(x) for x in resp.get_data(as_text=True).splitlines()]

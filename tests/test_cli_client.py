@@ -47,8 +47,8 @@ def test_run_ps_and_stop_model(server):
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip()  # the model's (random) reply
     ps = mlx_bridge("ps", env=env)
-    assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT",
-                                                 "UNTIL"]
+    assert ps.stdout.splitlines()[0].split() == [
+        "NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     row = next(r for r in ps.stdout.splitlines() if r.startswith("tiny:latest "))
     assert "100% CPU" in row and "from now" in row
     stopped = mlx_bridge("stop", "tiny", env=env)
@@ -111,8 +111,8 @@ def test_pull_progress_rendering():
         "pulling manifest", "pulling 1a2b3c4d5e6f  100% ▕" + "█" * 30 + "▏ 2.0 KB/2.0 KB",
         "verifying sha256 digest", "writing manifest", "success"]
     redraws = tty.getvalue().split("\r")
-    assert len(redraws) == 4 and "  50% ▕" in redraws[2] and redraws[3].startswith(
-        "pulling 1a2b3c4d5e6f  100%")
+    assert (len(redraws) == 4 and "  50% ▕" in redraws[2]
+            and redraws[3].startswith("pulling 1a2b3c4d5e6f  100%"))
     assert tty.getvalue().endswith("\nverifying sha256 digest\nwriting manifest\nsuccess\n")
 
 

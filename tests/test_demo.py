@@ -67,8 +67,8 @@ def test_later_starts_reuse_the_import(demo_home):
     stamp = model_dir.stat().st_mtime_ns
     proc, url = start_server(["--demo", "--home", str(home), "--mappings", str(mappings)])
     try:
-        assert DEMO_NAME in {m["name"] for m in requests.get(url + "/api/tags",
-                                                             timeout=5).json()["models"]}
+        assert DEMO_NAME in {
+            m["name"] for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
     finally:
         stop_server(proc)
     assert model_dir.stat().st_mtime_ns == stamp

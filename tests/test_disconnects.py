@@ -98,8 +98,8 @@ def test_repeated_mid_stream_disconnects_leave_nothing_running(served):
     assert metric(url, "mlx_bridge_errors_total") == errors_before
     ps = requests.get(url + "/api/ps", timeout=10).json()["models"]
     assert [m["name"] for m in ps] == ["tiny:latest"] and ps[0]["size"] > 0
-    assert datetime.fromisoformat(ps[0]["expires_at"].replace("Z",
-                                                              "+00:00")).timestamp() > time.time()
+    assert (datetime.fromisoformat(ps[0]["expires_at"].replace("Z", "+00:00")).timestamp()
+            > time.time())
 
     started = time.monotonic()
     reply = requests.post(url + "/api/generate", json=short, timeout=60)

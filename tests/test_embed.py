@@ -151,8 +151,8 @@ def test_more_inputs_than_the_cap_is_a_clear_400(client):
     assert body == {"error": "too many inputs: 2049 (the limit is 2048 per request; "
                              "MLX_BRIDGE_MAX_EMBED_INPUTS)"}
     resp = client.post("/v1/embeddings", json={"model": "tiny", "input": ["hi"] * 2049})
-    assert resp.status_code == 400 and "too many inputs: 2049" in resp.get_json()["error"][
-        "message"]
+    assert (resp.status_code == 400
+            and "too many inputs: 2049" in resp.get_json()["error"]["message"])
 
 
 @pytest.fixture(scope="module")
