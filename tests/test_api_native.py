@@ -117,20 +117,16 @@ def test_num_predict_and_stop(client):
 
 def test_unknown_and_null_options_are_ignored(client):
     opts = {**GREEDY, "num_predict": 2.0, "mirostat": 2, "tfs_z": None, "numa": False,
-            "num_ctx": 4096,
-            "typical_p": None, "penalize_newline": True, "unknown_key": [1]}
+            "num_ctx": 4096, "typical_p": None, "penalize_newline": True, "unknown_key": [1]}
     out = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
-                                             "options": opts,
-                                             "width": 3, "extra_field": {"a": 1}})
+                                             "options": opts, "width": 3, "extra_field": {"a": 1}})
     assert out.status_code == 200 and out.get_json()["eval_count"] == 2
 
 
 def test_all_sampling_options_accepted(client):
     opts = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.05, "num_predict": 4,
-            "seed": 3,
-            "repeat_penalty": 1.2, "repeat_last_n": 16, "presence_penalty": 0.5,
-            "frequency_penalty": 0.3,
-            "stop": ["\n\n\n"]}
+            "seed": 3, "repeat_penalty": 1.2, "repeat_last_n": 16, "presence_penalty": 0.5,
+            "frequency_penalty": 0.3, "stop": ["\n\n\n"]}
     out = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": opts,
                                          "messages": [{"role": "user", "content": "hi"}]})
     assert out.status_code == 200, out.get_data(as_text=True)

@@ -287,11 +287,9 @@ CASES = [
 ]
 
 HOSTILE_NAMES = ["../../etc", "/etc/passwd", "a b", "x" * 300, "..", "~/.ssh/id_rsa",
-                 "..\\..\\windows",
-                 "tiny/../../../etc/passwd", "file:///etc/passwd", "http://evil.example/ns/x",
-                 "\x00",
-                 "tiny\n", "etc/passwd",
-                 "a:b:c", "@sha256:00", "tiny:", ":latest"]
+                 "..\\..\\windows", "tiny/../../../etc/passwd", "file:///etc/passwd",
+                 "http://evil.example/ns/x", "\x00", "tiny\n", "etc/passwd", "a:b:c", "@sha256:00",
+                 "tiny:", ":latest"]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "text", "contains", "content_type"),

@@ -85,8 +85,8 @@ def other_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("other") / "other", seed=3)
 
 
-def test_a_crash_outside_any_job_ends_every_job_and_the_engine_restarts(engine, tiny_model_dir,
-                                                                        other_model):
+def test_a_crash_outside_any_job_ends_every_job_and_the_engine_restarts(
+        engine, tiny_model_dir, other_model):
     running = job_for(tiny_model_dir, n=5000, num_ctx=8192)
     waiting = job_for(other_model)  # max_loaded 1: waits for the running model
     engine.submit(running)
@@ -118,8 +118,8 @@ def test_a_crash_while_a_job_is_being_answered_still_answers_it(engine, tiny_mod
     assert isinstance(last_event(again, timeout=30), Done)
 
 
-def test_an_abort_that_raises_after_a_failed_step_still_ends_every_job(engine, tiny_model_dir,
-                                                                       monkeypatch):
+def test_an_abort_that_raises_after_a_failed_step_still_ends_every_job(
+        engine, tiny_model_dir, monkeypatch):
     jobs = [job_for(tiny_model_dir, n=3000, num_ctx=8192) for _ in range(2)]
     for job in jobs:
         engine.submit(job)
@@ -200,8 +200,8 @@ def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("recovery-up")
     mappings = write_mappings(root / "m.yaml",
                               {"auto-tiny": {"mlx": str(build_tiny_model(root / "up", seed=7))}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"), "--upstream",
-                              "none"])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
@@ -236,8 +236,8 @@ def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
         time.sleep(0.1)
 
 
-def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_path, tiny_model_dir,
-                                                                          upstream):
+def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(
+        tmp_path, tiny_model_dir, upstream):
     proc, url, faults = faulty_server(tmp_path, tiny_model_dir, upstream)
     try:
         assert generate(url, "tiny").status_code == 200
@@ -263,9 +263,8 @@ def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_pa
         assert time.monotonic() - began < 2, "refused at once, not queued"
         via = generate(url, "auto-tiny")
         assert via.status_code == 200, via.text
-        assert via.json()["response"] == generate(upstream,
-                                                  "auto-tiny").json()[
-                                                      "response"], "from the upstream"
+        assert (via.json()["response"]
+                == generate(upstream, "auto-tiny").json()["response"]), "from the upstream"
         assert requests.get(url + "/api/version", timeout=2).status_code == 200
 
         (faults / "hold").unlink()
@@ -277,9 +276,8 @@ def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_pa
         stop_server(proc)
 
 
-def test_an_engine_that_cannot_restart_ends_its_worker_and_a_fresh_one_serves(tmp_path,
-                                                                              tiny_model_dir,
-                                                                              upstream):
+def test_an_engine_that_cannot_restart_ends_its_worker_and_a_fresh_one_serves(
+        tmp_path, tiny_model_dir, upstream):
     proc, url, faults = faulty_server(tmp_path, tiny_model_dir, upstream)
     try:
         first = worker_pid(proc.pid)

@@ -53,8 +53,8 @@ def test_corrupt_database_admin_answers_503_and_serving_uses_the_mapping(tmp_pat
                   requests.post(url + "/api/llm-backends", headers=AUTH, timeout=10,
                                 json={"model_name": "x", "backend_type": "mlx"})):
             assert r.status_code == 503 and str(db) in r.json()["error"]
-            assert "not a database" in r.json()["error"] and "move the file aside" in r.json()[
-                "error"]
+            assert ("not a database" in r.json()["error"]
+                    and "move the file aside" in r.json()["error"])
         assert requests.get(url + "/health", timeout=10).json()["status"] == "ok"
     finally:
         stop_server(proc)

@@ -123,8 +123,8 @@ def test_think_fields_follow_the_request():
         return render_jinja_template([[{"role": "user", "content": "hi"}]], chat_template=jinja,
                                      add_generation_prompt=True, **kwargs)[0][0]
 
-    assert (run(), run(enable_thinking=True), run(enable_thinking=False)) == ("hi", "hi",
-                                                                              "hi<think></think>")
+    assert (run(), run(enable_thinking=True), run(enable_thinking=False)) == (
+        "hi", "hi", "hi<think></think>")
 
 
 def test_capabilities_come_from_what_the_go_template_reads():

@@ -89,8 +89,8 @@ def test_import_by_ollama_name_reads_the_model_blob_and_never_writes_the_store(s
     assert result.name == "tinyllama:q8"
     assert result.path == tmp_path / "home" / "models" / "imported" / slug("tinyllama:q8")
     provenance = json.loads((result.path / "mlx_bridge_import.json").read_text())
-    assert provenance["source"] == "ollama:tinyllama:q8" and provenance[
-        "ollama_digest"].startswith("sha256:")
+    assert (provenance["source"] == "ollama:tinyllama:q8"
+            and provenance["ollama_digest"].startswith("sha256:"))
     # the manifest's template `{{ .Prompt }}` and stop param, not the GGUF's ChatML template
     template = json.loads((result.path / "tokenizer_config.json").read_text())["chat_template"]
     assert render(template, [{"role": "user", "content": "hi"}]) == "hi"
@@ -122,11 +122,11 @@ def test_cli_import_serve_list_and_delete(store, tmp_path):
     home = tmp_path / "home"
     before = _snapshot(store)
     env = {**os.environ, "OLLAMA_MODELS": str(store), "MLX_BRIDGE_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "bridge", "import", "tinyllama:q8", "--name",
-                           "mine:v1"],
+    done = subprocess.run([sys.executable, "-m", "bridge", "import", "tinyllama:q8",
+                           "--name", "mine:v1"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    # the progress bar
+    # "converting tensors" comes from the progress bar
     assert "imported 'mine:v1'" in done.stdout and "converting tensors" in done.stderr
 
     config = load_config({}, mappings_path=None, home=home)
@@ -137,12 +137,12 @@ def test_cli_import_serve_list_and_delete(store, tmp_path):
         tags = {m["name"]: m for m in client.get("/api/tags").get_json()["models"]}
         entry = tags["mine:v1"]
         assert len(entry["digest"]) == 64 and entry["size"] > 0
-        assert entry["details"]["family"] == "llama" and entry["details"][
-            "quantization_level"] == "F32"
+        assert (entry["details"]["family"] == "llama"
+                and entry["details"]["quantization_level"] == "F32")
         assert entry["details"]["parameter_size"].endswith("K")
         show = client.post("/api/show", json={"model": "mine:v1"}).get_json()
-        assert show["template"] == "{{ .Prompt }}" and show["model_info"][
-            "general.architecture"] == "llama"
+        assert (show["template"] == "{{ .Prompt }}"
+                and show["model_info"]["general.architecture"] == "llama")
         reply = client.post("/api/chat", json={"model": "mine:v1", "stream": False,
                                                "options": {"num_predict": 3},
                                                "messages": [{"role": "user", "content": "hi"}]})
@@ -251,9 +251,8 @@ def test_template_system_and_params_come_along_and_show(gguf_bytes, tmp_path):
         # ...unless the chat brings its own
         own = [{"role": "system", "content": "Be terse."}, *hi]
         done = _chat(client, "pirate", own, num_predict=1)
-        assert done["prompt_eval_count"] == len(encode(tokenizer,
-                                                       PIRATE_PROMPT.replace(PIRATE_SYSTEM,
-                                                                             "Be terse.")))
+        assert done["prompt_eval_count"] == len(
+            encode(tokenizer, PIRATE_PROMPT.replace(PIRATE_SYSTEM, "Be terse.")))
     finally:
         app.extensions["bridge"].stop()
 

@@ -25,8 +25,8 @@ def drain(job: Job, timeout: float = 60) -> list:
             return events
 
 
-def ask(engine: Engine, path, messages: list[dict], n: int = 24, seed: int = -1) -> tuple[str,
-                                                                                          Done]:
+def ask(engine: Engine, path, messages: list[dict], n: int = 24,
+        seed: int = -1) -> tuple[str, Done]:
     job = Job(str(path), "tiny", spec=PromptSpec(messages=messages),
               options=Options(temperature=0, num_predict=n, seed=seed))
     engine.submit(job)
@@ -91,8 +91,8 @@ def test_requests_sharing_a_system_prompt_share_its_cache(cached, tiny_model_dir
 
 
 def test_abandoned_request_leaves_no_cache_entry(cached, tiny_model_dir):
-    job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(messages=[{"role": "user",
-                                                                      "content": "hello"}]),
+    job = Job(str(tiny_model_dir), "tiny",
+              spec=PromptSpec(messages=[{"role": "user", "content": "hello"}]),
               options=Options(temperature=0, num_predict=1500))
     cached.submit(job)
     assert isinstance(job.events.get(timeout=30), Chunk)
@@ -112,8 +112,8 @@ def test_unloading_a_model_drops_its_cache(cached, tiny_model_dir):
 
 
 def test_keep_alive_expiry_drops_the_cache_too(cached, tiny_model_dir):
-    job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(messages=[{"role": "user",
-                                                                      "content": "hi"}]),
+    job = Job(str(tiny_model_dir), "tiny",
+              spec=PromptSpec(messages=[{"role": "user", "content": "hi"}]),
               options=Options(temperature=0, num_predict=2), keep_alive=0.3)
     cached.submit(job)
     drain(job)

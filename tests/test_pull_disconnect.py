@@ -44,16 +44,16 @@ def slow_hub(tmp_path_factory):
 
 def downloaded(partial: Path) -> int:
     """Bytes of the padding on disk so far (finished or still .incomplete)."""
-    return sum(p.stat().st_size for p in partial.rglob(
-        "*") if p.is_file() and p.stat().st_size > 1 << 20)
+    return sum(p.stat().st_size for p in partial.rglob("*")
+               if p.is_file() and p.stat().st_size > 1 << 20)
 
 
 @pytest.mark.slow
 def test_a_client_leaving_a_pull_stops_its_download(slow_hub, tmp_path):
     home = tmp_path / "home"
     mappings = write_mappings(tmp_path / "m.yaml", {"bigpull": {"mlx": REPO}})
-    proc, url = start_server(["--home", str(home), "--mappings", str(mappings), "--upstream",
-                              "none"],
+    proc, url = start_server(["--home", str(home), "--mappings", str(mappings),
+                              "--upstream", "none"],
                              env={"HF_ENDPOINT": slow_hub, "HF_HUB_OFFLINE": "0"})
     try:
         with requests.post(url + "/api/pull", json={"model": "bigpull"}, stream=True,

@@ -28,9 +28,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     models = {name: {"mlx": str(build_tiny_model(root / name, seed=seed)), "backend": "mlx"}
-              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9), ("absent-auto:1b",
-                                                                                 10),
-                                 ("shared", 11))}
+              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9),
+                                 ("absent-auto:1b", 10), ("shared", 11))}
     mappings = write_mappings(root / "map.yaml", models)
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
                               "--upstream", "none"])
@@ -87,8 +86,8 @@ def test_auto_with_broken_mlx_mapping_answers_from_upstream(bridge, upstream):
 
 
 def test_auto_with_absent_weights_answers_from_upstream(bridge, upstream):
-    assert generate(bridge, "absent-auto:1b").json()["response"] == generate(upstream,
-                                                                             "absent-auto:1b").json()["response"]
+    assert (generate(bridge, "absent-auto:1b").json()["response"]
+            == generate(upstream, "absent-auto:1b").json()["response"])
 
 
 def test_mlx_policy_never_falls_back(bridge):
@@ -129,8 +128,8 @@ def test_status_of_upstream_errors_is_preserved(bridge):
     too_long = {"model": "up-only", "input": "x " * 40, "truncate": False,
                 "options": {"num_ctx": 4}}
     embed = requests.post(bridge + "/api/embed", json=too_long, timeout=10)  # the upstream's 400
-    assert embed.status_code == 400 and embed.json() == {"error": "the input length exceeds the "
-                                                                  "context length"}
+    assert embed.status_code == 400 and embed.json() == {
+        "error": "the input length exceeds the context length"}
 
 
 def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_dir):
@@ -155,8 +154,8 @@ def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_d
         started = time.time()
         down = generate(br_url, "slow")
         # nothing listens there now (connection refused): an unknown name here, Ollama's 404
-        assert down.status_code == 404 and "is not running (connection refused)" in down.json()[
-            "error"]
+        assert (down.status_code == 404
+                and "is not running (connection refused)" in down.json()["error"])
         assert time.time() - started < 10, "upstream down must not hang"
         tags = requests.get(br_url + "/api/tags", timeout=10).json()["models"]
         assert [m["name"] for m in tags] == ["tiny:latest"]
@@ -178,8 +177,8 @@ def test_upstream_that_accepts_but_never_answers_times_out(tmp_path, tiny_model_
     try:
         started = time.time()
         tags = requests.get(br_url + "/api/tags", timeout=30)
-        assert tags.status_code == 200 and [m["name"] for m in tags.json()["models"]] == [
-            "tiny:latest"]
+        assert (tags.status_code == 200
+                and [m["name"] for m in tags.json()["models"]] == ["tiny:latest"])
         assert time.time() - started < 10
     finally:
         stop_server(proc)
@@ -192,8 +191,8 @@ def test_concurrent_forwarded_and_local_requests(bridge):
     def hit(model: str, i: int) -> None:
         results[f"{model}{i}"] = generate(bridge, model).status_code
 
-    threads = [threading.Thread(target=hit, args=(m, i)) for i in range(3) for m in ("tiny",
-                                                                                     "up-only")]
+    threads = [threading.Thread(target=hit, args=(m, i))
+               for i in range(3) for m in ("tiny", "up-only")]
     for t in threads:
         t.start()
     for t in threads:
@@ -254,8 +253,8 @@ def test_endpoint_failover_by_priority_with_circuit_breaker(bridge, upstream):
 
 
 def test_admin_writes_need_the_token(bridge):
-    resp = requests.post(bridge + "/api/llm-backends", json={"model_name": "x",
-                                                             "backend_type": "mlx"}, timeout=10)
+    resp = requests.post(bridge + "/api/llm-backends",
+                         json={"model_name": "x", "backend_type": "mlx"}, timeout=10)
     assert resp.status_code == 401
     lookup = requests.get(bridge + "/api/llm-backends/model/shared", timeout=10)
     assert lookup.status_code == 200

@@ -15,22 +15,19 @@ from .test_bad_input import raw_request
 
 LOCAL_HOSTS = ["localhost", "localhost:11434", "LOCALHOST:1", socket.gethostname(), "foo.localhost",
                "mac.local:11434", "svc.internal", "127.0.0.1", "127.0.0.1:8080", "127.9.9.9",
-               "[::1]:11434",
-               "::1", "[::1]", "10.1.2.3", "192.168.0.10:11434", "172.16.0.1", "0.0.0.0:11434",
-               "[fd00::1]:80", "169.254.1.1", "[::ffff:127.0.0.1]:1"]
+               "[::1]:11434", "::1", "[::1]", "10.1.2.3", "192.168.0.10:11434", "172.16.0.1",
+               "0.0.0.0:11434", "[fd00::1]:80", "169.254.1.1", "[::ffff:127.0.0.1]:1"]
 FOREIGN_HOSTS = ["evil.example", "evil.example:11434", "8.8.8.8", "8.8.8.8:11434",
-                 "localhost.evil.example",
-                 "127.0.0.1.nip.io", "[2001:4860::8888]:80", "evil.localhost.com", "local",
-                 "internal",
-                 "localhost:11434:1", "example.com\x00.localhost"]
+                 "localhost.evil.example", "127.0.0.1.nip.io", "[2001:4860::8888]:80",
+                 "evil.localhost.com", "local", "internal", "localhost:11434:1",
+                 "example.com\x00.localhost"]
 BUILTIN_ORIGINS = ["http://localhost", "https://localhost", "http://localhost:3000",
-                   "https://127.0.0.1:8443",
-                   "http://127.0.0.1", "http://0.0.0.0:8080", "app://obsidian.md", "file://",
-                   "tauri://localhost", "vscode-webview://1abc", "vscode-file://vscode-app"]
+                   "https://127.0.0.1:8443", "http://127.0.0.1", "http://0.0.0.0:8080",
+                   "app://obsidian.md", "file://", "tauri://localhost", "vscode-webview://1abc",
+                   "vscode-file://vscode-app"]
 FOREIGN_ORIGINS = ["https://evil.example", "http://localhost.evil.example",
-                   "http://127.0.0.1.evil.example",
-                   "null", "chrome-extension://abcdef", "moz-extension://x", "http://localhostx:1",
-                   "http://10.0.0.5:3000"]
+                   "http://127.0.0.1.evil.example", "null", "chrome-extension://abcdef",
+                   "moz-extension://x", "http://localhostx:1", "http://10.0.0.5:3000"]
 ACAO = "Access-Control-Allow-Origin"
 
 
@@ -59,12 +56,12 @@ def test_local_host_names_are_served(client, host):
 
 
 @pytest.mark.parametrize("host", FOREIGN_HOSTS)
-@pytest.mark.parametrize("path", ["/api/version", "/api/tags", "/api/chat", "/v1/models",
-                                  "/api/nope"])
+@pytest.mark.parametrize("path",
+                         ["/api/version", "/api/tags", "/api/chat", "/v1/models", "/api/nope"])
 def test_foreign_host_is_forbidden_on_loopback(client, host, path):
     method = "POST" if path == "/api/chat" else "GET"
-    resp = client.open(path, method=method, headers={"Host": host}, json={"model": "tiny",
-                                                                          "messages": []})
+    resp = client.open(path, method=method, headers={"Host": host},
+                       json={"model": "tiny", "messages": []})
     if path.startswith("/v1/"):
         assert resp.status_code == 403 and resp.get_json()["error"]["type"] == "permission_error"
     else:
@@ -139,18 +136,15 @@ def test_preflight_for_an_allowed_origin(client):
     assert resp.headers[ACAO] == "http://localhost:5173"
     allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
     assert {"authorization", "content-type", "user-agent", "accept", "x-requested-with",
-            "openai-beta",
-            "x-stainless-os", "x-stainless-brand-new"} <= allowed
-    assert {"GET", "POST",
-            "DELETE"} <= {m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(
-                ",")}
+            "openai-beta", "x-stainless-os", "x-stainless-brand-new"} <= allowed
+    assert {"GET", "POST", "DELETE"} <= {
+        m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")}
     assert int(resp.headers["Access-Control-Max-Age"]) > 0
 
 
 def test_allowed_headers_match_ollama():
     assert {"Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With",
-            "OpenAI-Beta"} <= set(
-        ALLOWED_HEADERS)
+            "OpenAI-Beta"} <= set(ALLOWED_HEADERS)
     assert any(h.startswith("x-stainless-") for h in ALLOWED_HEADERS)
 
 
