@@ -1,4 +1,5 @@
-"""The measurements, for any engine that can stream a chat: TTFT, decode, aggregate, a growing chat."""
+"""The measurements, for any engine that can stream a chat: TTFT, decode, aggregate,
+a growing chat."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The pure Anthropic conversions: Messages requests -> native bodies, native objects -> Messages JSON/SSE."""
+"""The pure Anthropic conversions: Messages requests -> native bodies,
+native objects -> Messages JSON/SSE."""
 
 from __future__ import annotations
 

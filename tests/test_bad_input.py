@@ -226,7 +226,8 @@ CASES = [
                              'true, or false)',
                   id="think-x"),
     *gen_and_chat(lambda p: body_for(p, format="yaml"), 400,
-                  lambda _s: 'invalid format: "yaml"; expected "json" or a valid JSON Schema object',
+                  lambda _s: ('invalid format: "yaml"; expected "json" or a valid JSON Schema '
+                              'object'),
                   id="format-yaml"),
     *gen_and_chat(lambda p: body_for(p, format=3), 400, contains="invalid format",
                   id="format-number"),
@@ -339,7 +340,8 @@ def test_lone_surrogate_escapes_are_replaced_not_500(client, path):
 @pytest.mark.parametrize("path", [G, C])
 def test_lone_surrogate_in_text_is_served(client, path):
     if path == G:
-        raw = b'{"model":"tiny","prompt":"a\\udfffb \\ud83d\\ude00","stream":false,"options":{"num_predict":2}}'
+        raw = (b'{"model":"tiny","prompt":"a\\udfffb \\ud83d\\ude00","stream":false,'
+               b'"options":{"num_predict":2}}')
     else:
         raw = (b'{"model":"tiny","stream":false,"options":{"num_predict":2},'
                b'"messages":[{"role":"user","content":"\\ud800 hi"}]}')
@@ -603,7 +605,8 @@ def test_real_server_survives_hostile_bodies(server):
 
 
 def test_real_server_many_bad_requests_in_a_row(server):
-    """Keep-alive connection reuse after errors: a session sends bad and good requests alternately."""
+    """Keep-alive connection reuse after errors: a session sends bad and good requests
+    alternately."""
     with requests.Session() as s:
         for i in range(20):
             bad = s.post(server + G, data=b"{" * (i + 1),

@@ -1,4 +1,5 @@
-"""Client commands (`list`, `ps`, `show`, `run`, `pull`, `rm`, `stop MODEL`) against a real server."""
+"""Client commands (`list`, `ps`, `show`, `run`, `pull`, `rm`, `stop MODEL`) against a real
+server."""
 
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def _prompt_eval_count(child: pexpect.spawn) -> int:
 
 
 def test_interactive_chat_in_a_terminal(tmp_path, server):
-    """`mlx-bridge run tiny` in a pty: streaming replies, conversation history, /clear, arrow-key history, /bye."""
+    """`mlx-bridge run tiny` in a pty: streaming replies, conversation history, /clear,
+    arrow-key history, /bye."""
     env = _env(server, MLX_BRIDGE_HOME=str(tmp_path / "home"), TERM="xterm")
     child = pexpect.spawn(sys.executable, ["-m", "bridge", "run", "tiny", "--verbose"], env=env,
                           encoding="utf-8", timeout=60, dimensions=(40, 200))

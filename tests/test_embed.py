@@ -222,7 +222,8 @@ def test_a_big_embedding_request_does_not_stall_a_streaming_chat(server):
     during = [t for t in times if done["sent"] <= t <= done["at"]]
     points = [done["sent"], *during, done["at"]]
     gap = max(b - a for a, b in zip(points, points[1:], strict=False))
-    assert gap < 1.0, f"longest pause {gap:.2f} s while embedding for {done['at'] - done['sent']:.1f} s"
+    assert gap < 1.0, (f"longest pause {gap:.2f} s while embedding for "
+                       f"{done['at'] - done['sent']:.1f} s")
     assert len(during) > 20, f"the chat kept streaming during the embedding ({len(during)} chunks)"
 
 

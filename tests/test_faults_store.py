@@ -141,7 +141,8 @@ def test_database_exclusively_locked_before_start(tmp_path, tiny_model_dir):
 
 
 class AdminHammer:
-    """Client threads creating, updating, toggling and deleting rows; remembers what was acknowledged."""
+    """Client threads creating, updating, toggling and deleting rows; remembers what was
+    acknowledged."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
         self.url = url

@@ -1,7 +1,8 @@
 """Ollama Go templates translated to Jinja (bridge/importer/go_jinja.py), rendered as the engine
 renders them (transformers' sandboxed Jinja). Expected prompts are what Ollama's Go renderer
 produces for the same data (template/template.go, worked out by hand from text/template's rules);
-the legacy turns are also checked against the bridge's own Go renderer (bridge/engine/gotemplate.py)."""
+the legacy turns are also checked against the bridge's own Go renderer
+(bridge/engine/gotemplate.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ CHATML_TOOLS = """
 {{ end }}
 {{- end }}"""
 # The older style: one System/Prompt/Response turn per execution.
-LEGACY = "{{ if .System }}<|system|>{{ .System }}</s>{{ end }}<|user|>{{ .Prompt }}</s><|assistant|>{{ .Response }}</s>"
+LEGACY = ("{{ if .System }}<|system|>{{ .System }}</s>{{ end }}<|user|>{{ .Prompt }}</s>"
+          "<|assistant|>{{ .Response }}</s>")
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

@@ -62,7 +62,8 @@ def gguf_bytes(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, gguf_bytes) -> Path:
-    """~/.ollama/models with a GGUF model, an hf.co model, an MLX (per-tensor) model, a broken one."""
+    """~/.ollama/models with a GGUF model, an hf.co model, an MLX (per-tensor) model, a broken
+    one."""
     tmp = tmp_path_factory.mktemp("ollama")
     root = tmp / "models"
     (root / "blobs").mkdir(parents=True)
@@ -177,7 +178,8 @@ Answer with <tool_call>{"name": <function-name>, "arguments": <args-json-object>
 {{- if eq .Role "user" }}<|im_start|>user
 {{ .Content }}<|im_end|>
 {{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{ .Content }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
+{{ .Content }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", \
+"arguments": {{ .Function.Arguments }}}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
 {{ end }}
 {{- end }}
 {{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
@@ -186,7 +188,8 @@ Answer with <tool_call>{"name": <function-name>, "arguments": <args-json-object>
 PIRATE_SYSTEM = "You are a pirate."
 PIRATE_PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.3, "num_ctx": 256,
                  "mirostat": 1}
-PIRATE_PROMPT = "<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+PIRATE_PROMPT = ("<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                 "<|im_start|>assistant\n")
 
 
 def _store_with(root: Path, model: str, gguf: bytes, *, template: str | None = None,
@@ -290,8 +293,8 @@ def test_a_template_beyond_the_translation_keeps_the_ggufs_with_the_system(gguf_
     assert notes["template_converted"] is False and "template" in notes["template_error"]
     template = json.loads((result.path / "tokenizer_config.json").read_text())["chat_template"]
     assert render(template, [{"role": "user", "content": "hi"}]) == (
-        "<|im_start|>system\nYou are a "
-        "pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     app = _app(tmp_path / "home")
     try:
         show = app.test_client().post("/api/show", json={"model": "odd"}).get_json()

@@ -1,4 +1,5 @@
-"""Prompt (KV) cache on the real engine and tiny model: growing chats, shared prefixes, bounds, freeing."""
+"""Prompt (KV) cache on the real engine and tiny model: growing chats, shared prefixes, bounds,
+freeing."""
 
 from __future__ import annotations
 

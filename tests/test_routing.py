@@ -223,7 +223,8 @@ def test_admin_api_moves_a_model_between_backends_without_restart(bridge, upstre
 
 def test_row_defaults_apply_when_the_request_sets_none(bridge, upstream):
     row = requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
-        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream, "max_tokens": 3}).json()
+        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream,
+        "max_tokens": 3}).json()
     try:
         body = {"model": "shared", "prompt": "hi", "stream": False, "options": {"temperature": 0}}
         out = requests.post(bridge + "/api/generate", json=body, timeout=30).json()
@@ -238,7 +239,8 @@ def test_row_defaults_apply_when_the_request_sets_none(bridge, upstream):
 def test_endpoint_failover_by_priority_with_circuit_breaker(bridge, upstream):
     dead = f"http://127.0.0.1:{free_port()}"
     rows = [requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
-        "model_name": "up-only", "backend_type": "ollama", "endpoint_url": url, "priority": prio}).json()
+        "model_name": "up-only", "backend_type": "ollama", "endpoint_url": url,
+        "priority": prio}).json()
         for url, prio in ((dead, 10), (upstream, 5))]
     try:
         direct = generate(upstream, "up-only").json()["response"]

@@ -1,4 +1,5 @@
-"""Host-header check (DNS rebinding) and CORS, in-process and against a real server (spec §0, §7)."""
+"""Host-header check (DNS rebinding) and CORS, in-process and against a real server
+(spec §0, §7)."""
 
 from __future__ import annotations
 
