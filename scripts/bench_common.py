@@ -148,8 +148,8 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(name: str, cmd: list[str], env: dict[str, str], port: int, ready: Callable[[str], bool],
-                 log_dir: Path, timeout: float = 180) -> Server:
+def start_server(name: str, cmd: list[str], env: dict[str, str], port: int,
+                 ready: Callable[[str], bool], log_dir: Path, timeout: float = 180) -> Server:
     """Start `cmd` in its own session and wait until `ready(url)`."""
     log = log_dir / f"{name}.log"
     handle = log.open("wb")

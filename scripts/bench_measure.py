@@ -1,4 +1,5 @@
-"""The measurements, for any engine that can stream a chat: TTFT, decode, aggregate, a growing chat."""
+"""The measurements, for any engine that can stream a chat: TTFT, decode, aggregate,
+a growing chat."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ def measure(stream: Stream, complete: Complete | None, work: Workload) -> dict:
              for i in range(work.ttft_requests)]
     long = stream(user(LONG_ASK), work.decode_tokens)
     out: dict = {
-        "ttft_ms_p50": percentile(ttfts, 50), "ttft_ms_p95": percentile(ttfts, 95), "ttft_ms": ttfts,
-        "decode_tok_s": decode_rate(long.tokens, long.first, long.last), "decode_tokens": long.tokens,
+        "ttft_ms_p50": percentile(ttfts, 50), "ttft_ms_p95": percentile(ttfts, 95),
+                 "ttft_ms": ttfts,
+        "decode_tok_s": decode_rate(long.tokens, long.first, long.last),
+                 "decode_tokens": long.tokens,
         "aggregate_tok_s": {}, "chat_ttft_ms": [], "chat_cached_tokens": [],
     }
     started = long.first - long.ttft
@@ -48,7 +51,8 @@ def measure(stream: Stream, complete: Complete | None, work: Workload) -> dict:
     for clients in work.clients:
         if complete is None and clients > 1:
             continue
-        out["aggregate_tok_s"][str(clients)] = aggregate(complete or _count(stream), clients, work.agg_tokens)
+        out["aggregate_tok_s"][str(clients)] = aggregate(complete or _count(stream), clients,
+                                                         work.agg_tokens)
     messages: list[dict] = []
     for turn in range(work.turns):
         messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
@@ -86,7 +90,8 @@ def ollama_client(url: str, model: str) -> tuple[Stream, Complete]:
         sent = time.perf_counter()
         first = last = 0.0
         parts, final = [], {}
-        with requests.post(url + "/api/chat", json=body(messages, n, True), stream=True, timeout=600) as r:
+        with requests.post(url + "/api/chat", json=body(messages, n, True), stream=True,
+                           timeout=600) as r:
             r.raise_for_status()
             for line in r.iter_lines(chunk_size=None):
                 obj = json.loads(line)
@@ -138,7 +143,8 @@ def openai_client(url: str) -> tuple[Stream, Complete]:
                         first = first or last
                         parts.append(text)
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-        return Result(first - sent, usage.get("completion_tokens", 0), first, last, "".join(parts), cached)
+        return Result(first - sent, usage.get("completion_tokens", 0), first, last, "".join(parts),
+                      cached)
 
     def complete(messages: list[dict], n: int) -> int:
         r = requests.post(url + "/v1/chat/completions", json=body(messages, n, False), timeout=600)

@@ -32,7 +32,8 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
         ("decode tok/s (1 stream)", col("decode_tok_s")),
     ]
     for n in clients:
-        table.append((f"aggregate tok/s @{n}", [c.get("aggregate_tok_s", {}).get(str(n)) for c in columns.values()]))
+        table.append((f"aggregate tok/s @{n}", [c.get("aggregate_tok_s",
+                                                      {}).get(str(n)) for c in columns.values()]))
     table += [
         ("chat turns", col("chat_ttft_ms", lambda v: len(v) if v else None)),
         ("chat turn 1 TTFT ms", col("chat_ttft_ms", lambda v: v[0] if v else None)),
@@ -51,30 +52,40 @@ def _ratio(a, b):
 
 def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool | None]]:
     """(what, value, target, met)."""
-    raw, br, peer = columns.get("raw", {}), columns.get("bridge", {}), columns.get("mlx_lm.server", {})
+    raw, br, peer = (columns.get("raw", {}), columns.get("bridge", {}),
+                     columns.get("mlx_lm.server", {}))
     bundled = columns.get("raw (bundled BLAS)", {})
     agg = br.get("aggregate_tok_s", {})
     chat = br.get("chat_ttft_ms") or [None]
     checks = [
-        ("bridge decode / raw decode", _ratio(br.get("decode_tok_s"), raw.get("decode_tok_s")), ">= 0.97",
+        ("bridge decode / raw decode", _ratio(br.get("decode_tok_s"), raw.get("decode_tok_s")),
+         ">= 0.97",
          lambda v: v >= 0.97),
         ("bridge TTFT p50 - raw TTFT p50 (ms)",
          None if br.get("ttft_ms_p50") is None or raw.get("ttft_ms_p50") is None
          else br["ttft_ms_p50"] - raw["ttft_ms_p50"], "<= 10", lambda v: v <= 10),
-        ("bridge aggregate @8 / @1", _ratio(agg.get("8"), agg.get("1")), ">= 2.5", lambda v: v >= 2.5),
+        ("bridge aggregate @8 / @1", _ratio(agg.get("8"), agg.get("1")), ">= 2.5",
+         lambda v: v >= 2.5),
         ("bridge aggregate @8 / mlx_lm.server @8",
-         _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.0", lambda v: v >= 1.0),
-        ("bridge chat last / first turn TTFT", _ratio(chat[-1], chat[0]), "<= 1.5", lambda v: v <= 1.5),
+         _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.0",
+         lambda v: v >= 1.0),
+        ("bridge chat last / first turn TTFT", _ratio(chat[-1], chat[0]), "<= 1.5",
+         lambda v: v <= 1.5),
         ("bridge RSS after unload / before load",
-         _ratio(br.get("rss_after_unload"), br.get("rss_before_load")), "<= 1.10", lambda v: v <= 1.10),
-        ("fast / bundled BLAS: matmul", _ratio(raw.get("matmul_gflops"), bundled.get("matmul_gflops")), "info",
+         _ratio(br.get("rss_after_unload"), br.get("rss_before_load")), "<= 1.10",
+         lambda v: v <= 1.10),
+        ("fast / bundled BLAS: matmul", _ratio(raw.get("matmul_gflops"),
+                                               bundled.get("matmul_gflops")), "info",
          None),
-        ("fast / bundled BLAS: raw decode", _ratio(raw.get("decode_tok_s"), bundled.get("decode_tok_s")), "info",
+        ("fast / bundled BLAS: raw decode", _ratio(raw.get("decode_tok_s"),
+                                                   bundled.get("decode_tok_s")), "info",
          None),
-        ("bundled / fast BLAS: raw TTFT p50", _ratio(bundled.get("ttft_ms_p50"), raw.get("ttft_ms_p50")), "info",
+        ("bundled / fast BLAS: raw TTFT p50", _ratio(bundled.get("ttft_ms_p50"),
+                                                     raw.get("ttft_ms_p50")), "info",
          None),
     ]
-    return [(what, v, target, None if v is None or ok is None else ok(v)) for what, v, target, ok in checks]
+    return [(what, v, target, None if v is None or ok is None else ok(v)) for what, v, target,
+            ok in checks]
 
 
 def report(columns: dict[str, dict], meta: dict, out_dir: Path) -> None:

@@ -43,7 +43,8 @@ def test_generate_stream_concat_equals_non_stream(client):
 def test_final_chunk_metrics_are_nanosecond_integers(client):
     out = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
                                              "options": GREEDY}).get_json()
-    for key in ("total_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"):
+    for key in ("total_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+                "eval_duration"):
         assert isinstance(out[key], int) and out[key] > 0, key
     assert out["total_duration"] >= out["prompt_eval_duration"] + out["eval_duration"]
     assert out["created_at"].endswith("Z")
@@ -66,8 +67,10 @@ def test_chat_stream_and_non_stream_agree(client):
 
 def test_chat_history_goes_through_the_template(client):
     short = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": GREEDY,
-                                            "messages": [{"role": "user", "content": "hi"}]}).get_json()
-    long = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": GREEDY, "messages": [
+                                            "messages": [{"role": "user", "content": "hi"}]
+                                            }).get_json()
+    long = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": GREEDY,
+                                          "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
         {"role": "user", "content": "hi"}]}).get_json()
     assert long["prompt_eval_count"] > short["prompt_eval_count"] + 5
@@ -96,31 +99,34 @@ def test_num_predict_and_stop(client):
                                              "options": {**GREEDY, "num_predict": 3}}).get_json()
     assert out["eval_count"] == 3 and out["done_reason"] == "length"
     full = client.post("/api/generate", json={"model": "tiny", "prompt": "abc", "stream": False,
-                                              "options": {**GREEDY, "num_predict": 20}}).get_json()["response"]
+                                              "options": {**GREEDY, "num_predict": 20}}
+                       ).get_json()["response"]
     stop = full[4:6]
     assert stop
     cut = client.post("/api/generate", json={"model": "tiny", "prompt": "abc", "stream": False,
-                                             "options": {**GREEDY, "num_predict": 20, "stop": [stop]}}).get_json()
+                                             "options": {**GREEDY, "num_predict": 20,
+                                                         "stop": [stop]}}).get_json()
     assert cut["done_reason"] == "stop"
     assert cut["response"] == full[: full.index(stop)]
     assert stop not in cut["response"]
     lines = ndjson(client.post("/api/generate", json={"model": "tiny", "prompt": "abc",
-                                                      "options": {**GREEDY, "num_predict": 20, "stop": [stop]}}))
+                                                      "options": {**GREEDY, "num_predict": 20,
+                                                                  "stop": [stop]}}))
     assert "".join(x["response"] for x in lines) == cut["response"]
 
 
 def test_unknown_and_null_options_are_ignored(client):
-    opts = {**GREEDY, "num_predict": 2.0, "mirostat": 2, "tfs_z": None, "numa": False, "num_ctx": 4096,
-            "typical_p": None, "penalize_newline": True, "unknown_key": [1]}
-    out = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False, "options": opts,
-                                             "width": 3, "extra_field": {"a": 1}})
+    opts = {**GREEDY, "num_predict": 2.0, "mirostat": 2, "tfs_z": None, "numa": False,
+            "num_ctx": 4096, "typical_p": None, "penalize_newline": True, "unknown_key": [1]}
+    out = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                             "options": opts, "width": 3, "extra_field": {"a": 1}})
     assert out.status_code == 200 and out.get_json()["eval_count"] == 2
 
 
 def test_all_sampling_options_accepted(client):
-    opts = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.05, "num_predict": 4, "seed": 3,
-            "repeat_penalty": 1.2, "repeat_last_n": 16, "presence_penalty": 0.5, "frequency_penalty": 0.3,
-            "stop": ["\n\n\n"]}
+    opts = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.05, "num_predict": 4,
+            "seed": 3, "repeat_penalty": 1.2, "repeat_last_n": 16, "presence_penalty": 0.5,
+            "frequency_penalty": 0.3, "stop": ["\n\n\n"]}
     out = client.post("/api/chat", json={"model": "tiny", "stream": False, "options": opts,
                                          "messages": [{"role": "user", "content": "hi"}]})
     assert out.status_code == 200, out.get_data(as_text=True)
@@ -132,13 +138,16 @@ def test_raw_template_system_and_context(client):
     raw = client.post("/api/generate", json={**base, "prompt": "hello", "raw": True}).get_json()
     assert "context" not in raw
     templated = client.post("/api/generate", json={**base, "prompt": "hello"}).get_json()
-    assert templated["prompt_eval_count"] > raw["prompt_eval_count"]  # the chat template adds tokens
+    # the chat template adds tokens
+    assert templated["prompt_eval_count"] > raw["prompt_eval_count"]
     custom = client.post("/api/generate", json={**base, "prompt": "hello",
                                                 "template": "{{ .Prompt }}"}).get_json()
     assert custom["prompt_eval_count"] == raw["prompt_eval_count"]
-    with_system = client.post("/api/generate", json={**base, "prompt": "hello", "system": "be terse"}).get_json()
+    with_system = client.post("/api/generate", json={**base, "prompt": "hello",
+                                                     "system": "be terse"}).get_json()
     assert with_system["prompt_eval_count"] > templated["prompt_eval_count"]
-    follow = client.post("/api/generate", json={**base, "prompt": "more", "context": templated["context"]}).get_json()
+    follow = client.post("/api/generate", json={**base, "prompt": "more",
+                                                "context": templated["context"]}).get_json()
     assert follow["prompt_eval_count"] > len(templated["context"])
 
 
@@ -160,7 +169,8 @@ def test_load_and_unload_with_empty_prompt(client):
     chat_load = client.post("/api/chat", json={"model": "tiny", "messages": []}).get_json()
     assert chat_load["done_reason"] == "load"
     assert chat_load["message"] == {"role": "assistant", "content": ""}
-    chat_unload = client.post("/api/chat", json={"model": "tiny", "messages": [], "keep_alive": "0s"}).get_json()
+    chat_unload = client.post("/api/chat", json={"model": "tiny", "messages": [],
+                                                 "keep_alive": "0s"}).get_json()
     assert chat_unload["done_reason"] == "unload"
 
 
@@ -173,7 +183,8 @@ def test_keep_alive_zero_unloads_after_request(client):
 def test_ps_lists_shared_weights_once_with_expiry(client):
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": "10m"})
     client.post("/api/generate", json={"model": "tiny-alias:v1", "prompt": "", "keep_alive": "10m"})
-    models = [m for m in client.get("/api/ps").get_json()["models"] if m["name"] in ("tiny:latest", "tiny-alias:v1")]
+    models = [m for m in client.get("/api/ps").get_json()["models"]
+              if m["name"] in ("tiny:latest", "tiny-alias:v1")]
     assert len(models) == 1, "two names mapped to one directory share one loaded model"
     assert models[0]["name"] == "tiny-alias:v1"  # listed under the name last used
     m = models[0]
@@ -182,7 +193,8 @@ def test_ps_lists_shared_weights_once_with_expiry(client):
     expires = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
     assert 500 < (expires - datetime.now(expires.tzinfo)).total_seconds() <= 600
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": -1})
-    forever = next(m for m in client.get("/api/ps").get_json()["models"] if m["name"] == "tiny:latest")["expires_at"]
+    forever = next(m for m in client.get("/api/ps").get_json()["models"]
+                   if m["name"] == "tiny:latest")["expires_at"]
     assert forever.startswith("23")  # > 20 years ahead: the CLI prints "Forever"
     client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
 
@@ -195,7 +207,8 @@ def test_tags_describe_present_models_only(client):
     for m in models:
         assert m["name"] == m["model"] and HEX64.fullmatch(m["digest"]) and m["size"] > 0
         d = m["details"]
-        assert d["family"] == "llama" and d["families"] == ["llama"] and d["format"] == "safetensors"
+        assert (d["family"] == "llama" and d["families"] == ["llama"]
+                and d["format"] == "safetensors")
         assert d["quantization_level"] == "F32" and d["parameter_size"]
         datetime.fromisoformat(m["modified_at"].replace("Z", "+00:00"))
     stamps = [m["modified_at"] for m in models]
@@ -250,14 +263,16 @@ def test_delete_removes_what_the_bridge_downloaded(client, app, tmp_path):
     local_file = registry.home / "local_models.yaml"
     local_file.write_text('models:\n  "dl:1b":\n    mlx: example-org/Tiny-Download\n')
     try:
-        assert client.post("/api/generate", json={"model": "dl:1b", "prompt": ""}).status_code == 200
+        assert client.post("/api/generate", json={"model": "dl:1b",
+                                                  "prompt": ""}).status_code == 200
         out = client.delete("/api/delete", json={"name": "dl:1b"})
         assert out.status_code == 200 and out.get_data() == b""
         assert not target.exists()
         assert "dl:1b" not in {m["name"] for m in client.get("/api/tags").get_json()["models"]}
         assert not any(m["name"] == "dl:1b" for m in client.get("/api/ps").get_json()["models"])
         gone = client.post("/api/generate", json={"model": "dl:1b", "prompt": "x"})
-        assert gone.status_code == 404 and gone.get_json()["error"].startswith("model 'dl:1b' not found")
+        assert gone.status_code == 404 and gone.get_json()["error"].startswith(
+            "model 'dl:1b' not found")
     finally:
         local_file.unlink()
 

@@ -1,4 +1,5 @@
-"""Client commands (`list`, `ps`, `show`, `run`, `pull`, `rm`, `stop MODEL`) against a real server."""
+"""Client commands (`list`, `ps`, `show`, `run`, `pull`, `rm`, `stop MODEL`) against a real
+server."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_run_ps_and_stop_model(server):
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip()  # the model's (random) reply
     ps = mlx_bridge("ps", env=env)
-    assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert ps.stdout.splitlines()[0].split() == [
+        "NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     row = next(r for r in ps.stdout.splitlines() if r.startswith("tiny:latest "))
     assert "100% CPU" in row and "from now" in row
     stopped = mlx_bridge("stop", "tiny", env=env)
@@ -94,9 +96,12 @@ def test_pull_of_a_local_model(server):
 def test_pull_progress_rendering():
     lines = [{"status": "pulling manifest"},
              {"status": "pulling 1a2b3c4d5e6f", "digest": "sha256:1a2b", "total": 2000},
-             {"status": "pulling 1a2b3c4d5e6f", "digest": "sha256:1a2b", "total": 2000, "completed": 1000},
-             {"status": "pulling 1a2b3c4d5e6f", "digest": "sha256:1a2b", "total": 2000, "completed": 2000},
-             {"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+             {"status": "pulling 1a2b3c4d5e6f", "digest": "sha256:1a2b", "total": 2000,
+              "completed": 1000},
+             {"status": "pulling 1a2b3c4d5e6f", "digest": "sha256:1a2b", "total": 2000,
+              "completed": 2000},
+             {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+             {"status": "success"}]
     plain, tty = io.StringIO(), io.StringIO()
     for out, is_tty in ((plain, False), (tty, True)):
         progress = PullProgress(out, is_tty)
@@ -107,7 +112,8 @@ def test_pull_progress_rendering():
         "pulling manifest", "pulling 1a2b3c4d5e6f  100% ▕" + "█" * 30 + "▏ 2.0 KB/2.0 KB",
         "verifying sha256 digest", "writing manifest", "success"]
     redraws = tty.getvalue().split("\r")
-    assert len(redraws) == 4 and "  50% ▕" in redraws[2] and redraws[3].startswith("pulling 1a2b3c4d5e6f  100%")
+    assert (len(redraws) == 4 and "  50% ▕" in redraws[2]
+            and redraws[3].startswith("pulling 1a2b3c4d5e6f  100%"))
     assert tty.getvalue().endswith("\nverifying sha256 digest\nwriting manifest\nsuccess\n")
 
 
@@ -140,7 +146,8 @@ def _prompt_eval_count(child: pexpect.spawn) -> int:
 
 
 def test_interactive_chat_in_a_terminal(tmp_path, server):
-    """`mlx-bridge run tiny` in a pty: streaming replies, conversation history, /clear, arrow-key history, /bye."""
+    """`mlx-bridge run tiny` in a pty: streaming replies, conversation history, /clear,
+    arrow-key history, /bye."""
     env = _env(server, MLX_BRIDGE_HOME=str(tmp_path / "home"), TERM="xterm")
     child = pexpect.spawn(sys.executable, ["-m", "bridge", "run", "tiny", "--verbose"], env=env,
                           encoding="utf-8", timeout=60, dimensions=(40, 200))
@@ -172,7 +179,8 @@ def test_interactive_chat_in_a_terminal(tmp_path, server):
 
 def test_interactive_chat_ends_on_ctrl_d(tmp_path, server):
     env = _env(server, MLX_BRIDGE_HOME=str(tmp_path / "home"), TERM="xterm")
-    child = pexpect.spawn(sys.executable, ["-m", "bridge", "run", "tiny"], env=env, encoding="utf-8",
+    child = pexpect.spawn(sys.executable, ["-m", "bridge", "run", "tiny"], env=env,
+                          encoding="utf-8",
                           timeout=60)
     try:
         child.expect_exact(">>> ")

@@ -39,11 +39,14 @@ def demo_home(tmp_path_factory):
 def test_first_start_imports_the_demo_and_it_answers_paris(demo_home):
     home, mappings = demo_home
     started = time.time()
-    proc, url = start_server(["--demo", "--home", str(home), "--mappings", str(mappings)], timeout=120)
+    proc, url = start_server(["--demo", "--home", str(home), "--mappings", str(mappings)],
+                             timeout=120)
     try:
-        answered_at = time.time()  # the server answers before the demo is ready: it imports in the background
+        # the server answers before the demo is ready: it imports in the background
+        answered_at = time.time()
         tag = _wait_for_model(url, DEMO_NAME)
-        print(f"server up after {answered_at - started:.1f}s, demo listed after {time.time() - started:.1f}s")
+        print(f"server up after {answered_at - started:.1f}s, demo listed after "
+              f"{time.time() - started:.1f}s")
         assert tag["details"]["family"] == "llama" and tag["details"]["parameter_size"] == "134.52M"
         body = {"model": DEMO_NAME, "stream": False, "options": {"temperature": 0},
                 "messages": [{"role": "user", "content": QUESTION}]}
@@ -64,7 +67,8 @@ def test_later_starts_reuse_the_import(demo_home):
     stamp = model_dir.stat().st_mtime_ns
     proc, url = start_server(["--demo", "--home", str(home), "--mappings", str(mappings)])
     try:
-        assert DEMO_NAME in {m["name"] for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
+        assert DEMO_NAME in {
+            m["name"] for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
     finally:
         stop_server(proc)
     assert model_dir.stat().st_mtime_ns == stamp

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads the worke
 DISCONNECTS = 30
 LONG = {"temperature": 0, "num_predict": 5000, "num_ctx": 8192}
 BODIES = {
-    "/api/generate": {"model": "tiny", "prompt": "The quick brown fox", "raw": True, "options": LONG},
+    "/api/generate": {"model": "tiny", "prompt": "The quick brown fox", "raw": True,
+                      "options": LONG},
     "/api/chat": {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story"}],
                   "options": LONG},
     "/v1/chat/completions": {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}],
@@ -36,7 +37,8 @@ def served(tmp_path_factory, long_model_dir):
     root = tmp_path_factory.mktemp("disconnects")
     # 128k context: num_ctx 8192 is not clamped, so 5000 tokens really are seconds of work
     mappings = write_mappings(root / "m.yaml", {"tiny": {"mlx": str(long_model_dir)}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"), "--upstream", "none"])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
+                              "--upstream", "none"])
     yield url, worker_pid(proc.pid)
     stop_server(proc)
 
@@ -90,11 +92,14 @@ def test_repeated_mid_stream_disconnects_leave_nothing_running(served):
     # Each stream asked for 5000 tokens (seconds of work): only canceled jobs settle this soon.
     engine = settled(url, timeout=5)
     assert (engine["active"], engine["queued"], engine["state"]) == (0, 0, "running")
-    assert metric(url, "mlx_bridge_requests_total", status="canceled") - canceled_before == DISCONNECTS
-    assert metric(url, "mlx_bridge_errors_total") == errors_before  # a hang-up is not a backend error
+    assert metric(url, "mlx_bridge_requests_total",
+                  status="canceled") - canceled_before == DISCONNECTS
+    # a hang-up is not a backend error
+    assert metric(url, "mlx_bridge_errors_total") == errors_before
     ps = requests.get(url + "/api/ps", timeout=10).json()["models"]
     assert [m["name"] for m in ps] == ["tiny:latest"] and ps[0]["size"] > 0
-    assert datetime.fromisoformat(ps[0]["expires_at"].replace("Z", "+00:00")).timestamp() > time.time()
+    assert (datetime.fromisoformat(ps[0]["expires_at"].replace("Z", "+00:00")).timestamp()
+            > time.time())
 
     started = time.monotonic()
     reply = requests.post(url + "/api/generate", json=short, timeout=60)
@@ -103,5 +108,6 @@ def test_repeated_mid_stream_disconnects_leave_nothing_running(served):
 
     rss_after = rss_kib(worker)
     growth = (rss_after - rss_before) / rss_before
-    print(f"worker RSS {rss_before} KiB -> {rss_after} KiB ({growth:+.1%}) over {DISCONNECTS} disconnects")
+    print(f"worker RSS {rss_before} KiB -> {rss_after} KiB ({growth:+.1%}) over {DISCONNECTS} "
+          "disconnects")
     assert growth < 0.30, f"RSS grew {growth:.0%} over {DISCONNECTS} disconnects"

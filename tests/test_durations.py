@@ -1,4 +1,5 @@
-"""Tests for bridge.wire.durations (tables mirror Go's time_test.go and Ollama's envconfig tests)."""
+"""Tests for bridge.wire.durations (tables mirror Go's time_test.go and Ollama's envconfig
+tests)."""
 
 from __future__ import annotations
 

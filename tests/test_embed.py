@@ -46,7 +46,8 @@ def test_batch_keeps_order_and_equals_single_inputs(client):
     for vector, single in zip(body["embeddings"], singles, strict=True):
         assert close(vector, single["embeddings"][0])
     assert body["prompt_eval_count"] == sum(s["prompt_eval_count"] for s in singles)
-    assert not close(body["embeddings"][0], body["embeddings"][1])  # different texts, different vectors
+    # different texts, different vectors
+    assert not close(body["embeddings"][0], body["embeddings"][1])
 
 
 def test_dimensions_cut_then_renormalise(client):
@@ -105,7 +106,8 @@ def test_v1_embeddings_through_the_flask_client(client):
     assert resp.status_code == 200 and body["object"] == "list" and body["model"] == "tiny"
     assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"]["prompt_tokens"] > 0
     assert all(abs(norm(d["embedding"]) - 1) < 1e-5 for d in body["data"])
-    b64 = client.post("/v1/embeddings", json={"model": "tiny", "input": "hello", "encoding_format": "base64"})
+    b64 = client.post("/v1/embeddings", json={"model": "tiny", "input": "hello",
+                                              "encoding_format": "base64"})
     packed = base64.b64decode(b64.get_json()["data"][0]["embedding"])
     assert close(list(struct.unpack(f"<{HIDDEN}f", packed)), body["data"][0]["embedding"])
 
@@ -146,9 +148,11 @@ def test_models_without_a_backbone_are_unsupported():
 def test_more_inputs_than_the_cap_is_a_clear_400(client):
     status, body = embed(client, input=["hi"] * 2049)
     assert status == 400
-    assert body == {"error": "too many inputs: 2049 (the limit is 2048 per request; MLX_BRIDGE_MAX_EMBED_INPUTS)"}
+    assert body == {"error": "too many inputs: 2049 (the limit is 2048 per request; "
+                             "MLX_BRIDGE_MAX_EMBED_INPUTS)"}
     resp = client.post("/v1/embeddings", json={"model": "tiny", "input": ["hi"] * 2049})
-    assert resp.status_code == 400 and "too many inputs: 2049" in resp.get_json()["error"]["message"]
+    assert (resp.status_code == 400
+            and "too many inputs: 2049" in resp.get_json()["error"]["message"])
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +172,15 @@ def capped(mappings_file, tmp_path_factory):
 
 def test_the_caps_come_from_the_environment(capped):
     status, body = embed(capped, input=["a", "b", "c", "d"])
-    assert status == 400 and body["error"].startswith("too many inputs: 4 (the limit is 3 per request")
+    assert status == 400 and body["error"].startswith("too many inputs: 4 (the limit is 3 per "
+                                                      "request")
     status, body = embed(capped, input=["hello world"] * 3)
     assert status == 200 and body["prompt_eval_count"] <= 40
-    status, body = embed(capped, input=["the quick brown fox jumps over the lazy dog"] * 3)  # 3 x 28
+    # 3 x 28
+    status, body = embed(capped, input=["the quick brown fox jumps over the lazy dog"] * 3)
     assert status == 400
-    assert body == {"error": "too many tokens: 84 (the limit is 40 per request; MLX_BRIDGE_MAX_EMBED_TOKENS)"}
+    assert body == {"error": "too many tokens: 84 (the limit is 40 per request; "
+                             "MLX_BRIDGE_MAX_EMBED_TOKENS)"}
     assert embed(capped, input="hello")[0] == 200, "the engine goes on"
 
 
@@ -185,12 +192,14 @@ def test_a_big_embedding_request_does_not_stall_a_streaming_chat(server):
 
     import requests
 
-    inputs = ["The quick brown fox jumps over the lazy dog. " * 10] * 150  # ~44k tokens, seconds of work
+    # ~44k tokens, seconds of work
+    inputs = ["The quick brown fox jumps over the lazy dog. " * 10] * 150
     done: dict = {}
 
     def big_embed() -> None:
         done["sent"] = time.monotonic()
-        done["resp"] = requests.post(server + "/api/embed", json={"model": "tiny", "input": inputs}, timeout=300)
+        done["resp"] = requests.post(server + "/api/embed", json={"model": "tiny", "input": inputs},
+                                     timeout=300)
         done["at"] = time.monotonic()
 
     # This prompt's greedy answer on the tiny model decodes to text at least every 30 tokens for
@@ -213,7 +222,8 @@ def test_a_big_embedding_request_does_not_stall_a_streaming_chat(server):
     during = [t for t in times if done["sent"] <= t <= done["at"]]
     points = [done["sent"], *during, done["at"]]
     gap = max(b - a for a, b in zip(points, points[1:], strict=False))
-    assert gap < 1.0, f"longest pause {gap:.2f} s while embedding for {done['at'] - done['sent']:.1f} s"
+    assert gap < 1.0, (f"longest pause {gap:.2f} s while embedding for "
+                       f"{done['at'] - done['sent']:.1f} s")
     assert len(during) > 20, f"the chat kept streaming during the embedding ({len(during)} chunks)"
 
 

@@ -85,7 +85,8 @@ def other_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("other") / "other", seed=3)
 
 
-def test_a_crash_outside_any_job_ends_every_job_and_the_engine_restarts(engine, tiny_model_dir, other_model):
+def test_a_crash_outside_any_job_ends_every_job_and_the_engine_restarts(
+        engine, tiny_model_dir, other_model):
     running = job_for(tiny_model_dir, n=5000, num_ctx=8192)
     waiting = job_for(other_model)  # max_loaded 1: waits for the running model
     engine.submit(running)
@@ -117,7 +118,8 @@ def test_a_crash_while_a_job_is_being_answered_still_answers_it(engine, tiny_mod
     assert isinstance(last_event(again, timeout=30), Done)
 
 
-def test_an_abort_that_raises_after_a_failed_step_still_ends_every_job(engine, tiny_model_dir, monkeypatch):
+def test_an_abort_that_raises_after_a_failed_step_still_ends_every_job(
+        engine, tiny_model_dir, monkeypatch):
     jobs = [job_for(tiny_model_dir, n=3000, num_ctx=8192) for _ in range(2)]
     for job in jobs:
         engine.submit(job)
@@ -150,7 +152,8 @@ def test_a_raising_cleanup_at_stop_still_stops_and_parks_the_thread(tiny_model_d
 
 def test_a_crash_loop_gives_up_reports_it_and_refuses_work(tiny_model_dir, monkeypatch):
     fatal: list[str] = []
-    eng = Engine(max_queue=4, restart_delay=0.01, restart_limit=2, on_fatal=lambda: fatal.append("called"))
+    eng = Engine(max_queue=4, restart_delay=0.01, restart_limit=2,
+                 on_fatal=lambda: fatal.append("called"))
     monkeypatch.setattr(Engine, "_expire", boom)  # every engine incarnation crashes
     eng.start()
     deadline = time.monotonic() + 20
@@ -184,7 +187,8 @@ def test_one_jobs_failing_sink_does_not_fail_its_batch(engine, tiny_model_dir, m
     failed = last_event(bad, timeout=30)
     assert isinstance(failed, Failed) and "injected detokenizer fault" in failed.error.message
     done = last_event(neighbour, timeout=30)
-    assert isinstance(done, Done) and done.context == expected.context, "the neighbour finished untouched"
+    assert isinstance(done,
+                      Done) and done.context == expected.context, "the neighbour finished untouched"
     assert engine.health()["restarts"] == 0
 
 
@@ -194,8 +198,10 @@ def test_one_jobs_failing_sink_does_not_fail_its_batch(engine, tiny_model_dir, m
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("recovery-up")
-    mappings = write_mappings(root / "m.yaml", {"auto-tiny": {"mlx": str(build_tiny_model(root / "up", seed=7))}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"), "--upstream", "none"])
+    mappings = write_mappings(root / "m.yaml",
+                              {"auto-tiny": {"mlx": str(build_tiny_model(root / "up", seed=7))}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "h"),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
@@ -230,7 +236,8 @@ def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
         time.sleep(0.1)
 
 
-def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_path, tiny_model_dir, upstream):
+def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(
+        tmp_path, tiny_model_dir, upstream):
     proc, url, faults = faulty_server(tmp_path, tiny_model_dir, upstream)
     try:
         assert generate(url, "tiny").status_code == 200
@@ -256,7 +263,8 @@ def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_pa
         assert time.monotonic() - began < 2, "refused at once, not queued"
         via = generate(url, "auto-tiny")
         assert via.status_code == 200, via.text
-        assert via.json()["response"] == generate(upstream, "auto-tiny").json()["response"], "from the upstream"
+        assert (via.json()["response"]
+                == generate(upstream, "auto-tiny").json()["response"]), "from the upstream"
         assert requests.get(url + "/api/version", timeout=2).status_code == 200
 
         (faults / "hold").unlink()
@@ -268,7 +276,8 @@ def test_a_server_whose_engine_crashes_answers_every_request_and_recovers(tmp_pa
         stop_server(proc)
 
 
-def test_an_engine_that_cannot_restart_ends_its_worker_and_a_fresh_one_serves(tmp_path, tiny_model_dir, upstream):
+def test_an_engine_that_cannot_restart_ends_its_worker_and_a_fresh_one_serves(
+        tmp_path, tiny_model_dir, upstream):
     proc, url, faults = faulty_server(tmp_path, tiny_model_dir, upstream)
     try:
         first = worker_pid(proc.pid)
@@ -276,11 +285,14 @@ def test_an_engine_that_cannot_restart_ends_its_worker_and_a_fresh_one_serves(tm
         with generate(url, "tiny", stream=True, n=20000, num_ctx=30000) as streaming:
             lines = streaming.iter_lines()
             assert "error" not in json.loads(next(lines))
-            (faults / "crash").write_text("4")  # one crash, then one per restart: over the limit of 3
+            # one crash, then one per restart: over the limit of 3
+            (faults / "crash").write_text("4")
             rest = [json.loads(line) for line in lines if line]
         assert "injected engine fault" in rest[-1]["error"]
-        wait_for(lambda: _child(proc.pid) not in (None, first), timeout=60, what="gunicorn started a fresh worker")
-        wait_for(lambda: _health_state(url) == "running", timeout=60, what="the fresh worker serves")
+        wait_for(lambda: _child(proc.pid) not in (None, first), timeout=60,
+                 what="gunicorn started a fresh worker")
+        wait_for(lambda: _health_state(url) == "running", timeout=60,
+                 what="the fresh worker serves")
         assert proc.poll() is None, "the master stays up"
         assert (faults / "crash").read_text() == "0"
         again = generate(url, "tiny")

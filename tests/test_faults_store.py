@@ -29,7 +29,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def _server(tmp_path: Path, model_dir: Path, **env: str):
     mappings = write_mappings(tmp_path / "m.yaml", {"good": {"mlx": str(model_dir)}})
-    return start_server(["--mappings", str(mappings), "--home", str(tmp_path / "home"), "--upstream", "none"],
+    return start_server(["--mappings", str(mappings), "--home", str(tmp_path / "home"),
+                         "--upstream", "none"],
                         env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN, **env})
 
 
@@ -52,7 +53,8 @@ def test_corrupt_database_admin_answers_503_and_serving_uses_the_mapping(tmp_pat
                   requests.post(url + "/api/llm-backends", headers=AUTH, timeout=10,
                                 json={"model_name": "x", "backend_type": "mlx"})):
             assert r.status_code == 503 and str(db) in r.json()["error"]
-            assert "not a database" in r.json()["error"] and "move the file aside" in r.json()["error"]
+            assert ("not a database" in r.json()["error"]
+                    and "move the file aside" in r.json()["error"])
         assert requests.get(url + "/health", timeout=10).json()["status"] == "ok"
     finally:
         stop_server(proc)
@@ -74,7 +76,8 @@ time.sleep(120)
 
 
 def _hold_lock(db: Path, mode: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db), mode], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db), mode],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -138,7 +141,8 @@ def test_database_exclusively_locked_before_start(tmp_path, tiny_model_dir):
 
 
 class AdminHammer:
-    """Client threads creating, updating, toggling and deleting rows; remembers what was acknowledged."""
+    """Client threads creating, updating, toggling and deleting rows; remembers what was
+    acknowledged."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
         self.url = url
@@ -147,7 +151,8 @@ class AdminHammer:
         self.unsure_creates: list[str] = []
         self.ops = 0
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, args=(t,), daemon=True) for t in range(threads)]
+        self._threads = [threading.Thread(target=self._work, args=(t,),
+                                          daemon=True) for t in range(threads)]
 
     def start(self) -> None:
         for t in self._threads:
@@ -181,10 +186,12 @@ class AdminHammer:
                 assert requests.put(f"{base}/{row_id}", headers=AUTH, timeout=10,
                                     json={"priority": i + 1000}).status_code == 200
                 self._ack(row_id, {"priority": i + 1000, "enabled": True})
-                assert requests.post(f"{base}/{row_id}/toggle", headers=AUTH, timeout=10).status_code == 200
+                assert requests.post(f"{base}/{row_id}/toggle", headers=AUTH,
+                                     timeout=10).status_code == 200
                 self._ack(row_id, {"priority": i + 1000, "enabled": False})
                 if i % 2:
-                    assert requests.delete(f"{base}/{row_id}", headers=AUTH, timeout=10).status_code == 204
+                    assert requests.delete(f"{base}/{row_id}", headers=AUTH,
+                                           timeout=10).status_code == 204
                     self._ack(row_id, None)
                 i += 1
         except requests.RequestException:  # the server died under this operation
@@ -244,9 +251,11 @@ def test_kill_9_during_admin_writes_leaves_the_database_intact(tmp_path, tiny_mo
             assert row_id not in rows, f"acknowledged delete of {row_id} lost"
         else:
             got = rows[row_id]
-            assert (got["priority"], got["enabled"]) == (state["priority"], state["enabled"]), row_id
+            assert (got["priority"], got["enabled"]) == (state["priority"],
+                                                         state["enabled"]), row_id
     unknown = [r["name"].removesuffix(":latest") for i, r in rows.items() if i not in hammer.acked]
-    assert all(name in hammer.unsure_creates for name in unknown), unknown  # only creates cut by the kill
+    # only creates cut by the kill
+    assert all(name in hammer.unsure_creates for name in unknown), unknown
 
     proc, url = _server(tmp_path, tiny_model_dir)
     try:

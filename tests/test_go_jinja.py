@@ -1,7 +1,8 @@
 """Ollama Go templates translated to Jinja (bridge/importer/go_jinja.py), rendered as the engine
 renders them (transformers' sandboxed Jinja). Expected prompts are what Ollama's Go renderer
 produces for the same data (template/template.go, worked out by hand from text/template's rules);
-the legacy turns are also checked against the bridge's own Go renderer (bridge/engine/gotemplate.py)."""
+the legacy turns are also checked against the bridge's own Go renderer
+(bridge/engine/gotemplate.py)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ CHATML_TOOLS = """
 {{ end }}
 {{- end }}"""
 # The older style: one System/Prompt/Response turn per execution.
-LEGACY = "{{ if .System }}<|system|>{{ .System }}</s>{{ end }}<|user|>{{ .Prompt }}</s><|assistant|>{{ .Response }}</s>"
+LEGACY = ("{{ if .System }}<|system|>{{ .System }}</s>{{ end }}<|user|>{{ .Prompt }}</s>"
+          "<|assistant|>{{ .Response }}</s>")
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
 FUNCTION_JSON = ('{"name":"get_weather","description":"Current weather in a city","parameters":'
                  '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}')
 CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
@@ -62,7 +65,8 @@ def test_messages_template_renders_tools_calls_and_results_as_ollama_does():
     assert render(to_jinja(CHATML_TOOLS), messages, tools=[WEATHER]) == (
         f"<|im_start|>system\nBe brief.\n<tools>\n{FUNCTION_JSON}\n</tools><|im_end|>\n"
         "<|im_start|>user\nWeather?<|im_end|>\n"
-        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n'
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city":"Paris"}}\n'
         "</tool_call><|im_end|>\n"
         "<|im_start|>user\n<tool_response>\nSunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
 
@@ -99,9 +103,11 @@ def test_legacy_template_runs_once_per_turn_and_cuts_the_last_after_response():
 def test_syntax_trims_comments_maps_with_printf_json_index_and_multi_eq():
     template = (
         "{{/* a comment */ -}}\n  "
-        "{{ range $k, $v := (index .Tools 0).Function.Parameters.Properties }}[{{ $k }}:{{ $v.Type }}]{{ end }}"
+        "{{ range $k, $v := (index .Tools 0).Function.Parameters.Properties }}[{{ $k }}:{{ $v.Type "
+        "}}]{{ end }}"
         "{{ with .System }}S={{ . }}{{ else }}no system{{ end }} {{ printf \"%s-%d\" \"x\" 3 }} "
-        "{{ json (index .Messages 0).Role }} {{ if eq (index .Messages 0).Role \"tool\" \"user\" }}yes{{ end }}"
+        "{{ json (index .Messages 0).Role }} {{ if eq (index .Messages 0).Role \"tool\" \"user\" "
+        "}}yes{{ end }}"
         "{{ range .Messages }}{{ if true }}{{ break }}{{ end }}never{{ end }}")
     tool = {"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}}
@@ -119,7 +125,8 @@ def test_think_fields_follow_the_request():
         return render_jinja_template([[{"role": "user", "content": "hi"}]], chat_template=jinja,
                                      add_generation_prompt=True, **kwargs)[0][0]
 
-    assert (run(), run(enable_thinking=True), run(enable_thinking=False)) == ("hi", "hi", "hi<think></think>")
+    assert (run(), run(enable_thinking=True), run(enable_thinking=False)) == (
+        "hi", "hi", "hi<think></think>")
 
 
 def test_capabilities_come_from_what_the_go_template_reads():

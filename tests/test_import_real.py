@@ -17,7 +17,8 @@ from .reference_forward import ReferenceModel, compare
 
 # gemma_gguf and imported (session fixtures) live in conftest.py: test_structured.py shares them
 
-TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is "
+TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin "
+        "is "
         "the capital of Germany. In 2024, 17 new libraries opened; each one holds 3,500 books!")
 # Agreement bounds over every position of TEXT (about 50 tokens). Measured: top-1 100% for both;
 # mean KL 4e-11 (SmolLM2, float32 end to end) and 5e-6 (Gemma: mlx-lm rounds the embedding scale
@@ -67,7 +68,8 @@ def test_smollm2_answers_paris_with_its_chat_template(smollm2_gguf, imported):
     from mlx_lm import generate, load
 
     model, tokenizer = load(str(imported(smollm2_gguf, "smollm2:135m")))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+    prompt = tokenizer.apply_chat_template([{"role": "user",
+                                             "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, tokenize=False)
     assert generate(model, tokenizer, prompt, max_tokens=20) == "The capital of France is Paris."
 

@@ -26,10 +26,12 @@ from bridge.testing import build_tiny_model
 
 from .gguf_fixtures import bpe_tokenizer_meta, random_weights, write_gguf
 
-CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+       "num_attention_heads": 4,
        "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
        "max_position_embeddings": 512}
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% "
+            "endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
@@ -60,7 +62,8 @@ def gguf_bytes(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, gguf_bytes) -> Path:
-    """~/.ollama/models with a GGUF model, an hf.co model, an MLX (per-tensor) model, a broken one."""
+    """~/.ollama/models with a GGUF model, an hf.co model, an MLX (per-tensor) model, a broken
+    one."""
     tmp = tmp_path_factory.mktemp("ollama")
     root = tmp / "models"
     (root / "blobs").mkdir(parents=True)
@@ -77,7 +80,8 @@ def store(tmp_path_factory, gguf_bytes) -> Path:
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    return {str(p.relative_to(root)): (p.stat().st_size,
+                                       p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
 def test_import_by_ollama_name_reads_the_model_blob_and_never_writes_the_store(store, tmp_path):
@@ -86,7 +90,8 @@ def test_import_by_ollama_name_reads_the_model_blob_and_never_writes_the_store(s
     assert result.name == "tinyllama:q8"
     assert result.path == tmp_path / "home" / "models" / "imported" / slug("tinyllama:q8")
     provenance = json.loads((result.path / "mlx_bridge_import.json").read_text())
-    assert provenance["source"] == "ollama:tinyllama:q8" and provenance["ollama_digest"].startswith("sha256:")
+    assert (provenance["source"] == "ollama:tinyllama:q8"
+            and provenance["ollama_digest"].startswith("sha256:"))
     # the manifest's template `{{ .Prompt }}` and stop param, not the GGUF's ChatML template
     template = json.loads((result.path / "tokenizer_config.json").read_text())["chat_template"]
     assert render(template, [{"role": "user", "content": "hi"}]) == "hi"
@@ -118,10 +123,12 @@ def test_cli_import_serve_list_and_delete(store, tmp_path):
     home = tmp_path / "home"
     before = _snapshot(store)
     env = {**os.environ, "OLLAMA_MODELS": str(store), "MLX_BRIDGE_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "bridge", "import", "tinyllama:q8", "--name", "mine:v1"],
+    done = subprocess.run([sys.executable, "-m", "bridge", "import", "tinyllama:q8",
+                           "--name", "mine:v1"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "imported 'mine:v1'" in done.stdout and "converting tensors" in done.stderr  # the progress bar
+    # "converting tensors" comes from the progress bar
+    assert "imported 'mine:v1'" in done.stdout and "converting tensors" in done.stderr
 
     config = load_config({}, mappings_path=None, home=home)
     app = create_app(config)
@@ -131,11 +138,14 @@ def test_cli_import_serve_list_and_delete(store, tmp_path):
         tags = {m["name"]: m for m in client.get("/api/tags").get_json()["models"]}
         entry = tags["mine:v1"]
         assert len(entry["digest"]) == 64 and entry["size"] > 0
-        assert entry["details"]["family"] == "llama" and entry["details"]["quantization_level"] == "F32"
+        assert (entry["details"]["family"] == "llama"
+                and entry["details"]["quantization_level"] == "F32")
         assert entry["details"]["parameter_size"].endswith("K")
         show = client.post("/api/show", json={"model": "mine:v1"}).get_json()
-        assert show["template"] == "{{ .Prompt }}" and show["model_info"]["general.architecture"] == "llama"
-        reply = client.post("/api/chat", json={"model": "mine:v1", "stream": False, "options": {"num_predict": 3},
+        assert (show["template"] == "{{ .Prompt }}"
+                and show["model_info"]["general.architecture"] == "llama")
+        reply = client.post("/api/chat", json={"model": "mine:v1", "stream": False,
+                                               "options": {"num_predict": 3},
                                                "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200 and reply.get_json()["done"] is True
         assert (home / "models" / "imported" / slug("mine:v1")).is_dir()
@@ -168,15 +178,18 @@ Answer with <tool_call>{"name": <function-name>, "arguments": <args-json-object>
 {{- if eq .Role "user" }}<|im_start|>user
 {{ .Content }}<|im_end|>
 {{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{ .Content }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
+{{ .Content }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", \
+"arguments": {{ .Function.Arguments }}}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
 {{ end }}
 {{- end }}
 {{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
 {{ end }}
 {{- end }}"""
 PIRATE_SYSTEM = "You are a pirate."
-PIRATE_PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.3, "num_ctx": 256, "mirostat": 1}
-PIRATE_PROMPT = "<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+PIRATE_PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.3, "num_ctx": 256,
+                 "mirostat": 1}
+PIRATE_PROMPT = ("<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                 "<|im_start|>assistant\n")
 
 
 def _store_with(root: Path, model: str, gguf: bytes, *, template: str | None = None,
@@ -211,13 +224,16 @@ def test_template_system_and_params_come_along_and_show(gguf_bytes, tmp_path):
     home = tmp_path / "home"
     result = import_model("pirate", home, ollama_root=root)
     entry = Registry(None, home).lookup("pirate")
-    assert entry.options == {"stop": ("<|im_start|>", "<|im_end|>"), "temperature": 0.3, "num_ctx": 256}
+    assert entry.options == {"stop": ("<|im_start|>", "<|im_end|>"), "temperature": 0.3,
+                             "num_ctx": 256}
     from mlx_lm.tokenizer_utils import load
 
     tokenizer = load(result.path)
     hi = [{"role": "user", "content": "hi"}]
-    assert tokenizer.apply_chat_template(hi, tokenize=False, add_generation_prompt=True) == PIRATE_PROMPT
-    assert tokenizer.tool_call_start == "<tool_call>"  # Ollama's template names it; mlx-lm parses it
+    assert tokenizer.apply_chat_template(hi, tokenize=False,
+                                         add_generation_prompt=True) == PIRATE_PROMPT
+    # Ollama's template names it; mlx-lm parses it
+    assert tokenizer.tool_call_start == "<tool_call>"
     app = _app(home)
     try:
         client = app.test_client()
@@ -225,7 +241,8 @@ def test_template_system_and_params_come_along_and_show(gguf_bytes, tmp_path):
         assert show["template"] == PIRATE_TEMPLATE and show["system"] == PIRATE_SYSTEM
         assert show["parameters"].splitlines() == [
             "mirostat                       1", "num_ctx                        256",
-            'stop                           "<|im_start|>"', 'stop                           "<|im_end|>"',
+            'stop                           "<|im_start|>"',
+                                                   'stop                           "<|im_end|>"',
             "temperature                    0.3"]
         assert f'TEMPLATE """{PIRATE_TEMPLATE}"""' in show["modelfile"]
         assert 'SYSTEM """You are a pirate."""' in show["modelfile"]
@@ -237,14 +254,16 @@ def test_template_system_and_params_come_along_and_show(gguf_bytes, tmp_path):
         # ...unless the chat brings its own
         own = [{"role": "system", "content": "Be terse."}, *hi]
         done = _chat(client, "pirate", own, num_predict=1)
-        assert done["prompt_eval_count"] == len(encode(tokenizer, PIRATE_PROMPT.replace(PIRATE_SYSTEM, "Be terse.")))
+        assert done["prompt_eval_count"] == len(
+            encode(tokenizer, PIRATE_PROMPT.replace(PIRATE_SYSTEM, "Be terse.")))
     finally:
         app.extensions["bridge"].stop()
 
 
 def test_params_are_defaults_a_request_overrides(gguf_bytes, tmp_path):
     greedy = {"temperature": 0, "num_predict": 24}
-    plain = _store_with(tmp_path / "a", "plain", gguf_bytes, template=PIRATE_TEMPLATE, params=greedy)
+    plain = _store_with(tmp_path / "a", "plain", gguf_bytes, template=PIRATE_TEMPLATE,
+                        params=greedy)
     import_model("plain", tmp_path / "home", ollama_root=plain)
     app = _app(tmp_path / "home")
     try:
@@ -274,11 +293,13 @@ def test_a_template_beyond_the_translation_keeps_the_ggufs_with_the_system(gguf_
     assert notes["template_converted"] is False and "template" in notes["template_error"]
     template = json.loads((result.path / "tokenizer_config.json").read_text())["chat_template"]
     assert render(template, [{"role": "user", "content": "hi"}]) == (
-        "<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     app = _app(tmp_path / "home")
     try:
         show = app.test_client().post("/api/show", json={"model": "odd"}).get_json()
-        assert show["template"] == template and show["system"] == PIRATE_SYSTEM  # what really renders
+        # what really renders
+        assert show["template"] == template and show["system"] == PIRATE_SYSTEM
     finally:
         app.extensions["bridge"].stop()
 

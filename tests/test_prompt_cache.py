@@ -1,4 +1,5 @@
-"""Prompt (KV) cache on the real engine and tiny model: growing chats, shared prefixes, bounds, freeing."""
+"""Prompt (KV) cache on the real engine and tiny model: growing chats, shared prefixes, bounds,
+freeing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from bridge.wire.options import Options
 
 SYSTEM = ("You are a helpful assistant. Answer briefly, in plain words, and never make things up. "
           "The weather today is sunny with a chance of rain in the afternoon.")
-TURNS = ["hello", "What is the capital of France?", "And Germany?", "Tell me about the quick brown fox."]
+TURNS = ["hello", "What is the capital of France?", "And Germany?",
+         "Tell me about the quick brown fox."]
 
 
 def drain(job: Job, timeout: float = 60) -> list:
@@ -24,7 +26,8 @@ def drain(job: Job, timeout: float = 60) -> list:
             return events
 
 
-def ask(engine: Engine, path, messages: list[dict], n: int = 24, seed: int = -1) -> tuple[str, Done]:
+def ask(engine: Engine, path, messages: list[dict], n: int = 24,
+        seed: int = -1) -> tuple[str, Done]:
     job = Job(str(path), "tiny", spec=PromptSpec(messages=messages),
               options=Options(temperature=0, num_predict=n, seed=seed))
     engine.submit(job)
@@ -80,7 +83,8 @@ def test_growing_chat_reuses_the_cache_and_answers_the_same(cached, uncached, ti
 
 def test_requests_sharing_a_system_prompt_share_its_cache(cached, tiny_model_dir):
     first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
-    second = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital?"}]
+    second = [{"role": "system", "content": SYSTEM}, {"role": "user",
+                                                      "content": "What is the capital?"}]
     _, done1 = ask(cached, tiny_model_dir, first)
     _, done2 = ask(cached, tiny_model_dir, second)
     assert done1.cached_tokens == 0
@@ -88,7 +92,8 @@ def test_requests_sharing_a_system_prompt_share_its_cache(cached, tiny_model_dir
 
 
 def test_abandoned_request_leaves_no_cache_entry(cached, tiny_model_dir):
-    job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(messages=[{"role": "user", "content": "hello"}]),
+    job = Job(str(tiny_model_dir), "tiny",
+              spec=PromptSpec(messages=[{"role": "user", "content": "hello"}]),
               options=Options(temperature=0, num_predict=1500))
     cached.submit(job)
     assert isinstance(job.events.get(timeout=30), Chunk)
@@ -108,7 +113,8 @@ def test_unloading_a_model_drops_its_cache(cached, tiny_model_dir):
 
 
 def test_keep_alive_expiry_drops_the_cache_too(cached, tiny_model_dir):
-    job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(messages=[{"role": "user", "content": "hi"}]),
+    job = Job(str(tiny_model_dir), "tiny",
+              spec=PromptSpec(messages=[{"role": "user", "content": "hi"}]),
               options=Options(temperature=0, num_predict=2), keep_alive=0.3)
     cached.submit(job)
     drain(job)

@@ -44,17 +44,20 @@ def slow_hub(tmp_path_factory):
 
 def downloaded(partial: Path) -> int:
     """Bytes of the padding on disk so far (finished or still .incomplete)."""
-    return sum(p.stat().st_size for p in partial.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20)
+    return sum(p.stat().st_size for p in partial.rglob("*")
+               if p.is_file() and p.stat().st_size > 1 << 20)
 
 
 @pytest.mark.slow
 def test_a_client_leaving_a_pull_stops_its_download(slow_hub, tmp_path):
     home = tmp_path / "home"
     mappings = write_mappings(tmp_path / "m.yaml", {"bigpull": {"mlx": REPO}})
-    proc, url = start_server(["--home", str(home), "--mappings", str(mappings), "--upstream", "none"],
+    proc, url = start_server(["--home", str(home), "--mappings", str(mappings),
+                              "--upstream", "none"],
                              env={"HF_ENDPOINT": slow_hub, "HF_HUB_OFFLINE": "0"})
     try:
-        with requests.post(url + "/api/pull", json={"model": "bigpull"}, stream=True, timeout=60) as r:
+        with requests.post(url + "/api/pull", json={"model": "bigpull"}, stream=True,
+                           timeout=60) as r:
             for line in r.iter_lines():
                 event = json.loads(line)
                 if event.get("total") == PADDING and event.get("completed"):
@@ -70,7 +73,8 @@ def test_a_client_leaving_a_pull_stops_its_download(slow_hub, tmp_path):
         assert not (partial / "padding.safetensors").exists()
         assert not (home / "models" / REPO).exists()
 
-        again = requests.post(url + "/api/pull", json={"model": "bigpull", "stream": False}, timeout=120)
+        again = requests.post(url + "/api/pull", json={"model": "bigpull", "stream": False},
+                              timeout=120)
         assert again.json() == {"status": "success"}  # the repo's lock was released
         assert (home / "models" / REPO / "padding.safetensors").stat().st_size == PADDING
     finally:

@@ -28,10 +28,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     models = {name: {"mlx": str(build_tiny_model(root / name, seed=seed)), "backend": "mlx"}
-              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9), ("absent-auto:1b", 10),
-                                 ("shared", 11))}
+              for name, seed in (("up-only", 7), ("broken", 8), ("tiny-up", 9),
+                                 ("absent-auto:1b", 10), ("shared", 11))}
     mappings = write_mappings(root / "map.yaml", models)
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"), "--upstream", "none"])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
+                              "--upstream", "none"])
     yield url
     stop_server(proc)
 
@@ -85,7 +86,8 @@ def test_auto_with_broken_mlx_mapping_answers_from_upstream(bridge, upstream):
 
 
 def test_auto_with_absent_weights_answers_from_upstream(bridge, upstream):
-    assert generate(bridge, "absent-auto:1b").json()["response"] == generate(upstream, "absent-auto:1b").json()["response"]
+    assert (generate(bridge, "absent-auto:1b").json()["response"]
+            == generate(upstream, "absent-auto:1b").json()["response"])
 
 
 def test_mlx_policy_never_falls_back(bridge):
@@ -123,16 +125,19 @@ def test_tags_and_ps_merge_local_and_upstream(bridge):
 def test_status_of_upstream_errors_is_preserved(bridge):
     resp = generate(bridge, "nobody-has-this")
     assert resp.status_code == 404 and resp.json()["error"] == "model 'nobody-has-this' not found"
-    too_long = {"model": "up-only", "input": "x " * 40, "truncate": False, "options": {"num_ctx": 4}}
+    too_long = {"model": "up-only", "input": "x " * 40, "truncate": False,
+                "options": {"num_ctx": 4}}
     embed = requests.post(bridge + "/api/embed", json=too_long, timeout=10)  # the upstream's 400
-    assert embed.status_code == 400 and embed.json() == {"error": "the input length exceeds the context length"}
+    assert embed.status_code == 400 and embed.json() == {
+        "error": "the input length exceeds the context length"}
 
 
 def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_dir):
     up_map = write_mappings(tmp_path / "up.yaml", {"slow": {"mlx": str(tiny_model_dir)}})
     up_proc, up_url = start_server(["--mappings", str(up_map), "--home", str(tmp_path / "uh"),
                                     "--upstream", "none"])
-    br_map = write_mappings(tmp_path / "br.yaml", {"tiny": {"mlx": str(tiny_model_dir)}}, upstream=up_url)
+    br_map = write_mappings(tmp_path / "br.yaml", {"tiny": {"mlx": str(tiny_model_dir)}},
+                            upstream=up_url)
     br_proc, br_url = start_server(["--mappings", str(br_map), "--home", str(tmp_path / "bh")])
     try:
         body = {"model": "slow", "prompt": "go", "options": {"temperature": 0, "num_predict": 1900}}
@@ -149,7 +154,8 @@ def test_killing_upstream_mid_stream_ends_with_error_line(tmp_path, tiny_model_d
         started = time.time()
         down = generate(br_url, "slow")
         # nothing listens there now (connection refused): an unknown name here, Ollama's 404
-        assert down.status_code == 404 and "is not running (connection refused)" in down.json()["error"]
+        assert (down.status_code == 404
+                and "is not running (connection refused)" in down.json()["error"])
         assert time.time() - started < 10, "upstream down must not hang"
         tags = requests.get(br_url + "/api/tags", timeout=10).json()["models"]
         assert [m["name"] for m in tags] == ["tiny:latest"]
@@ -165,12 +171,14 @@ def test_upstream_that_accepts_but_never_answers_times_out(tmp_path, tiny_model_
     silent.bind(("127.0.0.1", free_port()))
     silent.listen(8)
     url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    br_map = write_mappings(tmp_path / "br.yaml", {"tiny": {"mlx": str(tiny_model_dir)}}, upstream=url)
+    br_map = write_mappings(tmp_path / "br.yaml", {"tiny": {"mlx": str(tiny_model_dir)}},
+                            upstream=url)
     proc, br_url = start_server(["--mappings", str(br_map), "--home", str(tmp_path / "h")])
     try:
         started = time.time()
         tags = requests.get(br_url + "/api/tags", timeout=30)
-        assert tags.status_code == 200 and [m["name"] for m in tags.json()["models"]] == ["tiny:latest"]
+        assert (tags.status_code == 200
+                and [m["name"] for m in tags.json()["models"]] == ["tiny:latest"])
         assert time.time() - started < 10
     finally:
         stop_server(proc)
@@ -183,7 +191,8 @@ def test_concurrent_forwarded_and_local_requests(bridge):
     def hit(model: str, i: int) -> None:
         results[f"{model}{i}"] = generate(bridge, model).status_code
 
-    threads = [threading.Thread(target=hit, args=(m, i)) for i in range(3) for m in ("tiny", "up-only")]
+    threads = [threading.Thread(target=hit, args=(m, i))
+               for i in range(3) for m in ("tiny", "up-only")]
     for t in threads:
         t.start()
     for t in threads:
@@ -214,13 +223,15 @@ def test_admin_api_moves_a_model_between_backends_without_restart(bridge, upstre
 
 def test_row_defaults_apply_when_the_request_sets_none(bridge, upstream):
     row = requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
-        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream, "max_tokens": 3}).json()
+        "model_name": "shared", "backend_type": "ollama", "endpoint_url": upstream,
+        "max_tokens": 3}).json()
     try:
         body = {"model": "shared", "prompt": "hi", "stream": False, "options": {"temperature": 0}}
         out = requests.post(bridge + "/api/generate", json=body, timeout=30).json()
         assert out["eval_count"] == 3
         body["options"]["num_predict"] = 5
-        assert requests.post(bridge + "/api/generate", json=body, timeout=30).json()["eval_count"] == 5
+        assert requests.post(bridge + "/api/generate", json=body,
+                             timeout=30).json()["eval_count"] == 5
     finally:
         requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)
 
@@ -228,12 +239,14 @@ def test_row_defaults_apply_when_the_request_sets_none(bridge, upstream):
 def test_endpoint_failover_by_priority_with_circuit_breaker(bridge, upstream):
     dead = f"http://127.0.0.1:{free_port()}"
     rows = [requests.post(bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
-        "model_name": "up-only", "backend_type": "ollama", "endpoint_url": url, "priority": prio}).json()
+        "model_name": "up-only", "backend_type": "ollama", "endpoint_url": url,
+        "priority": prio}).json()
         for url, prio in ((dead, 10), (upstream, 5))]
     try:
         direct = generate(upstream, "up-only").json()["response"]
         assert generate(bridge, "up-only").json()["response"] == direct
-        endpoints = requests.get(bridge + "/health", timeout=10).json()["backends"]["ollama"]["endpoints"]
+        endpoints = requests.get(bridge + "/health",
+                                 timeout=10).json()["backends"]["ollama"]["endpoints"]
         assert endpoints[dead]["state"] == "open" and endpoints[upstream]["state"] == "closed"
         assert generate(bridge, "up-only").json()["response"] == direct  # dead one skipped now
     finally:
@@ -242,15 +255,18 @@ def test_endpoint_failover_by_priority_with_circuit_breaker(bridge, upstream):
 
 
 def test_admin_writes_need_the_token(bridge):
-    resp = requests.post(bridge + "/api/llm-backends", json={"model_name": "x", "backend_type": "mlx"}, timeout=10)
+    resp = requests.post(bridge + "/api/llm-backends",
+                         json={"model_name": "x", "backend_type": "mlx"}, timeout=10)
     assert resp.status_code == 401
     lookup = requests.get(bridge + "/api/llm-backends/model/shared", timeout=10)
     assert lookup.status_code == 200
 
 
 def test_pull_of_an_upstream_model_is_forwarded(bridge, upstream):
-    with requests.post(bridge + "/api/pull", json={"model": "up-only"}, stream=True, timeout=30) as resp:
+    with requests.post(bridge + "/api/pull", json={"model": "up-only"}, stream=True,
+                       timeout=30) as resp:
         lines = [json.loads(line) for line in resp.iter_lines() if line]
     assert resp.status_code == 200 and lines[-1] == {"status": "success"}
-    missing = requests.post(bridge + "/api/pull", json={"name": "nobody-has-this", "stream": False}, timeout=30)
+    missing = requests.post(bridge + "/api/pull", json={"name": "nobody-has-this", "stream": False},
+                            timeout=30)
     assert missing.status_code == 404 and "not found" in missing.json()["error"]

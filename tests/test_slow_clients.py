@@ -2,8 +2,8 @@
 headers or a body, or never close, hold no request thread; they are answered 408 and closed once
 MLX_BRIDGE_READ_TIMEOUT passes, and long responses are never cut.
 
-Unit tests for the request framing (bridge/http/request_reader.py) and the deadline reads, then a real
-server process with 150 hostile connections beside normal requests.
+Unit tests for the request framing (bridge/http/request_reader.py) and the deadline reads, then a
+real server process with 150 hostile connections beside normal requests.
 """
 
 from __future__ import annotations
