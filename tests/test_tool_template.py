@@ -1,7 +1,8 @@
 """The tool-capable ChatML template GGUF imports of SmolLM2 / Qwen2.5 get
 (importer/chat_templates.py): chats without tools render exactly as the GGUF's own template
-does, tools render Hermes-style as Ollama's template does, the capability appears, and a `<tool_call>` the model writes comes
-back as `message.tool_calls` (a scripted tiny model through the real engine)."""
+does, tools render Hermes-style as Ollama's template does, the capability appears, and a
+`<tool_call>` the model writes comes back as `message.tool_calls` (a scripted tiny model through
+the real engine)."""
 
 from __future__ import annotations
 
