@@ -55,11 +55,12 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
     mappings = tmp / "model_mappings.yaml"
     mappings.write_text(yaml.safe_dump({"models": {"bench": {"mlx": model, "backend": "mlx"}}}))
     port = free_port()
-    cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--mappings", str(mappings),
-           "--home", str(tmp / "home")]
+    cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port),
+           "--mappings", str(mappings), "--home", str(tmp / "home")]
     server = start_server("bridge", cmd, {"OLLAMA_NUM_PARALLEL": str(max(work.clients)),
                                           "HF_HUB_OFFLINE": "1", **(env or {})}, port,
-                          lambda url: requests.get(url + "/health", timeout=2).json()["engine"]["state"] == "running",
+                          lambda url: requests.get(url + "/health", timeout=2)
+                          .json()["engine"]["state"] == "running",
                           tmp)
     try:
         time.sleep(1.0)  # the engine thread imports MLX right after start
@@ -116,13 +117,17 @@ def tiny_model(tmp: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="MLX model directory (default: a tiny random model)")
     p.add_argument("--gguf", help="GGUF of the same model, for the llama.cpp column")
-    p.add_argument("--quick", action="store_true", help="short runs (the default on the tiny model)")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (the default on the tiny model)")
     p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
-    p.add_argument("--skip", default="", help="comma list of columns to leave out: raw-bundled,peer,llamacpp")
-    p.add_argument("--bridge-bundled", action="store_true", help="also run the bridge on the bundled BLAS")
+    p.add_argument("--skip", default="",
+                   help="comma list of columns to leave out: raw-bundled,peer,llamacpp")
+    p.add_argument("--bridge-bundled", action="store_true",
+                   help="also run the bridge on the bundled BLAS")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Workload.quick() if args.quick or not args.model else Workload.full()
@@ -136,7 +141,8 @@ def main() -> None:
         if "raw-bundled" not in skip:
             # The reference BLAS is slow: fewer TTFT samples and chat turns keep the run short.
             slow = replace(work, ttft_requests=min(work.ttft_requests, 4), turns=min(work.turns, 3))
-            steps.append(("raw (bundled BLAS)", lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
+            steps.append(("raw (bundled BLAS)",
+                          lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
         steps.append(("bridge", lambda: run_bridge(model, work, tmp)))
         if args.bridge_bundled:
             steps.append(("bridge (bundled BLAS)",
@@ -150,8 +156,9 @@ def main() -> None:
             started = time.perf_counter()
             columns[name] = step()
             columns[name]["wall_s"] = time.perf_counter() - started
-    meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf, "workload": work.to_dict(),
-            "cpus": os.cpu_count(), "platform": sys.platform, "time": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
+            "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
+            "time": time.strftime("%Y-%m-%d %H:%M")}
     report(columns, meta, out_dir)
 
 

@@ -63,8 +63,9 @@ class Recorder(BaseHTTPRequestHandler):
         except (ValueError, AttributeError):
             model = ""
         with self.server.lock:
-            self.server.records.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                            "body_bytes": len(raw), "model": model})
+            self.server.records.append({"method": self.command, "path": self.path,
+                                        "headers": dict(self.headers),
+                                        "body_bytes": len(raw), "model": model})
         if self.path.startswith("/moved/"):
             target = self.server.redirect_to + self.path[len("/moved"):]
             return self._send(307, {"moved": target}, {"Location": target})

@@ -2,9 +2,9 @@
 
 It reads the file with the `gguf` package directly and follows llama.cpp's graphs (llm_build_llama,
 llm_build_qwen2/3, llm_build_gemma3): GGUF tensor names, Q/K left permuted with llama's interleaved
-("normal") RoPE, Gemma's norm weights used as stored (1 + w). It shares no code with bridge.importer,
-so a wrong name map, a missed permutation or norm shift, or a wrong config value shows up as
-disagreement.
+("normal") RoPE, Gemma's norm weights used as stored (1 + w). It shares no code with
+bridge.importer, so a wrong name map, a missed permutation or norm shift, or a wrong config value
+shows up as disagreement.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ class ReferenceModel:
         for t in r.tensors:
             qtype = GGMLQuantizationType(t.tensor_type)
             data = np.asarray(t.data)
-            w = data.astype(np.float32) if qtype == GGMLQuantizationType.F32 else quants.dequantize(data, qtype)
-            self.t[t.name] = w.reshape([int(d) for d in reversed(t.shape.tolist())]).astype(np.float32)
+            w = (data.astype(np.float32) if qtype == GGMLQuantizationType.F32
+                 else quants.dequantize(data, qtype))
+            shape = [int(d) for d in reversed(t.shape.tolist())]
+            self.t[t.name] = w.reshape(shape).astype(np.float32)
         self.freq_factors = self.t.get("rope_freqs.weight")
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -112,7 +114,8 @@ class ReferenceModel:
 
 
 def _rms(x: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt(np.mean(x.astype(np.float64) ** 2, -1, keepdims=True) + eps).astype(np.float32)
+    ms = np.mean(x.astype(np.float64) ** 2, -1, keepdims=True)
+    return x / np.sqrt(ms + eps).astype(np.float32)
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:

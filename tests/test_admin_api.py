@@ -57,7 +57,8 @@ def create(client, **fields):
 def test_create_answers_201_with_the_row_and_location(admin) -> None:
     r = admin.post(URL, headers=AUTH, json={
         "model_name": "Qwen2.5-Coder:7B", "backend_type": "auto", "endpoint_url": "http://mac2:11434/",
-        "mlx_model": "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit", "priority": 10, "max_tokens": 512,
+        "mlx_model": "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit", "priority": 10,
+        "max_tokens": 512,
         "temperature_default": 0.3, "timeout_seconds": 60, "description": "second Mac"})
     assert r.status_code == 201
     row = r.json
@@ -67,18 +68,19 @@ def test_create_answers_201_with_the_row_and_location(admin) -> None:
     assert (row["enabled"], row["priority"], row["max_tokens"]) == (True, 10, 512)
     assert (row["temperature_default"], row["timeout_seconds"]) == (0.3, 60.0)
     assert row["created_at"].endswith("Z") and row["updated_at"] == row["created_at"]
-    assert (row["total_requests"], row["total_errors"], row["avg_tokens_per_sec"], row["avg_latency_ms"]) == (0, 0, None, None)
+    assert (row["total_requests"], row["total_errors"], row["avg_tokens_per_sec"],
+            row["avg_latency_ms"]) == (0, 0, None, None)
     assert set(row) == {"id", "model_name", "backend_type", "endpoint_url", "mlx_model", "enabled",
-                        "priority", "max_tokens", "temperature_default", "timeout_seconds", "api_key_env",
-                        "description", "created_at", "updated_at", "total_requests", "total_errors",
-                        "avg_tokens_per_sec", "avg_latency_ms"}
+                        "priority", "max_tokens", "temperature_default", "timeout_seconds",
+                        "api_key_env", "description", "created_at", "updated_at",
+                        "total_requests", "total_errors", "avg_tokens_per_sec", "avg_latency_ms"}
 
 
 def test_create_defaults(admin) -> None:
     row = create(admin, model_name="llama3")
     assert row["model_name"] == "llama3:latest"
-    assert (row["enabled"], row["priority"], row["description"], row["endpoint_url"], row["mlx_model"]) == (
-        True, 0, "", None, None)
+    assert (row["enabled"], row["priority"], row["description"], row["endpoint_url"],
+            row["mlx_model"]) == (True, 0, "", None, None)
 
 
 def test_list_get_and_enabled_only(admin) -> None:
@@ -97,7 +99,8 @@ def test_list_get_and_enabled_only(admin) -> None:
 
 def test_put_is_a_partial_update(admin) -> None:
     row = create(admin, model_name="m", priority=1, description="keep me")
-    r = admin.put(f"{URL}/{row['id']}", headers=AUTH, json={"backend_type": "ollama", "priority": 5})
+    r = admin.put(f"{URL}/{row['id']}", headers=AUTH,
+                  json={"backend_type": "ollama", "priority": 5})
     assert r.status_code == 200
     new = r.json
     assert (new["backend_type"], new["priority"], new["description"]) == ("ollama", 5, "keep me")
@@ -128,7 +131,8 @@ def test_toggle_flips_enabled(admin) -> None:
     ("delete", f"{URL}/-1"),
 ])
 def test_unknown_id_is_404_json(admin, method, path) -> None:
-    r = getattr(admin, method)(path, headers=AUTH, json={"priority": 1} if method == "put" else None)
+    r = getattr(admin, method)(path, headers=AUTH,
+                               json={"priority": 1} if method == "put" else None)
     assert r.status_code == 404
     assert "not found" in r.json["error"]
 
@@ -138,7 +142,8 @@ def test_model_lookup_needs_no_auth_and_lists_enabled_rows(admin) -> None:
                  endpoint_url="http://h:1", priority=5)
     second = create(admin, model_name="hf.co/user/repo:Q4_K_M", backend_type="mlx",
                     mlx_model="/models/repo")
-    off = create(admin, model_name="hf.co/user/repo:Q4_K_M", backend_type="auto", priority=99, enabled=False)
+    off = create(admin, model_name="hf.co/user/repo:Q4_K_M", backend_type="auto", priority=99,
+                 enabled=False)
     r = admin.get(f"{URL}/model/HF.co/user/repo:Q4_K_M")  # no Authorization header
     assert r.status_code == 200
     assert (r.json["id"], r.json["model_name"]) == (top["id"], "hf.co/user/repo:Q4_K_M")
@@ -181,11 +186,12 @@ def test_row_stats_come_from_the_request_records(admin_app, admin) -> None:
     tracker = admin_app.extensions["bridge"].tracker
     for latency, tps in ((100.0, 40.0), (300.0, 60.0)):
         tracker.record(RequestRecord("tiny", "mlx", None, "ok", 5, 10, 3.0, latency, tps))
-    tracker.record(RequestRecord("tiny:latest", "ollama", "http://h:1", "error", 5, 0, None, 20.0, None,
-                                 error="connection refused"))
+    tracker.record(RequestRecord("tiny:latest", "ollama", "http://h:1", "error", 5, 0, None, 20.0,
+                                 None, error="connection refused"))
     rows = {x["id"]: x for x in admin.get(URL, headers=AUTH).json}
     assert (rows[mlx["id"]]["total_requests"], rows[mlx["id"]]["total_errors"]) == (2, 0)
-    assert (rows[mlx["id"]]["avg_latency_ms"], rows[mlx["id"]]["avg_tokens_per_sec"]) == (200.0, 50.0)
+    assert (rows[mlx["id"]]["avg_latency_ms"],
+            rows[mlx["id"]]["avg_tokens_per_sec"]) == (200.0, 50.0)
     assert (rows[up["id"]]["total_requests"], rows[up["id"]]["total_errors"]) == (1, 1)
     assert admin.get(f"{URL}/model/tiny").json["rows"][0]["total_requests"] == 2
 
@@ -198,10 +204,12 @@ ADMIN_CALLS = [("get", URL), ("get", f"{URL}/1"), ("post", URL), ("put", f"{URL}
 
 
 @pytest.mark.parametrize("method,path", ADMIN_CALLS)
-@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic c2VjcmV0", "secret", "Bearer ", "Bearer secretX"])
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic c2VjcmV0", "secret", "Bearer ",
+                                    "Bearer secretX"])
 def test_admin_calls_need_the_token(admin, method, path, header) -> None:
     headers = {"Authorization": header} if header is not None else {}
-    r = getattr(admin, method)(path, headers=headers, json={"model_name": "m", "backend_type": "mlx"})
+    r = getattr(admin, method)(path, headers=headers,
+                               json={"model_name": "m", "backend_type": "mlx"})
     assert r.status_code == 401
     assert "MLX_BRIDGE_ADMIN_TOKEN" in r.json["error"]
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -242,7 +250,8 @@ def test_without_a_token_reads_are_open_and_writes_refused(open_client) -> None:
 def test_malformed_body_is_400(admin, raw, fragment) -> None:
     row = create(admin)
     for method, path in [("post", URL), ("put", f"{URL}/{row['id']}")]:
-        r = getattr(admin, method)(path, data=raw, headers={**AUTH, "Content-Type": "application/json"})
+        r = getattr(admin, method)(path, data=raw,
+                                   headers={**AUTH, "Content-Type": "application/json"})
         assert r.status_code == 400
         assert fragment in r.json["error"]
     assert admin.get(URL, headers=AUTH).json == [row]
@@ -256,9 +265,12 @@ def test_malformed_body_is_400(admin, raw, fragment) -> None:
     ({"model_name": "../../etc/passwd", "backend_type": "mlx"}, "model_name"),
     ({"model_name": 7, "backend_type": "mlx"}, "model_name"),
     ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "ftp://h"}, "endpoint_url"),
-    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "localhost:11434"}, "endpoint_url"),
-    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "http://h:99999"}, "endpoint_url"),
-    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "http://h/?x=1"}, "endpoint_url"),
+    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "localhost:11434"},
+     "endpoint_url"),
+    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "http://h:99999"},
+     "endpoint_url"),
+    ({"model_name": "m", "backend_type": "ollama", "endpoint_url": "http://h/?x=1"},
+     "endpoint_url"),
     ({"model_name": "m", "backend_type": "mlx", "mlx_model": "relative/../x"}, "mlx_model"),
     ({"model_name": "m", "backend_type": "mlx", "mlx_model": ""}, "mlx_model"),
     ({"model_name": "m", "backend_type": "mlx", "priority": "5"}, "priority"),
@@ -271,8 +283,10 @@ def test_malformed_body_is_400(admin, raw, fragment) -> None:
     ({"model_name": "m", "backend_type": "mlx", "enabled": 1}, "enabled"),
     ({"model_name": "m", "backend_type": "mlx", "max_tokens": -5}, "max_tokens"),
     ({"model_name": "m", "backend_type": "mlx", "max_tokens": 0}, "max_tokens"),
-    ({"model_name": "m", "backend_type": "mlx", "temperature_default": -0.1}, "temperature_default"),
-    ({"model_name": "m", "backend_type": "mlx", "temperature_default": "hot"}, "temperature_default"),
+    ({"model_name": "m", "backend_type": "mlx", "temperature_default": -0.1},
+     "temperature_default"),
+    ({"model_name": "m", "backend_type": "mlx", "temperature_default": "hot"},
+     "temperature_default"),
     ({"model_name": "m", "backend_type": "mlx", "timeout_seconds": 0}, "timeout_seconds"),
     ({"model_name": "m", "backend_type": "mlx", "timeout_seconds": -3}, "timeout_seconds"),
     ({"model_name": "m", "backend_type": "mlx", "description": ["x"]}, "description"),
@@ -328,9 +342,12 @@ def test_performance_comparison(admin_app, admin) -> None:
     models = {m["model"]: m["backends"] for m in r.json["models"]}
     assert set(models) == {"tiny:latest", "other:latest"}
     mlx, up = models["tiny:latest"]
-    assert (mlx["backend"], mlx["requests"], mlx["p50_latency_ms"], mlx["p95_latency_ms"]) == ("mlx", 20, 100.0, 190.0)
-    assert (mlx["avg_latency_ms"], mlx["avg_ttft_ms"], mlx["avg_tokens_per_sec"]) == (105.0, 2.0, 50.0)
-    assert (up["endpoint"], up["requests"], up["errors"], up["error_rate"]) == ("http://h:1", 2, 1, 0.5)
+    assert (mlx["backend"], mlx["requests"], mlx["p50_latency_ms"],
+            mlx["p95_latency_ms"]) == ("mlx", 20, 100.0, 190.0)
+    assert (mlx["avg_latency_ms"], mlx["avg_ttft_ms"],
+            mlx["avg_tokens_per_sec"]) == (105.0, 2.0, 50.0)
+    assert (up["endpoint"], up["requests"], up["errors"],
+            up["error_rate"]) == ("http://h:1", 2, 1, 0.5)
     r = admin.get("/api/performance/comparison?model=Tiny&since=2020-01-01T00:00:00Z", headers=AUTH)
     assert [m["model"] for m in r.json["models"]] == ["tiny:latest"]
     assert r.json["since"] == "2020-01-01T00:00:00.000000Z"
@@ -338,7 +355,8 @@ def test_performance_comparison(admin_app, admin) -> None:
     assert {m["model"] for m in r.json["models"]} == {"tiny:latest"}
 
 
-@pytest.mark.parametrize("query,fragment", [("since=yesterday", "since"), ("model=../x", "invalid model name"),
+@pytest.mark.parametrize("query,fragment", [("since=yesterday", "since"),
+                                            ("model=../x", "invalid model name"),
                                             ("since=0001-01-01T00:00:00%2B01:00", "since")])
 def test_performance_comparison_bad_query_is_400(admin, query, fragment) -> None:
     r = admin.get(f"/api/performance/comparison?{query}", headers=AUTH)
@@ -374,7 +392,8 @@ def test_rows_and_stats_survive_kill_and_restart(tmp_path, mappings_file) -> Non
             {"model_name": "tiny", "backend_type": "mlx", "priority": 5, "max_tokens": 32},
             {"model_name": "tiny", "backend_type": "ollama", "endpoint_url": "http://127.0.0.1:9"},
         )]
-        r = requests.put(f"{url}{URL}/{made[1]['id']}", headers=AUTH, timeout=10, json={"enabled": False})
+        r = requests.put(f"{url}{URL}/{made[1]['id']}", headers=AUTH, timeout=10,
+                         json={"enabled": False})
         assert r.status_code == 200
         # Request records written by another process into the same WAL database (the server's
         # own tracker is exercised in-process); the server must see them without a restart.
@@ -395,7 +414,8 @@ def test_rows_and_stats_survive_kill_and_restart(tmp_path, mappings_file) -> Non
     try:
         after = requests.get(url + URL, headers=AUTH, timeout=10).json()
         assert after == before
-        assert (after[0]["total_requests"], after[0]["total_errors"], after[0]["max_tokens"]) == (5, 0, 32)
+        assert (after[0]["total_requests"], after[0]["total_errors"],
+                after[0]["max_tokens"]) == (5, 0, 32)
         assert after[0]["avg_latency_ms"] > 0 and after[0]["avg_tokens_per_sec"] > 0
         assert after[1]["enabled"] is False
         lookup = requests.get(f"{url}{URL}/model/tiny:latest", timeout=10).json()

@@ -1,4 +1,5 @@
-"""Continuous batching on the real engine and tiny model: same greedy answers, cancel, model switch."""
+"""Continuous batching on the real engine and tiny model: same greedy answers, cancel, model
+switch."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def end_ns(job: Job) -> int:
 def test_parallel_greedy_answers_equal_sequential_ones(engine, tiny_model_dir):
     alone = run_alone(engine, tiny_model_dir, PROMPTS, n=60)
     jobs = run_together(engine, tiny_model_dir, PROMPTS, n=60)
-    together = [(text_of([ev for _, ev in j.events.times]), j.events.times[-1][1].eval_count) for j in jobs]
+    together = [(text_of([ev for _, ev in j.events.times]), j.events.times[-1][1].eval_count)
+                for j in jobs]
     assert together == alone
     assert all(count == 60 for _, count in together)
     # They really ran together: every job streamed its first token before any job ended.
@@ -185,7 +187,8 @@ def long_and_short_ttft(url: str) -> tuple[float, dict]:
                  "options": {"temperature": 0, "num_predict": 8000, "num_ctx": 10000}}
     short_body = {"model": "b", "messages": [{"role": "user", "content": "hello"}], "stream": True,
                   "options": {"temperature": 0, "num_predict": 5}}
-    with requests.post(url + "/api/generate", json=long_body, stream=True, timeout=300) as long_resp:
+    with requests.post(url + "/api/generate", json=long_body, stream=True,
+                       timeout=300) as long_resp:
         lines = long_resp.iter_lines()
         next(lines)
         began = time.monotonic()
@@ -202,11 +205,13 @@ def test_a_short_chat_on_another_model_is_not_stuck_behind_a_long_job(tmp_path, 
     mappings = tmp_path / "m.yaml"
     other = build_tiny_model(tmp_path / "other", seed=4)
     write_mappings(mappings, {"a": {"mlx": str(long_model_dir)}, "b": {"mlx": str(other)}})
-    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"), "--upstream", "none"])
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h"),
+                              "--upstream", "none"])
     try:
         ttft, final = long_and_short_ttft(url)
         assert ttft < 3, f"the short chat waited {ttft:.1f} s"
-        assert final["done"] is True and final["eval_count"] == 8000 and final["done_reason"] == "length"
+        assert (final["done"] is True and final["eval_count"] == 8000
+                and final["done_reason"] == "length")
     finally:
         stop_server(proc)
 
@@ -273,8 +278,8 @@ def test_full_queue_answers_503_through_a_real_server(mappings_file, tmp_path):
     try:
         chat(url, "warm up", 1)  # the model is loaded: the first job starts at once
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: requests.post(url + "/api/chat", json=body, timeout=120),
-                                    range(6)))
+            answers = list(pool.map(
+                lambda _: requests.post(url + "/api/chat", json=body, timeout=120), range(6)))
         statuses = sorted(r.status_code for r in answers)
         assert 200 in statuses and 503 in statuses, statuses
         assert set(statuses) == {200, 503}

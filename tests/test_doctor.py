@@ -1,4 +1,5 @@
-"""`mlx-bridge doctor`: a healthy setup passes; each broken piece is named with its fix and exit 1."""
+"""`mlx-bridge doctor`: a healthy setup passes; each broken piece is named with its fix and
+exit 1."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def test_healthy_setup(tmp_path, tiny_model_dir, server):
     assert lines["demo"].startswith("[  ok]") and str(tiny_model_dir) in lines["demo"]
     if sys.platform.startswith("linux"):
         blas = lines["blas"]
-        assert ("[  ok]" in blas and "OpenBLAS" in blas) or ("[warn]" in blas and "reference" in blas)
+        assert (("[  ok]" in blas and "OpenBLAS" in blas)
+                or ("[warn]" in blas and "reference" in blas))
 
 
 def test_reference_blas_is_a_warning_with_a_fix(tmp_path):
@@ -54,8 +56,9 @@ def test_problems_are_named_with_fixes_and_exit_1(tmp_path):
     bad_maps.write_text("models: [unclosed\n")
     port = free_port()
     with port_holder(port) as holder:
-        result = mlx_bridge("doctor", "--mappings", str(bad_maps), "--port", str(port), "--upstream",
-                            f"http://127.0.0.1:{port}", "--home", str(home_file), env=clean_env())
+        result = mlx_bridge("doctor", "--mappings", str(bad_maps), "--port", str(port),
+                            "--upstream", f"http://127.0.0.1:{port}", "--home", str(home_file),
+                            env=clean_env())
     assert result.returncode == 1
     lines = _lines(result.stdout)
     assert lines["state"].startswith("[FAIL]") and str(home_file) in lines["state"]
@@ -91,7 +94,8 @@ def test_a_broken_mlx_cannot_crash_the_doctor(tmp_path):
 
 def test_demo_model_missing(tmp_path, tiny_model_dir):
     home = tmp_path / "home"
-    absent = Registry(write_mappings(tmp_path / "a.yaml", {"tiny": {"mlx": str(tiny_model_dir)}}), home)
+    absent = Registry(write_mappings(tmp_path / "a.yaml", {"tiny": {"mlx": str(tiny_model_dir)}}),
+                      home)
     check = check_demo_model(absent)
     assert check.status == "warn" and "not in the mapping files" in check.detail
 
@@ -103,7 +107,8 @@ def test_demo_model_missing(tmp_path, tiny_model_dir):
 
 
 def test_report_format():
-    report = format_report([Check("python", "ok", "3.11"), Check("port", "fail", "taken", "move it"),
+    report = format_report([Check("python", "ok", "3.11"),
+                            Check("port", "fail", "taken", "move it"),
                             Check("upstream", "warn", "down", "start it")])
     assert report.splitlines() == [
         "[  ok] python      3.11",

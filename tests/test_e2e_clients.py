@@ -80,7 +80,8 @@ def test_raw_http_stream_is_flushed_per_token(server):
     assert len(lines) > 10  # one line per token, not one buffered blob
     final = lines[-1]
     for key in ("model", "created_at", "done", "done_reason", "total_duration", "load_duration",
-                "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration", "context"):
+                "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
+                "context"):
         assert key in final, key
 
 
@@ -105,7 +106,8 @@ def test_ollama_host_env_is_honoured(server, monkeypatch):
 
 def test_sigterm_exits_cleanly(mappings_file, tmp_path):
     proc, url = start_server(["--mappings", str(mappings_file), "--home", str(tmp_path)])
-    requests.post(url + "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": -1}, timeout=30)
+    requests.post(url + "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": -1},
+                  timeout=30)
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0
     out = proc.stdout.read().decode()

@@ -38,15 +38,17 @@ from .test_pull import FAKEHUB, REPO
 def gguf(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fault-gguf")
     tok = bpe_tokenizer_meta(build_tiny_model(root / "tok") / "tokenizer.json")
-    cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 1e4,
-           "vocab_size": len(tok["tokens"])}
-    return write_gguf(root / "m.gguf", "llama", cfg, random_weights("llama", cfg), tok)  # ~400 KB of F32
+    cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+           "rms_norm_eps": 1e-5, "rope_theta": 1e4, "vocab_size": len(tok["tokens"])}
+    # ~400 KB of F32
+    return write_gguf(root / "m.gguf", "llama", cfg, random_weights("llama", cfg), tok)
 
 
 def run_import(gguf: Path, home: Path, name: str, **kw) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLX_BRIDGE_MAPPINGS": os.devnull}
-    return subprocess.run([sys.executable, "-m", "bridge", "import", str(gguf), "--name", name, "--home", str(home)],
+    return subprocess.run([sys.executable, "-m", "bridge", "import", str(gguf), "--name", name,
+                           "--home", str(home)],
                           capture_output=True, text=True, env=env, timeout=120, **kw)
 
 
@@ -66,7 +68,8 @@ def test_import_onto_a_full_disk(tmp_path, gguf):
     with small_tmpfs(home / "models", "256k"):  # a real ENOSPC halfway through the weights
         done = run_import(gguf, home, "full")
         assert_clean_failure(done, "No space left on device")
-        assert snapshot(home) == {"models": b"", "models/imported": b""}  # no work dir, no registration
+        # no work dir, no registration
+        assert snapshot(home) == {"models": b"", "models/imported": b""}
 
 
 def test_import_past_the_file_size_limit_keeps_the_earlier_import(tmp_path, gguf):
@@ -122,9 +125,11 @@ def hub(tmp_path_factory):
 
 
 def _pull_server(tmp_path: Path, hub: str, model_dir: Path):
-    mappings = write_mappings(tmp_path / "m.yaml", {"good": {"mlx": str(model_dir)}, "tinypull": {"mlx": REPO}})
+    mappings = write_mappings(tmp_path / "m.yaml", {"good": {"mlx": str(model_dir)},
+                                                    "tinypull": {"mlx": REPO}})
     (tmp_path / "home" / "models").mkdir(parents=True)
-    return start_server(["--mappings", str(mappings), "--home", str(tmp_path / "home"), "--upstream", "none"],
+    return start_server(["--mappings", str(mappings), "--home", str(tmp_path / "home"),
+                         "--upstream", "none"],
                         env={"HF_ENDPOINT": hub, "HF_HUB_OFFLINE": "0"})
 
 
@@ -140,7 +145,8 @@ def assert_pull_fails(url: str, home: Path, reason: str) -> None:
     assert not any(line.get("status") == "success" for line in lines)
     assert not (home / "models" / REPO).exists()  # only the resumable .partial dir, never the model
     assert generate(url, "tinypull").status_code == 404
-    assert "tinypull:latest" not in {m["name"] for m in requests.get(url + "/api/tags", timeout=10).json()["models"]}
+    tags = requests.get(url + "/api/tags", timeout=10).json()["models"]
+    assert "tinypull:latest" not in {m["name"] for m in tags}
     assert_serves(url)
 
 

@@ -101,19 +101,22 @@ def check(resp: Any, method: str, path: str, name: str) -> None:
 def check_error(path: str, status: int, mimetype: str, body: bytes) -> None:
     openai = path.startswith("/v1/")
     if mimetype == "text/plain" and not openai:
-        assert status in (404, 405) and body in (b"404 page not found", b"405 method not allowed"), body
+        assert (status in (404, 405)
+                and body in (b"404 page not found", b"405 method not allowed")), body
         return
     assert mimetype == "application/json", (status, mimetype, body[:300])
     payload = json.loads(body)
     if path.startswith("/v1/messages"):  # Anthropic's shape
         assert isinstance(payload, dict) and payload.get("type") == "error", payload
         err = payload["error"]
-        assert isinstance(err.get("message"), str) and err["message"] and isinstance(err.get("type"), str), payload
+        assert (isinstance(err.get("message"), str) and err["message"]
+                and isinstance(err.get("type"), str)), payload
         return
     assert isinstance(payload, dict) and set(payload) == {"error"}, payload
     if openai:
         err = payload["error"]
-        assert isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"], payload
+        assert (isinstance(err, dict) and isinstance(err.get("message"), str)
+                and err["message"]), payload
         assert isinstance(err.get("type"), str) and err["type"], payload
     else:
         assert isinstance(payload["error"], str) and payload["error"].strip(), payload
@@ -152,7 +155,8 @@ def test_fuzz_openai_completions(client, raw):
 
 
 @fuzz(200)
-@given(path=st.sampled_from(["/api/embed", "/api/embeddings", "/v1/embeddings"]), raw=encoded(embed_body()))
+@given(path=st.sampled_from(["/api/embed", "/api/embeddings", "/v1/embeddings"]),
+       raw=encoded(embed_body()))
 def test_fuzz_embeddings(client, path, raw):
     post(client, path, raw)
 
@@ -169,7 +173,8 @@ def test_fuzz_model_name_endpoints(client, endpoint, raw):
 
 
 @fuzz(250)
-@given(path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]), raw=encoded(anthropic_body()))
+@given(path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]),
+       raw=encoded(anthropic_body()))
 def test_fuzz_anthropic_messages(client, path, raw):
     post(client, path, raw)
 
@@ -189,13 +194,16 @@ def test_fuzz_deep_nesting(client, case):
 
 # --- garbage, paths, queries, headers --------------------------------------------------------
 
-BODY_ENDPOINTS = [("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/v1/chat/completions"),
-                  ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("POST", "/api/embed"),
-                  ("POST", "/api/embeddings"), ("POST", "/api/llm-backends"), ("PUT", "/api/llm-backends/1"),
+BODY_ENDPOINTS = [("POST", "/api/generate"), ("POST", "/api/chat"),
+                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+                  ("POST", "/v1/embeddings"), ("POST", "/api/embed"), ("POST", "/api/embeddings"),
+                  ("POST", "/api/llm-backends"), ("PUT", "/api/llm-backends/1"),
                   ("POST", "/api/blobs/sha256:" + "0" * 64), ("POST", "/v1/messages"),
                   ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses"), *NAME_ENDPOINTS]
-CONTENT_TYPES = st.sampled_from([None, "application/json", "text/plain", "application/x-www-form-urlencoded",
-                                 "multipart/form-data; boundary=x", "application/json; charset=latin-1", "\x00"])
+CONTENT_TYPES = st.sampled_from([None, "application/json", "text/plain",
+                                 "application/x-www-form-urlencoded",
+                                 "multipart/form-data; boundary=x",
+                                 "application/json; charset=latin-1", "\x00"])
 
 
 @fuzz(500)
@@ -207,18 +215,22 @@ def test_fuzz_garbage_bodies(client, endpoint, raw, content_type):
 
 
 SEGMENT = st.one_of(MODELS, st.text(max_size=15), st.sampled_from(
-    ["1", "0", "-1", "99999999999999999999", "%00", "..", "%2e%2e", "sha256:" + "a" * 64, "sha256-" + "F" * 64])
+    ["1", "0", "-1", "99999999999999999999", "%00", "..", "%2e%2e", "sha256:" + "a" * 64,
+     "sha256-" + "F" * 64])
 ).map(lambda s: quote(s, safe="/%:@"))
 PATH = st.one_of(
     st.builds("/v1/models/{}".format, SEGMENT), st.builds("/api/llm-backends/{}".format, SEGMENT),
-    st.builds("/api/llm-backends/{}/toggle".format, SEGMENT), st.builds("/api/llm-backends/model/{}".format, SEGMENT),
+    st.builds("/api/llm-backends/{}/toggle".format, SEGMENT),
+    st.builds("/api/llm-backends/model/{}".format, SEGMENT),
     st.builds("/api/blobs/{}".format, SEGMENT), st.builds("/static/{}".format, SEGMENT),
-    st.sampled_from(["/", "/api/version", "/api/tags", "/api/ps", "/health", "/metrics", "/v1/models",
-                     "/api/llm-backends", "/api/performance/comparison", "/api/nope", "/v1/nope", "//", "/api/",
+    st.sampled_from(["/", "/api/version", "/api/tags", "/api/ps", "/health", "/metrics",
+                     "/v1/models", "/api/llm-backends", "/api/performance/comparison", "/api/nope",
+                     "/v1/nope", "//", "/api/",
                      "/api/generate", "/api/chat", "/api/show", "/api/delete"]))
 QUERY = st.dictionaries(st.sampled_from(["model", "since", "enabled_only", "x"]),
                         st.one_of(st.text(max_size=12), st.sampled_from(
-                            ["2025-01-31T00:00:00Z", "yes", "true", "maybe", "99999-01-01", "2025-13-45"])),
+                            ["2025-01-31T00:00:00Z", "yes", "true", "maybe", "99999-01-01",
+                             "2025-13-45"])),
                         max_size=3)
 METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
 
@@ -230,19 +242,21 @@ def test_fuzz_paths_and_queries(client, method, path, query, raw):
     check(resp, method, path, "paths")
 
 
-HEADERS = st.dictionaries(st.sampled_from(["Host", "Origin", "Authorization", "X-Request-ID", "Content-Type",
-                                           "Access-Control-Request-Method", "Access-Control-Request-Headers",
-                                           "Accept", "Transfer-Encoding", "Content-Encoding"]),
-                          st.one_of(st.sampled_from(["localhost", "evil.example", "127.0.0.1:1", "[::1]", "x.local",
-                                                     "http://localhost:3000", "https://evil.example", "null",
-                                                     "Bearer " + ADMIN_TOKEN, "Bearer undefined", "POST", "gzip",
-                                                     "chunked", "application/json"]),
-                                    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)),
-                          max_size=4)
+HEADERS = st.dictionaries(
+    st.sampled_from(["Host", "Origin", "Authorization", "X-Request-ID", "Content-Type",
+                     "Access-Control-Request-Method", "Access-Control-Request-Headers",
+                     "Accept", "Transfer-Encoding", "Content-Encoding"]),
+    st.one_of(st.sampled_from(["localhost", "evil.example", "127.0.0.1:1", "[::1]", "x.local",
+                               "http://localhost:3000", "https://evil.example", "null",
+                               "Bearer " + ADMIN_TOKEN, "Bearer undefined", "POST", "gzip",
+                               "chunked", "application/json"]),
+              st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)),
+    max_size=4)
 
 
 @fuzz(400)
-@given(method=METHODS, path=PATH, headers=HEADERS, raw=st.one_of(st.just(b""), encoded(generate_body())))
+@given(method=METHODS, path=PATH, headers=HEADERS,
+       raw=st.one_of(st.just(b""), encoded(generate_body())))
 def test_fuzz_headers(client, method, path, headers, raw):
     resp = client.open(path, method=method, headers=headers, data=raw)
     check(resp, method, path, "headers")
@@ -253,8 +267,9 @@ def test_fuzz_headers(client, method, path, headers, raw):
 
 @pytest.fixture(scope="module")
 def admin_client(tmp_path_factory, mappings_file):
-    config = load_config({}, mappings_path=mappings_file, home=tmp_path_factory.mktemp("fuzz-admin"),
-                         upstream="none", admin_token=ADMIN_TOKEN)
+    config = load_config({}, mappings_path=mappings_file,
+                         home=tmp_path_factory.mktemp("fuzz-admin"), upstream="none",
+                         admin_token=ADMIN_TOKEN)
     app = create_app(config)  # the engine is never started: admin calls do not use it
     yield app.test_client()
     app.extensions["bridge"].stop()
@@ -262,12 +277,15 @@ def admin_client(tmp_path_factory, mappings_file):
 
 @fuzz(400)
 @given(endpoint=st.sampled_from([("POST", "/api/llm-backends"), ("PUT", "/api/llm-backends/1"),
-                                 ("PUT", "/api/llm-backends/2"), ("POST", "/api/llm-backends/1/toggle"),
-                                 ("DELETE", "/api/llm-backends/2"), ("GET", "/api/llm-backends/model/tiny")]),
+                                 ("PUT", "/api/llm-backends/2"),
+                                 ("POST", "/api/llm-backends/1/toggle"),
+                                 ("DELETE", "/api/llm-backends/2"),
+                                 ("GET", "/api/llm-backends/model/tiny")]),
        raw=st.one_of(encoded(ADMIN_ROW), encoded(ADMIN_ROW), GARBAGE), query=QUERY)
 def test_fuzz_admin_api(admin_client, endpoint, raw, query):
     method, path = endpoint
-    resp = admin_client.open(path, method=method, data=raw, query_string=query, content_type="application/json",
+    resp = admin_client.open(path, method=method, data=raw, query_string=query,
+                             content_type="application/json",
                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     check(resp, method, path, "admin")
 
@@ -279,7 +297,8 @@ REAL = st.one_of(
     st.tuples(st.just("/api/chat"), encoded(chat_body())),
     st.tuples(st.just("/v1/chat/completions"), encoded(openai_chat_body())),
     st.tuples(st.just("/v1/completions"), encoded(openai_completion_body())),
-    st.tuples(st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]), encoded(anthropic_body())),
+    st.tuples(st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]),
+              encoded(anthropic_body())),
     st.tuples(st.just("/v1/responses"), encoded(responses_body())),
     st.tuples(st.sampled_from(["/api/show", "/api/pull", "/api/copy"]), encoded(name_body())),
     st.tuples(st.sampled_from([p for m, p in BODY_ENDPOINTS if m == "POST"]), GARBAGE),
@@ -290,23 +309,26 @@ REAL = st.one_of(
 @given(case=REAL)
 def test_fuzz_real_server(server, case):
     path, raw = case
-    resp = requests.post(server + path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+    resp = requests.post(server + path, data=raw, headers={"Content-Type": "application/json"},
+                         timeout=60)
     check(resp, "POST", path, "real-server")
 
 
 def test_real_server_still_serves_after_fuzzing(server):
-    resp = requests.post(server + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
-                                                         "options": {"num_predict": 3}}, timeout=60)
+    resp = requests.post(server + "/api/generate",
+                         json={"model": "tiny", "prompt": "hi", "stream": False,
+                               "options": {"num_predict": 3}}, timeout=60)
     assert resp.status_code == 200 and resp.json()["done"] is True
 
 
 # --- coverage --------------------------------------------------------------------------------
 
 FUZZED_RULES = {"/", "/api/version", "/api/tags", "/api/ps", "/health", "/metrics", "/v1/models",
-                "/v1/models/<path:name>", "/static/<path:filename>", "/api/show", "/api/delete", "/api/pull",
-                "/api/copy", "/api/create", "/api/push", "/api/generate", "/api/chat", "/v1/chat/completions",
-                "/v1/completions", "/v1/embeddings", "/api/embed", "/api/embeddings", "/api/blobs/<digest>",
-                "/api/llm-backends", "/api/llm-backends/<row_id>", "/api/llm-backends/<row_id>/toggle",
+                "/v1/models/<path:name>", "/static/<path:filename>", "/api/show", "/api/delete",
+                "/api/pull", "/api/copy", "/api/create", "/api/push", "/api/generate", "/api/chat",
+                "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/embed",
+                "/api/embeddings", "/api/blobs/<digest>", "/api/llm-backends",
+                "/api/llm-backends/<row_id>", "/api/llm-backends/<row_id>/toggle",
                 "/api/llm-backends/model/<path:model_name>", "/api/performance/comparison",
                 "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
                 # fuzzed in tests/test_fuzz_gateway.py

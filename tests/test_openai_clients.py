@@ -24,11 +24,13 @@ from .scripted_model import ANSWER, HELLO, THOUGHT, WEATHER
 Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
 
 
 class StubUpstream(BaseHTTPRequestHandler):
-    """Answers /v1/embeddings (one fixed vector per input) and /api/chat like Ollama; keeps the bodies."""
+    """Answers /v1/embeddings (one fixed vector per input) and /api/chat like Ollama; keeps the
+    bodies."""
 
     seen: list[bytes] = []
 
@@ -42,7 +44,8 @@ class StubUpstream(BaseHTTPRequestHandler):
             return
         inputs = json.loads(body)["input"]
         inputs = [inputs] if isinstance(inputs, str) else inputs
-        data = [{"object": "embedding", "embedding": [0.6, 0.8], "index": i} for i in range(len(inputs))]
+        data = [{"object": "embedding", "embedding": [0.6, 0.8], "index": i}
+                for i in range(len(inputs))]
         self._json({"object": "list", "data": data, "model": json.loads(body)["model"],
                     "usage": {"prompt_tokens": 3, "total_tokens": 3}})
 
@@ -89,7 +92,8 @@ def test_chat_non_streamed_and_streamed_agree(oai):
     whole = oai.chat.completions.create(**kw)
     assert whole.object == "chat.completion" and whole.system_fingerprint == "fp_ollama"
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 10
-    chunks = list(oai.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    chunks = list(oai.chat.completions.create(**kw, stream=True,
+                                              stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -99,10 +103,11 @@ def test_chat_non_streamed_and_streamed_agree(oai):
 
 
 def test_completions(oai):
-    whole = oai.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    whole = oai.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8,
+                                   temperature=0)
     assert whole.object == "text_completion" and whole.choices[0].finish_reason == "length"
-    parts = list(oai.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0,
-                                        stream=True))
+    parts = list(oai.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8,
+                                        temperature=0, stream=True))
     assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
     assert whole.usage.completion_tokens == 8
 
@@ -121,8 +126,10 @@ def test_tools_through_the_openai_client(oai):
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-    streamed = list(oai.chat.completions.create(model="tools", messages=Q, tools=[WEATHER_TOOL], stream=True))
+    assert (call.function.name == "get_weather"
+            and json.loads(call.function.arguments) == {"city": "Paris"})
+    streamed = list(oai.chat.completions.create(model="tools", messages=Q, tools=[WEATHER_TOOL],
+                                                stream=True))
     calls = [tc for c in streamed for tc in (c.choices[0].delta.tool_calls or [])]
     assert len(calls) == 1 and json.loads(calls[0].function.arguments) == {"city": "Paris"}
     assert streamed[-1].choices[0].finish_reason == "tool_calls"
@@ -143,12 +150,13 @@ def test_structured_output_through_the_openai_client(oai):
         name: str = Field(max_length=12)
         age: int = Field(ge=0, le=150)
 
-    parsed = oai.chat.completions.parse(model="tiny", messages=Q, response_format=Person, temperature=0)
+    parsed = oai.chat.completions.parse(model="tiny", messages=Q, response_format=Person,
+                                        temperature=0)
     assert isinstance(parsed.choices[0].message.parsed, Person)
     finished = 0
     for seed in range(1, 7):  # free-form JSON may nest on until max_tokens ("length")
-        out = oai.chat.completions.create(model="tiny", messages=Q, temperature=0.9, seed=seed, max_tokens=200,
-                                          response_format={"type": "json_object"})
+        out = oai.chat.completions.create(model="tiny", messages=Q, temperature=0.9, seed=seed,
+                                          max_tokens=200, response_format={"type": "json_object"})
         if out.choices[0].finish_reason == "stop":
             finished += 1
             assert isinstance(json.loads(out.choices[0].message.content), dict)
@@ -174,21 +182,27 @@ def test_errors_have_the_openai_shape(oai, bridges):
 
 def test_upstream_models_are_forwarded_unchanged(oai, bridges):
     kw = {"model": "up-only", "messages": Q, "temperature": 0, "max_tokens": 8}
-    direct = openai.OpenAI(base_url=bridges[1] + "/v1", api_key="x", max_retries=0).chat.completions.create(**kw)
+    direct = openai.OpenAI(base_url=bridges[1] + "/v1", api_key="x",
+                           max_retries=0).chat.completions.create(**kw)
     via = oai.chat.completions.create(**kw)
     assert via.choices[0].message.content == direct.choices[0].message.content
     streamed = list(oai.chat.completions.create(**kw, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in streamed) == direct.choices[0].message.content
+    assert ("".join(c.choices[0].delta.content or "" for c in streamed)
+            == direct.choices[0].message.content)
 
 
 def test_images_for_a_text_model_are_refused_or_forwarded(bridges):
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    body = {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]}
+    body = {"model": "tiny",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]}
     resp = requests.post(bridges[0] + "/v1/chat/completions", json=body, timeout=30)
-    assert resp.status_code == 400 and resp.json()["error"]["message"] == '"tiny" does not support images'
+    assert (resp.status_code == 400
+            and resp.json()["error"]["message"] == '"tiny" does not support images')
     native = requests.post(bridges[0] + "/api/chat", timeout=30, json={
-        "model": "tiny", "stream": False, "messages": [{"role": "user", "content": "hi", "images": ["iVBORw0KGgo="]}]})
-    assert native.status_code == 400 and native.json() == {"error": '"tiny" does not support images'}
+        "model": "tiny", "stream": False,
+        "messages": [{"role": "user", "content": "hi", "images": ["iVBORw0KGgo="]}]})
+    assert (native.status_code == 400
+            and native.json() == {"error": '"tiny" does not support images'})
 
 
 def test_embeddings_and_images_fall_back_to_the_upstream(tmp_path, stub_upstream, tiny_model_dir):
@@ -198,7 +212,8 @@ def test_embeddings_and_images_fall_back_to_the_upstream(tmp_path, stub_upstream
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         out = client.embeddings.create(model="embed-up", input=["a", "b"])
-        assert [d.embedding for d in out.data] == [[0.6, 0.8], [0.6, 0.8]] and out.model == "embed-up"
+        assert ([d.embedding for d in out.data] == [[0.6, 0.8], [0.6, 0.8]]
+                and out.model == "embed-up")
         assert json.loads(StubUpstream.seen[-1]) == {"model": "embed-up", "input": ["a", "b"],
                                                            "encoding_format": "base64"}
         forwarded = len(StubUpstream.seen)
@@ -207,8 +222,10 @@ def test_embeddings_and_images_fall_back_to_the_upstream(tmp_path, stub_upstream
         bad = requests.post(url + "/v1/embeddings", json={"model": "tiny", "input": []}, timeout=10)
         assert bad.status_code == 400 and bad.json()["error"]["message"] == "invalid input"
         chat = {"model": "tiny", "stream": False,
-                "messages": [{"role": "user", "content": "what is this?", "images": ["iVBORw0KGgo="]}]}
-        seen = requests.post(url + "/api/chat", json=chat, timeout=30)  # MLX cannot see: `auto` forwards
+                "messages": [{"role": "user", "content": "what is this?",
+                              "images": ["iVBORw0KGgo="]}]}
+        # MLX cannot see: `auto` forwards
+        seen = requests.post(url + "/api/chat", json=chat, timeout=30)
         assert seen.status_code == 200 and seen.json()["message"]["content"] == "a red square"
         assert json.loads(StubUpstream.seen[-1])["messages"][0]["images"] == ["iVBORw0KGgo="]
     finally:
@@ -224,7 +241,8 @@ def test_langchain_bind_tools_and_structured_output(bridges):
         """Current weather in a city."""
         return WEATHER
 
-    msg = ChatOllama(model="tools", base_url=bridges[0]).bind_tools([get_weather]).invoke("Weather in Paris?")
+    llm = ChatOllama(model="tools", base_url=bridges[0]).bind_tools([get_weather])
+    msg = llm.invoke("Weather in Paris?")
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Paris"})]
 
     class Person(BaseModel):

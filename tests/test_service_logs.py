@@ -1,4 +1,5 @@
-"""The server log: rotation past the size limit, stdout/stderr following it, `logs` and `logs -f`."""
+"""The server log: rotation past the size limit, stdout/stderr following it, `logs` and
+`logs -f`."""
 
 from __future__ import annotations
 

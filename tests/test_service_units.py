@@ -32,12 +32,14 @@ from bridge.service.units import (
 
 from .service_util import clean_env, mlx_bridge
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed on this machine")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed on this machine")
 
 
 class Recorder:
-    """Records launchctl/systemctl calls; real `systemd-analyze` runs; `fail` maps a verb to a status."""
+    """Records launchctl/systemctl calls; real `systemd-analyze` runs; `fail` maps a verb to a
+    status."""
 
     def __init__(self, fail: dict[str, int] | None = None) -> None:
         self.calls: list[list[str]] = []
@@ -75,7 +77,8 @@ def test_plist_is_rendered_from_the_template(tmp_path):
     assert plist["WorkingDirectory"] == str(spec.home)  # '&' and '<' survived XML escaping
     assert plist["ExitTimeOut"] == 22  # grace + margin, as an integer
     env = plist["EnvironmentVariables"]
-    assert env == {"MLX_BRIDGE_HOME": str(spec.home), "PATH": "/usr/bin:/bin", "OLLAMA_KEEP_ALIVE": "10m"}
+    assert env == {"MLX_BRIDGE_HOME": str(spec.home), "PATH": "/usr/bin:/bin",
+                   "OLLAMA_KEEP_ALIVE": "10m"}
 
 
 def test_plist_validation_names_the_problem(tmp_path):
@@ -114,7 +117,8 @@ def test_systemd_analyze_rejects_a_broken_unit(tmp_path):
 
 def test_launchd_install_and_uninstall_commands(tmp_path):
     runner = Recorder(fail={"bootout": 3})  # not loaded yet: bootout fails harmlessly
-    installer = Installer(platform="darwin", target_dir=tmp_path / "LaunchAgents", runner=runner, uid=501)
+    installer = Installer(platform="darwin", target_dir=tmp_path / "LaunchAgents", runner=runner,
+                          uid=501)
     spec = _spec(tmp_path, env={"PATH": "/bin", "MLX_BRIDGE_ADMIN_TOKEN": "s3cret"})
     installer.install(spec)
     path = tmp_path / "LaunchAgents" / f"{LABEL}.plist"
@@ -122,7 +126,8 @@ def test_launchd_install_and_uninstall_commands(tmp_path):
                             ["launchctl", "enable", f"gui/501/{LABEL}"],
                             ["launchctl", "bootstrap", "gui/501", str(path)]]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds the admin token
-    assert plistlib.loads(path.read_bytes())["EnvironmentVariables"]["MLX_BRIDGE_ADMIN_TOKEN"] == "s3cret"
+    plist_env = plistlib.loads(path.read_bytes())["EnvironmentVariables"]
+    assert plist_env["MLX_BRIDGE_ADMIN_TOKEN"] == "s3cret"
     assert spec.log_file.parent.is_dir()
 
     runner.calls.clear()
@@ -134,7 +139,8 @@ def test_launchd_install_and_uninstall_commands(tmp_path):
 def test_launchd_install_reports_a_failed_bootstrap(tmp_path):
     installer = Installer(platform="darwin", target_dir=tmp_path, uid=501,
                           runner=Recorder(fail={"bootstrap": 5}))
-    with pytest.raises(ServiceError, match=r"launchctl bootstrap .* failed \(5\): bootstrap failed"):
+    with pytest.raises(ServiceError,
+                       match=r"launchctl bootstrap .* failed \(5\): bootstrap failed"):
         installer.install(_spec(tmp_path))
 
 
@@ -190,7 +196,8 @@ def test_install_service_dry_run_changes_nothing(tmp_path, mappings_file):
 
 
 @pytest.mark.parametrize("platform", ["darwin", "linux"])
-def test_the_unit_is_never_readable_by_others_not_even_for_a_moment(tmp_path, monkeypatch, platform):
+def test_the_unit_is_never_readable_by_others_not_even_for_a_moment(tmp_path, monkeypatch,
+                                                                    platform):
     """Every file the install opens in the unit's directory is 0600 from its creation, also
     when an older install left the unit 0644 (the token must never sit in a readable file)."""
     import io

@@ -25,13 +25,15 @@ def store(tmp_path: Path) -> Store:
 def rec(model: str = "m", backend: str = "mlx", endpoint: str | None = None, status: str = "ok",
         latency: float = 100.0, tps: float | None = 50.0, **kw) -> RequestRecord:
     return RequestRecord(model=model, backend=backend, endpoint=endpoint, status=status,
-                         prompt_tokens=kw.pop("prompt_tokens", 10), eval_tokens=kw.pop("eval_tokens", 20),
-                         ttft_ms=kw.pop("ttft_ms", 5.0), latency_ms=latency, tokens_per_sec=tps, **kw)
+                         prompt_tokens=kw.pop("prompt_tokens", 10),
+                         eval_tokens=kw.pop("eval_tokens", 20), ttft_ms=kw.pop("ttft_ms", 5.0),
+                         latency_ms=latency, tokens_per_sec=tps, **kw)
 
 
 def test_create_get_update_toggle_delete(store: Store) -> None:
     row = store.create({"model_name": "m:latest", "backend_type": "mlx", "mlx_model": "org/m"})
-    assert (row.id, row.model_name, row.backend_type, row.enabled, row.priority) == (1, "m:latest", "mlx", True, 0)
+    assert (row.id, row.model_name, row.backend_type, row.enabled,
+            row.priority) == (1, "m:latest", "mlx", True, 0)
     assert row.created_at == row.updated_at and row.created_at.endswith("Z")
     assert store.get(row.id) == row
     time.sleep(0.002)
@@ -59,7 +61,8 @@ def test_rows_for_model_enabled_sorted_by_priority_then_id(store: Store) -> None
     high = store.create({"model_name": "Llama3", "backend_type": "mlx", "priority": 9})
     tie = store.create({"model_name": "llama3:latest", "backend_type": "ollama", "priority": 1,
                         "endpoint_url": "http://b:1"})
-    off = store.create({"model_name": "llama3", "backend_type": "auto", "priority": 50, "enabled": False})
+    off = store.create({"model_name": "llama3", "backend_type": "auto", "priority": 50,
+                        "enabled": False})
     store.create({"model_name": "llama3:8b", "backend_type": "mlx"})
     ids = [r.id for r in store.rows_for_model("LLAMA3:latest")]
     assert ids == [high.id, low.id, tie.id]  # disabled row and the other tag excluded
@@ -100,7 +103,8 @@ def test_stats_match_model_backend_and_endpoint(store: Store) -> None:
         rec("other", "mlx", latency=1, tps=1),
     ])
     s = store.stats(mlx)
-    assert (s.total_requests, s.total_errors, s.avg_tokens_per_sec, s.avg_latency_ms) == (4, 1, 50.0, 200.0)
+    assert (s.total_requests, s.total_errors, s.avg_tokens_per_sec,
+            s.avg_latency_ms) == (4, 1, 50.0, 200.0)
     s = store.stats(host_a)
     assert (s.total_requests, s.total_errors, s.avg_latency_ms) == (1, 0, 50.0)
     # no endpoint_url = the default upstream: endpoints that no other row of the model names
@@ -188,7 +192,8 @@ def test_prune_keeps_newest(store: Store) -> None:
 
 
 def test_comparison_percentiles_filters(store: Store) -> None:
-    store.record_many([rec("a", "mlx", latency=float(i), ttft_ms=2.0, tps=10.0) for i in range(1, 101)])
+    store.record_many([rec("a", "mlx", latency=float(i), ttft_ms=2.0, tps=10.0)
+                       for i in range(1, 101)])
     store.record_many([rec("a", "ollama", "http://h:1", latency=500.0, tps=30.0, ttft_ms=None),
                        rec("a", "ollama", "http://h:1", status="error", latency=1.0, tps=None,
                            fallback_from="mlx"),
@@ -196,13 +201,18 @@ def test_comparison_percentiles_filters(store: Store) -> None:
     models = {m["model"]: m for m in store.comparison()}
     assert set(models) == {"a:latest", "b:latest"}
     mlx, ollama = models["a:latest"]["backends"]
-    assert (mlx["backend"], mlx["requests"], mlx["errors"], mlx["error_rate"]) == ("mlx", 100, 0, 0.0)
-    assert (mlx["avg_latency_ms"], mlx["p50_latency_ms"], mlx["p95_latency_ms"]) == (50.5, 50.0, 95.0)
+    assert (mlx["backend"], mlx["requests"], mlx["errors"],
+            mlx["error_rate"]) == ("mlx", 100, 0, 0.0)
+    assert (mlx["avg_latency_ms"], mlx["p50_latency_ms"],
+            mlx["p95_latency_ms"]) == (50.5, 50.0, 95.0)
     assert (mlx["avg_ttft_ms"], mlx["avg_tokens_per_sec"]) == (2.0, 10.0)
-    assert (ollama["endpoint"], ollama["requests"], ollama["errors"], ollama["error_rate"]) == ("http://h:1", 2, 1, 0.5)
-    assert (ollama["p95_latency_ms"], ollama["avg_ttft_ms"], ollama["fallbacks"]) == (500.0, None, 1)
+    assert (ollama["endpoint"], ollama["requests"], ollama["errors"],
+            ollama["error_rate"]) == ("http://h:1", 2, 1, 0.5)
+    assert (ollama["p95_latency_ms"], ollama["avg_ttft_ms"],
+            ollama["fallbacks"]) == (500.0, None, 1)
     assert [m["model"] for m in store.comparison(model="A")] == ["a:latest"]
-    assert [m["model"] for m in store.comparison(since="2001-01-01T00:00:00.000000Z")] == ["a:latest"]
+    since = store.comparison(since="2001-01-01T00:00:00.000000Z")
+    assert [m["model"] for m in since] == ["a:latest"]
 
 
 def test_tracker_writes_on_its_thread_and_flush_waits(store: Store) -> None:
@@ -266,16 +276,21 @@ def test_tracker_prunes_old_records(store: Store, monkeypatch: pytest.MonkeyPatc
 def test_a_file_from_before_api_key_env_gets_the_column(tmp_path: Path) -> None:
     path = tmp_path / "bridge.db"
     with sqlite3.connect(path) as conn:  # the backends table as the first release made it
-        conn.execute("CREATE TABLE backends (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT NOT NULL, "
-                     "model_key TEXT NOT NULL, backend_type TEXT NOT NULL, endpoint_url TEXT, mlx_model TEXT, "
+        conn.execute("CREATE TABLE backends (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "model_name TEXT NOT NULL, model_key TEXT NOT NULL, "
+                     "backend_type TEXT NOT NULL, endpoint_url TEXT, mlx_model TEXT, "
                      "enabled INTEGER NOT NULL DEFAULT 1, priority INTEGER NOT NULL DEFAULT 0, "
                      "max_tokens INTEGER, temperature_default REAL, timeout_seconds REAL, "
-                     "description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, updated_at TEXT NOT NULL)")
-        conn.execute("INSERT INTO backends (model_name, model_key, backend_type, endpoint_url, created_at, "
-                     "updated_at) VALUES ('m:latest', 'm:latest', 'ollama', 'http://h:1', 't', 't')")
+                     "description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, "
+                     "updated_at TEXT NOT NULL)")
+        conn.execute("INSERT INTO backends (model_name, model_key, backend_type, endpoint_url, "
+                     "created_at, updated_at) "
+                     "VALUES ('m:latest', 'm:latest', 'ollama', 'http://h:1', 't', 't')")
     store = Store(path)
     [row] = store.rows_for_model("m")
     assert (row.endpoint_url, row.api_key_env) == ("http://h:1", None)
-    assert store.update(row.id, {"api_key_env": "MLX_BRIDGE_KEY_H"}).api_key_env == "MLX_BRIDGE_KEY_H"
+    updated = store.update(row.id, {"api_key_env": "MLX_BRIDGE_KEY_H"})
+    assert updated.api_key_env == "MLX_BRIDGE_KEY_H"
     store.close()
-    assert Store(path).rows_for_model("m")[0].api_key_env == "MLX_BRIDGE_KEY_H"  # opened again: no-op
+    # opened again: no-op
+    assert Store(path).rows_for_model("m")[0].api_key_env == "MLX_BRIDGE_KEY_H"

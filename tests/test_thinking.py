@@ -48,7 +48,8 @@ def test_splitter_without_opening_marker_is_all_content():
 
 
 def test_splitter_prompt_already_in_thinking_and_unclosed_thinking():
-    assert stream_pieces("reasoning...</think>done", 3, in_thinking=True) == ("reasoning...", "done")
+    assert stream_pieces("reasoning...</think>done", 3,
+                         in_thinking=True) == ("reasoning...", "done")
     assert stream_pieces("<think>never closed  ", 4) == ("never closed", "")
 
 
@@ -61,7 +62,8 @@ def test_capabilities_say_thinking_only_when_true(client):
 
 @pytest.mark.parametrize("think", [True, "high", None])
 def test_chat_splits_thinking_from_content(client, think):
-    body = {"model": "think", "messages": Q, "stream": False, **({} if think is None else {"think": think})}
+    body = {"model": "think", "messages": Q, "stream": False,
+            **({} if think is None else {"think": think})}
     msg = client.post("/api/chat", json=body).get_json()["message"]
     assert msg == {"role": "assistant", "content": HELLO, "thinking": THOUGHT}
 
@@ -83,20 +85,23 @@ def test_think_false_renders_the_template_without_reasoning(client):
 
 def test_generate_with_a_raw_prompt_that_opens_the_think_block(client):
     """The prompt ends inside <think>: the engine reports it, so the output starts as thinking."""
-    out = client.post("/api/generate", json={"model": "think", "prompt": "<|im_start|>assistant\n<think>",
+    out = client.post("/api/generate", json={"model": "think",
+                                             "prompt": "<|im_start|>assistant\n<think>",
                                              "raw": True, "stream": False}).get_json()
     assert (out["thinking"], out["response"]) == (THOUGHT, HELLO)
-    lines = [json.loads(x) for x in client.post("/api/generate", json={
-        "model": "think", "prompt": "<|im_start|>assistant\n<think>", "raw": True}).get_data(as_text=True).splitlines()]
+    streamed = client.post("/api/generate", json={
+        "model": "think", "prompt": "<|im_start|>assistant\n<think>", "raw": True})
+    lines = [json.loads(x) for x in streamed.get_data(as_text=True).splitlines()]
     assert "".join(x.get("thinking", "") for x in lines) == THOUGHT
     assert "".join(x["response"] for x in lines) == HELLO
 
 
 def test_non_thinking_model_rejects_think(client):
     resp = client.post("/api/chat", json={"model": "tiny", "messages": Q, "think": True})
-    assert resp.status_code == 400 and resp.get_json() == {"error": '"tiny" does not support thinking'}
-    ok = client.post("/api/chat", json={"model": "tiny", "messages": Q, "think": False, "stream": False,
-                                        "options": {"num_predict": 3}})
+    assert (resp.status_code == 400
+            and resp.get_json() == {"error": '"tiny" does not support thinking'})
+    ok = client.post("/api/chat", json={"model": "tiny", "messages": Q, "think": False,
+                                        "stream": False, "options": {"num_predict": 3}})
     assert ok.status_code == 200 and "thinking" not in ok.get_json()["message"]
 
 
@@ -106,22 +111,26 @@ def test_v1_reasoning_and_reasoning_effort(client):
     assert (msg["reasoning"], msg["content"]) == (THOUGHT, HELLO)
     off = client.post("/v1/chat/completions", json={**body, "reasoning_effort": "none"}).get_json()
     assert off["choices"][0]["message"] == {"role": "assistant", "content": HELLO}
-    events = sse(client.post("/v1/chat/completions", json={**body, "stream": True, "reasoning_effort": "high"}))
+    events = sse(client.post("/v1/chat/completions",
+                             json={**body, "stream": True, "reasoning_effort": "high"}))
     deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
     assert deltas[0] == {"role": "assistant", "reasoning": THOUGHT}
     assert deltas[1] == {"content": HELLO} and deltas[-1] == {}
     bad = client.post("/v1/chat/completions", json={**body, "reasoning_effort": "loads"})
     assert bad.status_code == 400 and bad.get_json()["error"]["type"] == "invalid_request_error"
-    refused = client.post("/v1/chat/completions", json={"model": "tiny", "messages": Q, "reasoning_effort": "low"})
-    assert refused.status_code == 400 and "does not support thinking" in refused.get_json()["error"]["message"]
+    refused = client.post("/v1/chat/completions",
+                          json={"model": "tiny", "messages": Q, "reasoning_effort": "low"})
+    assert (refused.status_code == 400
+            and "does not support thinking" in refused.get_json()["error"]["message"])
 
 
 def test_thinking_then_schema_constrained_answer(client):
     """With a format, the grammar starts after the think block: reasoning stays free."""
     schema = {"type": "object", "properties": {"mood": {"enum": ["sunny", "rainy"]}},
               "required": ["mood"], "additionalProperties": False}
-    out = client.post("/api/chat", json={"model": "think", "messages": Q, "think": True, "format": schema,
-                                         "stream": False, "options": {"temperature": 0}}).get_json()
+    out = client.post("/api/chat", json={"model": "think", "messages": Q, "think": True,
+                                         "format": schema, "stream": False,
+                                         "options": {"temperature": 0}}).get_json()
     assert out["message"]["thinking"] == THOUGHT
     assert json.loads(out["message"]["content"])["mood"] in ("sunny", "rainy")
     assert out["done_reason"] == "stop"
@@ -129,5 +138,6 @@ def test_thinking_then_schema_constrained_answer(client):
 
 def sse(resp) -> list[dict]:
     text = resp.get_data(as_text=True)
-    assert resp.headers["Content-Type"].startswith("text/event-stream") and text.endswith("data: [DONE]\n\n")
+    assert (resp.headers["Content-Type"].startswith("text/event-stream")
+            and text.endswith("data: [DONE]\n\n"))
     return [json.loads(e[len("data: "):]) for e in text.split("\n\n") if e and e != "data: [DONE]"]

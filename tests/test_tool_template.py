@@ -1,7 +1,8 @@
-"""The tool-capable ChatML template GGUF imports of SmolLM2 / Qwen2.5 get (importer/chat_templates.py):
-chats without tools render exactly as the GGUF's own template does, tools render Hermes-style
-as Ollama's template does, the capability appears, and a `<tool_call>` the model writes comes
-back as `message.tool_calls` (a scripted tiny model through the real engine)."""
+"""The tool-capable ChatML template GGUF imports of SmolLM2 / Qwen2.5 get
+(importer/chat_templates.py): chats without tools render exactly as the GGUF's own template
+does, tools render Hermes-style as Ollama's template does, the capability appears, and a
+`<tool_call>` the model writes comes back as `message.tool_calls` (a scripted tiny model through
+the real engine)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ from .scripted_model import TOOLS_SCRIPT, build_scripted_model, start_app
 # A GGUF's own template in SmolLM2's shape: ChatML with a default system turn and no tools.
 OWN = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
        "{{ '<|im_start|>system\nYou are Tiny.<|im_end|>\n' }}{% endif %}"
-       "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+       "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+       "{% endfor %}"
        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-       "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-       "max_position_embeddings": 512}
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5,
+       "rope_theta": 10000.0, "max_position_embeddings": 512}
 CHATS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -51,19 +54,23 @@ def test_tools_render_in_the_system_turn_and_calls_and_results_hermes_style():
             {"role": "tool", "content": "Sunny"}]
     out = render(chatml_tools_template("You are Tiny."), chat, tools=[WEATHER])
     assert out == (
-        "<|im_start|>system\nYou are Tiny.\n\n# Tools\n\nYou may call one or more functions to assist "
-        "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML "
-        f"tags:\n<tools>\n{json.dumps(WEATHER)}\n</tools>\n\nFor each function call, return a json object "
+        "<|im_start|>system\nYou are Tiny.\n\n# Tools\n\nYou may call one or more functions "
+        "to assist with the user query.\n\nYou are provided with function signatures within "
+        "<tools></tools> XML tags:\n<tools>\n"
+        f"{json.dumps(WEATHER)}\n</tools>\n\nFor each function call, return a json object "
         "with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
         '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\nWeather?<|im_end|>\n"
-        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nSunny\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nSunny\n"
+        "</tool_response><|im_end|>\n"
         "<|im_start|>assistant\n")
 
 
 def test_templates_that_are_not_plain_chatml_are_left_alone():
-    zephyr = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}<|assistant|>\n"
+    zephyr = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n"
+              "{% endfor %}<|assistant|>\n")
     assert with_tools(zephyr) is None
     trimmed = OWN.replace("message['content']", "message['content'] | trim")  # changes a prompt
     assert with_tools(trimmed) is None
@@ -71,7 +78,8 @@ def test_templates_that_are_not_plain_chatml_are_left_alone():
 
 @pytest.fixture(scope="module")
 def tiny_gguf_tok(tmp_path_factory):
-    return bpe_tokenizer_meta(build_tiny_model(tmp_path_factory.mktemp("tok") / "tok") / "tokenizer.json")
+    tok_dir = build_tiny_model(tmp_path_factory.mktemp("tok") / "tok")
+    return bpe_tokenizer_meta(tok_dir / "tokenizer.json")
 
 
 @pytest.mark.parametrize(("basename", "gets_tools"), [("smollm2", True), ("Qwen2.5", True),
@@ -79,8 +87,8 @@ def tiny_gguf_tok(tmp_path_factory):
 def test_gguf_import_gives_the_families_ollama_serves_with_tools_the_tool_template(
         tmp_path, tiny_gguf_tok, basename, gets_tools):
     cfg = {**CFG, "vocab_size": len(tiny_gguf_tok["tokens"])}
-    gguf = write_gguf(tmp_path / "m.gguf", "llama", cfg, random_weights("llama", cfg), tiny_gguf_tok,
-                      chat_template=OWN, strings={"general.basename": basename})
+    gguf = write_gguf(tmp_path / "m.gguf", "llama", cfg, random_weights("llama", cfg),
+                      tiny_gguf_tok, chat_template=OWN, strings={"general.basename": basename})
     path = import_model(str(gguf), tmp_path / "home", name="m").path
     config = json.loads((path / "tokenizer_config.json").read_text())
     capabilities = describe_model(path).capabilities
@@ -94,7 +102,8 @@ def test_gguf_import_gives_the_families_ollama_serves_with_tools_the_tool_templa
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("smoltools")
-    scripted = build_scripted_model(root / "smol", TOOLS_SCRIPT, chatml_tools_template("You are Tiny."))
+    scripted = build_scripted_model(root / "smol", TOOLS_SCRIPT,
+                                    chatml_tools_template("You are Tiny."))
     app = start_app(root, {"smol": {"mlx": str(scripted), "backend": "mlx"}})
     yield app.test_client()
     app.extensions["bridge"].stop()
