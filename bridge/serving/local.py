@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +69,7 @@ class JobStream:
         self.client_gone = client_gone
         engine.submit(job)
         self._done = False
+        self._probed = time.monotonic()
 
     def __iter__(self) -> Iterator[Chunk | Done | Embedded]:
         while not self._done:
@@ -84,16 +86,30 @@ class JobStream:
         waited = 0.0
         while True:
             try:
-                return self.job.events.get(timeout=poll)
+                event = self.job.events.get(timeout=poll)
             except queue.Empty:
                 waited += poll
-            if self.client_gone is not None and self.client_gone():
-                self.close()
-                log.info("client disconnected, job canceled request_id=%s", self.job.request_id)
-                raise ClientClosed("client disconnected")
+                self._check_client(force=True)
+            else:
+                # Asked while events flow too: a steady stream of tokens must not hide a hang-up.
+                self._check_client(force=False)
+                return event
             if waited >= _EVENT_TIMEOUT:
                 self.close()
                 raise EngineError("the MLX engine stopped responding")
+
+    def _check_client(self, force: bool) -> None:
+        """At most every quarter second (or now, after a wait): cancel if the client hung up."""
+        if self.client_gone is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._probed < _CLIENT_POLL:
+            return
+        self._probed = now
+        if self.client_gone():
+            self.close()
+            log.info("client disconnected, job canceled request_id=%s", self.job.request_id)
+            raise ClientClosed("client disconnected")
 
     def close(self) -> None:
         if not self._done:
