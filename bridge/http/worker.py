@@ -180,12 +180,9 @@ class BridgeWorker(ThreadWorker):
     def _on_readable(self, conn: BridgeConn, _sock: Any) -> None:
         request = conn.request
         assert request is not None
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, RECV_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away before its request was complete
             self._drop(conn)
             return
@@ -308,12 +305,9 @@ class BridgeWorker(ThreadWorker):
         self.lingering.add(conn)
 
     def _on_linger_readable(self, conn: BridgeConn, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(LINGER_DRAIN)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, LINGER_DRAIN)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_DRAIN:
             self._end_linger(conn)
@@ -351,3 +345,14 @@ class BridgeWorker(ThreadWorker):
             log.warning("grace period over, ending in-flight requests grace=%gs open=%d",
                         grace, self.nr_conns)
             self.wsgi.extensions["bridge"].stop()
+
+
+def _recv(sock: Any, size: int) -> bytes | None:
+    """Up to `size` bytes from a non-blocking socket: None when nothing is there yet, b"" once
+    the peer has closed or reset the connection."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
