@@ -92,7 +92,7 @@ def messages() -> Response:
         req, layer = native_request(body)
         relax_thinking(req, model)
         writer = MessagesWriter(req.model, estimate_input_tokens(layer.native), layer.show_thinking,
-                                layer.max_calls)
+                                layer.max_calls, layer.context)
         return chat_handler(req, AnthropicResponder(writer, req.stream))(model, plan)
 
     return dispatch(name, request.path, raw, local)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import BadRequest, Unsupported
+from bridge.wire.anthropic_context import apply_edits, parse_edits
 from bridge.wire.jsonbody import Fields
 
 STRUCT = "MessagesRequest"
 # Honoured by the conversion below.
 HONOURED = frozenset({"model", "messages", "max_tokens", "system", "stop_sequences", "stream",
                       "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking",
-                      "output_config", "metadata"})
+                      "output_config", "metadata", "context_management"})
 # Accepted with nothing to do: one service tier; prompt caching is automatic (prompt cache).
 NO_EFFECT = frozenset({"service_tier", "cache_control"})
 SERVICE_TIERS = ("auto", "standard_only")
@@ -39,6 +40,7 @@ class MessagesPlan:
     show_thinking: bool = True  # thinking.display "omitted" sends empty thinking blocks
     max_calls: int | None = None  # disable_parallel_tool_use: at most one tool_use block
     user_id: str = ""  # metadata.user_id, for the request log
+    context: dict[str, Any] | None = None  # context_management.applied_edits, when asked for
 
 
 def messages_check(body: dict[str, Any], counting: bool = False) -> str:
@@ -80,7 +82,12 @@ def messages_to_native(body: dict[str, Any], counting: bool = False) -> Messages
         native["think"] = think
     if "format" in config:
         native["format"] = config["format"]
-    return MessagesPlan(native, forced, show, max_calls, metadata_user(f.raw("metadata")))
+    plan = MessagesPlan(native, forced, show, max_calls, metadata_user(f.raw("metadata")))
+    if f.raw("context_management") is not None:
+        edits = parse_edits(f.raw("context_management"))
+        applied = apply_edits(native["messages"], edits, estimate_input_tokens(native))
+        plan.context = {"applied_edits": applied}
+    return plan
 
 
 def refuse_unknown(body: dict[str, Any]) -> None:

@@ -67,8 +67,9 @@ class MessagesWriter:
     """
 
     def __init__(self, model: str, input_estimate: int = 0, show_thinking: bool = True,
-                 max_calls: int | None = None) -> None:
+                 max_calls: int | None = None, context: dict[str, Any] | None = None) -> None:
         self.model, self.input_estimate = model, input_estimate
+        self.context = context  # context_management.applied_edits, reported when asked for
         self.show_thinking, self.max_calls = show_thinking, max_calls
         self.id = "msg_" + secrets.token_hex(12)
         self.index = -1  # the content block being written
@@ -91,7 +92,8 @@ class MessagesWriter:
         stop = str(final.get("stop_sequence") or "")
         reason = stop_reason(final.get("done_reason"), bool(calls), stop)
         return {**self._head(), "content": content, "stop_reason": reason,
-                "stop_sequence": stop if reason == "stop_sequence" else None, "usage": usage(final)}
+                "stop_sequence": stop if reason == "stop_sequence" else None, "usage": usage(final),
+                **self._context()}
 
     def events(self, lines: Iterable[dict[str, Any]]) -> Iterator[str]:
         """The SSE stream: message_start, ping, content blocks, message_delta, message_stop."""
@@ -132,7 +134,7 @@ class MessagesWriter:
         yield sse({"type": "message_delta",
                    "delta": {"stop_reason": reason,
                              "stop_sequence": stop if reason == "stop_sequence" else None},
-                   "usage": usage(final)}, "message_delta")
+                   "usage": usage(final), **self._context()}, "message_delta")
         yield sse({"type": "message_stop"}, "message_stop")
 
     def _open(self, kind: str, block: dict[str, Any]) -> Iterator[str]:
@@ -158,6 +160,9 @@ class MessagesWriter:
             calls = calls[: max(self.max_calls - self.calls, 0)]
         self.calls += len(calls)
         return calls
+
+    def _context(self) -> dict[str, Any]:
+        return {"context_management": self.context} if self.context is not None else {}
 
     def _head(self) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
