@@ -103,7 +103,7 @@ function pullBox() {
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter") pull(input.value.trim());
   });
-  return el("div", { class: "pull", role: "group", "aria-labelledby": "pull-label" },
+  return el("div", { class: "pull" },
     el("label", { id: "pull-label", for: "pull-name" }, "Pull a model"), input,
     el("button", { type: "button", id: "pull-start", onclick: () => pull(input.value.trim()) },
       "Pull"),
