@@ -101,10 +101,13 @@ function chart(key, title, digits, data) {
     if (entry) entry.plot.destroy();
     const series = [{}, ...labels.map((label, i) => ({
       label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
+      // TTFT and the error rate have gaps (no requests): a lone bucket shows as a dot
+      points: { show: key === "ttft_ms" || key === "error_rate", size: 6 },
       value: (u, v) => (v === null || v === undefined ? "—" : v.toFixed(digits)),
     }))];
     const plot = new window.uPlot({
-      width, height: 180, series, scales: { x: { time: true } },
+      width, height: 180, series,
+      scales: { x: { time: true }, y: key === "error_rate" ? { range: [0, 1] } : {} },
       axes: [{}, { size: 50 }], legend: { live: false },
     }, rows, figure.querySelector(".plot"));
     entry = charts[key] = { plot, labels, width };
