@@ -243,6 +243,33 @@ def test_toggling_a_row_in_the_page_switches_who_serves_the_next_chat(page, serv
         requests.delete(f"{url}/api/llm-backends/{row}", headers=ADMIN, timeout=10)
 
 
+def test_rows_are_created_edited_and_deleted_from_the_page(page, servers):
+    url, _ = servers
+    _open(page, url, "backends")
+    _use_token(page)
+    page.get_by_label("Model name").fill("Up-Only")
+    page.get_by_label("Backend type").select_option("ollama")
+    page.get_by_label("Priority (higher first)").fill("3")
+    page.get_by_label("Description").fill("made in the page")
+    page.get_by_role("button", name="Create").click()
+    page.wait_for_selector("#notice:has-text('created')")
+    (row,) = [r for r in _rows(url) if r["model_name"].lower() == "up-only:latest"]
+    name = row["model_name"]
+    assert (row["backend_type"], row["priority"], row["enabled"]) == ("ollama", 3, True)
+    assert row["description"] == "made in the page"
+    page.get_by_role("button", name=f"Edit row {row['id']} ({name} ollama)").click()
+    assert page.get_by_label("Priority (higher first)").input_value() == "3"
+    page.get_by_label("Priority (higher first)").fill("7")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_selector(f"#notice:has-text('row {row['id']} saved')")
+    assert requests.get(f"{url}/api/llm-backends/{row['id']}", headers=ADMIN,
+                        timeout=10).json()["priority"] == 7
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Delete row {row['id']} ({name} ollama)").click()
+    page.wait_for_selector("#notice:has-text('deleted')")
+    assert all(r["id"] != row["id"] for r in _rows(url))
+
+
 def test_live_charts_update_after_requests_without_a_reload(page, servers, shots):
     url, _ = servers
     _open(page, url, "live")
