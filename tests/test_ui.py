@@ -174,6 +174,9 @@ def test_ui_is_served_offline_with_the_bridges_guards(servers):
     assert requests.get(url + "/ui/js/nope.js", timeout=5).status_code == 404
     bad = requests.get(url + "/api/ui/live?step=0", timeout=5)
     assert bad.status_code == 400 and "step" in bad.json()["error"]
+    bad = requests.get(url + "/api/ui/live?windw=60", timeout=5)
+    assert bad.status_code == 400 and "'windw'" in bad.json()["error"]
+    assert requests.get(url + "/api/ui/models?all=1", timeout=5).status_code == 400
 
 
 def test_models_page_lists_mlx_and_upstream_models(page, servers, shots):
@@ -198,6 +201,32 @@ def test_models_page_lists_mlx_and_upstream_models(page, servers, shots):
     page.get_by_role("button", name="Load tiny:latest").click()
     assert wait_until(lambda: "tiny:latest" in _ps(url), timeout=20)
     page.get_by_role("button", name="Unload tiny:latest").wait_for()
+
+
+def test_a_model_an_admin_row_sends_elsewhere_is_listed_as_remote(page, servers, httpserver):
+    """A third Ollama endpoint (a plain HTTP server answering /api/tags and /api/ps) that only
+    an admin row names: its model appears with that endpoint as where it lives."""
+    url, _ = servers
+    httpserver.expect_request("/api/tags").respond_with_json(
+        {"models": [{"name": "far:7b", "model": "far:7b", "size": 4_000_000_000}]})
+    httpserver.expect_request("/api/ps").respond_with_json({"models": [
+        {"name": "far:7b", "size": 5_000_000_000, "expires_at": "2030-01-01T00:00:00Z"}]})
+    remote = httpserver.url_for("/").rstrip("/")
+    r = requests.post(url + "/api/llm-backends", headers=ADMIN, timeout=10, json={
+        "model_name": "far:7b", "backend_type": "ollama", "endpoint_url": remote})
+    assert r.status_code == 201
+    try:
+        listed = requests.get(url + "/api/ui/models", timeout=10).json()["models"]
+        (far,) = [m for m in listed if m["name"] == "far:7b"]
+        assert (far["kind"], far["where"], far["loaded"], far["memory"]) == (
+            "remote", remote, True, 5_000_000_000)
+        _open(page, url, "models")
+        row = page.locator("#models tr", has=page.locator("[data-model='far:7b']"))
+        row.wait_for()
+        assert row.locator(".badge").inner_text() == "ollama (remote)"
+        assert remote in row.inner_text() and "4.0 GB" in row.inner_text()
+    finally:
+        requests.delete(f"{url}/api/llm-backends/{r.json()['id']}", headers=ADMIN, timeout=10)
 
 
 def _ps(url: str) -> set[str]:

@@ -72,6 +72,7 @@ def _page(response: Response) -> Response:
 def models() -> Response:
     """Every model the bridge can answer for, one row each: name, backend, where, size,
     capabilities, loaded, memory, expires (the upstream's rows as its /api/tags and /api/ps say)."""
+    _only_args()
     state = bridge()
     local = _local_rows()
     seen = {_key(r["name"]) for r in local}
@@ -161,6 +162,14 @@ def _remote_rows(default_url: str | None, seen: set[str]) -> list[dict[str, Any]
 # ---- /api/ui/live -----------------------------------------------------------------------------
 
 
+def _only_args(*allowed: str) -> None:
+    """A query parameter is honoured or refused, never silently ignored."""
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        takes = f"only {', '.join(allowed)}" if allowed else "no parameters"
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}: this endpoint takes {takes}")
+
+
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -174,6 +183,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def live() -> Response:
     """Per-backend series over the last `window` seconds in `step`-second buckets, the newest
     requests, the engine's queue and health, and the endpoints' breaker states."""
+    _only_args("window", "step")
     window = _int_arg("window", 300, 10, 3600)
     step = _int_arg("step", 5, 1, 300)
     state = bridge()
