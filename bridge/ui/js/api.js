@@ -118,7 +118,9 @@ export function clearNotice() {
 
 // The message for a refused admin write: what to do about it, then the server's words.
 export function adminError(error) {
-  if (error.status === 401 || error.status === 403) {
+  // 401: a token is configured and this one is missing or wrong; 403: none is configured (the
+  // server's message says how to set one)
+  if (error.status === 401) {
     const hint = token.get() ? "The admin token was refused." : "Enter the admin token first.";
     return `${hint} ${error.message}`;
   }
