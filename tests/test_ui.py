@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,6 +374,37 @@ def test_compare_page_shows_both_backends_of_a_model(page, servers, shots):
     labels = set(card.locator(".bar-label").all_inner_texts())
     assert labels == {"mlx", f"ollama@{up_url}"}
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+
+def test_heavy_ui_polling_does_not_slow_other_requests(servers):
+    """Many tabs polling the largest live window (3600 buckets) and the model table at once:
+    /api/version and a short chat beside them still answer within a couple of seconds."""
+    url, _ = servers
+    t0 = time.monotonic()
+    _chat(url)  # the model loaded; the time of a chat alone, for comparison
+    alone_s = time.monotonic() - t0
+    stop = time.monotonic() + 4
+    pollers: list[threading.Thread] = []
+
+    def poll(path: str) -> None:
+        while time.monotonic() < stop:
+            assert requests.get(url + path, timeout=30).status_code == 200
+
+    for path in ("/api/ui/live?window=3600&step=1",) * 6 + ("/api/ui/models",) * 2:
+        pollers.append(threading.Thread(target=poll, args=(path,)))
+        pollers[-1].start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert requests.get(url + "/api/version", timeout=10).status_code == 200
+    version_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    _chat(url)
+    chat_s = time.monotonic() - t0
+    for thread in pollers:
+        thread.join(30)
+    print(f"chat alone={alone_s:.3f}s; beside ui polling: version={version_s:.3f}s "
+          f"chat={chat_s:.3f}s")
+    assert version_s < 2 and chat_s < 3, (version_s, chat_s)
 
 
 def test_keyboard_and_a_narrow_window(browser, servers, shots):
