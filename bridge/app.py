@@ -15,6 +15,7 @@ from bridge.api import openai as openai_api
 from bridge.api import proxy as proxy_api
 from bridge.api import pull as pull_api
 from bridge.api import responses as responses_api
+from bridge.api import ui as ui_api
 from bridge.config import Config, load_config
 from bridge.engine import Engine
 from bridge.engine.structured import TokenizerTables
@@ -59,6 +60,6 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
         puller=Puller(registry.downloads_dir), tables=TokenizerTables())
     web.install(app)
     for blueprint in (models_api.bp, api.bp, openai_api.bp, anthropic_api.bp, responses_api.bp,
-                      proxy_api.bp, pull_api.bp, admin.bp, gateway_api.bp):
+                      proxy_api.bp, pull_api.bp, admin.bp, gateway_api.bp, ui_api.bp):
         app.register_blueprint(blueprint)
     return app

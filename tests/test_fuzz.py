@@ -333,7 +333,9 @@ FUZZED_RULES = {"/", "/api/version", "/api/tags", "/api/ps", "/health", "/metric
                 "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
                 # fuzzed in tests/test_fuzz_gateway.py
                 "/api/models", "/api/models/<path:name>", "/api/mlx/models",
-                "/api/mlx/load/<path:name>", "/api/health"}
+                "/api/mlx/load/<path:name>", "/api/health",
+                # fuzzed in tests/test_fuzz_ui.py
+                "/ui", "/ui/", "/ui/<path:asset>", "/api/ui/models", "/api/ui/live"}
 
 
 def test_every_route_is_fuzzed(app):

@@ -147,6 +147,8 @@ def _end_request(response: Response) -> Response:
     """Log the request when its response is closed: a stream's `ms` is the whole stream."""
     ctx = context()
     response.headers["X-Request-ID"] = ctx.request_id
+    if ctx.backend != "-":  # who served it (the Admin UI's playground shows it)
+        response.headers["X-Bridge-Backend"] = ctx.backend
     method, path, status = request.method, request.path, response.status_code
     response.call_on_close(lambda: log.info(
         "request request_id=%s method=%s path=%s status=%d backend=%s model=%s ms=%.1f",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import Conflict, StoreUnavailable
+from bridge.stats.live import live_view
 from bridge.stats.perf import BackendStats, backend_stats, comparison
 from bridge.wire.names import ModelName
 
@@ -399,6 +400,14 @@ class Store:
         """Per model, per backend and endpoint: counts, error rate, latency percentiles, speed."""
         with self._report_db() as conn:
             return comparison(conn, model_key(model) if model else None, since)
+
+    def live(self, start: int, end: int, step: int, recent: int) -> dict[str, Any]:
+        """Per-backend series in `step`-second buckets from `start` to `end` (epoch seconds) and
+        the newest `recent` requests (the Admin UI's live page)."""
+        since = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="microseconds")
+        since = since.replace("+00:00", "Z")  # the stored form, so text comparison orders it
+        with self._report_db() as conn:
+            return live_view(conn, since, start, end, step, recent)
 
 
 def _clip(text: str | None, limit: int) -> str | None:
