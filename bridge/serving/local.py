@@ -174,6 +174,8 @@ class LocalBackend:
         spec = job.spec
         if spec is None or spec.embed_inputs is not None or spec.tokens is not None:
             return
+        if "vision" in model.description.capabilities:
+            return  # mlx-vlm's processor makes the tokens with the images (engine/vision.py)
         context = job.options.context(model.description.context_length)
         spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
 

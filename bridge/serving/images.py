@@ -1,0 +1,50 @@
+"""Request images for a vision model: base64 decoded and checked here, on the request thread.
+
+The wire layer has already checked each image is base64 and within MLX_BRIDGE_MAX_IMAGE_BYTES
+and that the request carries at most MLX_BRIDGE_MAX_IMAGES (bridge/wire/limits.py). Here each
+one is decoded with Pillow (not MLX), so a file that is not an image, or an image whose pixel
+count would blow up memory once decoded, is a 400 before the engine sees the job, and the
+engine thread never spends time decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from bridge.errors import BadRequest
+
+# Decoded pixels per image: a small PNG can claim 50000x50000 (a "decompression bomb").
+MAX_PIXELS = 40_000_000
+
+
+def decode_images(images: list[str], where: str) -> list[Any]:
+    """The images as RGB Pillow images; BadRequest naming the first bad one."""
+    return [decode_image(data, f"{where}[{i}]") for i, data in enumerate(images)]
+
+
+def decode_image(data: str, where: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where} is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadRequest(f"image too large: {where} is {width}x{height} pixels (the "
+                                 f"limit is {MAX_PIXELS} pixels)")
+            return img.convert("RGB")  # decodes the whole image: a truncated file fails here
+    except BadRequest:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"{where} is not a valid image ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text.split(" <_io.")[0] if text else type(exc).__name__
