@@ -20,6 +20,7 @@ from bridge.modelinfo.vision import is_vision_config
 log = logging.getLogger(__name__)
 
 FOREVER = float("inf")
+VISION_EXTRA = "vision models need mlx-vlm: pip install 'mlx-bridge[vision]'"
 
 
 @dataclass
@@ -81,8 +82,11 @@ def load_vision(path: str) -> tuple[Any, Any, Any]:
     renders the chat template and turns images into pixel values.
     """
     from mlx_lm.utils import load_tokenizer
-    from mlx_vlm import load
 
+    try:
+        from mlx_vlm import load
+    except ImportError as exc:
+        raise ModelLoadError(f"{VISION_EXTRA} ({exc})") from None
     try:
         model, processor = load(path)
         tokenizer = load_tokenizer(Path(path))

@@ -14,7 +14,7 @@ import binascii
 import io
 from typing import Any
 
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, Unsupported
 
 # Decoded pixels per image: a small PNG can claim 50000x50000 (a "decompression bomb").
 MAX_PIXELS = 40_000_000
@@ -26,7 +26,11 @@ def decode_images(images: list[str], where: str) -> list[Any]:
 
 
 def decode_image(data: str, where: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:  # the `vision` extra is not installed: another backend may serve it
+        raise Unsupported("vision models need Pillow and mlx-vlm: "
+                          "pip install 'mlx-bridge[vision]'") from None
 
     try:
         raw = base64.b64decode(data, validate=False)
