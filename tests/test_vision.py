@@ -222,6 +222,35 @@ def test_ps_shows_the_vlm_memory(url):
     assert models[f"{VLM}:latest"]["size"] > 0 and models[f"{VLM}:latest"]["size_vram"] >= 0
 
 
+def test_keep_alive_zero_unloads_the_vlm(url):
+    resp = chat(url, [{"role": "user", "content": QUESTION, "images": [b64(IMG_C)]}],
+                keep_alive=0)
+    assert resp.status_code == 200, resp.text
+    names = [m["name"] for m in requests.get(url + "/api/ps", timeout=10).json()["models"]]
+    assert f"{VLM}:latest" not in names
+
+
+def test_format_and_token_count_with_an_image(url):
+    """Structured output constrains a VLM's answer; /v1/messages/count_tokens counts the image's
+    tokens (the processor's expansion, not one placeholder)."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    resp = chat(url, [{"role": "user", "content": QUESTION, "images": [b64(IMG_A)]}],
+                format=schema, options={"temperature": 0, "num_predict": 80})
+    assert resp.status_code == 200, resp.text
+    assert isinstance(json.loads(resp.json()["message"]["content"])["a"], int)
+
+    def count(*images: bytes) -> int:
+        blocks = [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                               "data": b64(i)}} for i in images]
+        r = requests.post(url + "/v1/messages/count_tokens", json={"model": VLM, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": QUESTION}, *blocks]}]},
+            timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["input_tokens"]
+
+    assert count(IMG_A, IMG_B) - count(IMG_A) == 6
+
+
 def test_a_text_model_answers_while_a_vlm_request_runs(url):
     """A long streamed VLM generation runs one token per engine step beside the text model's
     job: the text request is answered within seconds while the VLM stream is still going; the

@@ -1,18 +1,19 @@
 """The vision path: a vision-language model's jobs, one at a time, on mlx-vlm. Engine thread only.
 
-A job for a VLM (with images or without) is admitted here rather than in prepare.admit: mlx-vlm's
-processor renders the chat (each message's images become the model's placeholders), cuts the
-images into patches and expands the placeholders to one token per image feature, so the prompt
-tokens exist only after the images are known. The runner then drives mlx-vlm's `generate_step`
-one token per engine step, like SingleRunner, so the other models' runners keep taking their
-turns between two tokens of a VLM job. The first step runs the vision tower and the whole
-prefill (mlx-vlm has no progress callback to stop it half-way; cancellation is seen at the next
-step).
+A job for a VLM is admitted here rather than in prepare.admit. With images, mlx-vlm's processor
+renders the chat (each message's images become the model's placeholders), cuts the images into
+patches and expands the placeholders to one token per image feature, so the prompt tokens exist
+only after the images are known. Without images the request thread has tokenized the prompt as
+for a text model (bridge/serving/prompting.py), and those tokens are used as they are.
+
+The runner drives mlx-vlm's `generate_step` one token per engine step, like SingleRunner, so
+the other models' runners keep taking their turns between two tokens of a VLM job. The first
+step runs the vision tower and the whole prefill (mlx-vlm has no progress callback to stop it
+half-way; cancellation is seen at the next step).
 
 No prompt cache: a cached prefix holds the image features of the request that made it, and the
 token ids of two different images are the same placeholders, so a reuse across images would
-answer about the wrong picture. Each job prefills from scratch (images are small next to a text
-prompt's cost on the model sizes a VLM runs at).
+answer about the wrong picture. Each job prefills from scratch.
 """
 
 from __future__ import annotations
@@ -52,10 +53,15 @@ class VisionEntry(Entry):
 def admit_vision(job: Job, loaded: LoadedModel, load_ns: int) -> VisionEntry:
     """Render the chat with its images, run the processor, fit the window (raises BridgeError)."""
     assert job.spec is not None
-    text, images = render(loaded, job.spec)
-    inputs = _process(loaded, text, images)
-    processed = [int(t) for t in inputs.pop("input_ids").reshape(-1).tolist()]
-    tokens = _with_context(job.spec, processed, loaded)
+    if job.spec.tokens is not None:  # text only, tokenized on the request thread (cut to fit)
+        images: list[Any] = []
+        inputs: dict[str, Any] = {}
+        processed = tokens = list(job.spec.tokens)
+    else:
+        text, images = render(loaded, job.spec)
+        inputs = _process(loaded, text, images)
+        processed = [int(t) for t in inputs.pop("input_ids").reshape(-1).tolist()]
+        tokens = _with_context(job.spec, processed, loaded)
     context = job.options.context(loaded.context_length)
     if images and len(tokens) >= context:  # cutting the front would cut image placeholders
         raise BadRequest(f"the prompt with its images is {len(tokens)} tokens, more than the "
