@@ -124,6 +124,22 @@ def test_several_images_per_message_and_across_messages(url):
     assert resp.json()["prompt_eval_count"] > two["prompt_eval_count"] + per_image
 
 
+def test_images_on_a_tool_result_count_and_on_an_assistant_turn_are_400(url):
+    """A tool's screenshot reaches the model; an assistant turn cannot carry images (mlx-vlm
+    places image tokens on user turns), which is said rather than dropped."""
+    base = [{"role": "user", "content": "look"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "shot", "arguments": {}}}]}]
+    plain = chat(url, [*base, {"role": "tool", "content": "done", "tool_name": "shot"}])
+    shot = chat(url, [*base, {"role": "tool", "content": "done", "tool_name": "shot",
+                              "images": [b64(IMG_A)]}])
+    assert plain.status_code == 200 and shot.status_code == 200, (plain.text, shot.text)
+    assert shot.json()["prompt_eval_count"] == plain.json()["prompt_eval_count"] + 6
+    bad = chat(url, [{"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": "x", "images": [b64(IMG_A)]}])
+    assert bad.status_code == 400 and "not on 'assistant'" in bad.json()["error"], bad.text
+
+
 def test_all_four_flavours_take_the_image(url):
     """/api/generate, /v1/chat/completions, /v1/messages and /v1/responses render the same
     prompt for one user turn with one image: greedy, they answer what /api/chat answers."""

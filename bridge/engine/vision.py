@@ -109,17 +109,19 @@ def _message(loaded: LoadedModel, message: dict[str, Any], images: list[Any]) ->
     own = message.get("images") or []
     if not own:
         return out
-    if out.get("role") != "user":
-        raise BadRequest(f"images are only accepted on user messages (not {out.get('role')!r})")
+    role = out.get("role")
+    if role not in ("user", "tool"):  # mlx-vlm places image tokens on user turns only
+        raise BadRequest(f"images are accepted on user and tool messages, not on {role!r} ones")
     from mlx_vlm.prompt_utils import get_message_json
 
     images.extend(own)
-    try:
+    try:  # shaped as a user turn (a tool result's screenshot too), then given its role back
         shaped = get_message_json(loaded.model.config.model_type, out.get("content") or "",
                                   "user", num_images=len(own))
     except ValueError as exc:  # e.g. a model that takes one image per chat
         raise BadRequest(str(exc)) from None
-    return {**out, **shaped} if isinstance(shaped, dict) else {**out, "content": shaped}
+    content = shaped.get("content") if isinstance(shaped, dict) else shaped
+    return {**out, "content": content}
 
 
 def _chat_with_images(loaded: LoadedModel, messages: list[dict[str, Any]],
