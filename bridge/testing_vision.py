@@ -129,14 +129,15 @@ def _json_str(text: str) -> str:
     return json.dumps(text)
 
 
-def _train_tokenizer(vocab_size: int):  # noqa: ANN202 - tokenizers.Tokenizer, imported lazily
-    """A ByteLevel BPE with Qwen2-VL's special tokens (the vision markers among them)."""
+def _train_tokenizer(vocab_size: int,  # noqa: ANN202 - tokenizers.Tokenizer, imported lazily
+                     specials: tuple[str, ...] = VISION_SPECIALS):
+    """A ByteLevel BPE with the model's special tokens (the vision markers among them)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(VISION_SPECIALS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(_corpus_lines(), trainer=trainer)
@@ -171,4 +172,97 @@ def _save_random_weights(out: pathlib.Path, config: dict, seed: int) -> None:
     # Small token embeddings (tied to the output) keep greedy decoding from echoing the input.
     embed = "language_model.model.embed_tokens.weight"
     weights[embed] = weights[embed] * 0.02
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+
+GEMMA3_SPECIALS: tuple[str, ...] = (
+    "<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+    "<end_of_image>", "<image_soft_token>",
+)
+GEMMA3_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '<start_of_image>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+
+def build_tiny_gemma3_vlm(path: str | os.PathLike, *, seed: int = 0, vocab_size: int = 400,
+                          hidden_size: int = 64, num_layers: int = 2) -> pathlib.Path:
+    """Write a tiny Gemma 3 VLM (SigLIP tower, 28x28-pixel images -> 4 image tokens, sliding
+    window layers) loadable by ``mlx_vlm.load``; return its path."""
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(vocab_size, GEMMA3_SPECIALS)
+    tokenizer.save(str(out / "tokenizer.json"))
+    ids = {tok: tokenizer.token_to_id(tok) for tok in GEMMA3_SPECIALS}
+    text = {
+        "model_type": "gemma3_text", "hidden_size": hidden_size, "num_hidden_layers": num_layers,
+        "intermediate_size": 2 * hidden_size, "num_attention_heads": 4, "head_dim": 16,
+        "num_key_value_heads": 2, "vocab_size": tokenizer.get_vocab_size(),
+        "query_pre_attn_scalar": 16, "sliding_window": 512, "sliding_window_pattern": 2,
+        "mm_tokens_per_image": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+    }
+    config = {
+        "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+        "hidden_size": hidden_size, "vocab_size": text["vocab_size"], "mm_tokens_per_image": 4,
+        "image_token_index": ids["<image_soft_token>"], "boi_token_index": ids["<start_of_image>"],
+        "eoi_token_index": ids["<end_of_image>"], "pad_token_id": ids["<pad>"],
+        "bos_token_id": ids["<bos>"], "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
+        "torch_dtype": "float32", "text_config": text,
+        "vision_config": {"model_type": "siglip_vision_model", "num_hidden_layers": 1,
+                          "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                          "patch_size": 14, "image_size": 28, "layer_norm_eps": 1e-6},
+    }
+    _write_json(out / "config.json", config)
+    decoder = {str(i): {"content": tok, "lstrip": False, "rstrip": False, "normalized": False,
+                        "single_word": False, "special": True} for tok, i in ids.items()}
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
+        "eos_token": "<end_of_turn>", "pad_token": "<pad>", "unk_token": None,
+        "add_bos_token": False, "add_eos_token": False, "model_max_length": 2048,
+        "added_tokens_decoder": decoder, "chat_template": GEMMA3_TEMPLATE,
+        "processor_class": "Gemma3Processor",
+        "extra_special_tokens": {"image_token": "<image_soft_token>",
+                                 "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
+    })
+    _write_json(out / "special_tokens_map.json", {"bos_token": "<bos>",
+                                                  "eos_token": "<end_of_turn>",
+                                                  "pad_token": "<pad>"})
+    _write_json(out / "generation_config.json", {"eos_token_id": config["eos_token_id"]})
+    _write_json(out / "preprocessor_config.json", {
+        "image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
+        "size": {"height": 28, "width": 28}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True, "do_pan_and_scan": False, "resample": 2,
+    })
+    _write_json(out / "processor_config.json", {"image_seq_length": 4,
+                                                "processor_class": "Gemma3Processor"})
+    _save_gemma3_weights(out, config, seed)
+    return out
+
+
+def _save_gemma3_weights(out: pathlib.Path, config: dict, seed: int) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.models.gemma3 import Model as Gemma3
+    from mlx_vlm.models.gemma3 import ModelConfig, TextConfig, VisionConfig
+
+    mx.random.seed(seed)
+    model_config = ModelConfig.from_dict(dict(config))
+    model_config.text_config = TextConfig.from_dict(config["text_config"])
+    model_config.vision_config = VisionConfig.from_dict(config["vision_config"])
+    model = Gemma3(model_config)
+    weights = dict(tree_flatten(model.parameters()))
+    projector = "multi_modal_projector.mm_input_projection_weight"
+    if projector in weights:  # mx.ones at init: every image would project alike
+        weights[projector] = mx.random.normal(weights[projector].shape) * 0.2
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})

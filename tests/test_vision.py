@@ -20,12 +20,13 @@ import requests
 from PIL import Image
 
 from bridge.testing import build_tiny_model
-from bridge.testing_vision import build_tiny_vlm
+from bridge.testing_vision import build_tiny_gemma3_vlm, build_tiny_vlm
 
 from .conftest import start_server, stop_server, write_mappings
 from .service_util import clean_env, mlx_bridge
 
 VLM = "tiny-vlm"
+GEMMA3 = "tiny-gemma3"
 TEXT = "tiny-text"
 GREEDY = {"temperature": 0, "num_predict": 8}
 QUESTION = "What is in the image?"
@@ -50,6 +51,7 @@ IMG_A, IMG_B, IMG_C = png(1), png(2), png(3)
 def paths(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vision")
     return {"vlm": build_tiny_vlm(root / "vlm", max_position_embeddings=8192),
+            "gemma3": build_tiny_gemma3_vlm(root / "gemma3"),
             "text": build_tiny_model(root / "text"), "root": root}
 
 
@@ -58,6 +60,7 @@ def url(paths):
     root = paths["root"]
     mappings = write_mappings(root / "map.yaml", {
         VLM: {"mlx": str(paths["vlm"]), "backend": "mlx"},
+        GEMMA3: {"mlx": str(paths["gemma3"]), "backend": "mlx"},
         TEXT: {"mlx": str(paths["text"]), "backend": "mlx"},
     })
     env = {"MLX_BRIDGE_MAX_IMAGES": "4", "MLX_BRIDGE_MAX_IMAGE_BYTES": "60000"}
@@ -72,8 +75,9 @@ def chat(url: str, messages: list[dict], model: str = VLM, **extra) -> requests.
     return requests.post(url + "/api/chat", json=body, timeout=60)
 
 
-def ask(url: str, *images: bytes, text: str = QUESTION) -> dict:
-    resp = chat(url, [{"role": "user", "content": text, "images": [b64(i) for i in images]}])
+def ask(url: str, *images: bytes, text: str = QUESTION, model: str = VLM) -> dict:
+    resp = chat(url, [{"role": "user", "content": text, "images": [b64(i) for i in images]}],
+                model=model)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -100,6 +104,21 @@ def test_the_image_reaches_the_model(url):
     assert a["message"]["content"] != b["message"]["content"]
     assert a["message"]["content"] == a_again["message"]["content"]
     assert a["eval_count"] > 0 and a["prompt_eval_count"] == b["prompt_eval_count"]
+
+
+def test_a_second_architecture_gemma3(url):
+    """Gemma 3 (SigLIP tower, image tokens placed by its processor, sliding-window layers):
+    the image reaches the model, answers repeat, text-only works, capabilities say vision."""
+    a, b = ask(url, IMG_A, model=GEMMA3), ask(url, IMG_B, model=GEMMA3)
+    assert (a["message"]["content"], a["eval_count"]) != (b["message"]["content"],
+                                                           b["eval_count"])
+    assert ask(url, IMG_A, model=GEMMA3)["message"]["content"] == a["message"]["content"]
+    assert ask(url, IMG_A, IMG_B, model=GEMMA3)["prompt_eval_count"] \
+        > a["prompt_eval_count"]
+    text = chat(url, [{"role": "user", "content": "hello"}], model=GEMMA3)
+    assert text.status_code == 200, text.text
+    shown = requests.post(url + "/api/show", json={"model": GEMMA3}, timeout=10).json()
+    assert "vision" in shown["capabilities"]
 
 
 def test_stream_equals_non_stream(url):

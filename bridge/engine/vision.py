@@ -68,8 +68,10 @@ def admit_vision(job: Job, loaded: LoadedModel, load_ns: int) -> VisionEntry:
                          f"context length ({context}); raise num_ctx or send smaller images")
     tokens, limit = fit_context(tokens, job.options, context, job.spec.truncate)
     mask = inputs.pop("attention_mask", None)
-    if tokens != processed:  # context added or the front cut: the processor's mask is stale
-        mask = None
+    if mask is not None and tokens != processed:  # context added or the front cut
+        import mlx.core as mx
+
+        mask = mx.ones((1, len(tokens)), dtype=mask.dtype)  # one sequence: nothing padded
     processors = make_processors(job.options, context)
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
