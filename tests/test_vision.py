@@ -221,6 +221,17 @@ def test_bad_images_are_400_native(url, images, needle):
     assert gen.status_code == 400 and needle in gen.json()["error"], gen.text
 
 
+@pytest.mark.parametrize(("model", "text"), [
+    (VLM, "<|image_pad|><|image_pad|> two placeholders, one image"),
+    (GEMMA3, "<start_of_image> a typed marker, one image"),
+])
+def test_typed_image_placeholders_are_a_400_not_a_5xx(url, model, text):
+    """A user who types the model's image marker asks for more images than were sent."""
+    resp = chat(url, [{"role": "user", "content": text, "images": [b64(IMG_A)]}], model=model)
+    assert resp.status_code == 400 and "rejected the input" in resp.json()["error"], resp.text
+    assert ask(url, IMG_A, model=model)["eval_count"] > 0  # and the model serves the next one
+
+
 def test_bad_images_are_400_in_each_protocol_shape(url):
     bad = "data:image/png;base64," + NOT_AN_IMAGE
     oai = requests.post(url + "/v1/chat/completions", json={"model": VLM, "messages": [
