@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .service_util import clean_env, mlx_bridge
 
 VLM = "tiny-vlm"
 GEMMA3 = "tiny-gemma3"
+PROC_ONLY = "tiny-vlm-processor-template"
 TEXT = "tiny-text"
 GREEDY = {"temperature": 0, "num_predict": 8}
 QUESTION = "What is in the image?"
@@ -50,7 +52,15 @@ IMG_A, IMG_B, IMG_C = png(1), png(2), png(3)
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vision")
-    return {"vlm": build_tiny_vlm(root / "vlm", max_position_embeddings=8192),
+    vlm = build_tiny_vlm(root / "vlm", max_position_embeddings=8192)
+    # The same model with its template only in the processor's chat_template.json, as many
+    # vision checkpoints ship it.
+    proc_only = root / "vlm-processor-template"
+    shutil.copytree(vlm, proc_only)
+    tok_cfg = json.loads((proc_only / "tokenizer_config.json").read_text())
+    del tok_cfg["chat_template"]
+    (proc_only / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    return {"vlm": vlm, "proc_only": proc_only,
             "gemma3": build_tiny_gemma3_vlm(root / "gemma3"),
             "text": build_tiny_model(root / "text"), "root": root}
 
@@ -61,6 +71,7 @@ def url(paths):
     mappings = write_mappings(root / "map.yaml", {
         VLM: {"mlx": str(paths["vlm"]), "backend": "mlx"},
         GEMMA3: {"mlx": str(paths["gemma3"]), "backend": "mlx"},
+        PROC_ONLY: {"mlx": str(paths["proc_only"]), "backend": "mlx"},
         TEXT: {"mlx": str(paths["text"]), "backend": "mlx"},
     })
     env = {"MLX_BRIDGE_MAX_IMAGES": "4", "MLX_BRIDGE_MAX_IMAGE_BYTES": "60000"}
@@ -200,6 +211,18 @@ def test_text_only_to_a_vlm(url):
                                                      "stream": False, "options": GREEDY},
                         timeout=60)
     assert gen.status_code == 200 and gen.json()["eval_count"] > 0, gen.text
+
+
+def test_a_template_only_in_chat_template_json_is_used_for_text(url):
+    """Text-only prompts go through the tokenizer, which does not read chat_template.json: the
+    bridge gives it that template, so the answer is the one the template-in-tokenizer copy gives
+    (and the same with an image, which the processor renders)."""
+    for images in ([], [IMG_A]):
+        msgs = [{"role": "user", "content": "hello there", "images": [b64(i) for i in images]}]
+        same, other = chat(url, msgs), chat(url, msgs, model=PROC_ONLY)
+        assert same.status_code == other.status_code == 200, (same.text, other.text)
+        assert same.json()["prompt_eval_count"] == other.json()["prompt_eval_count"]
+        assert same.json()["message"]["content"] == other.json()["message"]["content"]
 
 
 NOT_AN_IMAGE = b64(b"this is plain text, not a picture")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import ModelLoadError
-from bridge.modelinfo.vision import is_vision_config
+from bridge.modelinfo.vision import adopt_chat_template, is_vision_config
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def load_vision(path: str) -> tuple[Any, Any, Any]:
     try:
         model, processor = load(path)
         tokenizer = load_tokenizer(Path(path))
+        adopt_chat_template(tokenizer, Path(path))
     except ValueError as exc:
         if "not supported" in str(exc).lower():
             raise ModelLoadError(f"unsupported vision architecture: {exc}") from None
