@@ -229,10 +229,18 @@ NOT_AN_IMAGE = b64(b"this is plain text, not a picture")
 BIG = png(4, size=200)  # noise does not compress: over the server's 60000-byte cap
 
 
+def bomb() -> bytes:
+    """A few kilobytes of PNG that decode to 49 million pixels."""
+    out = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(("images", "needle"), [
     (["%%%not base64%%%"], "illegal base64"),
     ([NOT_AN_IMAGE], "is not a valid image"),
     ([b64(BIG)], "image too large"),
+    ([b64(bomb())], "7000x7000 pixels (the limit"),
     ([b64(IMG_A)] * 5, "too many images"),
 ])
 def test_bad_images_are_400_native(url, images, needle):
@@ -253,6 +261,18 @@ def test_typed_image_placeholders_are_a_400_not_a_5xx(url, model, text):
     resp = chat(url, [{"role": "user", "content": text, "images": [b64(IMG_A)]}], model=model)
     assert resp.status_code == 400 and "rejected the input" in resp.json()["error"], resp.text
     assert ask(url, IMG_A, model=model)["eval_count"] > 0  # and the model serves the next one
+
+
+def test_large_images_are_shrunk_on_decoding():
+    """Decoded images are held at most 2048 on a side (aspect kept) until the engine runs."""
+    from bridge.serving.images import MAX_SIDE, decode_image
+
+    out = io.BytesIO()
+    Image.new("RGB", (5000, 3000), (200, 10, 10)).save(out, format="JPEG")
+    image = decode_image(b64(out.getvalue()), "images[0]")
+    assert image.mode == "RGB" and max(image.size) == MAX_SIDE
+    assert abs(image.size[0] / image.size[1] - 5 / 3) < 0.01
+    assert decode_image(b64(IMG_A), "images[0]").size == (64, 64)
 
 
 def test_bad_images_are_400_in_each_protocol_shape(url):

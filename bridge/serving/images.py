@@ -18,6 +18,11 @@ from bridge.errors import BadRequest, Unsupported
 
 # Decoded pixels per image: a small PNG can claim 50000x50000 (a "decompression bomb").
 MAX_PIXELS = 40_000_000
+# Longest side kept after decoding. VLM processors shrink images far below this anyway (Qwen2.5-VL
+# to ~1M pixels by default, Gemma 3 to 896x896, SmolVLM to 1536 on the long side); shrinking here
+# bounds what a request holds in memory until the engine takes it: at most 2048x2048 RGB (12 MB)
+# per image, whatever the compressed file claimed.
+MAX_SIDE = 2048
 
 
 def decode_images(images: list[str], where: str) -> list[Any]:
@@ -42,11 +47,16 @@ def decode_image(data: str, where: str) -> Any:
             if width * height > MAX_PIXELS:
                 raise BadRequest(f"image too large: {where} is {width}x{height} pixels (the "
                                  f"limit is {MAX_PIXELS} pixels)")
-            return img.convert("RGB")  # decodes the whole image: a truncated file fails here
+            if max(width, height) > MAX_SIDE:
+                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale
+            rgb = img.convert("RGB")  # decodes the whole image: a truncated file fails here
     except BadRequest:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadRequest(f"{where} is not a valid image ({_reason(exc)})") from None
+    if max(rgb.size) > MAX_SIDE:
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)  # keeps the aspect ratio
+    return rgb
 
 
 def _reason(exc: Exception) -> str:
