@@ -379,6 +379,32 @@ def test_a_text_model_answers_while_a_vlm_request_runs(url):
     assert time.monotonic() - began < 3.0
 
 
+def test_concurrent_vlm_requests_queue_and_each_gets_its_own_answer(url):
+    """One VLM job runs at a time: the others wait in the queue, none sees another's image."""
+    def answer(seed: int) -> tuple[int, ...]:
+        """The answer's token ids (/api/generate's context): texts of random tokens can be
+        alike once undecodable bytes become U+FFFD."""
+        resp = requests.post(url + "/api/generate", json={
+            "model": VLM, "prompt": QUESTION, "images": [b64(png(seed))], "stream": False,
+            "options": GREEDY}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        return tuple(resp.json()["context"])
+
+    expected = {seed: answer(seed) for seed in (5, 6, 7)}
+    assert len(set(expected.values())) == 3  # a mix-up would show
+    got: dict[int, tuple[int, ...]] = {}
+
+    def one(seed: int) -> None:
+        got[seed] = answer(seed)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in expected]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == expected
+
+
 def test_ollama_python_chat_with_an_image_path(url, paths):
     import ollama
 
