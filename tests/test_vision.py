@@ -305,10 +305,16 @@ def test_embeddings_on_a_vlm_are_a_clear_400(url):
     assert "vision model" in resp.json()["error"]
 
 
-def test_ps_shows_the_vlm_memory(url):
-    ask(url, IMG_A)
+def test_ps_and_metrics_show_the_vlm(url):
+    done = ask(url, IMG_A)
     models = {m["name"]: m for m in requests.get(url + "/api/ps", timeout=10).json()["models"]}
     assert models[f"{VLM}:latest"]["size"] > 0 and models[f"{VLM}:latest"]["size_vram"] >= 0
+    metrics = requests.get(url + "/metrics", timeout=10).text
+    assert f'mlx_bridge_loaded_model_bytes{{model="{VLM}:latest"}}' in metrics
+    eval_line = next(line for line in metrics.splitlines()
+                     if line.startswith("mlx_bridge_eval_tokens_total")
+                     and f'"{VLM}:latest"' in line)
+    assert float(eval_line.rsplit(" ", 1)[1]) >= done["eval_count"]
 
 
 def test_keep_alive_zero_unloads_the_vlm(url):
