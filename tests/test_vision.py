@@ -203,6 +203,15 @@ def test_all_four_flavours_take_the_image(url):
         == expected
 
 
+def test_generate_images_need_the_chat_template(url):
+    """`raw` / `template` prompts have no place for the model's image markers: a clear 400."""
+    for extra in ({"raw": True}, {"template": "{{ .Prompt }}"}):
+        resp = requests.post(url + "/api/generate", json={
+            "model": VLM, "prompt": QUESTION, "images": [b64(IMG_A)], "stream": False, **extra},
+            timeout=30)
+        assert resp.status_code == 400 and "chat template" in resp.json()["error"], resp.text
+
+
 def test_text_only_to_a_vlm(url):
     resp = chat(url, [{"role": "user", "content": "hello there"}])
     assert resp.status_code == 200, resp.text
