@@ -18,6 +18,7 @@ from bridge.engine.models import FOREVER, LoadedModel, ModelCache
 from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
 from bridge.engine.single import SingleRunner
+from bridge.engine.vision import VisionRunner, admit_vision
 from bridge.errors import (
     BridgeError,
     ClientClosed,
@@ -35,7 +36,7 @@ RESTART_WINDOW = 60.0
 RESTART_DELAY = 0.25  # before a restart; doubled for each earlier crash within the window
 DEFAULT_MAX_EMBED_TOKENS = 300_000
 
-Runner = BatchRunner | SingleRunner
+Runner = BatchRunner | SingleRunner | VisionRunner
 
 
 @dataclass
@@ -303,7 +304,8 @@ class Engine:
         if job.spec.embed_inputs is not None:
             self._embeds.append(EmbedTask(job, loaded, load_ns, self.max_embed_tokens))
             return
-        entry = admit(job, loaded, load_ns)
+        vision = loaded.processor is not None  # a VLM: mlx-vlm's processor makes the inputs
+        entry = (admit_vision if vision else admit)(job, loaded, load_ns)
         if entry.limit <= 0 and entry.sink.finish("length") and entry.sink.final is not None:
             self._end(Ended(job, loaded, entry.sink.final))
             return
@@ -313,6 +315,8 @@ class Engine:
         runner.add(entry)
 
     def _new_runner(self, loaded: LoadedModel, job: Job) -> Runner:
+        if loaded.processor is not None:
+            return VisionRunner(loaded)
         if loaded.batchable and batchable(job):
             return BatchRunner(loaded, self.prompts, self.num_parallel)
         return SingleRunner(loaded, self.prompts)

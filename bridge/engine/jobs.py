@@ -30,6 +30,9 @@ class PromptSpec:
     truncate: bool = True
     # The prompt already rendered and tokenized on the request thread; None: the engine does it.
     tokens: list[int] | None = None
+    # /api/generate's images (decoded, for a vision model); a chat's are on its messages, each
+    # message dict's "images" list (bridge/engine/vision.py renders them).
+    images: list[Any] = field(default_factory=list)
     # Set for an embedding job: the texts to embed (no template, no generation).
     embed_inputs: list[str] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an

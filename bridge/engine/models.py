@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import ModelLoadError
+from bridge.modelinfo.vision import adopt_chat_template, is_vision_config
 
 log = logging.getLogger(__name__)
 
 FOREVER = float("inf")
+VISION_EXTRA = "vision models need mlx-vlm: pip install 'mlx-bridge[vision]'"
 
 
 @dataclass
@@ -37,6 +39,9 @@ class LoadedModel:
     expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
     active: int = 0
     batchable: bool = True  # every KV cache layer can be merged into a BatchGenerator batch
+    # A vision-language model (loaded by mlx-vlm): its processor turns text and images into
+    # the model's inputs; its jobs run on the VisionRunner (bridge/engine/vision.py).
+    processor: Any = None
     samplers: dict[tuple, Any] = field(default_factory=dict)  # shared: one batched sampling call
 
     def touch(self, name: str, keep_alive: float) -> None:
@@ -69,6 +74,32 @@ def load_weights(path: str) -> tuple[Any, Any]:
         raise ModelLoadError(f"failed to load model: {type(exc).__name__}: {exc}") from None
 
 
+def load_vision(path: str) -> tuple[Any, Any, Any]:
+    """mlx_vlm.load on a local directory: (model, mlx-lm tokenizer, mlx-vlm processor).
+
+    The tokenizer is mlx-lm's wrapper over the same files (what the request thread and the
+    TokenSink use for the text side: detokenizer, EOS ids, structured output); the processor
+    renders the chat template and turns images into pixel values.
+    """
+    from mlx_lm.utils import load_tokenizer
+
+    try:
+        from mlx_vlm import load
+    except ImportError as exc:
+        raise ModelLoadError(f"{VISION_EXTRA} ({exc})") from None
+    try:
+        model, processor = load(path)
+        tokenizer = load_tokenizer(Path(path))
+        adopt_chat_template(tokenizer, Path(path))
+    except ValueError as exc:
+        if "not supported" in str(exc).lower():
+            raise ModelLoadError(f"unsupported vision architecture: {exc}") from None
+        raise ModelLoadError(f"failed to load vision model: {exc}") from None
+    except Exception as exc:
+        raise ModelLoadError(f"failed to load vision model: {type(exc).__name__}: {exc}") from None
+    return model, tokenizer, processor
+
+
 def _model_bytes(model: Any) -> int:
     from mlx.utils import tree_flatten
 
@@ -80,6 +111,15 @@ def _batchable(model: Any) -> bool:
     from mlx_lm.models.cache import make_prompt_cache
 
     return all(hasattr(c, "merge") for c in make_prompt_cache(model))
+
+
+def is_vision_dir(path: str) -> bool:
+    """The directory holds a vision-language model (its config has a `vision_config`)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # load_weights reports the missing or broken config
+    return is_vision_config(cfg)
 
 
 def _context_length(path: str) -> int:
@@ -109,9 +149,14 @@ class ModelCache:
         if key in self.models:
             return self.models[key], max(time.perf_counter_ns() - t0, 1)
         self._make_room()
-        model, tokenizer = load_weights(key)
-        loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model), _context_length(key),
-                             batchable=_batchable(model))
+        if is_vision_dir(key):
+            model, tokenizer, processor = load_vision(key)
+            loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
+                                 _context_length(key), batchable=False, processor=processor)
+        else:
+            model, tokenizer = load_weights(key)
+            loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
+                                 _context_length(key), batchable=_batchable(model))
         self.models[key] = loaded
         elapsed = time.perf_counter_ns() - t0
         log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size,

@@ -31,6 +31,7 @@ from bridge.modelinfo.tokenizer import (
     read_json,
     template_capabilities,
 )
+from bridge.modelinfo.vision import is_vision_config
 
 DEFAULT_CONTEXT_LENGTH = 2048
 _FAMILIES = {
@@ -318,7 +319,8 @@ def _capabilities(root: Path, config: Mapping[str, Any], template: str) -> list[
     """Ollama capability names inferred from the config and the chat template."""
     if _is_embedding_model(root, config):
         return ["embedding"]
-    return ["completion", *template_capabilities(template)]
+    vision = ["vision"] if is_vision_config(config) else []  # served through mlx-vlm
+    return ["completion", *vision, *template_capabilities(template)]
 
 
 def _is_embedding_model(root: Path, config: Mapping[str, Any]) -> bool:

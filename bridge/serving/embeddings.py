@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.engine import Done, Embedded, PromptSpec
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, Unsupported
 from bridge.http.limits import check_embed_inputs
 from bridge.routing.router import Plan
 from bridge.serving.generation import make_job
@@ -93,6 +93,10 @@ def shaped(vector: list[float], dimensions: int) -> list[float]:
 def run(req: EmbedRequest, model: LocalModel, plan: Plan) -> Embedded | Done:
     """Submit the job (a plain load when there is no input) and wait for its one result."""
     check_embed_inputs(len(req.inputs))  # here: an upstream answers by its own rules
+    if req.inputs and "vision" in model.description.capabilities:
+        # mlx-vlm models have no pooled text path here: say so rather than embed garbage.
+        raise Unsupported(f'"{model.entry.name}" is a vision model and does not support '
+                          "embeddings")
     spec = PromptSpec(embed_inputs=req.inputs, truncate=req.truncate) if req.inputs else None
     result: Embedded | Done | None = None
     for event in bridge().local.run(make_job(req, model, plan, spec)):

@@ -21,6 +21,7 @@ from bridge.errors import BridgeError, Unsupported
 from bridge.http.web import client_gone_probe, context, rfc3339
 from bridge.routing.dispatch import LocalHandler
 from bridge.routing.router import Plan
+from bridge.serving.images import decode_images
 from bridge.serving.local import JobStream, LocalModel
 from bridge.serving.output import Delta, OutputPlan, plan_output
 from bridge.serving.shapes import ChatShape, GenerateShape, Shape
@@ -56,13 +57,12 @@ def generate_handler(req: GenerateRequest, responder: Responder) -> LocalHandler
     def local(model: LocalModel, plan: Plan) -> Response:
         if not (req.prompt or req.system or req.template or req.context or req.images):
             return responder.loaded(load_or_unload(req, model, plan, {"response": ""}))
-        if req.images:
-            raise Unsupported(f'"{req.model}" does not support images')
+        check_images(req, model, bool(req.images))
         check_capabilities(req, model)
         output = plan_output(req.think, model.description.capabilities, None, req.format)
         spec = PromptSpec(prompt=req.prompt, system=req.system, template=req.template,
                           suffix=req.suffix, raw=req.raw, context=req.context, think=req.think,
-                          truncate=req.truncate,
+                          truncate=req.truncate, images=decode_images(req.images, "images"),
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, GenerateShape(req), output, responder)
 
@@ -80,8 +80,8 @@ def chat_handler(req: ChatRequest, responder: Responder) -> LocalHandler:
         check_chat(req, model)
         output = plan_output(req.think, model.description.capabilities, req.tools, req.format,
                              req.forced_tools)
-        spec = PromptSpec(messages=[m.to_template() for m in req.messages],
-                          tools=req.tools or None, think=req.think, truncate=req.truncate,
+        spec = PromptSpec(messages=template_messages(req), tools=req.tools or None,
+                          think=req.think, truncate=req.truncate,
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, ChatShape(req), output, responder)
 
@@ -90,9 +90,25 @@ def chat_handler(req: ChatRequest, responder: Responder) -> LocalHandler:
 
 def check_chat(req: ChatRequest, model: LocalModel) -> None:
     """What the MLX side cannot do with this chat: Unsupported (400, or the next target)."""
-    if any(m.images for m in req.messages):
-        raise Unsupported(f'"{req.model}" does not support images')
+    check_images(req, model, any(m.images for m in req.messages))
     check_capabilities(req, model)
+
+
+def check_images(req: Common, model: LocalModel, has_images: bool) -> None:
+    """Images go to a vision model (mlx-vlm); any other model cannot take them."""
+    if has_images and "vision" not in model.description.capabilities:
+        raise Unsupported(f'"{req.model}" does not support images')
+
+
+def template_messages(req: ChatRequest) -> list[dict[str, Any]]:
+    """The messages for the chat template; a message's images decoded under "images"."""
+    out = []
+    for i, m in enumerate(req.messages):
+        msg = m.to_template()
+        if m.images:
+            msg["images"] = decode_images(m.images, f"messages[{i}].images")
+        out.append(msg)
+    return out
 
 
 def check_capabilities(req: Common, model: LocalModel) -> None:
@@ -114,7 +130,7 @@ def prompt_token_count(req: ChatRequest, model: LocalModel, plan: Plan) -> int:
     with num_predict 0 the engine renders and tokenizes the prompt and answers Done at once.
     """
     check_chat(req, model)
-    spec = PromptSpec(messages=[m.to_template() for m in req.messages], tools=req.tools or None,
+    spec = PromptSpec(messages=template_messages(req), tools=req.tools or None,
                       think=req.think, truncate=False)
     job = make_job(req, model, plan, spec)
     job.options = replace(job.options, num_predict=0, num_ctx=COUNT_CONTEXT)

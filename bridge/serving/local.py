@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bridge.engine import Chunk, Done, Embedded, Engine, Failed, Job
+from bridge.engine import Chunk, Done, Embedded, Engine, Failed, Job, PromptSpec
 from bridge.errors import (
     BadRequest,
     BridgeError,
@@ -117,6 +117,10 @@ class JobStream:
             self._done = True
 
 
+def has_images(spec: PromptSpec) -> bool:
+    return bool(spec.images) or any(m.get("images") for m in spec.messages or [])
+
+
 class LocalBackend:
     """Resolves names through the registry and runs them on the engine."""
 
@@ -174,6 +178,8 @@ class LocalBackend:
         spec = job.spec
         if spec is None or spec.embed_inputs is not None or spec.tokens is not None:
             return
+        if "vision" in model.description.capabilities and has_images(spec):
+            return  # mlx-vlm's processor makes the tokens with the images (engine/vision.py)
         context = job.options.context(model.description.context_length)
         spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from bridge.engine import PromptSpec
 from bridge.engine.prompts import prompt_tokens
+from bridge.modelinfo.vision import adopt_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def _load(slot: _Slot, path: str) -> bool:
 
     try:
         tokenizer = load_tokenizer(Path(path))
+        adopt_chat_template(tokenizer, Path(path))  # a processor-only template (VLMs) too
         # The first encode may reset truncation/padding settings (a write); do it now, alone,
         # so that later encodes from several threads at once only read.
         tokenizer.encode("x")
