@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from flask import Response
 
 from bridge.engine import Chunk, Done, Job, PromptSpec
+from bridge.engine.jobs import TokenLogprob
 from bridge.errors import BridgeError, Unsupported
 from bridge.http.web import client_gone_probe, context, rfc3339
 from bridge.routing.dispatch import LocalHandler
@@ -141,6 +142,8 @@ def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, shape: Sha
         output: OutputPlan, responder: Responder) -> Response:
     """Submit the job; errors before the first event become an HTTP status, later ones a line."""
     state, job = bridge(), make_job(req, model, plan, spec)
+    # top_logprobs alone asks for logprobs too (rather than being ignored, as in Ollama).
+    job.logprobs, job.top_logprobs = req.logprobs or req.top_logprobs > 0, req.top_logprobs
     state.local.tokenize(model, job)  # here, not on the engine thread: a huge prompt stalls no one
     stream = state.local.run(job, client_gone_probe())  # a hang-up cancels it, streamed or not
     events = iter(stream)
@@ -190,6 +193,7 @@ class Generation:
                 total.content += item.content
                 total.thinking += item.thinking
                 total.tool_calls += item.tool_calls
+                total.logprobs += item.logprobs
         raise AssertionError("a job always ends with Done")
 
     def _parsed(self) -> Iterator[Delta | Done]:
@@ -197,12 +201,16 @@ class Generation:
         done, error = None, "client disconnected"
         try:
             event: Chunk | Done = self.first
+            scored: list[TokenLogprob] = []  # logprobs of text the parser still holds
             while not isinstance(event, Done):
                 delta = parser.feed(event.text)
+                scored += event.logprobs
                 if delta:
+                    delta.logprobs, scored = scored, []
                     yield delta
                 event = next(self.events)
             tail = parser.flush()
+            tail.logprobs = scored
             if tail:
                 yield tail
             done, error = event, None
