@@ -85,10 +85,18 @@ class LegacyLogprobs:
         for text in tokens:
             offsets.append(self.offset)
             self.offset += len(text)
-        top = [{t.get("token", ""): t.get("logprob", 0.0) for t in e.get("top_logprobs", [])}
-               for e in entries]
+        top = [_by_token(e.get("top_logprobs", [])) for e in entries]
         return {"tokens": tokens, "token_logprobs": [e.get("logprob", 0.0) for e in entries],
                 "top_logprobs": top if self.top > 0 else None, "text_offset": offsets}
+
+
+def _by_token(alternatives: list[dict[str, Any]]) -> dict[str, float]:
+    """{token: logprob}; two tokens that read the same (partial UTF-8 bytes: U+FFFD) keep the
+    more likely one (the list is sorted, most likely first)."""
+    out: dict[str, float] = {}
+    for alt in alternatives:
+        out.setdefault(str(alt.get("token", "")), alt.get("logprob", 0.0))
+    return out
 
 
 class ChatWriter:
