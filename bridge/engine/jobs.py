@@ -26,7 +26,9 @@ class PromptSpec:
     suffix: str = ""
     raw: bool = False
     context: list[int] = field(default_factory=list)
-    think: bool | str | None = None
+    # Extra chat-template variables: the reasoning switches a request's `think` sets
+    # (bridge/serving/thinking.py template_switches), e.g. {"enable_thinking": False}.
+    template_vars: dict[str, Any] = field(default_factory=dict)
     truncate: bool = True
     # The prompt already rendered and tokenized on the request thread; None: the engine does it.
     tokens: list[int] | None = None

@@ -25,6 +25,7 @@ from bridge.routing.router import Plan
 from bridge.serving.local import JobStream, LocalModel
 from bridge.serving.output import Delta, OutputPlan, plan_output
 from bridge.serving.shapes import ChatShape, GenerateShape, Shape
+from bridge.serving.thinking import template_switches
 from bridge.state import bridge
 from bridge.stats.tracking import LocalOutcome
 from bridge.wire.native_out import errors_as_last_line
@@ -62,8 +63,8 @@ def generate_handler(req: GenerateRequest, responder: Responder) -> LocalHandler
         check_capabilities(req, model)
         output = plan_output(req.think, model.description.capabilities, None, req.format)
         spec = PromptSpec(prompt=req.prompt, system=req.system, template=req.template,
-                          suffix=req.suffix, raw=req.raw, context=req.context, think=req.think,
-                          truncate=req.truncate,
+                          suffix=req.suffix, raw=req.raw, context=req.context,
+                          template_vars=switches(req, model), truncate=req.truncate,
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, GenerateShape(req), output, responder)
 
@@ -82,7 +83,8 @@ def chat_handler(req: ChatRequest, responder: Responder) -> LocalHandler:
         output = plan_output(req.think, model.description.capabilities, req.tools, req.format,
                              req.forced_tools)
         spec = PromptSpec(messages=[m.to_template() for m in req.messages],
-                          tools=req.tools or None, think=req.think, truncate=req.truncate,
+                          tools=req.tools or None, template_vars=switches(req, model),
+                          truncate=req.truncate,
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, ChatShape(req), output, responder)
 
@@ -94,6 +96,11 @@ def check_chat(req: ChatRequest, model: LocalModel) -> None:
     if any(m.images for m in req.messages):
         raise Unsupported(f'"{req.model}" does not support images')
     check_capabilities(req, model)
+
+
+def switches(req: Common, model: LocalModel) -> dict[str, Any]:
+    """The chat-template variables for the request's `think` on this model's template."""
+    return template_switches(req.think, model.description.think_switches)
 
 
 def check_capabilities(req: Common, model: LocalModel) -> None:
@@ -116,7 +123,7 @@ def prompt_token_count(req: ChatRequest, model: LocalModel, plan: Plan) -> int:
     """
     check_chat(req, model)
     spec = PromptSpec(messages=[m.to_template() for m in req.messages], tools=req.tools or None,
-                      think=req.think, truncate=False)
+                      template_vars=switches(req, model), truncate=False)
     job = make_job(req, model, plan, spec)
     job.options = replace(job.options, num_predict=0, num_ctx=COUNT_CONTEXT)
     count = 0
