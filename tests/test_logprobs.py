@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import openai
 import pytest
@@ -236,3 +237,22 @@ def test_bad_logprobs_values_are_400(server, path, extra, text):
     r = requests.post(f"{server}{path}", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert text in r.text
+
+
+def test_a_heavy_logprobs_request_does_not_hold_up_the_others(server):
+    """20 alternatives per token on a long generation: a short chat beside it still answers."""
+    body = {"model": TINY, "prompt": "hello", "logprobs": True, "top_logprobs": 20,
+            "options": {"temperature": 0, "num_predict": 1500, "num_ctx": 2048}}
+    with requests.post(f"{server}/api/generate", json=body, stream=True, timeout=120) as heavy:
+        lines = heavy.iter_lines()
+        assert len(json.loads(next(lines))["logprobs"][0]["top_logprobs"]) == 20  # it is running
+        started = time.monotonic()
+        assert requests.get(f"{server}/api/version", timeout=10).status_code == 200
+        short = requests.post(f"{server}/api/chat", json={
+            "model": TINY, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "options": {"num_predict": 3}}, timeout=10)
+        elapsed = time.monotonic() - started
+        assert short.status_code == 200
+        assert elapsed < 3, f"a short chat took {elapsed:.1f}s beside the heavy request"
+        rest = [json.loads(line) for line in lines]
+    assert rest[-1]["done"] and rest[-1]["eval_count"] > 200, rest[-1]  # a long one indeed
