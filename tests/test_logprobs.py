@@ -228,6 +228,8 @@ def test_v1_completions_legacy_logprobs(server):
     ("/v1/completions", {"logprobs": 21}, "logprobs must be between 0 and 20"),
     ("/v1/completions", {"logprobs": True}, "logprobs"),
     ("/v1/responses", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/responses", {"include": ["message.output_text.logprobs"]}, "logprobs"),
+    ("/v1/messages", {"logprobs": True, "max_tokens": 5}, "logprobs"),
 ])
 def test_bad_logprobs_values_are_400(server, path, extra, text):
     what = {"/api/generate": {"prompt": "hi"}, "/v1/completions": {"prompt": "hi"},
