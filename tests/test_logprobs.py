@@ -200,6 +200,28 @@ def test_openai_sdk_chat_completions_with_logprobs(server):
     assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-4)
 
 
+def test_openai_sdk_responses_with_logprobs(server):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="x")
+    kw = {"model": TINY, "input": "hi", "max_output_tokens": 5, "temperature": 0,
+          "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    resp = client.responses.create(**kw)
+    part = resp.output[0].content[0]
+    assert resp.top_logprobs == 2
+    assert len(part.logprobs) == resp.usage.output_tokens
+    assert all(len(lp.top_logprobs) == 2 and lp.top_logprobs[0].token == lp.token
+               for lp in part.logprobs)
+    deltas, done = [], None
+    for event in client.responses.create(**kw, stream=True):
+        if event.type == "response.output_text.delta":
+            deltas += event.logprobs
+        elif event.type == "response.output_text.done":
+            done = event.logprobs
+    assert [d.token for d in deltas] == [lp.token for lp in part.logprobs]
+    assert done is not None and [d.token for d in done] == [lp.token for lp in part.logprobs]
+    plain = client.responses.create(model=TINY, input="hi", max_output_tokens=3)
+    assert plain.output[0].content[0].logprobs == []
+
+
 def test_v1_completions_legacy_logprobs(server):
     body = {"model": TINY, "prompt": "hello", "logprobs": 2, "max_tokens": 5, "temperature": 0}
     whole = requests.post(f"{server}/v1/completions", json=body, timeout=60).json()
@@ -227,8 +249,8 @@ def test_v1_completions_legacy_logprobs(server):
     ("/v1/chat/completions", {"logprobs": 1}, "logprobs"),
     ("/v1/completions", {"logprobs": 21}, "logprobs must be between 0 and 20"),
     ("/v1/completions", {"logprobs": True}, "logprobs"),
-    ("/v1/responses", {"top_logprobs": 2}, "top_logprobs"),
-    ("/v1/responses", {"include": ["message.output_text.logprobs"]}, "logprobs"),
+    ("/v1/responses", {"top_logprobs": 21}, "top_logprobs must be between 0 and 20"),
+    ("/v1/responses", {"include": ["message.output_text.logprobz"]}, "logprobz"),
     ("/v1/messages", {"logprobs": True, "max_tokens": 5}, "logprobs"),
 ])
 def test_bad_logprobs_values_are_400(server, path, extra, text):
