@@ -200,6 +200,21 @@ def test_openai_sdk_chat_completions_with_logprobs(server):
     assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-4)
 
 
+def test_ollama_python_client_reads_them(server):
+    import ollama
+
+    client = ollama.Client(host=server)
+    msgs = [{"role": "user", "content": "hi"}]
+    whole = client.chat(model=TINY, messages=msgs, logprobs=True, top_logprobs=2,
+                        options={"temperature": 0, "num_predict": 4})
+    assert len(whole.logprobs) == whole.eval_count
+    assert all(len(lp.top_logprobs) == 2 for lp in whole.logprobs)
+    parts = [lp for chunk in client.generate(model=TINY, prompt="hi", logprobs=True, stream=True,
+                                             options={"temperature": 0, "num_predict": 4})
+             for lp in chunk.logprobs or []]
+    assert len(parts) == 4 and all(lp.top_logprobs is None for lp in parts)
+
+
 def test_openai_sdk_responses_with_logprobs(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="x")
     kw = {"model": TINY, "input": "hi", "max_output_tokens": 5, "temperature": 0,
