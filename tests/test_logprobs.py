@@ -54,13 +54,20 @@ def check_entry(entry: dict, top: int) -> None:
     assert alts[0]["logprob"] == pytest.approx(entry["logprob"], abs=1e-6)
 
 
-def reference_logprobs(model_dir, prompt_tokens: list[int]):
-    """mlx-lm's own forward pass over the prompt: the log-softmax of the next-token logits."""
+def reference_logits(model_dir, prompt_tokens: list[int]):
+    """mlx-lm's own forward pass over the prompt: the next-token logits."""
     import mlx.core as mx
     from mlx_lm import load
 
     model, _ = load(str(model_dir))
-    logits = model(mx.array(prompt_tokens)[None])[0, -1, :].astype(mx.float32)
+    return model(mx.array(prompt_tokens)[None])[0, -1, :].astype(mx.float32)
+
+
+def reference_logprobs(model_dir, prompt_tokens: list[int]) -> list[float]:
+    """The log-softmax of those logits."""
+    import mlx.core as mx
+
+    logits = reference_logits(model_dir, prompt_tokens)
     return (logits - mx.logsumexp(logits)).tolist()
 
 
@@ -146,6 +153,25 @@ def test_first_token_matches_mlx_lm_log_softmax(server, tiny_model_dir):
     ranked = sorted(ref, reverse=True)[:5]
     assert [a["logprob"] for a in first["top_logprobs"]] == pytest.approx(ranked, abs=1e-3)
     assert body["context"][body["prompt_eval_count"]] == best  # greedy: it took the argmax
+
+
+def test_repeat_penalty_is_in_the_reported_distribution(server, tiny_model_dir):
+    """Logits processors run before the log-softmax: with repeat_penalty the first token's
+    values are those of the penalised logits (mlx-lm's rule on the last 64 prompt tokens)."""
+    import mlx.core as mx
+
+    body = generate(server, "hello hello there", options={**GREEDY, "repeat_penalty": 3.0})
+    prompt = body["context"][: body["prompt_eval_count"]]
+    logits = reference_logits(tiny_model_dir, prompt)
+    seen = mx.array(sorted(set(prompt[-64:])))
+    picked = logits[seen]
+    logits[seen] = mx.where(picked < 0, picked * 3.0, picked / 3.0)
+    penalised = (logits - mx.logsumexp(logits)).tolist()
+    ranked = sorted(penalised, reverse=True)[:5]
+    first = body["logprobs"][0]
+    assert [a["logprob"] for a in first["top_logprobs"]] == pytest.approx(ranked, abs=1e-3)
+    plain = generate(server, "hello hello there")["logprobs"][0]["top_logprobs"]
+    assert [a["logprob"] for a in plain] != pytest.approx(ranked, abs=1e-3)
 
 
 def test_batched_concurrent_requests_match_their_solo_runs(server):
