@@ -321,3 +321,19 @@ def test_a_heavy_logprobs_request_does_not_hold_up_the_others(server):
         assert elapsed < 3, f"a short chat took {elapsed:.1f}s beside the heavy request"
         rest = [json.loads(line) for line in lines]
     assert rest[-1]["done"] and rest[-1]["eval_count"] > 200, rest[-1]  # a long one indeed
+
+
+def test_upstream_models_get_the_fields_as_sent(protocol_bridges):
+    """A model only the upstream serves: logprobs / top_logprobs reach it unchanged (here the
+    upstream is another bridge, whose engine answers them)."""
+    url, _ = protocol_bridges
+    native = requests.post(f"{url}/api/chat", json={
+        "model": "up-only", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+        "logprobs": True, "top_logprobs": 2, "options": {"temperature": 0, "num_predict": 3}},
+        timeout=60).json()
+    assert len(native["logprobs"]) == native["eval_count"]
+    assert all(len(e["top_logprobs"]) == 2 for e in native["logprobs"])
+    v1 = requests.post(f"{url}/v1/chat/completions", json={
+        "model": "up-only", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+        "logprobs": True, "top_logprobs": 1}, timeout=60).json()
+    assert all(len(c["top_logprobs"]) == 1 for c in v1["choices"][0]["logprobs"]["content"])

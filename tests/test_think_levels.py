@@ -131,6 +131,13 @@ def test_model_without_thinking_is_400_as_ollama(server, think):
     assert r.json() == {"error": '"plain" does not support thinking'}
 
 
+def test_generate_on_a_model_without_thinking_is_400_too(server):
+    r = requests.post(f"{server}/api/generate", json={"model": "plain", "prompt": "hi",
+                                                      "think": "medium", "stream": False},
+                      timeout=30)
+    assert r.status_code == 400 and r.json() == {"error": '"plain" does not support thinking'}
+
+
 def test_think_false_on_a_model_without_thinking_is_fine(server):
     assert chat(server, "plain", think=False).status_code == 200
 
