@@ -102,6 +102,28 @@ def test_chat_streamed_chunks_carry_the_same_logprobs(app):
     assert len(streamed) == whole["eval_count"]
 
 
+def test_a_stop_string_keeps_its_tokens_reported(app):
+    """The tokens that formed a stop string are reported, though their text is cut."""
+    client = app.test_client()
+    base = {"model": TINY, "prompt": "hello", "stream": False, "logprobs": True,
+            "options": {**GREEDY, "num_predict": 8}}
+    tokens = [e["token"] for e in client.post("/api/generate", json=base).get_json()["logprobs"]]
+    text = ""
+    for i, token in enumerate(tokens):
+        if i and token.strip().isalpha() and token.strip() not in text + token[:-1]:
+            break
+        text += token
+    else:
+        raise AssertionError(f"no usable stop token in {tokens}")
+    stop = token.strip()
+    lines = ndjson(client.post("/api/generate", json={
+        **base, "stream": True, "options": {**base["options"], "stop": [stop]}}))
+    streamed = [e["token"] for line in lines for e in line.get("logprobs", [])]
+    assert lines[-1]["done_reason"] == "stop"
+    assert "".join(line["response"] for line in lines) == (text + token[:token.index(stop)])
+    assert streamed == tokens[: i + 1]
+
+
 def test_top_logprobs_alone_asks_for_logprobs_and_zero_gives_no_alternatives(app):
     client = app.test_client()
     base = {"model": TINY, "prompt": "hello", "stream": False, "options": GREEDY}
