@@ -359,3 +359,23 @@ def test_upstream_models_get_the_fields_as_sent(protocol_bridges):
         "model": "up-only", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
         "logprobs": True, "top_logprobs": 1}, timeout=60).json()
     assert all(len(c["top_logprobs"]) == 1 for c in v1["choices"][0]["logprobs"]["content"])
+
+
+def test_thinking_tokens_are_reported_with_their_thinking(protocol_bridges):
+    """The scripted think model: `<think>`, the thought, `</think>`, the answer, then EOS (not
+    reported). Streamed, each token comes with the chunk that carries its text."""
+    from .scripted_model import HELLO, THOUGHT
+
+    url, _ = protocol_bridges
+    body = {"model": "think", "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+            "options": {"temperature": 0, "num_predict": 10}}
+    whole = requests.post(f"{url}/api/chat", json={**body, "stream": False}, timeout=60).json()
+    assert [e["token"] for e in whole["logprobs"]] == ["<think>", THOUGHT, "</think>", HELLO]
+    assert whole["eval_count"] == 5 and whole["done_reason"] == "stop"
+    assert all(e["logprob"] > -1e-3 for e in whole["logprobs"])  # the script leads by ~40 nats
+    lines = [json.loads(x) for x in requests.post(f"{url}/api/chat", json=body,
+                                                  timeout=60).iter_lines() if x]
+    thought = [e["token"] for x in lines if x["message"].get("thinking")
+               for e in x["logprobs"]]
+    said = [e["token"] for x in lines if x["message"]["content"] for e in x["logprobs"]]
+    assert THOUGHT in thought and said[-1] == HELLO
