@@ -113,7 +113,7 @@ def test_call_limits_formats_and_reasoning():
     (body(tool_choice={"type": "web_search_preview"}), Unsupported, None),
     (body(tool_choice="required"), BadRequest, "tool_choice 'required' needs tools"),
     (body(include=["file_search_call.results"]), Unsupported, None),
-    (body(top_logprobs=2), Unsupported, None),
+    (body(top_logprobs=21), BadRequest, None),
     (body(service_tier="flex"), Unsupported, None),
     (body(text={"verbosity": "low"}), Unsupported, None),
     (body(reasoning={"effort": "huge"}), BadRequest,

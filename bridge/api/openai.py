@@ -61,7 +61,8 @@ def chat_completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
     req = parse_chat(chat_to_native(body), active())
-    responder = OpenAIResponder(ChatWriter(req.model, include_usage(body)), req.stream)
+    wants = req.logprobs or req.top_logprobs > 0
+    responder = OpenAIResponder(ChatWriter(req.model, include_usage(body), wants), req.stream)
     return dispatch(require_model(req.model), request.path, raw, chat_handler(req, responder))
 
 
@@ -70,7 +71,9 @@ def completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "CompletionRequest")
     req = parse_generate(completion_to_native(body), active())
-    responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body)), req.stream)
+    top = req.top_logprobs if req.logprobs else None
+    responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body), top),
+                                req.stream)
     return dispatch(require_model(req.model), request.path, raw, generate_handler(req, responder))
 
 

@@ -54,7 +54,8 @@ def responses() -> Response:
         layer = responses_to_native(body)
         req = parse_chat(layer.native, active())
         req.forced_tools = layer.forced
-        writer = ResponsesWriter(req.model, layer.echo, layer.max_calls, layer.encrypted_reasoning)
+        writer = ResponsesWriter(req.model, layer.echo, layer.max_calls, layer.encrypted_reasoning,
+                                 layer.logprobs)
         return chat_handler(req, ResponsesResponder(writer, req.stream))(model, plan)
 
     return dispatch(name, request.path, raw, local)

@@ -70,7 +70,7 @@ class BatchRunner:
                 if entry is None or entry.job.id in self._faults:
                     continue
                 try:
-                    finished = entry.sink.add(r.token)
+                    finished = entry.sink.add(r.token, r.logprobs)
                     if r.finish_reason is not None and not finished:
                         finished = entry.sink.finish(r.finish_reason)
                 except Exception as exc:

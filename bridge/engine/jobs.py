@@ -26,7 +26,9 @@ class PromptSpec:
     suffix: str = ""
     raw: bool = False
     context: list[int] = field(default_factory=list)
-    think: bool | str | None = None
+    # Extra chat-template variables: the reasoning switches a request's `think` sets
+    # (bridge/serving/thinking.py template_switches), e.g. {"enable_thinking": False}.
+    template_vars: dict[str, Any] = field(default_factory=dict)
     truncate: bool = True
     # The prompt already rendered and tokenized on the request thread; None: the engine does it.
     tokens: list[int] | None = None
@@ -42,10 +44,23 @@ class PromptSpec:
 
 
 @dataclass
+class TokenLogprob:
+    """One sampled token's log-probability (bridge/engine/logprobs.py), Ollama's fields."""
+
+    token: str
+    logprob: float
+    bytes: list[int] = field(default_factory=list)
+    top: list[TokenLogprob] = field(default_factory=list)  # the most likely tokens at that step
+
+
+@dataclass
 class Chunk:
-    """A piece of generated text."""
+    """A piece of generated text; with `logprobs`, one entry per token that made it (a job
+    that asked): a token whose text is held back (a partial character, a possible stop string)
+    comes with the chunk that finally carries it."""
 
     text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +115,10 @@ class Job:
     events: queue.Queue[Event] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    # Per-token log-probabilities on the Chunks (computed only when asked), with the
+    # `top_logprobs` most likely tokens of each step (0..20).
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def cancel(self) -> None:
         """Ask the engine to stop this job at its next step (safe from any thread)."""

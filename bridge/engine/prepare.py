@@ -62,7 +62,8 @@ def admit(job: Job, loaded: LoadedModel, load_ns: int) -> Entry:
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
     sink = TokenSink(loaded.tokenizer, job.events.put, prompt=tokens, max_tokens=max(limit, 0),
-                     stop=job.options.stop, load_duration=load_ns)
+                     stop=job.options.stop, load_duration=load_ns,
+                     top_logprobs=job.top_logprobs if job.logprobs else None)
     return Entry(job, loaded, tokens, limit, sampler_for(loaded, job.options), processors, sink)
 
 

@@ -17,7 +17,7 @@ def prompt_tokens(tokenizer: Any, spec: PromptSpec, max_chars: int | None = None
     (or found too small) just the same, while an oversized prompt costs no more to tokenize.
     """
     if spec.messages is not None:
-        text = chat_text(tokenizer, spec.messages, spec.tools, spec.think)
+        text = chat_text(tokenizer, spec.messages, spec.tools, spec.template_vars)
         return encode(tokenizer, _tail(text, max_chars))
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in spec.context):
@@ -49,19 +49,18 @@ def generate_text(tokenizer: Any, spec: PromptSpec) -> str:
         return f"{spec.system}\n\n{spec.prompt}" if spec.system else spec.prompt
     messages = [{"role": "system", "content": spec.system}] if spec.system else []
     messages.append({"role": "user", "content": spec.prompt})
-    return chat_text(tokenizer, messages, None, spec.think)
+    return chat_text(tokenizer, messages, None, spec.template_vars)
 
 
-def chat_text(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None, think: Any
-) -> str:
-    """Render a whole chat history; a trailing assistant message is continued, not closed."""
+def chat_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None,
+              variables: dict[str, Any] | None = None) -> str:
+    """Render a whole chat history; a trailing assistant message is continued, not closed.
+
+    `variables`: extra template variables (the reasoning switches, PromptSpec.template_vars)."""
     if not getattr(tokenizer, "has_chat_template", False):
         return "\n\n".join(m.get("content", "") for m in messages)
     continue_last = bool(messages) and messages[-1]["role"] == "assistant"
-    kwargs: dict[str, Any] = {}
-    if think is not None:
-        kwargs["enable_thinking"] = bool(think)
+    kwargs: dict[str, Any] = dict(variables or {})
     try:
         return tokenizer.apply_chat_template(
             messages,

@@ -64,9 +64,9 @@ class SingleRunner:
     def _next(self, entry: Entry) -> bool:
         if self._iter is None:
             self._start(entry)
-        token = int(next(self._iter)[0])
-        entry.fed.append(token)
-        return entry.sink.add(token)
+        token, logprobs = next(self._iter)  # logprobs: the vector the token was sampled from
+        entry.fed.append(int(token))
+        return entry.sink.add(int(token), logprobs)
 
     def _start(self, entry: Entry) -> None:
         import mlx.core as mx

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.engine.jobs import Chunk, Done, Event
+from bridge.engine.jobs import Chunk, Done, Event, TokenLogprob
+from bridge.engine.logprobs import LogprobScorer
 
 
 class TokenSink:
@@ -22,8 +23,13 @@ class TokenSink:
         stop: tuple[str, ...] = (),
         load_duration: int = 0,
         cached_tokens: int = 0,
+        top_logprobs: int | None = None,
     ) -> None:
         self.detokenizer = tokenizer.detokenizer
+        # top_logprobs None: the job wants no logprobs (nothing is computed for it).
+        self.scorer = (None if top_logprobs is None
+                       else LogprobScorer(tokenizer, self.detokenizer, top_logprobs))
+        self.scored: list[TokenLogprob] = []  # scored tokens not yet sent with a Chunk
         self.eos = set(tokenizer.eos_token_ids)
         self.emit = emit
         self.prompt = prompt
@@ -40,13 +46,16 @@ class TokenSink:
         self.stop_hit = ""  # the stop string that matched, if one did
         self.final: Done | None = None  # sent by the engine once the model is released
 
-    def add(self, token: int) -> bool:
-        """Feed one sampled token; returns True when the job is finished."""
+    def add(self, token: int, logprobs: Any = None) -> bool:
+        """Feed one sampled token (and the log-softmax vector it was sampled from, which only a
+        job that asked for logprobs reads); returns True when the job is finished."""
         if not self.first_token_ns:
             self.first_token_ns = time.perf_counter_ns()
         if token in self.eos:
             self.eos_hit = True
             return self.finish("stop")
+        if self.scorer is not None and logprobs is not None:
+            self.scored.append(self.scorer.score(token, logprobs))
         self.tokens.append(token)
         self.detokenizer.add_token(token)
         if self._push(self.detokenizer.last_segment):
@@ -68,14 +77,20 @@ class TokenSink:
             return self.finish("stop", flush=False)
         keep = self.stops.partial  # a suffix that may still grow into a stop string
         if len(self.pending) > keep:
-            self.emit(Chunk(self.pending[: len(self.pending) - keep]))
+            self._send(self.pending[: len(self.pending) - keep])
             self.pending = self.pending[len(self.pending) - keep:]
         return False
 
     def _flush(self) -> None:
         if self.pending:
-            self.emit(Chunk(self.pending))
+            self._send(self.pending)
             self.pending = ""
+
+    def _send(self, text: str) -> None:
+        """A Chunk with the tokens scored since the last one (their text is in it, or was
+        cut as a stop string)."""
+        scored, self.scored = self.scored, []
+        self.emit(Chunk(text, scored))
 
     def finish(self, reason: str, flush: bool = True) -> bool:
         """Emit the remaining text and the Done event (once)."""
@@ -86,6 +101,8 @@ class TokenSink:
             self.detokenizer.finalize()
             self.pending += self.detokenizer.last_segment
             self._flush()
+        if self.scored:  # tokens whose text never came out (a stop string): still reported
+            self._send("")
         self.final = self.done(reason)
         return True
 

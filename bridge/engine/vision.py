@@ -100,7 +100,7 @@ def render(loaded: LoadedModel, spec: PromptSpec) -> tuple[str, list[Any]]:
     images: list[Any] = []
     shaped = [_message(loaded, m, images) for m in messages]
     if not images:  # text only: exactly what a text model renders (tools, thinking...)
-        return chat_text(loaded.tokenizer, shaped, spec.tools, spec.think), []
+        return chat_text(loaded.tokenizer, shaped, spec.tools, spec.template_vars), []
     return _chat_with_images(loaded, shaped, spec), images
 
 
@@ -131,11 +131,9 @@ def _chat_with_images(loaded: LoadedModel, messages: list[dict[str, Any]],
     from mlx_vlm.prompt_utils import get_chat_template
 
     continue_last = messages[-1]["role"] == "assistant"
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(spec.template_vars)  # the reasoning switches of `think`
     if spec.tools:
         kwargs["tools"] = spec.tools
-    if spec.think is not None:
-        kwargs["enable_thinking"] = bool(spec.think)
     if continue_last:
         kwargs["continue_final_message"] = True
     try:

@@ -30,6 +30,7 @@ from bridge.modelinfo.tokenizer import (
     default_parameters,
     read_json,
     template_capabilities,
+    think_switches,
 )
 from bridge.modelinfo.vision import is_vision_config
 
@@ -89,6 +90,8 @@ class ModelDescription:
     architecture: str
     parameter_count: int
     system: str = ""
+    # The reasoning switches the chat template reads (modelinfo/tokenizer.THINK_SWITCHES).
+    think_switches: tuple[str, ...] = ()
 
 
 def format_parameter_size(n: int) -> str:
@@ -265,6 +268,7 @@ def _describe(root: Path, scan: DirScan, config_bytes: bytes, digest: str) -> Mo
         architecture=family,
         parameter_count=count,
         system=str(ollama.get("system") or ""),
+        think_switches=think_switches(template),
     )
 
 

@@ -50,12 +50,18 @@ def _pick_template(value: Any) -> str:
     return ""
 
 
+# Chat-template variables that switch a model's reasoning: `enable_thinking` (Qwen3 and most
+# <think> templates), `thinking` (DeepSeek-V3.1 style), `reasoning_effort` (gpt-oss levels).
+# What a request's `think` sets them to: bridge/serving/thinking.py `template_switches`.
+THINK_SWITCHES = ("enable_thinking", "thinking", "reasoning_effort")
+
+
 def template_capabilities(template: str) -> list[str]:
     """Ollama capabilities a chat template enables: "tools" and/or "thinking"."""
     found = []
     if uses_tools(template):
         found.append("tools")
-    if "enable_thinking" in template or "<think>" in template:
+    if "enable_thinking" in template or "<think>" in template or think_switches(template):
         found.append("thinking")
     return found
 
@@ -67,15 +73,33 @@ def uses_tools(template: str) -> bool:
     >>> uses_tools("{% if tools %}{{ tools | tojson }}{% endif %}"), uses_tools("{# no tools #}hi")
     (True, False)
     """
-    if "tools" not in template:
-        return False
+    return bool(reads_variables(template, ("tools",)))
+
+
+def think_switches(template: str) -> tuple[str, ...]:
+    """The THINK_SWITCHES the template reads, in that order.
+
+    >>> think_switches("{% if reasoning_effort is defined %}{{ reasoning_effort }}{% endif %}")
+    ('reasoning_effort',)
+    >>> think_switches("{% for m in messages %}{{ m.thinking }}{% endfor %}")
+    ()
+    """
+    return reads_variables(template, THINK_SWITCHES)
+
+
+def reads_variables(template: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of `names` the template reads as variables it does not set itself (Jinja AST)."""
+    names = tuple(n for n in names if n in template)
+    if not names:
+        return ()
     try:
         from jinja2 import Environment, meta
 
         env = Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do"])
-        return "tools" in meta.find_undeclared_variables(env.parse(template))
+        read = meta.find_undeclared_variables(env.parse(template))
+        return tuple(n for n in names if n in read)
     except Exception:  # Jinja dialects we do not parse ({% generation %}...): fall back to the word
-        return bool(re.search(r"\btools\b", template))
+        return tuple(n for n in names if re.search(rf"(?<![.'\"])\b{n}\b", template))
 
 
 def default_parameters(

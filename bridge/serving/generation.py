@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from flask import Response
 
 from bridge.engine import Chunk, Done, Job, PromptSpec
+from bridge.engine.jobs import TokenLogprob
 from bridge.errors import BridgeError, Unsupported
 from bridge.http.web import client_gone_probe, context, rfc3339
 from bridge.routing.dispatch import LocalHandler
@@ -25,6 +26,7 @@ from bridge.serving.images import decode_images
 from bridge.serving.local import JobStream, LocalModel
 from bridge.serving.output import Delta, OutputPlan, plan_output
 from bridge.serving.shapes import ChatShape, GenerateShape, Shape
+from bridge.serving.thinking import template_switches
 from bridge.state import bridge
 from bridge.stats.tracking import LocalOutcome
 from bridge.wire.native_out import errors_as_last_line
@@ -61,8 +63,9 @@ def generate_handler(req: GenerateRequest, responder: Responder) -> LocalHandler
         check_capabilities(req, model)
         output = plan_output(req.think, model.description.capabilities, None, req.format)
         spec = PromptSpec(prompt=req.prompt, system=req.system, template=req.template,
-                          suffix=req.suffix, raw=req.raw, context=req.context, think=req.think,
-                          truncate=req.truncate, images=decode_images(req.images, "images"),
+                          suffix=req.suffix, raw=req.raw, context=req.context,
+                          template_vars=switches(req, model), truncate=req.truncate,
+                          images=decode_images(req.images, "images"),
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, GenerateShape(req), output, responder)
 
@@ -81,7 +84,7 @@ def chat_handler(req: ChatRequest, responder: Responder) -> LocalHandler:
         output = plan_output(req.think, model.description.capabilities, req.tools, req.format,
                              req.forced_tools)
         spec = PromptSpec(messages=template_messages(req), tools=req.tools or None,
-                          think=req.think, truncate=req.truncate,
+                          template_vars=switches(req, model), truncate=req.truncate,
                           logits_processor_factory=output.factory(bridge().tables))
         return run(req, model, plan, spec, ChatShape(req), output, responder)
 
@@ -111,6 +114,11 @@ def template_messages(req: ChatRequest) -> list[dict[str, Any]]:
     return out
 
 
+def switches(req: Common, model: LocalModel) -> dict[str, Any]:
+    """The chat-template variables for the request's `think` on this model's template."""
+    return template_switches(req.think, model.description.think_switches)
+
+
 def check_capabilities(req: Common, model: LocalModel) -> None:
     caps = model.description.capabilities
     if req.think and "thinking" not in caps:
@@ -131,7 +139,7 @@ def prompt_token_count(req: ChatRequest, model: LocalModel, plan: Plan) -> int:
     """
     check_chat(req, model)
     spec = PromptSpec(messages=template_messages(req), tools=req.tools or None,
-                      think=req.think, truncate=False)
+                      template_vars=switches(req, model), truncate=False)
     job = make_job(req, model, plan, spec)
     job.options = replace(job.options, num_predict=0, num_ctx=COUNT_CONTEXT)
     count = 0
@@ -157,6 +165,8 @@ def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, shape: Sha
         output: OutputPlan, responder: Responder) -> Response:
     """Submit the job; errors before the first event become an HTTP status, later ones a line."""
     state, job = bridge(), make_job(req, model, plan, spec)
+    # top_logprobs alone asks for logprobs too (rather than being ignored, as in Ollama).
+    job.logprobs, job.top_logprobs = req.logprobs or req.top_logprobs > 0, req.top_logprobs
     state.local.tokenize(model, job)  # here, not on the engine thread: a huge prompt stalls no one
     stream = state.local.run(job, client_gone_probe())  # a hang-up cancels it, streamed or not
     events = iter(stream)
@@ -206,6 +216,7 @@ class Generation:
                 total.content += item.content
                 total.thinking += item.thinking
                 total.tool_calls += item.tool_calls
+                total.logprobs += item.logprobs
         raise AssertionError("a job always ends with Done")
 
     def _parsed(self) -> Iterator[Delta | Done]:
@@ -213,12 +224,16 @@ class Generation:
         done, error = None, "client disconnected"
         try:
             event: Chunk | Done = self.first
+            scored: list[TokenLogprob] = []  # logprobs of text the parser still holds
             while not isinstance(event, Done):
                 delta = parser.feed(event.text)
+                scored += event.logprobs
                 if delta:
+                    delta.logprobs, scored = scored, []
                     yield delta
                 event = next(self.events)
             tail = parser.flush()
+            tail.logprobs = scored
             if tail:
                 yield tail
             done, error = event, None

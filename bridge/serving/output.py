@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bridge.engine.jobs import TokenLogprob
 from bridge.engine.structured import Constraint, TokenizerTables, grammar_for, mask
 from bridge.errors import BadRequest
 from bridge.serving.thinking import ThinkingSplitter
@@ -47,9 +48,10 @@ class Delta:
     content: str = ""
     thinking: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens behind this step
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.thinking or self.tool_calls)
+        return bool(self.content or self.thinking or self.tool_calls or self.logprobs)
 
 
 @dataclass

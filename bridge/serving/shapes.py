@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from bridge.engine import Done
+from bridge.engine.jobs import TokenLogprob
 from bridge.http.web import rfc3339
 from bridge.serving.output import Delta
 from bridge.wire.schemas import Common, GenerateRequest
@@ -34,6 +35,10 @@ class Shape:
     def chunk(self, delta: Delta) -> dict[str, Any]:
         raise NotImplementedError
 
+    def logprobs(self, delta: Delta | None) -> dict[str, Any]:
+        """Ollama's top-level `logprobs` (omitempty): the tokens behind this object."""
+        return {"logprobs": logprob_objects(delta.logprobs)} if delta and delta.logprobs else {}
+
     def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -48,11 +53,11 @@ class GenerateShape(Shape):
         return out
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
-        return {**self.base(), **self.text(delta), "done": False}
+        return {**self.base(), **self.text(delta), **self.logprobs(delta), "done": False}
 
     def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
-        out = {**self.base(), **self.text(total or Delta()), "done": True,
-               "done_reason": done.done_reason}
+        out = {**self.base(), **self.text(total or Delta()), **self.logprobs(total),
+               "done": True, "done_reason": done.done_reason}
         if not self.req.raw:
             out["context"] = done.context
         return {**out, **self.metrics(done, started)}
@@ -68,9 +73,24 @@ class ChatShape(Shape):
         return msg
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
-        return {**self.base(), "message": self.message(delta), "done": False}
+        return {**self.base(), "message": self.message(delta), **self.logprobs(delta),
+                "done": False}
 
     def final(self, done: Done, started: int, total: Delta | None = None) -> dict[str, Any]:
         # Ollama keeps done_reason "stop" after tool calls (/v1 turns it into "tool_calls").
-        return {**self.base(), "message": self.message(total or Delta()), "done": True,
-                "done_reason": done.done_reason, **self.metrics(done, started)}
+        return {**self.base(), "message": self.message(total or Delta()), **self.logprobs(total),
+                "done": True, "done_reason": done.done_reason, **self.metrics(done, started)}
+
+
+def logprob_objects(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """Ollama's `[{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`
+    (`bytes` and `top_logprobs` omitempty, as api.Logprob)."""
+    return [{**_token(e), **({"top_logprobs": [_token(t) for t in e.top]} if e.top else {})}
+            for e in entries]
+
+
+def _token(entry: TokenLogprob) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": entry.token, "logprob": entry.logprob}
+    if entry.bytes:
+        out["bytes"] = entry.bytes
+    return out

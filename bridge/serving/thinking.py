@@ -7,8 +7,13 @@ think block come from the engine (bridge.serving.output.OutputProbe).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.serving.markers import partial_suffix
+
+# A think level as a `reasoning_effort` template variable: gpt-oss (harmony) knows low, medium
+# and high; "max" asks for the most there is.
+EFFORT_VARIABLE = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 # Marker pairs mlx-lm recognises as single tokens (tokenizer_utils._infer_thinking).
 THINK_PAIRS: tuple[tuple[str, str], ...] = (
@@ -16,6 +21,34 @@ THINK_PAIRS: tuple[tuple[str, str], ...] = (
     ("<longcat_think>", "</longcat_think>"),
     ("<|think:start|>", "<|think:end|>"),
 )
+
+
+def template_switches(think: bool | str | None, switches: tuple[str, ...]) -> dict[str, Any]:
+    """The chat-template variables for a request's `think` (None: the template's default).
+
+    `switches`: the reasoning variables the model's template reads (ModelDescription). A level
+    turns thinking on; with `reasoning_effort` it also picks the effort. `enable_thinking` is
+    always passed (a template that does not read it ignores it), as before levels existed.
+    A template whose only switch is `reasoning_effort` cannot turn reasoning off: `think: false`
+    asks it for the least, "low".
+
+    >>> template_switches("max", ("enable_thinking", "reasoning_effort"))
+    {'enable_thinking': True, 'reasoning_effort': 'high'}
+    >>> template_switches(False, ("thinking",))
+    {'enable_thinking': False, 'thinking': False}
+    """
+    if think is None:
+        return {}
+    on = think is not False
+    out: dict[str, Any] = {"enable_thinking": on}
+    if "thinking" in switches:
+        out["thinking"] = on
+    if "reasoning_effort" in switches:
+        if isinstance(think, str):
+            out["reasoning_effort"] = EFFORT_VARIABLE[think]
+        elif not on and not {"enable_thinking", "thinking"} & set(switches):
+            out["reasoning_effort"] = "low"
+    return out
 
 
 @dataclass

@@ -41,6 +41,11 @@ def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     think = reasoning(f)
     if think is not None:
         native["think"] = think
+    logprobs, top = f.bool("logprobs"), f.int("top_logprobs")
+    if logprobs is not None:
+        native["logprobs"] = logprobs
+    if top is not None:  # 0..20, checked by the native parser (Ollama's text)
+        native["top_logprobs"] = top
     return native
 
 
@@ -52,6 +57,11 @@ def completion_to_native(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("invalid type for 'prompt' field: only a string is supported")
     native = {"model": f.str("model"), "prompt": prompt or "", "suffix": f.str("suffix"),
               "stream": bool(f.bool("stream", False)), "options": sampling_options(f)}
+    top = f.int("logprobs")  # the legacy API's int: that many alternatives per token (0: none)
+    if top is not None:
+        if not 0 <= top <= 20:
+            raise BadRequest("logprobs must be between 0 and 20")
+        native["logprobs"], native["top_logprobs"] = True, top
     return native
 
 

@@ -62,11 +62,48 @@ def error_object(message: str, kind: str = "api_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
+def chat_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Native logprobs as OpenAI's `choices[].logprobs.content` (top_logprobs always a list)."""
+    def token(e: dict[str, Any]) -> dict[str, Any]:
+        return {"token": e.get("token", ""), "logprob": e.get("logprob", 0.0),
+                "bytes": e.get("bytes") or None}
+
+    return [{**token(e), "top_logprobs": [token(t) for t in e.get("top_logprobs", [])]}
+            for e in entries]
+
+
+class LegacyLogprobs:
+    """Native logprobs as /v1/completions' `{tokens, token_logprobs, top_logprobs,
+    text_offset}`; offsets count characters from the start of the completion, across chunks."""
+
+    def __init__(self, top: int) -> None:
+        self.top, self.offset = top, 0
+
+    def block(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        tokens = [str(e.get("token", "")) for e in entries]
+        offsets = []
+        for text in tokens:
+            offsets.append(self.offset)
+            self.offset += len(text)
+        top = [_by_token(e.get("top_logprobs", [])) for e in entries]
+        return {"tokens": tokens, "token_logprobs": [e.get("logprob", 0.0) for e in entries],
+                "top_logprobs": top if self.top > 0 else None, "text_offset": offsets}
+
+
+def _by_token(alternatives: list[dict[str, Any]]) -> dict[str, float]:
+    """{token: logprob}; two tokens that read the same (partial UTF-8 bytes: U+FFFD) keep the
+    more likely one (the list is sorted, most likely first)."""
+    out: dict[str, float] = {}
+    for alt in alternatives:
+        out.setdefault(str(alt.get("token", "")), alt.get("logprob", 0.0))
+    return out
+
+
 class ChatWriter:
     """One /v1/chat/completions response, from the native chat objects of one generation."""
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.model, self.include_usage = model, include_usage
+    def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False) -> None:
+        self.model, self.include_usage, self.logprobs = model, include_usage, logprobs
         self.id, self.created = new_id("chatcmpl"), int(time.time())
         self.tool_calls = False
         self.role_sent = False
@@ -80,10 +117,14 @@ class ChatWriter:
         if msg.get("tool_calls"):
             message["tool_calls"] = openai_tool_calls(msg["tool_calls"])
         reason = finish_reason(final.get("done_reason"), bool(msg.get("tool_calls")))
+        choice = {"index": 0, "message": message, "finish_reason": reason}
+        if self.logprobs:
+            choice["logprobs"] = {"content": chat_logprobs(final.get("logprobs", [])),
+                                  "refusal": None}
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+                "choices": [choice],
                 "usage": usage(final)}
 
     def events(self, lines: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -113,6 +154,11 @@ class ChatWriter:
                 self.tool_calls = True
                 delta["tool_calls"] = openai_tool_calls(msg["tool_calls"])
             out.append(self._chunk(delta))
+        if self.logprobs and line.get("logprobs"):
+            if not out:  # tokens whose text was held back or cut (a stop string)
+                out.append(self._chunk(self._delta(content="")))
+            out[-1]["choices"][0]["logprobs"] = {"content": chat_logprobs(line["logprobs"]),
+                                                 "refusal": None}
         return out
 
     def _delta(self, **fields: Any) -> dict[str, Any]:
@@ -131,12 +177,19 @@ class ChatWriter:
 class CompletionWriter:
     """One /v1/completions response, from the native generate objects of one generation."""
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
+    def __init__(self, model: str, include_usage: bool = False,
+                 logprobs: int | None = None) -> None:
         self.model, self.include_usage = model, include_usage
         self.id, self.created = new_id("cmpl"), int(time.time())
+        # The request's `logprobs` (alternatives per token); None: not asked, `logprobs: null`.
+        self.legacy = LegacyLogprobs(logprobs) if logprobs is not None else None
+
+    def _logprobs(self, line: dict[str, Any]) -> dict[str, Any] | None:
+        return self.legacy.block(line.get("logprobs", [])) if self.legacy else None
 
     def completion(self, final: dict[str, Any]) -> dict[str, Any]:
-        choice = {"text": final.get("response", ""), "index": 0, "logprobs": None,
+        choice = {"text": final.get("response", ""), "index": 0,
+                  "logprobs": self._logprobs(final),
                   "finish_reason": finish_reason(final.get("done_reason"), False)}
         return {**self._base(), "choices": [choice], "usage": usage(final)}
 
@@ -148,7 +201,8 @@ class CompletionWriter:
             done = bool(line.get("done"))
             reason = finish_reason(line.get("done_reason"), False) if done else None
             chunk = {**self._base(), "choices": [{"text": line.get("response", ""), "index": 0,
-                                                   "logprobs": None, "finish_reason": reason}]}
+                                                   "logprobs": self._logprobs(line),
+                                                   "finish_reason": reason}]}
             if self.include_usage:  # Ollama sends a zero usage on every chunk, then the total
                 chunk["usage"] = usage({})
             yield sse(chunk)

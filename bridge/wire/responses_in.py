@@ -25,7 +25,7 @@ STATEFUL = {"previous_response_id":
             "responses are not stored (send the whole conversation in input)",
             "conversation": "conversations are not stored (send the whole conversation in input)",
             "prompt": "stored prompt templates are not available"}
-INCLUDABLE = ("reasoning.encrypted_content",)
+INCLUDABLE = ("reasoning.encrypted_content", "message.output_text.logprobs")
 IMAGE_PREFIXES = ("data:image/jpeg;base64,", "data:image/jpg;base64,", "data:image/png;base64,",
                   "data:image/webp;base64,", "data:;base64,")
 
@@ -38,6 +38,7 @@ class ResponsesPlan:
     forced: list[str] = field(default_factory=list)  # tool_choice required / a function
     max_calls: int | None = None  # parallel_tool_calls false, max_tool_calls
     encrypted_reasoning: bool = False  # include: ["reasoning.encrypted_content"]
+    logprobs: bool = False  # include: ["message.output_text.logprobs"] (or top_logprobs > 0)
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the response repeats
 
 
@@ -74,6 +75,13 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
     think, reasoning = reasoning_config(f.raw("reasoning"))
     if think is not None:
         native["think"] = think
+    included = include(f.raw("include"))
+    top = f.int("top_logprobs") or 0
+    if not 0 <= top <= 20:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    logprobs = "message.output_text.logprobs" in included or top > 0
+    if logprobs:
+        native["logprobs"], native["top_logprobs"] = True, top
     echo = {"instructions": f.str("instructions") or None, "tools": f.list("tools", ""),
             "tool_choice": f.raw("tool_choice") or "auto", "text": text, "reasoning": reasoning,
             "temperature": native["options"]["temperature"], "top_p": f.number("top_p"),
@@ -82,8 +90,10 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
             "parallel_tool_calls": f.bool("parallel_tool_calls", True),
             "truncation": truncation(f.raw("truncation")), "metadata": metadata(f.raw("metadata")),
             "user": f.str("user") or None, "safety_identifier": f.str("safety_identifier") or None,
-            "prompt_cache_key": f.str("prompt_cache_key") or None}
-    return ResponsesPlan(native, forced, max_calls, include(f.raw("include")), echo)
+            "prompt_cache_key": f.str("prompt_cache_key") or None, "top_logprobs": top}
+    return ResponsesPlan(native, forced, max_calls,
+                         encrypted_reasoning="reasoning.encrypted_content" in included,
+                         logprobs=logprobs, echo=echo)
 
 
 def refuse_stateful(f: Fields) -> None:
@@ -99,8 +109,6 @@ def refuse_stateful(f: Fields) -> None:
     if f.raw("service_tier") not in (None, "auto", "default"):
         raise Unsupported(f"service_tier {f.raw('service_tier')!r} is not available "
                           "(only auto/default)")
-    if (f.int("top_logprobs") or 0) > 0:
-        raise Unsupported("top_logprobs is not supported for MLX models")
     options = f.dict("stream_options", "responses.StreamOptions")
     if options.get("include_obfuscation"):
         raise Unsupported("stream_options.include_obfuscation is not supported")
@@ -152,16 +160,17 @@ def metadata(value: Any) -> dict[str, str]:
     return value
 
 
-def include(value: Any) -> bool:
-    """Only `reasoning.encrypted_content` can be included (the plain reasoning text)."""
+def include(value: Any) -> set[str]:
+    """What `include` asks for: `reasoning.encrypted_content` (the plain reasoning text) and
+    `message.output_text.logprobs`; anything else is refused."""
     if value is None:
-        return False
+        return set()
     if not isinstance(value, list):
         raise BadRequest("include: must be an array")
     for item in value:
         if item not in INCLUDABLE:
             raise Unsupported(f"include: {item!r} is not available (only {', '.join(INCLUDABLE)})")
-    return bool(value)
+    return set(value)
 
 
 def text_config(value: Any) -> tuple[str | dict[str, Any] | None, dict[str, Any]]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from bridge.wire.openai_out import sse
+from bridge.wire.openai_out import chat_logprobs, sse
 
 
 def new_id(prefix: str) -> str:
@@ -29,8 +29,8 @@ def usage(final: dict[str, Any]) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 class ResponsesWriter:
@@ -38,12 +38,16 @@ class ResponsesWriter:
 
     `echo` holds the request fields the response object repeats (bridge.wire.responses_in);
     `max_calls` keeps only the first tool calls (parallel_tool_calls false, max_tool_calls).
+    `logprobs`: the output text carries the native logprobs (include
+    message.output_text.logprobs); as in /v1/chat/completions the reasoning's tokens are listed
+    too, with the text that follows them.
     """
 
     def __init__(self, model: str, echo: dict[str, Any], max_calls: int | None = None,
-                 encrypted_reasoning: bool = False) -> None:
+                 encrypted_reasoning: bool = False, logprobs: bool = False) -> None:
         self.model, self.echo, self.max_calls = model, echo, max_calls
-        self.encrypted_reasoning = encrypted_reasoning
+        self.encrypted_reasoning, self.logprobs = encrypted_reasoning, logprobs
+        self.scored: list[dict[str, Any]] = []  # streamed logprobs not yet sent with a delta
         self.id, self.created_at = new_id("resp"), int(time.time())
         self.seq = 0
         self.output: list[dict[str, Any]] = []  # finished items, in order
@@ -60,7 +64,9 @@ class ResponsesWriter:
             output.append(self._reasoning(new_id("rs"), msg["thinking"]))
         calls = self._allowed(msg.get("tool_calls") or [])
         if msg.get("content") or not calls:
-            output.append(self._message(new_id("msg"), msg.get("content", ""), "completed"))
+            scored = chat_logprobs(final.get("logprobs") or []) if self.logprobs else []
+            output.append(self._message(new_id("msg"), msg.get("content", ""), "completed",
+                                        scored))
         output += [self._call(c, "completed") for c in calls]
         return self._body(final, output)
 
@@ -90,9 +96,10 @@ class ResponsesWriter:
         return item
 
     @staticmethod
-    def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
+    def _message(item_id: str, text: str, status: str,
+                 logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-                "content": [text_part(text)] if status == "completed" else []}
+                "content": [text_part(text, logprobs)] if status == "completed" else []}
 
     @staticmethod
     def _call(call: dict[str, Any], status: str) -> dict[str, Any]:
@@ -123,6 +130,8 @@ class ResponsesWriter:
                 yield from self._finish(line)
                 return
             msg = line.get("message") or {}
+            if self.logprobs:
+                self.scored += chat_logprobs(line.get("logprobs") or [])
             if msg.get("thinking"):
                 yield from self._thinking(msg["thinking"])
             if msg.get("content"):
@@ -154,16 +163,17 @@ class ResponsesWriter:
     def _text(self, delta: str) -> Iterator[str]:
         if self.item is None or self.item["type"] != "message":
             yield from self._close()
-            self.item = {"id": new_id("msg"), "type": "message", "text": ""}
+            self.item = {"id": new_id("msg"), "type": "message", "text": "", "logprobs": []}
             yield self._event("response.output_item.added", output_index=len(self.output),
                               item=self._message(self.item["id"], "", "in_progress"))
             yield self._event("response.content_part.added", **self._where(content_index=0),
                               part=text_part(""))
         self.item["text"] += delta
         if delta:
+            scored, self.scored = self.scored, []
+            self.item["logprobs"] += scored
             yield self._event("response.output_text.delta", **self._where(content_index=0),
-                              delta=delta,
-                              logprobs=[])
+                              delta=delta, logprobs=scored)
 
     def _close(self) -> Iterator[str]:
         """Finish the reasoning or message item being streamed."""
@@ -179,11 +189,12 @@ class ResponsesWriter:
             yield self._event("response.reasoning_summary_part.done", **where, summary_index=0,
                               part={"type": "summary_text", "text": text})
         else:
-            done = self._message(item["id"], text, "completed")
+            scored, self.scored = item["logprobs"] + self.scored, []  # with tokens held back
+            done = self._message(item["id"], text, "completed", scored)
             yield self._event("response.output_text.done", **where, content_index=0, text=text,
-                              logprobs=[])
+                              logprobs=scored)
             yield self._event("response.content_part.done", **where, content_index=0,
-                              part=text_part(text))
+                              part=text_part(text, scored))
         self.output.append(done)
         yield self._event("response.output_item.done", output_index=index, item=done)
 
