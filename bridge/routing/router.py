@@ -130,21 +130,28 @@ class Router:
             if entry is None:
                 targets = self._targets(policy, self.default_upstream())
             else:
-                remote_mlx = policy == "mlx" and bool(entry.endpoint_url)
-                remote_model = entry.remote_model or (entry.source if remote_mlx else None)
-                targets = self._targets(
-                    policy, entry.endpoint_url or self.default_upstream(), None, None,
-                    entry.api_key_env, entry.protocol, remote_model or None, remote_mlx=remote_mlx)
+                targets = self._from_entry(entry)
             plan = Plan(name, policy, targets)
         plan.targets = self._order(plan.targets)
         return plan
+
+    def _from_entry(self, entry: Any) -> list[Target]:
+        """A mapping entry's targets: its own `endpoint_url` replaces the default upstream."""
+        endpoint = getattr(entry, "endpoint_url", None)
+        remote_mlx = entry.backend == "mlx" and bool(endpoint)
+        remote_model = getattr(entry, "remote_model", None)
+        if remote_mlx and not remote_model:
+            remote_model = entry.source or None  # what mlx_lm.server was started with (--model)
+        return self._targets(entry.backend, endpoint or self.default_upstream(), None, None,
+                             getattr(entry, "api_key_env", None), getattr(entry, "protocol", None),
+                             remote_model, remote_mlx=remote_mlx)
 
     def weighted(self, rows: list[Any]) -> list[Any]:
         """Rows of equal priority in a weighted random order when any of them has a `weight`
         (the A/B split: the first is the one a request tries), else as they came (by id)."""
         groups: dict[int, list[Any]] = {}
         for row in rows:
-            groups.setdefault(row.priority, []).append(row)
+            groups.setdefault(getattr(row, "priority", 0), []).append(row)
         ordered: list[Any] = []
         for group in groups.values():  # rows come by priority, high first: dicts keep that order
             if len(group) > 1 and any(getattr(r, "weight", None) for r in group):
