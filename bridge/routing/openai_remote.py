@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,7 +134,8 @@ def messages(native: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  for j, call in enumerate(m["tool_calls"])]
             pending = [(c["id"], c["function"]["name"]) for c in msg["tool_calls"]]
         elif role == "tool":
-            msg["tool_call_id"] = _answered(pending, m.get("tool_name"), i)
+            msg["tool_call_id"] = (m.get("tool_call_id")
+                                   or _answered(pending, m.get("tool_name"), i))
         out.append(msg)
     return out
 
@@ -250,7 +252,9 @@ class Answer:
 
     def _tool_part(self, part: dict[str, Any]) -> None:
         self.first_ns = self.first_ns or time.perf_counter_ns()
-        slot = self.tools.setdefault(int(part.get("index") or 0), {"name": "", "arguments": ""})
+        slot = self.tools.setdefault(int(part.get("index") or 0),
+                                     {"id": "", "name": "", "arguments": ""})
+        slot["id"] = slot["id"] or str(part.get("id") or "")  # the remote's, for the tool result
         fn = part.get("function") or {}
         slot["name"] += fn.get("name") or ""
         slot["arguments"] += fn.get("arguments") or ""
@@ -283,8 +287,9 @@ class Answer:
                 arguments = json.loads(slot["arguments"] or "{}")
             except ValueError:  # the remote's model wrote broken JSON: keep what it wrote
                 arguments = {"arguments": slot["arguments"]}
-            calls.append({"function": {"index": index, "name": slot["name"],
-                                       "arguments": arguments}})
+            call_id = slot["id"] or f"call_{secrets.token_hex(4)}"
+            calls.append({"id": call_id, "function": {"index": index, "name": slot["name"],
+                                                      "arguments": arguments}})
         return calls
 
     def final(self) -> dict[str, Any]:
