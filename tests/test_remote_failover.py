@@ -1,0 +1,200 @@
+"""Remote engines side by side: a real `mlx_lm.server` (OpenAI protocol) and a second bridge (the
+Ollama protocol) behind one bridge; the seeds' scenario run as written, the A/B split by weight,
+embeddings over the OpenAI protocol, and failover with the breaker when the MLX server dies.
+
+Which engine answered is read from the request log (`/api/performance/comparison`, per backend
+and endpoint), the way the seeds compare backends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from bridge.testing import build_tiny_model
+
+from .helpers import start_server, stop_server, wait_until, write_mappings
+from .remote_servers import SEED_REPO, hf_cache_with, start_mlx_lm_server
+
+TOKEN = "remote-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GREEDY = {"temperature": 0, "num_predict": 6}
+SEED_MODEL = "qwen2.5-coder:7b"
+
+
+@dataclass
+class Servers:
+    bridge: str
+    mlx: str
+    mlx_port: int
+    ollama: str  # the second bridge, speaking Ollama
+    mlx_proc: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Servers]:
+    root = tmp_path_factory.mktemp("remote-failover")
+    hf_home = hf_cache_with(root / "hf", SEED_REPO, tiny_model_dir)
+    mlx_proc, mlx_url, mlx_port = start_mlx_lm_server(SEED_REPO, root, {"HF_HOME": str(hf_home)})
+    other = build_tiny_model(root / "other", seed=7)  # the Ollama side answers differently
+    b_map = write_mappings(root / "b.yaml", {
+        name: {"mlx": str(other)} for name in (SEED_MODEL, "ab", "split", "emb")})
+    procs = [mlx_proc]
+    try:
+        b_proc, b_url = start_server(["--mappings", str(b_map), "--home", str(root / "b"),
+                                      "--upstream", "none"])
+        procs.append(b_proc)
+        a_map = write_mappings(root / "a.yaml", {}, upstream=b_url)
+        a_proc, a_url = start_server(["--mappings", str(a_map), "--home", str(root / "a")],
+                                     env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
+        procs.append(a_proc)
+        yield Servers(a_url, mlx_url, mlx_port, b_url, mlx_proc)
+    finally:
+        for proc in reversed(procs):
+            stop_server(proc)
+
+
+def arms(srv: Servers, model: str) -> dict[tuple[str, str], dict]:
+    """{(backend, endpoint): stats} of the model in the comparison."""
+    data = requests.get(srv.bridge + "/api/performance/comparison", params={"model": model},
+                        timeout=10).json()["models"]
+    return {(b["backend"], b["endpoint"]): b for m in data for b in m["backends"]}
+
+
+def counts(srv: Servers, model: str) -> dict[tuple[str, str], int]:
+    return {k: v["requests"] for k, v in arms(srv, model).items()}
+
+
+def add_row(srv: Servers, **row) -> dict:
+    resp = requests.post(srv.bridge + "/api/llm-backends", headers=AUTH, json=row, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def chat(url: str, model: str) -> requests.Response:
+    return requests.post(url + "/api/chat", timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+        "options": GREEDY})
+
+
+# The seeds' configuration guide: mlx_lm.server on 8080 behind an `mlx` row, a generate, the row
+# switched to Ollama with PUT, toggled off (the default upstream answers) and on again.
+# (command, jq filter, expected output); only the addresses change (and the admin token, which
+# writes need since the hardening).
+SEED_STEPS = [
+    ('curl -s -X POST http://localhost:11434/api/llm-backends -H "Content-Type: application/json" '
+     '-H "Authorization: Bearer $MLX_BRIDGE_ADMIN_TOKEN" -d \'{"model_name": "qwen2.5-coder:7b", '
+     '"backend_type": "mlx", "endpoint_url": "http://localhost:8080", '
+     '"mlx_model": "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit", "priority": 10}\'',
+     "jq -r '.endpoint_url'", "http://localhost:8080\n"),
+    ("curl -s http://localhost:11434/api/generate -d '{\"model\": \"qwen2.5-coder:7b\", "
+     "\"prompt\": \"def fib(n):\", \"stream\": false, \"options\": {\"num_predict\": 16}}'",
+     "jq -r '.done'", "true\n"),
+    ('curl -s -X PUT http://localhost:11434/api/llm-backends/1 -H "Content-Type: application/json" '
+     '-H "Authorization: Bearer $MLX_BRIDGE_ADMIN_TOKEN" -d \'{"backend_type": "ollama", '
+     '"endpoint_url": "http://localhost:11435"}\'', "jq -r '.backend_type'", "ollama\n"),
+    ("curl -s http://localhost:11434/api/generate -d '{\"model\": \"qwen2.5-coder:7b\", "
+     "\"prompt\": \"def fib(n):\", \"stream\": false, \"options\": {\"num_predict\": 16}}'",
+     "jq -r '.done'", "true\n"),
+    ("curl -s -X POST http://localhost:11434/api/llm-backends/1/toggle "
+     '-H "Authorization: Bearer $MLX_BRIDGE_ADMIN_TOKEN"', "jq '.enabled'", "false\n"),
+    ("curl -s http://localhost:11434/api/generate -d '{\"model\": \"qwen2.5-coder:7b\", "
+     "\"prompt\": \"def fib(n):\", \"stream\": false, \"options\": {\"num_predict\": 16}}'",
+     "jq -r '.done'", "true\n"),
+    ("curl -s -X POST http://localhost:11434/api/llm-backends/1/toggle "
+     '-H "Authorization: Bearer $MLX_BRIDGE_ADMIN_TOKEN"', "jq '.enabled'", "true\n"),
+]
+
+
+@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None,
+                    reason="jq and curl are needed to run the seed commands as written")
+def test_the_seeds_mlx_server_scenario_as_written(srv):
+    """Runs first: the seed's PUT names row 1."""
+    b_port = srv.ollama.rsplit(":", 1)[1]
+    mlx_arm = ("mlx", f"http://localhost:{srv.mlx_port}")
+    ollama_arm = ("ollama", f"http://localhost:{b_port}")
+    default_arm = ("ollama", srv.ollama)
+    expected_counts = [{mlx_arm: 1}, {mlx_arm: 1, ollama_arm: 1},
+                       {mlx_arm: 1, ollama_arm: 1, default_arm: 1}]
+    for curl, jq, expected in SEED_STEPS:
+        command = (f"{curl} | {jq}".replace("localhost:11434", srv.bridge.removeprefix("http://"))
+                   .replace("localhost:8080", f"localhost:{srv.mlx_port}")
+                   .replace("localhost:11435", f"localhost:{b_port}"))
+        expected = expected.replace("localhost:8080", f"localhost:{srv.mlx_port}")
+        run = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                             text=True, timeout=60, env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN,
+                                                         "PATH": "/usr/bin:/bin"})
+        assert (run.returncode, run.stdout) == (0, expected), (command, run.stderr)
+        if "api/generate" in curl:  # who answered: the request log, per backend and endpoint
+            want = expected_counts.pop(0)
+            assert wait_until(lambda w=want: counts(srv, SEED_MODEL) == w), counts(srv, SEED_MODEL)
+    plan = requests.get(srv.bridge + f"/api/llm-backends/model/{SEED_MODEL}", timeout=10).json()
+    assert plan["plan"]["targets"] == [{
+        "backend": "ollama", "endpoint_url": f"http://localhost:{b_port}", "mlx_model": None,
+        "timeout_seconds": None, "protocol": "ollama", "remote_model": None}]
+
+
+def test_weighted_rows_split_the_traffic_and_the_comparison_shows_each_arm(srv):
+    add_row(srv, model_name="split", backend_type="mlx", endpoint_url=srv.mlx,
+            mlx_model=SEED_REPO, priority=5, weight=1)
+    add_row(srv, model_name="split", backend_type="ollama", endpoint_url=srv.ollama,
+            priority=5, weight=1)
+    for _ in range(16):
+        assert chat(srv.bridge, "split").status_code == 200
+    assert wait_until(lambda: sum(counts(srv, "split").values()) == 16)
+    split = arms(srv, "split")
+    # both arms served (all 16 on one side: p = 2 / 2**16), none by fallback
+    assert set(split) == {("mlx", srv.mlx), ("ollama", srv.ollama)}, split
+    assert all(a["ok"] == a["requests"] and a["fallbacks"] == 0 for a in split.values())
+    remote = split[("mlx", srv.mlx)]
+    assert remote["avg_tokens_per_sec"] and remote["avg_ttft_ms"] is not None
+
+
+def test_embeddings_over_the_openai_protocol_match_the_engines_own(srv):
+    """The second bridge spoken to as an OpenAI engine: /api/embed → its /v1/embeddings."""
+    add_row(srv, model_name="emb", backend_type="ollama", endpoint_url=srv.ollama,
+            protocol="openai")
+    mine = requests.post(srv.bridge + "/api/embed", json={"model": "emb", "input": ["a", "b"]},
+                         timeout=60)
+    assert mine.status_code == 200, mine.text
+    theirs = requests.post(srv.ollama + "/api/embed", json={"model": "emb", "input": ["a", "b"]},
+                           timeout=60).json()
+    body = mine.json()
+    assert body["model"] == "emb" and len(body["embeddings"]) == 2
+    for got, want in zip(body["embeddings"], theirs["embeddings"], strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    assert body["prompt_eval_count"] == theirs["prompt_eval_count"]
+    legacy = requests.post(srv.bridge + "/api/embeddings", json={"model": "emb", "prompt": "a"},
+                           timeout=60).json()
+    assert legacy["embedding"] == pytest.approx(theirs["embeddings"][0], abs=1e-5)
+
+
+def test_failover_when_the_mlx_server_dies(srv):
+    """Runs last: stops the mlx_lm.server."""
+    add_row(srv, model_name="ab", backend_type="mlx", endpoint_url=srv.mlx,
+            mlx_model=SEED_REPO, priority=10)
+    add_row(srv, model_name="ab", backend_type="ollama", endpoint_url=srv.ollama, priority=5)
+    direct = requests.post(srv.mlx + "/v1/chat/completions", timeout=60, json={
+        "model": SEED_REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+        "temperature": 0}).json()["choices"][0]["message"]["content"]
+    assert chat(srv.bridge, "ab").json()["message"]["content"] == direct
+    stop_server(srv.mlx_proc)
+    from_b = chat(srv.ollama, "ab").json()["message"]["content"]
+    assert from_b != direct
+    failed_over = chat(srv.bridge, "ab")
+    assert failed_over.status_code == 200 and failed_over.json()["message"]["content"] == from_b
+    health = requests.get(srv.bridge + "/health", timeout=10).json()["backends"]["remote"]
+    mlx = next(e for e in health if e["endpoint_url"] == srv.mlx)
+    assert (mlx["reachable"], mlx["protocol"], mlx["breaker"]["state"]) == (False, "openai", "open")
+    assert mlx["error"] == "connection refused"
+    # the breaker puts the dead endpoint last: the next request goes straight to the Ollama side
+    assert chat(srv.bridge, "ab").json()["message"]["content"] == from_b
+    assert wait_until(lambda: sum(counts(srv, "ab").values()) == 4)
+    ab = arms(srv, "ab")
+    assert (ab[("mlx", srv.mlx)]["ok"], ab[("mlx", srv.mlx)]["errors"]) == (1, 1)
+    assert (ab[("ollama", srv.ollama)]["ok"], ab[("ollama", srv.ollama)]["fallbacks"]) == (2, 1)
