@@ -9,7 +9,10 @@ and endpoint), the way the seeds compare backends.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -172,6 +175,39 @@ def test_embeddings_over_the_openai_protocol_match_the_engines_own(srv):
     legacy = requests.post(srv.bridge + "/api/embeddings", json={"model": "emb", "prompt": "a"},
                            timeout=60).json()
     assert legacy["embedding"] == pytest.approx(theirs["embeddings"][0], abs=1e-5)
+
+
+def test_a_remote_that_never_answers_hurts_no_one_else(srv):
+    """An OpenAI endpoint that accepts connections and stays silent: its request ends at the row's
+    timeout (504), while the bridge answers others and /health stays fast."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: connects succeed, nothing is ever answered
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        add_row(srv, model_name="hang", backend_type="mlx", endpoint_url=url, timeout_seconds=2)
+        result: dict[str, object] = {}
+
+        def hostile() -> None:
+            started = time.monotonic()
+            result["resp"] = chat(srv.bridge, "hang")
+            result["took"] = time.monotonic() - started
+
+        thread = threading.Thread(target=hostile)
+        thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert requests.get(srv.bridge + "/api/version", timeout=10).status_code == 200
+        assert chat(srv.bridge, "split").status_code == 200
+        health = requests.get(srv.bridge + "/health", timeout=10).json()["backends"]["remote"]
+        assert time.monotonic() - started < 3
+        assert next(e for e in health if e["endpoint_url"] == url)["reachable"] is False
+        thread.join(30)
+        resp = result["resp"]
+        assert isinstance(resp, requests.Response) and resp.status_code == 504
+        assert "timed out" in resp.json()["error"] and result["took"] < 10
+    finally:
+        silent.close()
 
 
 def test_failover_when_the_mlx_server_dies(srv):
