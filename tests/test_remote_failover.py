@@ -156,6 +156,10 @@ def test_weighted_rows_split_the_traffic_and_the_comparison_shows_each_arm(srv):
     assert all(a["ok"] == a["requests"] and a["fallbacks"] == 0 for a in split.values())
     remote = split[("mlx", srv.mlx)]
     assert remote["avg_tokens_per_sec"] and remote["avg_ttft_ms"] is not None
+    rows = requests.get(srv.bridge + "/api/llm-backends", headers=AUTH, timeout=10).json()
+    per_row = {(r["backend_type"], r["endpoint_url"]): r["total_requests"] for r in rows
+               if r["model_name"] == "split:latest"}
+    assert per_row == {k: v["requests"] for k, v in split.items()}  # each row counts its arm
 
 
 def test_embeddings_over_the_openai_protocol_match_the_engines_own(srv):
