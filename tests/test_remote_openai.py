@@ -8,6 +8,8 @@ not only the shape, is tested. Clients: raw HTTP, ollama-python, langchain-ollam
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ import requests
 
 from bridge.routing import openai_remote
 
-from .helpers import free_port, ndjson, start_server, stop_server, write_mappings
+from .helpers import free_port, ndjson, start_server, stop_server, wait_until, write_mappings
 from .remote_servers import SEED_REPO, hf_cache_with, start_mlx_lm_server
 from .scripted_model import ANSWER, TOOLS_SCRIPT, TOOLS_TEMPLATE, WEATHER, build_scripted_model
 
@@ -197,6 +199,32 @@ def test_what_the_engine_cannot_do_is_a_clear_error(srv):
     assert copy.status_code == 400 and "OpenAI protocol" in copy.json()["error"]
     assert native(srv, "/api/chat", {"model": "remote-mlx", "messages": HELLO, "stream": False,
                                      "options": GREEDY}).status_code == 200
+
+
+def test_a_hang_up_ends_the_remote_generation(srv):
+    """A client that hangs up, streamed or not, ends the request to the remote engine (about
+    30 s of generation asked for): recorded as canceled within seconds, not as a finished one."""
+    host, port = srv.bridge.removeprefix("http://").split(":")
+    for stream in (False, True):
+        body = json.dumps({"model": "remote-mlx", "messages": HELLO, "stream": stream,
+                           "options": {"num_predict": 20000}}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (host.encode(), port.encode(), len(body), body))
+            time.sleep(1.0)
+
+    def canceled() -> list[dict]:
+        data = requests.get(srv.bridge + "/api/performance/comparison", timeout=10,
+                            params={"model": "remote-mlx"}).json()["models"]
+        return [b for m in data for b in m["backends"] if b["canceled"]]
+
+    assert wait_until(lambda: sum(b["canceled"] for b in canceled()) == 2, timeout=15)
+    # the remote is free again at once: a short request is answered promptly
+    started = time.monotonic()
+    assert native(srv, "/api/chat", {"model": "remote-mlx", "messages": HELLO, "stream": False,
+                                     "options": GREEDY}).status_code == 200
+    assert time.monotonic() - started < 5
 
 
 # ---- the conversion's corners, without servers ---------------------------------------------

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import requests
@@ -16,6 +16,7 @@ from flask import Response, request
 from bridge.errors import (
     BadRequest,
     BridgeError,
+    ClientClosed,
     EngineError,
     ModelNotFound,
     ShuttingDown,
@@ -23,7 +24,13 @@ from bridge.errors import (
     UpstreamError,
     UpstreamNotRunning,
 )
-from bridge.http.web import RequestContext, context, json_response, ndjson_stream
+from bridge.http.web import (
+    RequestContext,
+    client_gone_probe,
+    context,
+    json_response,
+    ndjson_stream,
+)
 from bridge.routing import openai_remote
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import (
@@ -223,13 +230,17 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
                             context().request_id)
     if call.stream:
         return ndjson_stream(lines)
+    gone = client_gone_probe()
     for _ in lines:  # read to the end (merged below); a broken stream raises here: a status
-        pass
+        if gone is not None and gone():  # the client hung up: stop the remote's generation too
+            lines.close()
+            raise ClientClosed("client disconnected")
     return json_response(answer.merged())
 
 
 def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_final: OnFinal,
-                    stopping: threading.Event, request_id: str) -> Iterator[dict[str, Any]]:
+                    stopping: threading.Event,
+                    request_id: str) -> Generator[dict[str, Any], None, None]:
     """The remote's SSE stream as Ollama's NDJSON objects; the last is `done: true` or an error
     line (a broken stream, the server's shutdown). Records the request once it has ended.
 
@@ -249,6 +260,9 @@ def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_fi
             yield answer.line("", calls=calls)
         final = answer.final()
         yield final
+    except GeneratorExit:  # the client hung up (or stopped reading): not the remote's failure
+        error = "client disconnected"
+        raise
     except (requests.RequestException, BridgeError) as exc:
         error = (exc.message if isinstance(exc, BridgeError)
                  else f"upstream connection lost: {type(exc).__name__}")
