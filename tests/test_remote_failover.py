@@ -238,3 +238,87 @@ def test_failover_when_the_mlx_server_dies(srv):
     ab = arms(srv, "ab")
     assert (ab[("mlx", srv.mlx)]["ok"], ab[("mlx", srv.mlx)]["errors"]) == (1, 1)
     assert (ab[("ollama", srv.ollama)]["ok"], ab[("ollama", srv.ollama)]["fallbacks"]) == (2, 1)
+
+
+# ---- configuration: rows and the mapping file, without servers ---------------------------------
+
+def test_rows_validate_the_remote_fields():
+    from bridge.api.admin_fields import check_row
+    from bridge.errors import Unprocessable
+
+    ok = check_row({"protocol": "openai", "remote_model": " org/m ", "weight": 2}, creating=False)
+    assert ok == {"protocol": "openai", "remote_model": "org/m", "weight": 2.0}
+    assert check_row({"protocol": None, "weight": None}, creating=False) == {
+        "protocol": None, "weight": None}
+    for bad, why in (({"protocol": "grpc"}, "protocol: must be one of ollama, openai"),
+                     ({"weight": 0}, "weight: must be greater than 0"),
+                     ({"weight": "1"}, "weight: must be a number"),
+                     ({"remote_model": ""}, "remote_model: must be a non-empty string")):
+        with pytest.raises(Unprocessable) as err:
+            check_row(bad, creating=False)
+        assert why in err.value.message
+
+
+def test_the_store_upgrades_an_older_file_with_the_new_columns(tmp_path):
+    import sqlite3
+
+    from bridge.stats.store import Store
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the backends table as an older release made it
+        conn.execute("CREATE TABLE backends (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT "
+                     "NOT NULL, model_key TEXT NOT NULL, backend_type TEXT NOT NULL, endpoint_url "
+                     "TEXT, mlx_model TEXT, enabled INTEGER NOT NULL DEFAULT 1, priority INTEGER "
+                     "NOT NULL DEFAULT 0, max_tokens INTEGER, temperature_default REAL, "
+                     "timeout_seconds REAL, description TEXT NOT NULL DEFAULT '', created_at TEXT "
+                     "NOT NULL, updated_at TEXT NOT NULL)")
+    store = Store(path)
+    row = store.create({"model_name": "m", "backend_type": "mlx", "endpoint_url": "http://h:8080",
+                        "protocol": "openai", "remote_model": "org/m", "weight": 0.5})
+    assert (row.protocol, row.remote_model, row.weight, row.api_key_env) == (
+        "openai", "org/m", 0.5, None)
+    store.close()
+
+
+def test_mapping_entries_name_remote_engines(tmp_path):
+    from bridge.routing.registry import MappingError, parse_mappings
+    from bridge.routing.router import Router
+
+    _, entries = parse_mappings({"models": {
+        "seed": {"backend": "mlx", "endpoint_url": "http://localhost:8080/",
+                 "mlx": "org/model"},
+        "vllm": {"backend": "ollama", "protocol": "openai", "endpoint_url": "https://gpu:8000",
+                 "remote_model": "meta/llama", "api_key_env": "MLX_BRIDGE_KEY_GPU"},
+    }}, "mappings", tmp_path)
+    registry = type("R", (), {"lookup": lambda self, name: entries.get(f"{name}:latest")})()
+    router = Router(registry, lambda: "http://127.0.0.1:11435")  # type: ignore[arg-type]
+    (seed,) = router.plan("seed").targets
+    assert (seed.backend, seed.endpoint, seed.protocol, seed.remote_model) == (
+        "mlx", "http://localhost:8080", "openai", "org/model")  # as mlx_lm.server --model
+    (vllm,) = router.plan("vllm").targets
+    assert (vllm.protocol, vllm.remote_model, vllm.api_key_env) == (
+        "openai", "meta/llama", "MLX_BRIDGE_KEY_GPU")
+    for spec, why in (({"endpoint_url": "ftp://h"}, "endpoint_url"),
+                      ({"endpoint_url": "http://u:p@h"}, "endpoint_url"),
+                      ({"endpoint_url": "http://h", "protocol": "grpc"}, "protocol"),
+                      ({"endpoint_url": "http://h", "api_key_env": "HOME"}, "api_key_env"),
+                      ({"backend": "mlx"}, "needs 'mlx:")):
+        with pytest.raises(MappingError, match=why):
+            parse_mappings({"models": {"m": spec}}, "mappings", tmp_path)
+
+
+def test_weights_split_equal_priorities_and_keep_the_rest_in_order():
+    import random
+    from types import SimpleNamespace as Row
+
+    from bridge.routing.router import Router
+
+    router = Router(None, lambda: None, rng=random.Random(1))  # type: ignore[arg-type]
+    rows = [Row(id=1, priority=9, weight=None), Row(id=2, priority=5, weight=3.0),
+            Row(id=3, priority=5, weight=1.0), Row(id=4, priority=1, weight=None)]
+    firsts = [router.weighted(rows)[1].id for _ in range(4000)]
+    assert 0.70 < firsts.count(2) / len(firsts) < 0.80  # 3 : 1
+    assert all(router.weighted(rows)[0].id == 1 and router.weighted(rows)[3].id == 4
+               for _ in range(50))
+    plain = [Row(id=1, priority=5, weight=None), Row(id=2, priority=5, weight=None)]
+    assert [r.id for r in router.weighted(plain)] == [1, 2]  # no weight: id order, as before
