@@ -166,16 +166,32 @@ def test_langchain_ollama(srv):
     assert "".join(str(c.content) for c in llm.stream("hello there")) == message.content
 
 
+def eval_tokens(srv: Servers) -> float:
+    """`mlx_bridge_eval_tokens_total` of remote-mlx (all backends)."""
+    metrics = requests.get(srv.bridge + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("mlx_bridge_eval_tokens_total{")
+               and 'model="remote-mlx:latest"' in line)
+
+
 def test_v1_requests_pass_through_with_the_remote_name(srv):
     from openai import OpenAI
 
     want = direct_chat(srv, HELLO)
     client = OpenAI(base_url=srv.bridge + "/v1", api_key="unused")
+    before = eval_tokens(srv)
     reply = client.chat.completions.create(model="remote-mlx", messages=HELLO, max_tokens=8,
                                            temperature=0)
     assert reply.model == SEED_REPO  # mlx_lm.server's own answer, the model renamed on the way
     assert reply.choices[0].message.content == want["choices"][0]["message"]["content"]
     assert reply.usage.prompt_tokens == want["usage"]["prompt_tokens"]
+    streamed = client.chat.completions.create(model="remote-mlx", messages=HELLO, max_tokens=8,
+                                              temperature=0, stream=True,
+                                              stream_options={"include_usage": True})
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        reply.choices[0].message.content
+    # the request log counts the passed-through answers' tokens (from their `usage`)
+    assert wait_until(lambda: eval_tokens(srv) == before + 16), (eval_tokens(srv), before)
 
 
 def test_health_probes_the_endpoint_as_openai(srv):

@@ -248,7 +248,8 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
 
 
 class FinalLineScanner:
-    """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics)."""
+    """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics); in an
+    OpenAI or Anthropic answer (JSON or SSE), the token counts of its `usage`."""
 
     def __init__(self) -> None:
         self.buf = b""
@@ -268,7 +269,9 @@ class FinalLineScanner:
             self.buf = b""  # a huge non-NDJSON body (a blob): nothing to scan for
 
     def _look(self, line: bytes) -> None:
-        if b'"done"' not in line and b'"error"' not in line and b'"status"' not in line:
+        if line.startswith(b"data:"):  # an SSE event of the /v1 layers
+            line = line[5:].strip()
+        if not any(k in line for k in (b'"done"', b'"error"', b'"status"', b'"usage"')):
             return
         try:
             obj = json.loads(line)
@@ -277,6 +280,11 @@ class FinalLineScanner:
         if isinstance(obj, dict):
             if obj.get("done") is True or obj.get("status") == "success":
                 self.final = obj
+            elif isinstance(obj.get("usage"), dict):  # OpenAI's / Anthropic's token counts
+                usage = obj["usage"]
+                self.final = {
+                    "prompt_eval_count": usage.get("prompt_tokens") or usage.get("input_tokens"),
+                    "eval_count": usage.get("completion_tokens") or usage.get("output_tokens")}
             if isinstance(obj.get("error"), str):
                 self.error = obj["error"]
 
