@@ -21,7 +21,17 @@ from bridge.routing import openai_remote
 
 from .helpers import free_port, ndjson, start_server, stop_server, wait_until, write_mappings
 from .remote_servers import SEED_REPO, hf_cache_with, start_mlx_lm_server
-from .scripted_model import ANSWER, TOOLS_SCRIPT, TOOLS_TEMPLATE, WEATHER, build_scripted_model
+from .scripted_model import (
+    ANSWER,
+    THINK_SCRIPT,
+    THINK_TEMPLATE,
+    THOUGHT,
+    TOOLS_SCRIPT,
+    TOOLS_TEMPLATE,
+    WEATHER,
+    build_scripted_model,
+)
+from .scripted_model import HELLO as SCRIPTED_HELLO
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "the weather in a city",
@@ -40,11 +50,13 @@ class Servers:
 def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Servers]:
     root = tmp_path_factory.mktemp("remote-openai")
     tools = build_scripted_model(root / "tools", TOOLS_SCRIPT, TOOLS_TEMPLATE)
+    think = build_scripted_model(root / "think", THINK_SCRIPT, THINK_TEMPLATE)
     hf_home = hf_cache_with(root / "hf", SEED_REPO, tiny_model_dir)
     mlx_proc, mlx_url, _ = start_mlx_lm_server(SEED_REPO, root, {"HF_HOME": str(hf_home)})
     mappings = write_mappings(root / "map.yaml", {
         "remote-mlx": {"backend": "mlx", "endpoint_url": mlx_url, "remote_model": SEED_REPO},
         "remote-tools": {"backend": "mlx", "endpoint_url": mlx_url, "remote_model": str(tools)},
+        "remote-think": {"backend": "mlx", "endpoint_url": mlx_url, "remote_model": str(think)},
     }, upstream=f"http://127.0.0.1:{free_port()}")  # no Ollama: nothing else answers
     try:
         proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")])
@@ -134,6 +146,22 @@ def test_tools_and_the_tool_result_round_trip(srv):
     assert answer["message"]["content"] == ANSWER
 
 
+def test_reasoning_comes_back_as_thinking(srv):
+    """mlx_lm.server sends the scripted model's think block as `reasoning`: Ollama's `thinking`;
+    `think: false` reaches its template (`enable_thinking`), and no thinking is shown."""
+    ask = {"model": "remote-think", "messages": HELLO}
+    body = native(srv, "/api/chat", {**ask, "stream": False}).json()
+    assert body["message"]["thinking"] == THOUGHT
+    assert body["message"]["content"] == SCRIPTED_HELLO and body["done_reason"] == "stop"
+    lines = ndjson(native(srv, "/api/chat", ask).iter_lines())
+    assert "".join(line["message"].get("thinking", "") for line in lines) == THOUGHT
+    off = native(srv, "/api/chat", {**ask, "stream": False, "think": False}).json()
+    assert off["message"] == {"role": "assistant", "content": SCRIPTED_HELLO}
+    generated = native(srv, "/api/generate", {"model": "remote-think", "prompt": "hello there",
+                                              "stream": False}).json()
+    assert (generated["thinking"], generated["response"]) == (THOUGHT, SCRIPTED_HELLO)
+
+
 def test_ollama_python_and_the_listing(srv):
     client = ollama.Client(host=srv.bridge, timeout=60)
     listed = {m.model: m for m in client.list().models}
@@ -199,7 +227,8 @@ def test_health_probes_the_endpoint_as_openai(srv):
     (endpoint,) = health["backends"]["remote"]
     assert endpoint["endpoint_url"] == srv.mlx and endpoint["protocol"] == "openai"
     assert endpoint["reachable"] is True and endpoint["backend"] == "mlx"
-    assert endpoint["models"] == ["remote-mlx:latest", "remote-tools:latest"]
+    assert endpoint["models"] == ["remote-mlx:latest", "remote-think:latest",
+                                  "remote-tools:latest"]
 
 
 def test_what_the_engine_cannot_do_is_a_clear_error(srv):

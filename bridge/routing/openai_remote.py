@@ -43,6 +43,7 @@ class Call:
     name: str  # the model name the client asked for (answers carry it, as Ollama's do)
     stream: bool = False
     raw_text: bool = False  # /v1/completions: choices carry `text`, not `delta`
+    hide_thinking: bool = False  # `think: false`: a remote that thinks anyway is not shown
 
 
 def convert(path: str, raw: bytes, name: str, remote_model: str,
@@ -91,6 +92,7 @@ def _generate(body: dict[str, Any], name: str, remote_model: str,
 
 
 def _streamed(call: Call, remote_model: str) -> Call:
+    call.hide_thinking = call.body.get("chat_template_kwargs") == {"enable_thinking": False}
     call.body = {"model": remote_model, **call.body, "stream": True,
                  "stream_options": {"include_usage": True}}
     return call
@@ -105,8 +107,10 @@ def _sampling(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     if isinstance(limit, int) and limit >= 0:  # -1 and -2 mean "no limit": the remote's default
         out["max_tokens"] = limit
     think = body.get("think")
-    if isinstance(think, str):  # "low" | "medium" | "high"; true/false have no OpenAI field
+    if isinstance(think, str):  # "low" | "medium" | "high"
         out["reasoning_effort"] = think
+    elif isinstance(think, bool):  # no OpenAI field: the template switch mlx_lm.server and vLLM
+        out["chat_template_kwargs"] = {"enable_thinking": think}  # take (Qwen3-style templates)
     return out
 
 
@@ -241,6 +245,7 @@ class Answer:
             delta = choice.get("delta") or {}
             text = delta.get("content") or ""
             think = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            think = "" if self.call.hide_thinking else think
             for part in delta.get("tool_calls") or []:
                 self._tool_part(part)
         if not (text or think):
