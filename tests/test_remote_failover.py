@@ -46,7 +46,7 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Servers]:
     mlx_proc, mlx_url, mlx_port = start_mlx_lm_server(SEED_REPO, root, {"HF_HOME": str(hf_home)})
     other = build_tiny_model(root / "other", seed=7)  # the Ollama side answers differently
     b_map = write_mappings(root / "b.yaml", {
-        name: {"mlx": str(other)} for name in (SEED_MODEL, "ab", "split", "emb")})
+        name: {"mlx": str(other)} for name in (SEED_MODEL, "ab", "split", "emb", "lacks")})
     procs = [mlx_proc]
     try:
         b_proc, b_url = start_server(["--mappings", str(b_map), "--home", str(root / "b"),
@@ -179,6 +179,26 @@ def test_embeddings_over_the_openai_protocol_match_the_engines_own(srv):
     legacy = requests.post(srv.bridge + "/api/embeddings", json={"model": "emb", "prompt": "a"},
                            timeout=60).json()
     assert legacy["embedding"] == pytest.approx(theirs["embeddings"][0], abs=1e-5)
+
+
+def test_a_model_the_openai_engine_lacks_falls_back_and_is_recorded_once(srv):
+    add_row(srv, model_name="lacks", backend_type="mlx", endpoint_url=srv.mlx,
+            remote_model="nobody/absent-model", priority=10)
+    add_row(srv, model_name="lacks", backend_type="ollama", endpoint_url=srv.ollama, priority=1)
+    assert chat(srv.bridge, "lacks").status_code == 200
+    assert wait_until(lambda: sum(counts(srv, "lacks").values()) == 2), counts(srv, "lacks")
+    lacks = arms(srv, "lacks")
+    assert (lacks[("mlx", srv.mlx)]["requests"], lacks[("mlx", srv.mlx)]["errors"]) == (1, 1)
+    assert (lacks[("ollama", srv.ollama)]["ok"], lacks[("ollama", srv.ollama)]["fallbacks"]) == (
+        1, 1)
+    alone = requests.post(srv.bridge + "/api/llm-backends", headers=AUTH, timeout=10, json={
+        "model_name": "lacks-alone", "backend_type": "mlx", "endpoint_url": srv.mlx,
+        "remote_model": "nobody/absent-model"})
+    assert alone.status_code == 201
+    missing = chat(srv.bridge, "lacks-alone")
+    assert missing.status_code == 404
+    assert missing.json()["error"].startswith(
+        f"model 'lacks-alone' not found at the OpenAI-protocol endpoint {srv.mlx}: ")
 
 
 def test_a_remote_that_never_answers_hurts_no_one_else(srv):

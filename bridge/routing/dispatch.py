@@ -42,7 +42,7 @@ from bridge.routing.upstream import (
 )
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
-from bridge.stats.tracking import record_failed_attempt, record_forwarded
+from bridge.stats.tracking import CANCELED_ERRORS, record_failed_attempt, record_forwarded
 from bridge.wire.names import InvalidModelName, ModelName
 from bridge.wire.native_out import error_line
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 # Failures that mean "this target cannot serve it", so the next target may: never a client error.
 FALLBACK_ERRORS = (ModelNotFound, EngineError, Unsupported, UpstreamError)
+MAX_REMOTE_BODY = 256 << 20  # a non-streamed remote answer read whole (embeddings of big batches)
 
 LocalHandler = Callable[[LocalModel, Plan], Response]
 
@@ -214,9 +215,12 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
                                     last)
     on_final = tracking(target, resp.status_code, opened_ns)
     if resp.status_code >= 400:
-        text = _read_text(resp)
-        on_final(None, f"HTTP {resp.status_code}", None)
-        raise openai_remote.remote_error(resp.status_code, text, name, shown)
+        error = openai_remote.remote_error(resp.status_code, _read_text(resp), name, shown)
+        if last or not isinstance(error, FALLBACK_ERRORS):  # else note_fallback records it
+            on_final(None, f"HTTP {resp.status_code}", None)
+        raise error
+    if not (call.stream or last):
+        on_final = _unless_failed(on_final)  # a failure falls back: note_fallback records it
     if call.kind in ("embed", "embeddings"):
         try:
             data = json.loads(_read_text(resp))
@@ -277,9 +281,23 @@ def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_fi
         on_final(final, error, first)
 
 
-def _read_text(resp: requests.Response, limit: int = 64 << 20) -> str:
+def _unless_failed(on_final: OnFinal) -> OnFinal:
+    def record(final: dict[str, Any] | None, error: str | None, first: float | None) -> None:
+        if error is None or error in CANCELED_ERRORS:
+            on_final(final, error, first)
+    return record
+
+
+def _read_text(resp: requests.Response, limit: int = MAX_REMOTE_BODY) -> str:
+    """A whole (error or embeddings) answer, at most `limit` bytes: a remote cannot fill the
+    bridge's memory."""
+    data = bytearray()
     try:
-        return b"".join(iter_chunks(resp)).decode("utf-8", "replace")[:limit]
+        for chunk in iter_chunks(resp):
+            data += chunk
+            if len(data) > limit:
+                raise UpstreamError(f"the answer of {redact_url(resp.url)} is over {limit} bytes")
+        return data.decode("utf-8", "replace")
     except requests.RequestException as exc:
         raise UpstreamError(f"upstream connection lost: {type(exc).__name__}") from None
     finally:
@@ -302,7 +320,7 @@ def api_key(target: Target) -> str | None:
         return None
     key = os.environ.get(target.api_key_env, "").strip()
     if not key:  # a configuration error: another target may still serve the request
-        raise UpstreamError(f"upstream Ollama at {redact_url(target.endpoint)} needs the key in "
+        raise UpstreamError(f"the endpoint at {redact_url(target.endpoint)} needs the key in "
                             f"${target.api_key_env}, which is not set in the server's environment")
     return key
 
