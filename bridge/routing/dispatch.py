@@ -122,7 +122,7 @@ def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> B
     log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
                 context().request_id, name, shown)
     return UpstreamNotRunning(template.format(name=name, display=display)
-                              + f"; the upstream Ollama at {shown} is not running "
+                              + f"; the {last.who} at {shown} is not running "
                               "(connection refused)")
 
 
@@ -172,7 +172,8 @@ def open_endpoint(target: Target, method: str, path: str, body: Any,
     opened_ns = time.perf_counter_ns()  # the upstream's own latency: from here, not the request's
     try:
         resp = state.upstream.open(target.endpoint, method, path, body, headers,
-                                   read_timeout=target.timeout, api_key=api_key(target))
+                                   read_timeout=target.timeout, api_key=api_key(target),
+                                   who=target.who)
     except UpstreamUnavailable as exc:
         breaker.failure(target.endpoint, exc.message)
         raise

@@ -43,6 +43,11 @@ class Target:
         return self.endpoint is None
 
     @property
+    def who(self) -> str:
+        """How messages name the endpoint: `upstream Ollama` or `OpenAI-protocol endpoint`."""
+        return "upstream Ollama" if self.protocol == "ollama" else "OpenAI-protocol endpoint"
+
+    @property
     def label(self) -> str:
         if self.local:
             return self.backend

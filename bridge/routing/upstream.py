@@ -90,11 +90,11 @@ class Upstream:
 
     def open(self, base_url: str, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, read_timeout: float | None = None,
-             api_key: str | None = None) -> requests.Response:
+             api_key: str | None = None, who: str = "upstream Ollama") -> requests.Response:
         """Send a request and return the streaming response (status untouched, never redirected).
 
         Only FORWARDED_HEADERS of `headers` are sent; `api_key` (from configuration) becomes
-        `Authorization: Bearer`.
+        `Authorization: Bearer`; `who` names the endpoint in error messages.
         """
         url = base_url.rstrip("/") + path
         shown = redact_url(base_url)
@@ -109,12 +109,12 @@ class Upstream:
             )
         except requests.ConnectionError as exc:
             reason = _reason(exc)
-            raise UpstreamUnavailable(f"upstream Ollama at {shown} is not reachable: {reason}",
+            raise UpstreamUnavailable(f"{who} at {shown} is not reachable: {reason}",
                                       refused=reason == "connection refused") from None
         except requests.Timeout:
-            raise UpstreamError(f"upstream Ollama at {shown} timed out", status=504) from None
+            raise UpstreamError(f"{who} at {shown} timed out", status=504) from None
         except requests.RequestException as exc:
-            raise UpstreamError(f"upstream Ollama at {shown} failed: {_reason(exc)}") from None
+            raise UpstreamError(f"{who} at {shown} failed: {_reason(exc)}") from None
         with self._streams_lock:
             self._streams.add(resp)
         return resp
