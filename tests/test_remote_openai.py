@@ -240,6 +240,9 @@ def test_what_the_engine_cannot_do_is_a_clear_error(srv):
     templ = native(srv, "/api/generate", {"model": "remote-mlx", "prompt": "x",
                                           "template": "{{ .Prompt }}"})
     assert templ.status_code == 400 and "'template'" in templ.json()["error"]
+    logprobs = native(srv, "/api/chat", {"model": "remote-mlx", "messages": HELLO,
+                                         "logprobs": True})
+    assert logprobs.status_code == 400 and "logprobs" in logprobs.json()["error"]
     copy = native(srv, "/api/copy", {"source": "remote-mlx", "destination": "other"})
     assert copy.status_code == 400 and "OpenAI protocol" in copy.json()["error"]
     assert native(srv, "/api/chat", {"model": "remote-mlx", "messages": HELLO, "stream": False,

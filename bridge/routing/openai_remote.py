@@ -50,6 +50,9 @@ def convert(path: str, raw: bytes, name: str, remote_model: str,
             defaults: dict[str, Any]) -> Call:
     """The `/v1/*` call for a native request (already validated by its view)."""
     body = json.loads(raw)
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise Unsupported(f"logprobs are not returned for model '{name}': its engine speaks the "
+                          "OpenAI protocol and the bridge does not convert them")
     if path == "/api/chat":
         chat = _sampling(body, defaults) | {"messages": messages(body.get("messages") or [])}
         _tools_and_format(body, chat)
@@ -70,7 +73,7 @@ def convert(path: str, raw: bytes, name: str, remote_model: str,
 
 def _generate(body: dict[str, Any], name: str, remote_model: str,
               defaults: dict[str, Any]) -> Call:
-    for unsupported in ("template", "context"):
+    for unsupported in ("template", "context", *(() if body.get("raw") else ("suffix",))):
         if body.get(unsupported):
             raise Unsupported(f"'{unsupported}' cannot be sent to model '{name}': its engine "
                               "speaks the OpenAI protocol and applies its own chat template")
