@@ -181,6 +181,17 @@ def test_embeddings_over_the_openai_protocol_match_the_engines_own(srv):
     assert legacy["embedding"] == pytest.approx(theirs["embeddings"][0], abs=1e-5)
 
 
+def test_an_ollama_endpoint_gets_its_own_name_for_the_model(srv):
+    add_row(srv, model_name="renamed", backend_type="ollama", endpoint_url=srv.ollama,
+            remote_model="emb")
+    mine = chat(srv.bridge, "renamed")
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["message"] == chat(srv.ollama, "emb").json()["message"]
+    listed = requests.get(srv.bridge + "/api/tags", timeout=10).json()["models"]
+    entry = next(m for m in listed if m["name"] == "renamed:latest")
+    assert (entry["size"], entry["remote_model"], entry["remote_host"]) == (0, "emb", srv.ollama)
+
+
 def test_a_model_the_openai_engine_lacks_falls_back_and_is_recorded_once(srv):
     add_row(srv, model_name="lacks", backend_type="mlx", endpoint_url=srv.mlx,
             remote_model="nobody/absent-model", priority=10)
