@@ -321,3 +321,14 @@ def test_options_format_and_fragmented_tool_calls():
                                   "arguments": {"city": "Paris"}}}]
     assert (merged["done_reason"], merged["prompt_eval_count"], merged["eval_count"]) == (
         "stop", 3, 4)
+
+
+def test_a_remote_answer_of_the_wrong_shape_is_a_502():
+    call = openai_remote.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO})
+                                 .encode(), "m", "m", {})
+    answer = openai_remote.Answer(call, opened_ns=0)
+    with pytest.raises(openai_remote.UpstreamError, match="unexpected shape"):
+        openai_remote.checked(answer.feed, {"choices": [{"delta": ["not", "an", "object"]}]})
+    embed = openai_remote.convert("/api/embed", b'{"model": "m", "input": "x"}', "m", "m", {})
+    with pytest.raises(openai_remote.UpstreamError, match="unexpected shape"):
+        openai_remote.checked(openai_remote.embed_answer, embed, {"data": [7]}, 0)

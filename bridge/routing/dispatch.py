@@ -227,7 +227,7 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
             data = json.loads(_read_text(resp))
         except ValueError:
             data = None
-        body = openai_remote.embed_answer(call, data, opened_ns)
+        body = openai_remote.checked(openai_remote.embed_answer, call, data, opened_ns)
         on_final({"prompt_eval_count": body.get("prompt_eval_count", 0)}, None, None)
         return json_response(body)
     answer = openai_remote.Answer(call, opened_ns)
@@ -257,7 +257,7 @@ def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_fi
         for obj in openai_remote.sse_objects(iter_chunks(resp)):
             if stopping.is_set():
                 raise ShuttingDown()
-            line = answer.feed(obj)
+            line = openai_remote.checked(answer.feed, obj)
             if line is not None:
                 yield line
         calls = answer.tool_calls()

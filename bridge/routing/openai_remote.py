@@ -15,9 +15,9 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.errors import BadRequest, BridgeError, ModelNotFound, Unsupported, UpstreamError
 from bridge.http.web import rfc3339
@@ -29,6 +29,7 @@ OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
                  "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
                  "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repetition_penalty"}
 CONVERTED = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show")
+T = TypeVar("T")
 _IMAGE_TYPES = {"iVBOR": "image/png", "/9j/": "image/jpeg", "R0lG": "image/gif",
                 "UklG": "image/webp"}
 
@@ -194,6 +195,16 @@ def _error_text(text: str) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return str(error)[:300] if error else text.strip()[:300]
+
+
+def checked(read: Callable[..., T], *args: Any) -> T:
+    """Read a remote answer's JSON: a shape other than OpenAI's (a list where an object belongs,
+    a number for a text) is the remote's fault, a 502 saying so, not the bridge's 500."""
+    try:
+        return read(*args)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise UpstreamError(f"the OpenAI-protocol endpoint answered an unexpected shape: "
+                            f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
 def sse_objects(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
