@@ -8,6 +8,7 @@ and endpoint), the way the seeds compare backends.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -21,13 +22,17 @@ import requests
 
 from bridge.testing import build_tiny_model
 
-from .helpers import start_server, stop_server, wait_until, write_mappings
+from . import recording_upstream
+from .helpers import free_port, start_server, stop_server, wait_until, write_mappings
 from .remote_servers import SEED_REPO, hf_cache_with, start_mlx_lm_server
 
 TOKEN = "remote-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GREEDY = {"temperature": 0, "num_predict": 6}
 SEED_MODEL = "qwen2.5-coder:7b"
+
+
+KEY = "sk-remote-0123456789"
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Servers:
     mlx_port: int
     ollama: str  # the second bridge, speaking Ollama
     mlx_proc: subprocess.Popen
+    recorder: str  # records what reaches it (tests/recording_upstream.py)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,7 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Servers]:
     other = build_tiny_model(root / "other", seed=7)  # the Ollama side answers differently
     b_map = write_mappings(root / "b.yaml", {
         name: {"mlx": str(other)} for name in (SEED_MODEL, "ab", "split", "emb", "lacks")})
+    rec_proc, rec_url = recording_upstream.start(free_port())
     procs = [mlx_proc]
     try:
         b_proc, b_url = start_server(["--mappings", str(b_map), "--home", str(root / "b"),
@@ -54,12 +61,15 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Servers]:
         procs.append(b_proc)
         a_map = write_mappings(root / "a.yaml", {}, upstream=b_url)
         a_proc, a_url = start_server(["--mappings", str(a_map), "--home", str(root / "a")],
-                                     env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
+                                     env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN,
+                                          "MLX_BRIDGE_KEY_REMOTE": KEY})
         procs.append(a_proc)
-        yield Servers(a_url, mlx_url, mlx_port, b_url, mlx_proc)
+        yield Servers(a_url, mlx_url, mlx_port, b_url, mlx_proc, rec_url)
     finally:
         for proc in reversed(procs):
             stop_server(proc)
+        rec_proc.kill()  # not a process group of its own
+        rec_proc.wait()
 
 
 def arms(srv: Servers, model: str) -> dict[tuple[str, str], dict]:
@@ -190,6 +200,30 @@ def test_an_ollama_endpoint_gets_its_own_name_for_the_model(srv):
     listed = requests.get(srv.bridge + "/api/tags", timeout=10).json()["models"]
     entry = next(m for m in listed if m["name"] == "renamed:latest")
     assert (entry["size"], entry["remote_model"], entry["remote_host"]) == (0, "emb", srv.ollama)
+
+
+def test_the_key_goes_to_the_openai_engine_and_is_never_shown(srv):
+    """A row's api_key_env: its value is the Bearer token of the converted request and of the
+    /health probe; the client's own Authorization stays at the bridge; no answer shows the key.
+    (The recorder answers Ollama's JSON, not a completion: a 502 saying so.)"""
+    row = add_row(srv, model_name="keyed", backend_type="mlx", endpoint_url=srv.recorder,
+                  remote_model="remote-keyed", api_key_env="MLX_BRIDGE_KEY_REMOTE")
+    recording_upstream.reset(srv.recorder)
+    resp = requests.post(srv.bridge + "/api/chat", timeout=30,
+                         headers={"Authorization": "Bearer client-secret"},
+                         json={"model": "keyed", "messages": [{"role": "user", "content": "x"}],
+                               "stream": False})
+    assert resp.status_code == 502 and "no completion" in resp.json()["error"], resp.text
+    (seen,) = recording_upstream.records(srv.recorder, "/v1/chat/completions")
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert headers["authorization"] == f"Bearer {KEY}" and seen["model"] == "remote-keyed"
+    health = requests.get(srv.bridge + "/health", timeout=10)
+    (probe,) = recording_upstream.records(srv.recorder, "/v1/models")
+    assert {k.lower(): v for k, v in probe["headers"].items()}["authorization"] == f"Bearer {KEY}"
+    shown = [resp.text, health.text, json.dumps(row),
+             requests.get(srv.bridge + "/api/llm-backends/model/keyed", timeout=10).text,
+             requests.get(srv.bridge + "/api/tags", timeout=10).text]
+    assert all(KEY not in text for text in shown)
 
 
 def test_a_model_the_openai_engine_lacks_falls_back_and_is_recorded_once(srv):

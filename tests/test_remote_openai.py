@@ -332,3 +332,19 @@ def test_a_remote_answer_of_the_wrong_shape_is_a_502():
     embed = openai_remote.convert("/api/embed", b'{"model": "m", "input": "x"}', "m", "m", {})
     with pytest.raises(openai_remote.UpstreamError, match="unexpected shape"):
         openai_remote.checked(openai_remote.embed_answer, embed, {"data": [7]}, 0)
+
+
+def test_a_remote_that_answers_one_json_object_is_converted_too():
+    call = openai_remote.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO,
+                                                          "stream": False}).encode(), "m", "m", {})
+    answer = openai_remote.Answer(call, opened_ns=0)
+    answer.feed(openai_remote.as_chunk({"choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "calling", "tool_calls": [
+            {"id": "a", "function": {"name": "f", "arguments": "{}"}},
+            {"id": "b", "function": {"name": "g", "arguments": '{"x": 1}'}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7}}))
+    merged = answer.merged()
+    assert merged["message"]["content"] == "calling"
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"])
+            for c in merged["message"]["tool_calls"]] == [("a", "f", {}), ("b", "g", {"x": 1})]
+    assert (merged["prompt_eval_count"], merged["eval_count"]) == (5, 7)

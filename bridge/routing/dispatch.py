@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import requests
@@ -223,15 +223,16 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
     if not (call.stream or last):
         on_final = _unless_failed(on_final)  # a failure falls back: note_fallback records it
     if call.kind in ("embed", "embeddings"):
-        try:
-            data = json.loads(_read_text(resp))
-        except ValueError:
-            data = None
-        body = openai_remote.checked(openai_remote.embed_answer, call, data, opened_ns)
+        body = openai_remote.checked(openai_remote.embed_answer, call, _json(_read_text(resp)),
+                                     opened_ns)
         on_final({"prompt_eval_count": body.get("prompt_eval_count", 0)}, None, None)
         return json_response(body)
     answer = openai_remote.Answer(call, opened_ns)
-    lines = converted_lines(answer, resp, on_final, bridge().upstream.stopping,
+    if "event-stream" in resp.headers.get("Content-Type", ""):
+        chunks = openai_remote.sse_objects(iter_chunks(resp))
+    else:  # a remote that does not stream: its whole answer as one chunk
+        chunks = iter([openai_remote.checked(openai_remote.as_chunk, _json(_read_text(resp)))])
+    lines = converted_lines(answer, chunks, resp, on_final, bridge().upstream.stopping,
                             context().request_id)
     if call.stream:
         return ndjson_stream(lines)
@@ -243,8 +244,8 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
     return json_response(answer.merged())
 
 
-def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_final: OnFinal,
-                    stopping: threading.Event,
+def converted_lines(answer: openai_remote.Answer, chunks: Iterator[dict[str, Any]],
+                    resp: requests.Response, on_final: OnFinal, stopping: threading.Event,
                     request_id: str) -> Generator[dict[str, Any], None, None]:
     """The remote's SSE stream as Ollama's NDJSON objects; the last is `done: true` or an error
     line (a broken stream, the server's shutdown). Records the request once it has ended.
@@ -254,7 +255,7 @@ def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_fi
     error: str | None = None
     final: dict[str, Any] | None = None
     try:
-        for obj in openai_remote.sse_objects(iter_chunks(resp)):
+        for obj in chunks:
             if stopping.is_set():
                 raise ShuttingDown()
             line = openai_remote.checked(answer.feed, obj)
@@ -280,6 +281,13 @@ def converted_lines(answer: openai_remote.Answer, resp: requests.Response, on_fi
         resp.close()
         first = answer.first_ns / 1e9 if answer.first_ns is not None else None
         on_final(final, error, first)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # the converters say what was missing
 
 
 def _unless_failed(on_final: OnFinal) -> OnFinal:

@@ -230,6 +230,21 @@ def sse_objects(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
+def as_chunk(data: Any) -> dict[str, Any]:
+    """A whole (non-streamed) completion as one stream chunk, for a remote that answers JSON
+    although it was asked to stream: `message` becomes the `delta`."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError("the OpenAI-protocol endpoint answered no completion (no `choices`)")
+    choices = [{**c, "delta": _as_delta(c.get("message") or {})} for c in data["choices"]]
+    return {**data, "choices": choices}
+
+
+def _as_delta(message: dict[str, Any]) -> dict[str, Any]:
+    # a whole message's tool calls carry no `index` (a stream's fragments do): number them
+    calls = [{**c, "index": i} for i, c in enumerate(message.get("tool_calls") or [])]
+    return {**message, "tool_calls": calls}
+
+
 @dataclass
 class Answer:
     """The remote stream read into Ollama's pieces, with the bridge's own timings."""
