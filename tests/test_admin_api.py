@@ -72,8 +72,9 @@ def test_create_answers_201_with_the_row_and_location(admin) -> None:
             row["avg_latency_ms"]) == (0, 0, None, None)
     assert set(row) == {"id", "model_name", "backend_type", "endpoint_url", "mlx_model", "enabled",
                         "priority", "max_tokens", "temperature_default", "timeout_seconds",
-                        "api_key_env", "description", "created_at", "updated_at",
-                        "total_requests", "total_errors", "avg_tokens_per_sec", "avg_latency_ms"}
+                        "api_key_env", "protocol", "remote_model", "weight", "description",
+                        "created_at", "updated_at", "total_requests", "total_errors",
+                        "avg_tokens_per_sec", "avg_latency_ms"}
 
 
 def test_create_defaults(admin) -> None:

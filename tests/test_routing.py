@@ -211,8 +211,9 @@ def test_admin_api_moves_a_model_between_backends_without_restart(bridge, upstre
         requests.post(f"{bridge}/api/llm-backends/{row['id']}/toggle", headers=AUTH, timeout=10)
         assert generate(bridge, "shared").json()["response"] == local  # disabled: mapping again
         requests.post(f"{bridge}/api/llm-backends/{row['id']}/toggle", headers=AUTH, timeout=10)
+        # an mlx row with an endpoint_url is MLX on that server (issue 15): none is the local one
         requests.put(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10,
-                     json={"backend_type": "mlx"})
+                     json={"backend_type": "mlx", "endpoint_url": None})
         assert generate(bridge, "shared").json()["response"] == local
     finally:
         requests.delete(f"{bridge}/api/llm-backends/{row['id']}", headers=AUTH, timeout=10)

@@ -85,7 +85,10 @@ def test_shapes_the_seed_commands_rely_on(seeded):
 
 def test_gateway_answers(seeded):
     grouped = requests.get(seeded + "/api/models", timeout=10).json()
-    assert [m["name"] for m in grouped["mlx"]] == ["tiny:latest"] and grouped["ollama"] == []
+    assert [m["name"] for m in grouped["mlx"]] == ["tiny:latest"]
+    # the row sending llama3.1:70b to mac-a is listed as a remote model (issue 15)
+    assert [(m["name"], m["remote_host"]) for m in grouped["ollama"]] == [
+        ("llama3.1:70b", "http://mac-a:11434")]
     one = requests.get(seeded + "/api/models/tiny", timeout=10).json()
     assert one["backend"] == "mlx" and one["mlx"]["name"] == "tiny:latest"
     assert requests.get(seeded + "/api/models/nowhere", timeout=10).status_code == 404
@@ -101,7 +104,7 @@ def test_gateway_answers(seeded):
     not_mlx = requests.post(seeded + "/api/mlx/load/llama3.1:70b", timeout=10)
     assert not_mlx.status_code == 400 and "not by MLX" in not_mlx.json()["error"]
     health = requests.get(seeded + "/api/health", timeout=10).json()
-    assert set(health["backends"]) == {"mlx", "ollama"}
+    assert set(health["backends"]) == {"mlx", "ollama", "remote"}
 
 
 @pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None,

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.errors import Unprocessable
+from bridge.routing.registry import KEY_ENV_PREFIX, KEY_ENV_RE, PROTOCOLS
 from bridge.stats.perf import BackendStats
 from bridge.stats.store import BACKEND_TYPES, READ_ONLY, WRITABLE
 from bridge.wire.names import InvalidModelName, ModelName
@@ -25,10 +26,6 @@ READ_ONLY_FIELDS = (*READ_ONLY, *BackendStats.__dataclass_fields__)
 REQUIRED = ("model_name", "backend_type")
 MAX_INT = 1_000_000_000  # keeps every integer well inside SQLite's 64-bit range
 _REPO_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-# A row may only send keys set aside for upstreams, never another secret of the server's
-# environment (the admin token, a cloud credential) to the endpoint it names.
-KEY_ENV_PREFIX = "MLX_BRIDGE_KEY_"
-_KEY_ENV_RE = re.compile(re.escape(KEY_ENV_PREFIX) + r"[A-Z0-9_]{1,100}")
 
 Check = Callable[[str, Any], Any]
 
@@ -71,7 +68,7 @@ def _url(name: str, value: Any) -> str:
 
 
 def _key_env(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _KEY_ENV_RE.fullmatch(value):
+    if not isinstance(value, str) or not KEY_ENV_RE.fullmatch(value):
         raise _fail(name, f"must name an environment variable {KEY_ENV_PREFIX}<NAME> (upper case, "
                           "digits, _) holding the endpoint's key; the key itself is never stored")
     return value
@@ -83,6 +80,21 @@ def _mlx_model(name: str, value: Any) -> str:
     if not ok:
         raise _fail(name, "must be a Hugging Face repo id (org/name) or an absolute directory path")
     return value
+
+
+def _protocol(name: str, value: Any) -> str:
+    if value not in PROTOCOLS:
+        raise _fail(name, f"must be one of {', '.join(PROTOCOLS)} (got {value!r})")
+    return value
+
+
+def _remote_model(name: str, value: Any) -> str:
+    # any name the remote engine knows (a repo id, a path, `gpt-oss-120b`): sent as `model`
+    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
+        raise _fail(name, "must be a non-empty string of at most 1024 characters")
+    if any(ord(c) < 32 for c in value):
+        raise _fail(name, "must not contain control characters")
+    return value.strip()
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -120,7 +132,7 @@ def _text(name: str, value: Any) -> str:
 
 
 NULLABLE = ("endpoint_url", "mlx_model", "max_tokens", "temperature_default", "timeout_seconds",
-            "api_key_env")
+            "api_key_env", "protocol", "remote_model", "weight")
 CHECKS: dict[str, Check] = {
     "model_name": _model_name,
     "backend_type": _backend_type,
@@ -132,6 +144,9 @@ CHECKS: dict[str, Check] = {
     "temperature_default": _number(positive=False),
     "timeout_seconds": _number(positive=True),
     "api_key_env": _key_env,
+    "protocol": _protocol,
+    "remote_model": _remote_model,
+    "weight": _number(positive=True),
     "description": _text,
 }
 assert set(CHECKS) == set(WRITABLE)

@@ -63,10 +63,11 @@ def model(name: str) -> Response:
     """One model: who serves it (the plan) and its listing entries; 404 when nobody knows it."""
     parsed = _display(name)
     plan = bridge().router.plan(name)
-    mlx = next((t for t in plan.targets if t.backend == "mlx"), None)
+    mlx = next((t for t in plan.targets if t.local), None)
     local = bridge().local.find(name, mlx.source) if mlx else None
     remote = next((e for e in upstream_models("/api/tags", set())
-                   if listing_key(e) == parsed.key), None) if plan.policy != "mlx" else None
+                   if listing_key(e) == parsed.key), None) if not all(
+                       t.local for t in plan.targets) else None
     if local is None and remote is None:
         raise ModelNotFound(parsed.display)
     return json_response({
@@ -96,10 +97,11 @@ def mlx_load(name: str) -> Response:
     parsed = _display(name)
     keep_alive = _keep_alive(request.get_data())
     plan = bridge().router.plan(name)
-    mlx = next((t for t in plan.targets if t.backend == "mlx"), None)
+    mlx = next((t for t in plan.targets if t.local), None)
     if mlx is None:
-        raise BadRequest(f"model '{parsed.display}' is served by the upstream Ollama here "
-                         f"(backend {plan.policy}), not by MLX: nothing to preload")
+        where = redact_url(plan.targets[0].endpoint) if plan.targets else None
+        raise BadRequest(f"model '{parsed.display}' is served by the remote engine at {where} "
+                         f"(backend {plan.policy}), not by MLX here: nothing to preload")
     local = bridge().local.require(name, source=mlx.source)
     ctx = context()
     ctx.model, ctx.backend = local.entry.name, "mlx"

@@ -13,7 +13,7 @@ from bridge.errors import BadRequest, ModelNotFound
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.dispatch import dispatch
 from bridge.routing.upstream import redact_url
-from bridge.serving.catalog import served_locally, tag_entry, upstream_models
+from bridge.serving.catalog import endpoint_health, served_locally, tag_entry, upstream_models
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
 from bridge.wire.jsonbody import Fields, parse_body
@@ -173,6 +173,7 @@ def health() -> Response:
             "ollama": {"upstream": redact_url(url), "reachable": bool(url) and problem is None,
                        "error": upstream_problem(url, problem),
                        "endpoints": state.router.breaker.snapshot()},
+            "remote": endpoint_health(),  # every endpoint a model is routed to, probed
         },
     })
 

@@ -124,7 +124,7 @@ def _relay(path: str, raw: bytes) -> Response:
 def mlx_only(name: str) -> None:
     """A model only MLX serves has no upstream to take an endpoint the bridge lacks: say so."""
     plan = bridge().router.plan(name)
-    if plan.targets and all(t.backend == "mlx" for t in plan.targets):
+    if plan.targets and all(t.local for t in plan.targets):
         raise BridgeNotFound(f"{request.method} {request.path} is not served for model "
                              f"'{name}': it runs on MLX here, and endpoints the bridge does not "
                              "implement are relayed only to an upstream Ollama")

@@ -35,8 +35,8 @@ def pull() -> Response:
     ctx.model, ctx.backend = display, "mlx"
     registry = state.registry
     entry = registry.lookup(display)
-    if entry is None or state.router.plan(display).policy == "ollama":
-        return dispatch(name, "/api/pull", raw, None)  # not ours: the upstream Ollama pulls it
+    if entry is None or not any(t.local for t in state.router.plan(display).targets):
+        return dispatch(name, "/api/pull", raw, None)  # not ours: its remote pulls it (or says no)
     lines = _lines(entry, registry.local_dir(entry) is not None)
     if stream is False:
         return _last(lines)

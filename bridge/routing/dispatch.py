@@ -5,33 +5,52 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+import requests
 from flask import Response, request
 
 from bridge.errors import (
     BadRequest,
     BridgeError,
+    ClientClosed,
     EngineError,
     ModelNotFound,
+    ShuttingDown,
     Unsupported,
     UpstreamError,
     UpstreamNotRunning,
 )
-from bridge.http.web import RequestContext, context
+from bridge.http.web import (
+    RequestContext,
+    client_gone_probe,
+    context,
+    json_response,
+    ndjson_stream,
+)
+from bridge.routing import openai_remote
 from bridge.routing.router import Plan, Target
-from bridge.routing.upstream import UpstreamUnavailable, redact_url, relay
+from bridge.routing.upstream import (
+    OnFinal,
+    UpstreamUnavailable,
+    iter_chunks,
+    redact_url,
+    relay,
+)
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
-from bridge.stats.tracking import record_failed_attempt, record_forwarded
+from bridge.stats.tracking import CANCELED_ERRORS, record_failed_attempt, record_forwarded
 from bridge.wire.names import InvalidModelName, ModelName
+from bridge.wire.native_out import error_line
 
 log = logging.getLogger(__name__)
 
 # Failures that mean "this target cannot serve it", so the next target may: never a client error.
 FALLBACK_ERRORS = (ModelNotFound, EngineError, Unsupported, UpstreamError)
+MAX_REMOTE_BODY = 256 << 20  # a non-streamed remote answer read whole (embeddings of big batches)
 
 LocalHandler = Callable[[LocalModel, Plan], Response]
 
@@ -54,17 +73,20 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
     state, ctx = bridge(), context()
     plan = state.router.plan(model_name)
     ctx.model = model_name
-    targets = [t for t in plan.targets if t.backend != "mlx" or local is not None]
+    targets = [t for t in plan.targets if not t.local or local is not None]
     if not targets:
         raise ModelNotFound(model_name)
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
         ctx.backend = target.label
+        last = i == len(targets) - 1
         try:
-            if target.backend == "mlx":
+            if target.local:
                 assert local is not None
                 return local(state.local.require(model_name, source=target.source), plan)
-            return forward(target, path, raw, plan, last=i == len(targets) - 1, method=method)
+            if target.protocol == "openai" and not path.startswith("/v1/"):
+                return serve_openai(target, path, raw, plan, last)
+            return forward(target, path, raw, plan, last=last, method=method)
         except FALLBACK_ERRORS as exc:
             failed.append(exc)
             if i == len(targets) - 1:
@@ -100,7 +122,7 @@ def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> B
     log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
                 context().request_id, name, shown)
     return UpstreamNotRunning(template.format(name=name, display=display)
-                              + f"; the upstream Ollama at {shown} is not running "
+                              + f"; the {last.who} at {shown} is not running "
                               "(connection refused)")
 
 
@@ -122,21 +144,36 @@ def note_fallback(ctx: RequestContext, failed: Target, nxt: Target, exc: BridgeE
 
 def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, last: bool = True,
             method: str = "POST") -> Response:
-    """Relay the request to one upstream endpoint; a 5xx or connect failure may fall through.
+    """Relay the request to one upstream endpoint as it came (the model renamed to the
+    endpoint's `remote_model`, a row's defaults filled in); the answer streams back unchanged."""
+    body = raw
+    if isinstance(raw, bytes) and plan is not None:
+        body = request_body(raw, plan.defaults, target.remote_model,
+                            openai=path.startswith("/v1/"))
+    resp, opened_ns = open_endpoint(target, method, path, body, last)
+    return relay(resp, tracking(target, resp.status_code, opened_ns), bridge().upstream.stopping)
+
+
+def open_endpoint(target: Target, method: str, path: str, body: Any,
+                  last: bool) -> tuple[requests.Response, int]:
+    """Send one request to a remote endpoint, keeping its circuit breaker: a connect failure, a
+    redirect or a 5xx (when another target is left) raise, so the next target may serve it.
 
     A redirect is never followed (it would take the request, and the endpoint's key, elsewhere):
     it counts as a failure of the endpoint, reported with 502 when no other target is left.
     """
     state, ctx = bridge(), context()
     assert target.endpoint is not None
-    body = apply_defaults(raw, plan.defaults) if plan and plan.defaults else raw
     headers = {k: v for k, v in request.headers.items() if k.lower() != "x-request-id"}
     headers["X-Request-ID"] = ctx.request_id  # the bridge's id: one id in both logs
+    if target.protocol == "openai" and not path.startswith("/v1/"):
+        headers = {"Content-Type": "application/json", "X-Request-ID": ctx.request_id}
     breaker = state.router.breaker
     opened_ns = time.perf_counter_ns()  # the upstream's own latency: from here, not the request's
     try:
         resp = state.upstream.open(target.endpoint, method, path, body, headers,
-                                   read_timeout=target.timeout, api_key=api_key(target))
+                                   read_timeout=target.timeout, api_key=api_key(target),
+                                   who=target.who)
     except UpstreamUnavailable as exc:
         breaker.failure(target.endpoint, exc.message)
         raise
@@ -144,22 +181,146 @@ def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, las
     if 300 <= status < 400:
         resp.close()
         breaker.failure(target.endpoint, f"HTTP {status} redirect")
-        raise UpstreamError(f"upstream Ollama at {shown} answered a redirect (HTTP {status}); "
+        raise UpstreamError(f"upstream at {shown} answered a redirect (HTTP {status}); "
                             "redirects are not followed: set the endpoint's final URL")
     if status >= 500 and not last:
         resp.close()
         breaker.failure(target.endpoint, f"HTTP {status}")
         raise UpstreamError(f"upstream {shown} answered {status}")
     breaker.success(target.endpoint)
-    tracker = state.tracker
+    return resp, opened_ns
+
+
+def tracking(target: Target, status: int, opened_ns: int) -> OnFinal:
+    """The hook that records a remote answer once it has ended (tracking, the comparison)."""
+    tracker, ctx, shown = bridge().tracker, context(), redact_url(target.endpoint)
 
     def on_final(final: dict[str, Any] | None, error: str | None, first_at: float | None) -> None:
         # runs in the relay, after the view returned (no app context): uses only bound objects
         first_ns = int(first_at * 1e9) if first_at is not None else None  # perf_counter's clock
         record_forwarded(tracker, ctx, target.backend, shown, status, final, error, opened_ns,
                          first_ns)
+    return on_final
 
-    return relay(resp, on_final, state.upstream.stopping)
+
+def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) -> Response:
+    """A native request answered by an OpenAI-protocol endpoint (see routing/openai_remote.py)."""
+    name = context().model
+    remote_model = target.remote_model or name
+    shown = redact_url(target.endpoint)
+    if path == "/api/show":
+        return json_response(openai_remote.show_body(name, remote_model, shown,
+                                                     _listed(target, remote_model)))
+    call = openai_remote.convert(path, raw, name, remote_model, plan.defaults)
+    resp, opened_ns = open_endpoint(target, "POST", call.path, json.dumps(call.body).encode(),
+                                    last)
+    on_final = tracking(target, resp.status_code, opened_ns)
+    if resp.status_code >= 400:
+        error = openai_remote.remote_error(resp.status_code, _read_text(resp), name, shown)
+        if last or not isinstance(error, FALLBACK_ERRORS):  # else note_fallback records it
+            on_final(None, f"HTTP {resp.status_code}", None)
+        raise error
+    if not (call.stream or last):
+        on_final = _unless_failed(on_final)  # a failure falls back: note_fallback records it
+    if call.kind in ("embed", "embeddings"):
+        body = openai_remote.checked(openai_remote.embed_answer, call, _json(_read_text(resp)),
+                                     opened_ns)
+        on_final({"prompt_eval_count": body.get("prompt_eval_count", 0)}, None, None)
+        return json_response(body)
+    answer = openai_remote.Answer(call, opened_ns)
+    if "event-stream" in resp.headers.get("Content-Type", ""):
+        chunks = openai_remote.sse_objects(iter_chunks(resp))
+    else:  # a remote that does not stream: its whole answer as one chunk
+        chunks = iter([openai_remote.checked(openai_remote.as_chunk, _json(_read_text(resp)))])
+    lines = converted_lines(answer, chunks, resp, on_final, bridge().upstream.stopping,
+                            context().request_id)
+    if call.stream:
+        return ndjson_stream(lines)
+    gone = client_gone_probe()
+    for _ in lines:  # read to the end (merged below); a broken stream raises here: a status
+        if gone is not None and gone():  # the client hung up: stop the remote's generation too
+            lines.close()
+            raise ClientClosed("client disconnected")
+    return json_response(answer.merged())
+
+
+def converted_lines(answer: openai_remote.Answer, chunks: Iterator[dict[str, Any]],
+                    resp: requests.Response, on_final: OnFinal, stopping: threading.Event,
+                    request_id: str) -> Generator[dict[str, Any], None, None]:
+    """The remote's SSE stream as Ollama's NDJSON objects; the last is `done: true` or an error
+    line (a broken stream, the server's shutdown). Records the request once it has ended.
+
+    Runs after the view returned when streamed: uses only what it was given (no app context).
+    """
+    error: str | None = None
+    final: dict[str, Any] | None = None
+    try:
+        for obj in chunks:
+            if stopping.is_set():
+                raise ShuttingDown()
+            line = openai_remote.checked(answer.feed, obj)
+            if line is not None:
+                yield line
+        calls = answer.tool_calls()
+        if calls:
+            yield answer.line("", calls=calls)
+        final = answer.final()
+        yield final
+    except GeneratorExit:  # the client hung up (or stopped reading): not the remote's failure
+        error = "client disconnected"
+        raise
+    except (requests.RequestException, BridgeError) as exc:
+        error = (exc.message if isinstance(exc, BridgeError)
+                 else f"upstream connection lost: {type(exc).__name__}")
+        log.warning("remote stream broken request_id=%s model=%s error=%s", request_id,
+                    answer.call.name, error)
+        if not answer.call.stream:
+            raise UpstreamError(error) from None
+        yield error_line(error)
+    finally:
+        resp.close()
+        first = answer.first_ns / 1e9 if answer.first_ns is not None else None
+        on_final(final, error, first)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # the converters say what was missing
+
+
+def _unless_failed(on_final: OnFinal) -> OnFinal:
+    def record(final: dict[str, Any] | None, error: str | None, first: float | None) -> None:
+        if error is None or error in CANCELED_ERRORS:
+            on_final(final, error, first)
+    return record
+
+
+def _read_text(resp: requests.Response, limit: int = MAX_REMOTE_BODY) -> str:
+    """A whole (error or embeddings) answer, at most `limit` bytes: a remote cannot fill the
+    bridge's memory."""
+    data = bytearray()
+    try:
+        for chunk in iter_chunks(resp):
+            data += chunk
+            if len(data) > limit:
+                raise UpstreamError(f"the answer of {redact_url(resp.url)} is over {limit} bytes")
+        return data.decode("utf-8", "replace")
+    except requests.RequestException as exc:
+        raise UpstreamError(f"upstream connection lost: {type(exc).__name__}") from None
+    finally:
+        resp.close()
+
+
+def _listed(target: Target, remote_model: str) -> dict[str, Any] | None:
+    """The remote's `/v1/models` entry for the model (None when it lists none or is down)."""
+    assert target.endpoint is not None
+    data = bridge().upstream.get_json(target.endpoint, "/v1/models", api_key(target))
+    models = data.get("data") if data else None
+    if not isinstance(models, list):
+        return None
+    return next((m for m in models if isinstance(m, dict) and m.get("id") == remote_model), None)
 
 
 def api_key(target: Target) -> str | None:
@@ -168,17 +329,36 @@ def api_key(target: Target) -> str | None:
         return None
     key = os.environ.get(target.api_key_env, "").strip()
     if not key:  # a configuration error: another target may still serve the request
-        raise UpstreamError(f"upstream Ollama at {redact_url(target.endpoint)} needs the key in "
+        raise UpstreamError(f"the endpoint at {redact_url(target.endpoint)} needs the key in "
                             f"${target.api_key_env}, which is not set in the server's environment")
     return key
 
 
-def apply_defaults(raw: bytes, defaults: dict[str, Any]) -> bytes:
-    """Fill an admin row's option defaults into a forwarded body (request values win)."""
+def request_body(raw: bytes, defaults: dict[str, Any], remote_model: str | None,
+                 openai: bool = False) -> bytes:
+    """A forwarded body with an admin row's defaults filled in (request values win) and the
+    model renamed to the endpoint's own name; as it came when there is nothing to change.
+
+    Native bodies take the defaults as `options`; OpenAI bodies (`/v1/*`) as `max_tokens` and
+    `temperature`.
+    """
+    if not defaults and not remote_model:
+        return raw
     try:
         body = json.loads(raw)
-        options = body.get("options") if isinstance(body.get("options"), dict) else {}
-        body["options"] = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        if not isinstance(body, dict):
+            return raw
+        if openai:
+            fields = {"max_tokens": defaults.get("num_predict"),
+                      "temperature": defaults.get("temperature")}
+            for key, value in fields.items():
+                if value is not None and body.get(key) is None:
+                    body[key] = value
+        elif defaults:
+            options = body.get("options") if isinstance(body.get("options"), dict) else {}
+            body["options"] = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        if remote_model and isinstance(body.get("model"), str):
+            body["model"] = remote_model
         return json.dumps(body).encode()
     except (ValueError, RecursionError):  # nested deeper than the stack allows here: as it came
         return raw

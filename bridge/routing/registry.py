@@ -9,6 +9,11 @@ only ever looked up here, never used as a path.
       "qwen2.5-coder:7b":
         mlx: mlx-community/Qwen2.5-Coder-7B-Instruct-4bit
         backend: mlx
+      "llama3.1:70b":                      # a remote engine: no weights here
+        endpoint_url: http://mac-b.local:8080
+        backend: mlx                       # MLX on another server: speaks OpenAI by default
+        remote_model: mlx-community/Meta-Llama-3.1-70B-Instruct-4bit
+        api_key_env: MLX_BRIDGE_KEY_MAC_B  # optional: the key is read from this variable
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -36,6 +42,11 @@ from bridge.wire.options import parse_options
 log = logging.getLogger(__name__)
 
 BACKENDS = ("mlx", "ollama", "auto")
+PROTOCOLS = ("ollama", "openai")
+# A row or mapping entry names the variable holding an endpoint's key, never another secret of
+# the server's environment (the admin token, a cloud credential) to be sent to the endpoint.
+KEY_ENV_PREFIX = "MLX_BRIDGE_KEY_"
+KEY_ENV_RE = re.compile(re.escape(KEY_ENV_PREFIX) + r"[A-Z0-9_]{1,100}")
 LOCAL_MODELS_FILE = "local_models.yaml"
 IMPORTED_DIR = "imported"  # under the downloads dir; an import's source is "imported/<slug>"
 # A Hugging Face repo id `org/name`; anything else is a directory. Both parts start with an
@@ -57,6 +68,10 @@ class MappedModel:
     keep_alive: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     origin: str = "mappings"
+    endpoint_url: str | None = None  # a remote engine instead of the default upstream
+    protocol: str | None = None  # "ollama" | "openai"; None: by backend (see the router)
+    remote_model: str | None = None
+    api_key_env: str | None = None
 
     @property
     def is_local_dir(self) -> bool:
@@ -90,8 +105,11 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
         raise MappingError(f"invalid model name {raw_name!r} in the mapping file") from None
     if isinstance(spec, str):
         spec = {"mlx": spec}
-    if not isinstance(spec, dict) or not isinstance(spec.get("mlx"), str) or not spec["mlx"]:
-        raise MappingError(f"model {raw_name!r}: needs 'mlx: <repo id or directory>'")
+    remote = _parse_remote(raw_name, spec)
+    if not isinstance(spec, dict) or not (
+            isinstance(spec.get("mlx"), str) and spec["mlx"] or remote["endpoint_url"]):
+        raise MappingError(f"model {raw_name!r}: needs 'mlx: <repo id or directory>' or "
+                           "'endpoint_url: <a remote engine>'")
     backend = spec.get("backend", "mlx")
     if backend not in BACKENDS:
         raise MappingError(f"model {raw_name!r}: backend must be one of {', '.join(BACKENDS)}")
@@ -107,8 +125,39 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
     except BadRequest as exc:
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
-    return MappedModel(name, resolve_source(spec["mlx"], base), backend, keep_alive, options,
-                       origin)
+    source = resolve_source(spec["mlx"], base) if spec.get("mlx") else ""
+    return MappedModel(name, source, backend, keep_alive, options, origin, **remote)
+
+
+def _parse_remote(raw_name: str, spec: Any) -> dict[str, Any]:
+    """The remote-engine fields of an entry: endpoint_url, protocol, remote_model, api_key_env."""
+    if not isinstance(spec, dict):
+        return {"endpoint_url": None}
+    url, protocol = spec.get("endpoint_url"), spec.get("protocol")
+    remote_model, key_env = spec.get("remote_model"), spec.get("api_key_env")
+    if url is not None and not (isinstance(url, str) and _is_base_url(url)):
+        raise MappingError(f"model {raw_name!r}: endpoint_url must be an http:// or https:// base "
+                           "URL without credentials (put a key in api_key_env)")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise MappingError(f"model {raw_name!r}: protocol must be one of {', '.join(PROTOCOLS)}")
+    if remote_model is not None and not (isinstance(remote_model, str) and remote_model.strip()):
+        raise MappingError(f"model {raw_name!r}: remote_model must be a non-empty string")
+    if key_env is not None and not (isinstance(key_env, str) and KEY_ENV_RE.fullmatch(key_env)):
+        raise MappingError(f"model {raw_name!r}: api_key_env must name a variable "
+                           f"{KEY_ENV_PREFIX}<NAME> holding the endpoint's key")
+    return {"endpoint_url": url.rstrip("/") if url else None, "protocol": protocol,
+            "remote_model": remote_model.strip() if remote_model else None,
+            "api_key_env": key_env}
+
+
+def _is_base_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in url
+            and not parts.query and not parts.fragment)
 
 
 def resolve_source(source: str, base: Path) -> str:
@@ -199,7 +248,10 @@ class Registry:
             return list(self._entries.values())
 
     def local_dir(self, entry: MappedModel) -> Path | None:
-        """The directory holding the weights, or None when they are not on disk yet."""
+        """The directory holding the weights, or None when they are not on disk yet (or the entry
+        names only a remote engine)."""
+        if not entry.source:
+            return None
         if entry.is_local_dir:
             path = Path(entry.source)
             return path if is_model_dir(path) else None

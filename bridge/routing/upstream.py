@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from flask import Response
 
 from bridge.errors import ShuttingDown, UpstreamError
@@ -32,6 +33,7 @@ FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
 # there).
 RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
 LISTING_TIMEOUT = (1.0, 3.0)
+CHUNK_BYTES = 1 << 16
 HEALTH_TIMEOUT = (0.5, 0.5)  # /api/tags and /api/ps must answer even when the upstream hangs
 
 
@@ -88,11 +90,11 @@ class Upstream:
 
     def open(self, base_url: str, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, read_timeout: float | None = None,
-             api_key: str | None = None) -> requests.Response:
+             api_key: str | None = None, who: str = "upstream Ollama") -> requests.Response:
         """Send a request and return the streaming response (status untouched, never redirected).
 
         Only FORWARDED_HEADERS of `headers` are sent; `api_key` (from configuration) becomes
-        `Authorization: Bearer`.
+        `Authorization: Bearer`; `who` names the endpoint in error messages.
         """
         url = base_url.rstrip("/") + path
         shown = redact_url(base_url)
@@ -107,12 +109,12 @@ class Upstream:
             )
         except requests.ConnectionError as exc:
             reason = _reason(exc)
-            raise UpstreamUnavailable(f"upstream Ollama at {shown} is not reachable: {reason}",
+            raise UpstreamUnavailable(f"{who} at {shown} is not reachable: {reason}",
                                       refused=reason == "connection refused") from None
         except requests.Timeout:
-            raise UpstreamError(f"upstream Ollama at {shown} timed out", status=504) from None
+            raise UpstreamError(f"{who} at {shown} timed out", status=504) from None
         except requests.RequestException as exc:
-            raise UpstreamError(f"upstream Ollama at {shown} failed: {_reason(exc)}") from None
+            raise UpstreamError(f"{who} at {shown} failed: {_reason(exc)}") from None
         with self._streams_lock:
             self._streams.add(resp)
         return resp
@@ -129,11 +131,12 @@ class Upstream:
                 with contextlib.suppress(OSError):  # already closed
                     sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
 
-    def get_json(self, base_url: str, path: str) -> dict[str, Any] | None:
+    def get_json(self, base_url: str, path: str,
+                 api_key: str | None = None) -> dict[str, Any] | None:
         """A small GET for listings; None when the upstream is down or answers garbage."""
         try:
             resp = self.session.get(base_url.rstrip("/") + path, timeout=LISTING_TIMEOUT,
-                                    allow_redirects=False)
+                                    allow_redirects=False, headers=_auth(api_key))
             if resp.status_code != 200:
                 raise requests.HTTPError(f"HTTP {resp.status_code}")
             data = resp.json()
@@ -143,18 +146,44 @@ class Upstream:
             return None
         return data if isinstance(data, dict) else None
 
-    def probe(self, base_url: str) -> str | None:
-        """None when the upstream answers /api/version, else why not ("connection refused", ...)."""
+    def probe(self, base_url: str, protocol: str = "ollama",
+              api_key: str | None = None) -> str | None:
+        """None when the endpoint answers its protocol's cheapest GET (Ollama: /api/version,
+        OpenAI: /v1/models), else why not ("connection refused", "HTTP 401", ...)."""
+        path = "/v1/models" if protocol == "openai" else "/api/version"
         try:
             # /health must stay fast even when the upstream accepts connections but never answers.
-            resp = self.session.get(base_url.rstrip("/") + "/api/version", timeout=HEALTH_TIMEOUT,
-                                    allow_redirects=False)
+            resp = self.session.get(base_url.rstrip("/") + path, timeout=HEALTH_TIMEOUT,
+                                    allow_redirects=False, headers=_auth(api_key), stream=True)
+            resp.close()  # the status is the answer: a big model list is not read
         except requests.RequestException as exc:
             return _reason(exc)
         return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
 
     def reachable(self, base_url: str) -> bool:
         return self.probe(base_url) is None
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def iter_chunks(resp: requests.Response) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive.
+
+    requests' `iter_content(None)` reads a body sent without chunked encoding (HTTP/1.0 servers
+    such as mlx_lm.server stream SSE that way) to its very end before yielding anything;
+    `read1` returns whatever has arrived.
+    """
+    raw = resp.raw
+    if getattr(raw, "chunked", True) or not hasattr(raw, "read1"):
+        yield from resp.iter_content(chunk_size=None)
+        return
+    try:
+        while data := raw.read1(CHUNK_BYTES):
+            yield data
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.ConnectionError(str(exc)) from None
 
 
 def _reason(exc: Exception) -> str:
@@ -199,7 +228,7 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
     error: str | None = None
     first: float | None = None
     try:
-        for chunk in resp.iter_content(chunk_size=None):
+        for chunk in iter_chunks(resp):
             if stopping.is_set():
                 error = ShuttingDown().message
                 yield from _error_tail(kind, scanner.partial, error)
@@ -219,7 +248,8 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
 
 
 class FinalLineScanner:
-    """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics)."""
+    """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics); in an
+    OpenAI or Anthropic answer (JSON or SSE), the token counts of its `usage`."""
 
     def __init__(self) -> None:
         self.buf = b""
@@ -239,7 +269,9 @@ class FinalLineScanner:
             self.buf = b""  # a huge non-NDJSON body (a blob): nothing to scan for
 
     def _look(self, line: bytes) -> None:
-        if b'"done"' not in line and b'"error"' not in line and b'"status"' not in line:
+        if line.startswith(b"data:"):  # an SSE event of the /v1 layers
+            line = line[5:].strip()
+        if not any(k in line for k in (b'"done"', b'"error"', b'"status"', b'"usage"')):
             return
         try:
             obj = json.loads(line)
@@ -248,6 +280,11 @@ class FinalLineScanner:
         if isinstance(obj, dict):
             if obj.get("done") is True or obj.get("status") == "success":
                 self.final = obj
+            elif isinstance(obj.get("usage"), dict):  # OpenAI's / Anthropic's token counts
+                usage = obj["usage"]
+                self.final = {
+                    "prompt_eval_count": usage.get("prompt_tokens") or usage.get("input_tokens"),
+                    "eval_count": usage.get("completion_tokens") or usage.get("output_tokens")}
             if isinstance(obj.get("error"), str):
                 self.error = obj["error"]
 

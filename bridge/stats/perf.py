@@ -55,7 +55,7 @@ def backend_stats(conn: sqlite3.Connection, model_name: str, backend_type: str,
         "AVG(CASE WHEN status = 'ok' THEN tokens_per_sec END), "
         "AVG(CASE WHEN status = 'ok' THEN latency_ms END) "
         f"FROM requests WHERE model_key = ? AND backend IN ({marks}) "
-        f"AND (backend = 'mlx' OR {endpoint_sql})",
+        f"AND ((backend = 'mlx' AND endpoint IS NULL) OR {endpoint_sql})",  # remote MLX: by URL
         (key, *answered_by, *args)).fetchone()
     return BackendStats(r[0], r[1], _r(r[2]), _r(r[3]))
 

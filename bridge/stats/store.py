@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS backends (
     temperature_default REAL,
     timeout_seconds REAL,
     api_key_env TEXT,
+    protocol TEXT,
+    remote_model TEXT,
+    weight REAL,
     description TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -81,7 +84,8 @@ CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model_key, backend, en
 CREATE INDEX IF NOT EXISTS requests_by_ts ON requests (ts);
 """
 # Columns added after the first release: (table, column, type), added to older files on open.
-_ADDED_COLUMNS = (("backends", "api_key_env", "TEXT"),)
+_ADDED_COLUMNS = (("backends", "api_key_env", "TEXT"), ("backends", "protocol", "TEXT"),
+                  ("backends", "remote_model", "TEXT"), ("backends", "weight", "REAL"))
 
 
 def now_rfc3339() -> str:
@@ -115,6 +119,9 @@ class BackendRow:
     temperature_default: float | None
     timeout_seconds: float | None
     api_key_env: str | None  # the environment variable with the endpoint's key (never the key)
+    protocol: str | None  # a remote endpoint's: "ollama" | "openai"; None = by backend_type
+    remote_model: str | None  # the name the remote endpoint knows the model by
+    weight: float | None  # share of traffic among enabled rows of equal priority (None = 1)
     description: str
     created_at: str  # RFC3339 UTC
     updated_at: str
