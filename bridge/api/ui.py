@@ -26,6 +26,7 @@ from flask import Blueprint, Response, request, send_from_directory
 from bridge.errors import BadRequest, StoreUnavailable
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.upstream import redact_url
+from bridge.serving.catalog import remote_models
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
 from bridge.wire.names import ModelName
@@ -97,9 +98,10 @@ def _local_rows() -> list[dict[str, Any]]:
     by_path = {i.key: i for i in snapshot}
     rows = []
     for entry in state.registry.entries():
-        policy = state.router.plan(entry.name).policy
-        if policy == "ollama":
-            continue  # the upstream serves it: listed with the upstream's models
+        plan = state.router.plan(entry.name)
+        policy = plan.policy
+        if policy == "ollama" or not any(t.local for t in plan.targets):
+            continue  # the upstream or a remote engine serves it: listed with their models
         model = present.get(entry.name)
         info = by_name.get(entry.name) or (by_path.get(model.key) if model else None)
         rows.append({
@@ -156,6 +158,15 @@ def _remote_rows(default_url: str | None, seen: set[str]) -> list[dict[str, Any]
     found: list[dict[str, Any]] = []
     for url, names in wanted.items():
         found += _endpoint_rows(url, "remote", names, seen)[0]
+    # Engines that do not speak Ollama (mlx_lm.server, vLLM...) have no /api/tags to join:
+    # the routing's own view of them (catalog.remote_models) lists what is sent there.
+    seen = seen | {_key(r["name"]) for r in found}
+    for entry in remote_models(seen):
+        found.append({
+            "name": entry["name"], "backend": "remote", "kind": "remote",
+            "where": entry["remote_host"], "policy": None, "source": entry["remote_model"],
+            "present": True, "size": None, "capabilities": [], "loaded": None,
+            "memory": None, "expires_at": None})
     return found
 
 
