@@ -196,8 +196,9 @@ class Tracker:
         try:
             self.store.record_many(batch)
         except StoreUnavailable as exc:  # the request succeeded; its record waits in memory
-            log.error("request records held until the database returns count=%d error=%r",
-                      len(batch), exc.message)
+            if not self._pending:  # one line per outage, not one per batch
+                log.error("request records held until the database returns count=%d "
+                          "error=%r", len(batch), exc.message)
             self._hold(batch)
             return
         except Exception:  # a bad record must not end the writer thread
