@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "mlxb-"
 WINDOW = 60.0  # seconds: the limits are per minute
+LOG_EVERY = 10.0  # seconds between two "over its limit" lines for one key
 OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/metrics",
                         "/api/performance/comparison"})
 ADMIN_PREFIXES = ("/api/llm-backends", "/api/keys")  # the admin token guards these
@@ -148,6 +149,7 @@ class KeyGate:
         self.store = store
         self.metrics = metrics
         self.limiter = KeyLimiter()
+        self._logged: dict[str, float] = {}  # key name -> when its last refusal was logged
 
     def authenticate(self, header: str) -> ApiKey | None:
         """The key a request's Authorization header names; None for the admin token."""
@@ -174,8 +176,11 @@ class KeyGate:
             reason = "streams" if "streams" in exc.message else (
                 "tokens" if "tokens per minute" in exc.message else "requests")
             self.metrics.key_rejected.labels(key.name, reason).inc()
-            log.warning("api key over its limit key=%s reason=%s retry_after=%d", key.name,
-                        reason, exc.retry_after)
+            now = time.monotonic()
+            if now - self._logged.get(key.name, -LOG_EVERY) >= LOG_EVERY:  # not one per refusal
+                self._logged[key.name] = now
+                log.warning("api key over its limit key=%s reason=%s retry_after=%d", key.name,
+                            reason, exc.retry_after)
             raise
 
 
