@@ -275,3 +275,22 @@ def test_sqlite_is_copied_into_postgresql_with_rows_and_stats_and_only_once(tmp_
         assert run() == {"backends": 0, "api_keys": 0, "requests": 0}  # nothing twice
         assert _view(target)[2] == want[2]
         target.close()
+
+
+def test_the_live_view_buckets_on_postgresql_as_on_sqlite(tmp_path, pg):
+    """The Admin UI's live series (the one expression compiled per dialect) agree."""
+    from bridge.stats.store import RequestRecord
+
+    now = int(time.time()) // 5 * 5
+    views = []
+    with pg.database("live") as db:
+        for target in (db, tmp_path / "bridge.db"):
+            store = Store(target)
+            store.record_many(
+                [RequestRecord("m", "mlx", None, "ok", 1, 2, 1.0, 2.0, 3.0) for _ in range(3)]
+                + [RequestRecord("m", "ollama", "http://h:1", "error", 1, 2, None, 2.0, None)])
+            view = store.live(now - 10, now + 5, 5, 2)
+            views.append([(s["label"], s["requests"], s["errors"], sum(s["requests_per_s"]))
+                          for s in view["series"]])
+            store.close()
+    assert views[0] == views[1] == [("mlx", 3, 0, 0.6), ("ollama@http://h:1", 1, 1, 0.2)]

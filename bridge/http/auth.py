@@ -2,7 +2,8 @@
 
 Off unless `MLX_BRIDGE_REQUIRE_KEYS=1`. Then every request needs `Authorization: Bearer <key>`
 (what the ollama and openai clients send), except the open paths (`/`, `/api/version`, `/health`,
-`/metrics`, the performance comparison) and the admin API, which has its own token. The admin
+`/metrics`, the performance comparison, the Admin UI and its read-only views) and the admin API,
+which has its own token. The admin
 token is accepted as a key too (an operator's own calls, never limited).
 
 Keys are made and revoked through the admin API (`/api/keys`, bridge/api/admin.py) and stored
@@ -41,8 +42,10 @@ KEY_PREFIX = "mlxb-"
 WINDOW = 60.0  # seconds: the limits are per minute
 LOG_EVERY = 10.0  # seconds between two "over its limit" lines for one key
 OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/metrics",
-                        "/api/performance/comparison"})
-ADMIN_PREFIXES = ("/api/llm-backends", "/api/keys")  # the admin token guards these
+                        "/api/performance/comparison", "/ui"})
+# the admin token guards the admin API; the Admin UI's page and its read-only views
+# (/ui/..., /api/ui/...) are token-free like the comparison
+ADMIN_PREFIXES = ("/api/llm-backends", "/api/keys", "/ui/", "/api/ui/")
 NO_KEY = ("missing API key: send 'Authorization: Bearer <key>' (keys are required on this "
           "server; an administrator creates them with POST /api/keys)")
 BAD_KEY = "invalid or revoked API key"

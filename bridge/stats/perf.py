@@ -70,7 +70,8 @@ def backend_stats(conn: Connection, model_name: str, backend_type: str,
         sa.select(sa.func.count(), _count(R.status == "error"), _ok_avg(R.tokens_per_sec),
                   _ok_avg(R.latency_ms))
         .where(R.model_key == key, R.backend.in_(answered_by),
-               sa.or_(R.backend == "mlx", endpoint))).one()
+               # a local MLX record has no endpoint; a remote MLX engine's counts by its URL
+               sa.or_(sa.and_(R.backend == "mlx", R.endpoint.is_(None)), endpoint))).one()
     return BackendStats(int(r[0]), int(r[1]), _r(r[2]), _r(r[3]))
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from bridge.errors import Conflict, StoreUnavailable, Unprocessable
+from bridge.stats.live import live_view
 from bridge.stats.perf import BackendStats, backend_stats, bridge_usage, comparison, key_usage
 from bridge.stats.schema import api_keys, backends, registry_version, requests
 from bridge.wire.names import ModelName
@@ -542,6 +543,14 @@ class Store:
         and the same per bridge that served them."""
         with self._read(scan=True) as conn:
             return comparison(conn, model_key(model) if model else None, since)
+
+    def live(self, start: int, end: int, step: int, recent: int) -> dict[str, Any]:
+        """Per-backend series in `step`-second buckets from `start` to `end` (epoch seconds) and
+        the newest `recent` requests (the Admin UI's live page)."""
+        since = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="microseconds")
+        since = since.replace("+00:00", "Z")  # the stored form, so text comparison orders it
+        with self._read(scan=True) as conn:
+            return live_view(conn, since, start, end, step, recent)
 
     def usage(self, since: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Totals per bridge and per API key (`{"bridges": [...], "keys": [...]}`)."""
