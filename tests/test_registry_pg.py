@@ -294,3 +294,24 @@ def test_the_live_view_buckets_on_postgresql_as_on_sqlite(tmp_path, pg):
                           for s in view["series"]])
             store.close()
     assert views[0] == views[1] == [("mlx", 3, 0, 0.6), ("ollama@http://h:1", 1, 1, 0.2)]
+
+
+def test_a_bridge_whose_database_is_down_at_start_serves_from_its_mapping_file(
+        tmp_path, tiny_model_dir):
+    from .helpers import free_port
+
+    mappings = write_mappings(tmp_path / "m.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
+    proc, url = start_server(
+        ["--mappings", str(mappings), "--home", str(tmp_path / "home"), "--upstream", "none"],
+        env={"MLX_BRIDGE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+             "MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            assert generate(url, "tiny", num_predict=2).json()["eval_count"] == 2
+        assert time.monotonic() - started < 10
+        r = requests.get(url + ROWS, headers=AUTH, timeout=10)
+        assert r.status_code == 503 and "Connection refused" in r.json()["error"]
+        assert "postgresql+psycopg://postgres@127.0.0.1" in r.json()["error"]
+    finally:
+        stop_server(proc)

@@ -199,8 +199,11 @@ def database_url(target: str | Path) -> str:
     text = str(target)
     if text.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + text.split("://", 1)[1]
-    if "://" in text:
+    if text.startswith(("postgresql+psycopg://", "sqlite://")):
         return text
+    if "://" in text:  # a typo must not quietly give this bridge a registry of its own
+        raise ValueError(f"unsupported database URL scheme {text.split('://', 1)[0]!r}: "
+                         "MLX_BRIDGE_DATABASE_URL takes postgresql://user:password@host/db")
     return f"sqlite:///{Path(text)}"
 
 
@@ -219,6 +222,7 @@ class Store:
         self._locked: tuple[float, StoreUnavailable] | None = None  # (retry at, error)
         self._snapshot: Snapshot | None = None
         self._retry_at = 0.0  # while down: when routing asks the database again
+        self._down_error: StoreUnavailable | None = None  # the last failure, before any snapshot
         self._down_logged = False
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,8 +332,11 @@ class Store:
         a second); with none yet, StoreUnavailable.
         """
         snap = self._snapshot
-        if snap is not None and time.monotonic() < self._retry_at:
-            return snap
+        if time.monotonic() < self._retry_at:
+            if snap is not None:
+                return snap
+            if self._down_error is not None:  # never reached: fail fast, not a wait per request
+                raise self._down_error
         try:
             with self._read() as conn:
                 version = conn.execute(sa.select(registry_version.c.version)).scalar_one()
@@ -338,6 +345,10 @@ class Store:
                     self._snapshot = snap
         except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
             if snap is None:
+                if not self.sqlite and isinstance(exc, StoreUnavailable):
+                    # a server not answering may cost a connect timeout per try: once a second
+                    self._down_error = exc
+                    self._retry_at = time.monotonic() + OUTAGE_RETRY
                 raise
             self._retry_at = time.monotonic() + OUTAGE_RETRY
             if not self._down_logged:
