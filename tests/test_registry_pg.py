@@ -315,3 +315,36 @@ def test_a_bridge_whose_database_is_down_at_start_serves_from_its_mapping_file(
         assert "postgresql+psycopg://postgres@127.0.0.1" in r.json()["error"]
     finally:
         stop_server(proc)
+
+
+def test_records_held_through_an_outage_are_bounded_counted_and_written_in_order(tmp_path):
+    """The tracker's side of an outage, on a real SQLite store made unreachable and back."""
+    from bridge.errors import StoreUnavailable
+    from bridge.stats.metrics import Metrics
+    from bridge.stats.store import RequestRecord
+    from bridge.stats.tracking import Tracker
+
+    store = Store(tmp_path / "bridge.db")
+    metrics = Metrics()
+    tracker = Tracker(store, metrics, max_pending=5, bridge_id="here")
+    real = store.record_many
+    down = True
+
+    def record_many(recs):
+        if down:
+            raise StoreUnavailable("backend store unavailable: test outage")
+        return real(recs)
+
+    store.record_many = record_many  # type: ignore[method-assign]
+    for i in range(8):
+        tracker.record(RequestRecord("m", "mlx", None, "ok", 1, 1, 1.0, float(i), 1.0))
+        tracker.flush()
+    assert tracker.pending == 5  # bounded: the 3 oldest dropped and counted
+    assert metrics.registry.get_sample_value("mlx_bridge_tracking_dropped_total") == 3
+    down = False
+    tracker.record(RequestRecord("m", "mlx", None, "ok", 1, 1, 1.0, 8.0, 1.0))
+    tracker.flush()
+    assert tracker.pending == 0
+    with sqlite3.connect(tmp_path / "bridge.db") as conn:
+        rows = conn.execute("SELECT latency_ms, bridge_id FROM requests ORDER BY id").fetchall()
+    assert rows == [(float(i), "here") for i in range(3, 9)]
