@@ -238,7 +238,8 @@ class Store:
         """(writes, request-path reads, full scans). PostgreSQL: one pool serves all three."""
         if not self.sqlite:
             engine = sa.create_engine(
-                self.url, pool_size=8, max_overflow=16, pool_timeout=CONNECT_TIMEOUT,
+                # at most 12 connections per bridge: a fleet stays under max_connections (100)
+                self.url, pool_size=4, max_overflow=8, pool_timeout=CONNECT_TIMEOUT,
                 pool_pre_ping=True,  # a connection from before a database restart is replaced
                 connect_args={"connect_timeout": CONNECT_TIMEOUT})
             return engine, engine, engine
