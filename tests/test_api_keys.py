@@ -115,6 +115,15 @@ def test_over_the_request_limit_is_429_with_retry_after(server):
     assert over.value.status_code == 429
     other = make_key(url, "unaffected")  # one key's limit is not another's
     assert requests.get(url + "/api/tags", headers=bearer(other), timeout=5).status_code == 200
+    # a limit raised through the admin API applies from the next request
+    [entry] = [k for k in requests.get(url + "/api/keys", headers=ADMIN, timeout=5).json()
+               if k["name"] == "three-a-minute"]
+    raised = requests.put(f"{url}/api/keys/{entry['id']}", json={"requests_per_minute": None},
+                          headers=ADMIN, timeout=5)
+    assert raised.status_code == 200 and raised.json()["requests_per_minute"] is None
+    assert requests.get(url + "/api/tags", headers=bearer(key), timeout=5).status_code == 200
+    assert requests.put(f"{url}/api/keys/{entry['id']}", json={"name": "x"}, headers=ADMIN,
+                        timeout=5).status_code == 422
 
 
 def test_concurrent_streams_are_limited_per_key(server):

@@ -262,10 +262,13 @@ def metrics() -> Response:
 # ---- API keys --------------------------------------------------------------------------------
 
 
-def _key_limits(body: dict[str, Any]) -> dict[str, int | None]:
-    """The key's limits: each a positive integer or null (unlimited)."""
+def _key_limits(body: dict[str, Any], partial: bool = False) -> dict[str, int | None]:
+    """The key's limits: each a positive integer or null (unlimited); `partial`: only those
+    the body names."""
     limits: dict[str, int | None] = {}
     for name in KEY_LIMITS:
+        if partial and name not in body:
+            continue
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 < value <= MAX_LIMIT):
@@ -317,6 +320,23 @@ def get_key(key_id: str) -> Response:
         raise NotFound(f"key {key_id!r} not found")
     usage = {u["api_key"]: u for u in store.usage()["keys"]}
     return json_response(_key_json(key, usage))
+
+
+@bp.put(f"{KEYS}/<key_id>")
+def update_key(key_id: str) -> Response:
+    """Change a key's limits (`requests_per_minute`, `tokens_per_minute`, `max_streams`; null
+    lifts one); applied on every bridge from its next request."""
+    require_admin(write=True)
+    ident = _row_id(key_id)
+    body = parse_body(request.get_data(), "APIKey")
+    unknown = sorted(set(body) - set(KEY_LIMITS))
+    if unknown:
+        raise Unprocessable(f"unknown or read-only field(s): {', '.join(unknown)} "
+                            f"(allowed: {', '.join(KEY_LIMITS)})")
+    key = _store().update_key(ident, _key_limits(body, partial=True))
+    if key is None:
+        raise NotFound(f"key {key_id!r} not found")
+    return json_response(_key_json(key, {}))
 
 
 @bp.delete(f"{KEYS}/<key_id>")

@@ -490,6 +490,18 @@ class Store:
             query = query.where(api_keys.c.id == key_id)
         return [ApiKey(**{k: r[k] for k in KEY_FIELDS}) for r in conn.execute(query).mappings()]
 
+    def update_key(self, key_id: int, limits: Mapping[str, int | None]) -> ApiKey | None:
+        """Change a key's limits (every bridge applies them from its next request); None when
+        the id does not exist."""
+        values = {k: limits[k] for k in KEY_LIMITS if k in limits}
+        if values:
+            with self._write() as conn:
+                done = conn.execute(sa.update(api_keys).where(api_keys.c.id == key_id)
+                                    .values(values)).rowcount
+                if done:
+                    _bump(conn)
+        return self.get_key(key_id)
+
     def revoke_key(self, key_id: int) -> ApiKey | None:
         """Revoke a key (kept, so its usage stays in the comparison); None when unknown."""
         with self._write() as conn:
