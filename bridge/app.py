@@ -19,7 +19,7 @@ from bridge.api import ui as ui_api
 from bridge.config import Config, load_config
 from bridge.engine import Engine
 from bridge.engine.structured import TokenizerTables
-from bridge.http import web
+from bridge.http import auth, web
 from bridge.http.limits import Limits
 from bridge.http.security import Guard
 from bridge.importer.hub import Puller
@@ -47,18 +47,23 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
                               max_queue=config.max_queue, num_parallel=config.num_parallel,
                               max_embed_tokens=config.max_embed_tokens)
-    store = Store(config.home / DB_FILE)
+    store = Store(config.database_url or config.home / DB_FILE)
     metrics = Metrics(engine.snapshot)
+    keys = auth.KeyGate(config, store, metrics)
     app = Flask(__name__)
     app.extensions[KEY] = Bridge(
         config=config, registry=registry, local=LocalBackend(registry, engine),
         upstream=upstream or Upstream(config.connect_timeout, config.request_timeout),
         router=Router(registry, lambda: default_upstream(config, registry),
                       rows_for_model=store.rows_for_model),
-        store=store, tracker=Tracker(store, metrics), metrics=metrics,
+        store=store, metrics=metrics, keys=keys,
+        tracker=Tracker(store, metrics, bridge_id=config.bridge_id,
+                        on_usage=keys.limiter.add_tokens),
         limits=Limits.from_config(config), guard=Guard.from_config(config),
         puller=Puller(registry.downloads_dir), tables=TokenizerTables())
     web.install(app)
+    auth.install(app)
+    auth.warn_if_exposed(config, store)
     for blueprint in (models_api.bp, api.bp, openai_api.bp, anthropic_api.bp, responses_api.bp,
                       proxy_api.bp, pull_api.bp, admin.bp, gateway_api.bp, ui_api.bp):
         app.register_blueprint(blueprint)

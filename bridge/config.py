@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,15 @@ class Config:
     max_embed_inputs: int = DEFAULT_MAX_EMBED_INPUTS
     max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # the shared registry (docs/registry.md): PostgreSQL URL, else the SQLite file in `home`
+    database_url: str | None = None
+    bridge_name: str | None = None  # this bridge in request records; default hostname:port
+    require_keys: bool = False  # model endpoints need `Authorization: Bearer <API key>`
+
+    @property
+    def bridge_id(self) -> str:
+        """Which bridge served a request, in the shared request log."""
+        return self.bridge_name or f"{socket.gethostname()}:{self.host.port}"
 
 
 def _env_str(env: Mapping[str, str], key: str) -> str | None:
@@ -359,6 +369,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "read_timeout": float(_env_int(
             env, "MLX_BRIDGE_READ_TIMEOUT", int(DEFAULT_READ_TIMEOUT), zero_is_default=True
         )),
+        "database_url": _env_str(env, "MLX_BRIDGE_DATABASE_URL"),
+        "bridge_name": _env_str(env, "MLX_BRIDGE_ID"),
+        "require_keys": _truthy(_env_str(env, "MLX_BRIDGE_REQUIRE_KEYS")),
     }
 
 

@@ -75,6 +75,18 @@ class Unprocessable(BridgeError):
     openai_type = "invalid_request_error"
 
 
+class TooManyRequests(BridgeError):
+    """An API key went over one of its limits (429); `retry_after` whole seconds until it may
+    try again, sent as the `Retry-After` header (bridge/http/auth.py)."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
 class ClientClosed(BridgeError):
     status = 499
     openai_type = "api_error"

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 if TYPE_CHECKING:  # types only: the modules below import this one for the accessor
     from bridge.config import Config
     from bridge.engine.structured import TokenizerTables
+    from bridge.http.auth import KeyGate
     from bridge.http.limits import Limits
     from bridge.http.security import Guard
     from bridge.importer.hub import Puller
@@ -45,13 +46,14 @@ class Bridge:
     local: LocalBackend  # MLX side: names -> model dirs -> engine jobs
     upstream: Upstream  # HTTP client for upstream Ollamas
     router: Router  # name -> Plan (targets in order)
-    store: Store  # backend rows + request log (SQLite)
+    store: Store  # backend rows, API keys, request log (SQLite or PostgreSQL)
     tracker: Tracker  # request records -> metrics + store
     metrics: Metrics
     limits: Limits  # request size caps
     guard: Guard  # Host/Origin checks
     puller: Puller  # /api/pull downloads (holds the per-repo locks)
     tables: TokenizerTables  # structured output's llguidance tables, one per tokenizer
+    keys: KeyGate | None = None  # API keys and their limits on the model endpoints
 
     @property
     def upstream_url(self) -> str | None:

@@ -1,5 +1,8 @@
 """Blueprint: the backend registry's admin API, the performance comparison and /metrics.
 
+API keys (`/api/keys`: create, list, revoke) are admin calls like the backend rows; the secret of
+a new key is in the creation answer only (the store keeps its sha256).
+
 Auth: with `MLX_BRIDGE_ADMIN_TOKEN` set, every call except the model lookup, the performance
 comparison and /metrics needs
 `Authorization: Bearer <token>` (401 otherwise). Without a token, reads are open and writes are
@@ -10,25 +13,37 @@ change applies to the next request.
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from bridge.api.admin_fields import check_row
-from bridge.errors import BadRequest, Forbidden, NotFound, StoreUnavailable, Unauthorized
+from bridge.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+    Unprocessable,
+)
+from bridge.http.auth import new_secret
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.upstream import redact_url
 from bridge.serving.catalog import plan_json
 from bridge.state import bridge
 from bridge.stats.metrics import CONTENT_TYPE
-from bridge.stats.store import ROW_FIELDS, BackendRow, Store
+from bridge.stats.store import KEY_LIMITS, ROW_FIELDS, ApiKey, BackendRow, Store
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 
 bp = Blueprint("admin", __name__)
 
 BACKENDS = "/api/llm-backends"
+KEYS = "/api/keys"
+KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_LIMIT = 1_000_000_000
 NO_TOKEN = ("admin writes are disabled: no admin token is configured. Set MLX_BRIDGE_ADMIN_TOKEN "
             "to a secret in the server's environment, restart it, and send "
             "'Authorization: Bearer <token>' with each admin request")
@@ -215,8 +230,11 @@ def performance_comparison() -> Response:
             raise BadRequest(f"invalid model name {model!r}") from None
     since = _since(request.args.get("since"))
     _fresh()
-    return json_response({"models": _store().comparison(model, since), "model": model,
-                          "since": since, "generated_at": rfc3339()})
+    store = _store()
+    usage = store.usage(since)
+    return json_response({"models": store.comparison(model, since), "model": model,
+                          "since": since, "generated_at": rfc3339(),
+                          "bridges": usage["bridges"], "keys": usage["keys"]})
 
 
 def _since(raw: str | None) -> str | None:
@@ -239,3 +257,92 @@ def metrics() -> Response:
     if registry is None:
         raise NotFound("metrics are not enabled on this server")
     return Response(registry.exposition(), content_type=CONTENT_TYPE)
+
+
+# ---- API keys --------------------------------------------------------------------------------
+
+
+def _key_limits(body: dict[str, Any], partial: bool = False) -> dict[str, int | None]:
+    """The key's limits: each a positive integer or null (unlimited); `partial`: only those
+    the body names."""
+    limits: dict[str, int | None] = {}
+    for name in KEY_LIMITS:
+        if partial and name not in body:
+            continue
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 < value <= MAX_LIMIT):
+            raise Unprocessable(f"{name}: must be a positive integer or null")
+        limits[name] = value
+    return limits
+
+
+def _key_json(key: ApiKey, usage: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {**key.to_dict(), "usage": usage.get(key.name)}
+
+
+@bp.post(KEYS)
+def create_key() -> Response:
+    """A new key: `{"name", "requests_per_minute"?, "tokens_per_minute"?, "max_streams"?}`;
+    the answer carries the key itself (`key`), shown this once."""
+    require_admin(write=True)
+    body = parse_body(request.get_data(), "APIKey")
+    unknown = sorted(set(body) - {"name", *KEY_LIMITS})
+    if unknown:
+        raise Unprocessable(f"unknown field(s): {', '.join(unknown)} "
+                            f"(allowed: name, {', '.join(KEY_LIMITS)})")
+    name = body.get("name")
+    if not isinstance(name, str) or not KEY_NAME_RE.fullmatch(name):
+        raise Unprocessable("name: required, 1-64 characters of letters, digits, '_', '.', '-'")
+    secret = new_secret()
+    key = _store().create_key(name, secret, _key_limits(body))
+    response = json_response({**_key_json(key, {}), "key": secret}, 201)
+    response.headers["Location"] = f"{KEYS}/{key.id}"
+    return response
+
+
+@bp.get(KEYS)
+def list_keys() -> Response:
+    require_admin(write=False)
+    _fresh()
+    store = _store()
+    usage = {u["api_key"]: u for u in store.usage()["keys"]}
+    return json_response([_key_json(k, usage) for k in store.list_keys()])
+
+
+@bp.get(f"{KEYS}/<key_id>")
+def get_key(key_id: str) -> Response:
+    require_admin(write=False)
+    _fresh()
+    store = _store()
+    key = store.get_key(_row_id(key_id))
+    if key is None:
+        raise NotFound(f"key {key_id!r} not found")
+    usage = {u["api_key"]: u for u in store.usage()["keys"]}
+    return json_response(_key_json(key, usage))
+
+
+@bp.put(f"{KEYS}/<key_id>")
+def update_key(key_id: str) -> Response:
+    """Change a key's limits (`requests_per_minute`, `tokens_per_minute`, `max_streams`; null
+    lifts one); applied on every bridge from its next request."""
+    require_admin(write=True)
+    ident = _row_id(key_id)
+    body = parse_body(request.get_data(), "APIKey")
+    unknown = sorted(set(body) - set(KEY_LIMITS))
+    if unknown:
+        raise Unprocessable(f"unknown or read-only field(s): {', '.join(unknown)} "
+                            f"(allowed: {', '.join(KEY_LIMITS)})")
+    key = _store().update_key(ident, _key_limits(body, partial=True))
+    if key is None:
+        raise NotFound(f"key {key_id!r} not found")
+    return json_response(_key_json(key, {}))
+
+
+@bp.delete(f"{KEYS}/<key_id>")
+def revoke_key(key_id: str) -> Response:
+    """Revoke a key: refused on every bridge from its next request (kept for its usage)."""
+    require_admin(write=True)
+    if _store().revoke_key(_row_id(key_id)) is None:
+        raise NotFound(f"key {key_id!r} not found")
+    return Response(status=204)

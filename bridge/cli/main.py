@@ -52,11 +52,12 @@ def serve(host: str | None, port: int | None, mappings: str | None, upstream: st
 
 
 def _register_subcommands() -> None:
+    from bridge.cli import db as cli_db
     from bridge.cli import models as cli_models
     from bridge.cli import ollama_cmds as cli_client
     from bridge.cli import service as cli_service
 
-    for module in (cli_service, cli_client, cli_models):
+    for module in (cli_service, cli_client, cli_models, cli_db):
         module.register(cli)
 
 

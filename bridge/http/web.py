@@ -92,7 +92,11 @@ def handle_bridge_error(exc: BridgeError) -> Response:
     # Anthropic's "overloaded" status is 529 (its SDK raises OverloadedError and retries).
     status = 529 if isinstance(exc, ServerBusy) and anthropic_path() else exc.status
     log.debug("request failed request_id=%s status=%d error=%r", request_id(), status, exc.message)
-    return json_response(error_body(exc.message, status), status)
+    response = json_response(error_body(exc.message, status), status)
+    retry_after = getattr(exc, "retry_after", None)  # TooManyRequests
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def handle_http_error(exc: HTTPException) -> Response:
@@ -121,6 +125,7 @@ class RequestContext:
     model: str = "-"
     backend: str = "-"  # the target serving it now ("mlx", or "ollama@<endpoint>")
     fallback_from: str | None = None  # the backend of a target that failed before this one
+    api_key: str | None = None  # the name of the API key the request came with (http/auth.py)
 
 
 def context() -> RequestContext:

@@ -27,9 +27,9 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "launchd" / f"{LABEL}.plist"
 PASSED_ENV = ("OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_NUM_PARALLEL",
               "OLLAMA_MAX_QUEUE", "OLLAMA_ORIGINS", "OLLAMA_MODELS", "OLLAMA_DEBUG",
               "MLX_BRIDGE_THREADS", "MLX_BRIDGE_READ_TIMEOUT", "MLX_BRIDGE_ADMIN_TOKEN",
-              "MLX_BRIDGE_LOG_MAX_BYTES",
-              "MLX_BRIDGE_LOG_BACKUPS", "MLX_BRIDGE_DEMO", "MLX_BRIDGE_BLAS", "HF_HOME",
-              "HF_HUB_OFFLINE")
+              "MLX_BRIDGE_LOG_MAX_BYTES", "MLX_BRIDGE_DATABASE_URL", "MLX_BRIDGE_ID",
+              "MLX_BRIDGE_REQUIRE_KEYS", "MLX_BRIDGE_LOG_BACKUPS", "MLX_BRIDGE_DEMO",
+              "MLX_BRIDGE_BLAS", "HF_HOME", "HF_HUB_OFFLINE")
 _SAFE_ARG = re.compile(r"[A-Za-z0-9_/.:=,@+-]+")
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]

@@ -1,1 +1,2 @@
-"""The SQLite store, request tracking, aggregates and Prometheus metrics."""
+"""The state database (SQLite or PostgreSQL; store, schema, migrations), request tracking,
+aggregates (perf, live) and Prometheus metrics."""

@@ -4,7 +4,9 @@ Names (all prefixed `mlx_bridge_`): `requests_total{model,backend,status}`,
 `errors_total{model,backend}`, `prompt_tokens_total` / `eval_tokens_total{model,backend}`,
 `prompt_cache_tokens_total{model}`, `request_latency_seconds` and `ttft_seconds`
 histograms `{model,backend}`, `fallbacks_total{model,from,to,reason}`, `tracking_dropped_total`,
-and, read from the engine at scrape time, `loaded_models` and `loaded_model_bytes{model}`.
+per API key `key_requests_total{key,status}`, `key_tokens_total{key,kind}` (prompt | eval) and
+`key_rejected_total{key,reason}`, and, read from the engine at scrape time, `loaded_models` and
+`loaded_model_bytes{model}`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ class Metrics:
         self.dropped = self._counter("tracking_dropped",
                                      "Request records dropped because the writer queue was full.",
                                      [])
+        self.key_requests = self._counter("key_requests", "Finished requests per API key.",
+                                          ["key", "status"])
+        self.key_tokens = self._counter("key_tokens", "Tokens per API key (prompt, eval).",
+                                        ["key", "kind"])
+        self.key_rejected = self._counter("key_rejected",
+                                          "Requests refused per API key and reason.",
+                                          ["key", "reason"])
         self.latency = Histogram("request_latency_seconds", "Request latency, start to last byte.",
                                  mb, namespace=NAMESPACE, registry=self.registry,
                                  buckets=LATENCY_BUCKETS)
@@ -101,6 +110,10 @@ class Metrics:
             self.latency.labels(model, backend).observe(rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
             self.ttft.labels(model, backend).observe(rec.ttft_ms / 1000)
+        if rec.api_key is not None:  # key names come from the admin API: a bounded set
+            self.key_requests.labels(rec.api_key, rec.status).inc()
+            self.key_tokens.labels(rec.api_key, "prompt").inc(max(rec.prompt_tokens, 0))
+            self.key_tokens.labels(rec.api_key, "eval").inc(max(rec.eval_tokens, 0))
 
     def fallback(self, model: str, from_backend: str, to_backend: str, reason: str) -> None:
         """Count one fallback; `reason` is a short category (an error class name); free text is

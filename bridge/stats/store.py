@@ -1,19 +1,36 @@
-"""SQLite state: the per-model backend rows (admin API) and the request log (tracking).
+"""The state database: backend rows (admin API), API keys, and the request log (tracking).
 
-One file, `$MLX_BRIDGE_HOME/bridge.db`, in WAL mode: every write is one transaction, so a
-`kill -9` loses at most what was not yet written, never the file. Two connections, each guarded
-by a lock, serve every thread: one for writes, one for reads (so a read on the request path never
-queues behind a write that waits for another process's lock; WAL readers are not blocked by a
-writer). Any sqlite3 failure (locked, corrupt, unreadable) becomes `StoreUnavailable` (503) with
-the path in the message; the server itself keeps running. Knows no HTTP.
+One interface, two engines, through SQLAlchemy Core (no SQL written per dialect):
+- SQLite (the default, no setup): `$MLX_BRIDGE_HOME/bridge.db` in WAL mode. Writes run in one
+  `BEGIN IMMEDIATE` transaction each (so a `kill -9` loses at most what was not yet written);
+  routing reads through their own short-timeout connections, full scans through a connection of
+  their own, so a read on the request path never queues behind a write or a scan.
+- PostgreSQL when `MLX_BRIDGE_DATABASE_URL=postgresql://...` (psycopg 3): several bridges share
+  one registry and one request log.
+
+The schema is versioned by alembic (bridge/stats/migrations/, shipped in the package); `Store`
+runs the migrations on first use, so a file from an older release is upgraded in place, rows
+and stats kept.
+
+Several bridges, one registry: every write to the registry (backend rows, keys) bumps the
+`registry_version` counter in the same transaction. The request path reads that counter (one
+tiny query) and reloads its snapshot of rows and keys only when it moved, so a change made
+through any bridge applies on every bridge from its next request. When the database cannot be
+reached, routing keeps the last snapshot (retrying once a second, not on every request), and
+the tracker keeps request records in memory until it returns (bridge/stats/tracking.py).
+
+Any database failure (locked, corrupt, unreachable) becomes `StoreUnavailable` (503) naming the
+database; the server itself keeps running. Knows no HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -21,9 +38,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import Conflict, StoreUnavailable
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from bridge.errors import Conflict, StoreUnavailable, Unprocessable
 from bridge.stats.live import live_view
-from bridge.stats.perf import BackendStats, backend_stats, comparison
+from bridge.stats.perf import BackendStats, backend_stats, bridge_usage, comparison, key_usage
+from bridge.stats.schema import api_keys, backends, registry_version, requests
 from bridge.wire.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -38,54 +61,11 @@ MAX_ERROR_CHARS = 500
 MAX_ENDPOINT_CHARS = 2048
 PRUNE_CHUNK = 20_000  # request records deleted per transaction
 LOCKED_RETRY = 5.0  # after an open failed on a lock, seconds before it is tried again
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS backends (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model_name TEXT NOT NULL,
-    model_key TEXT NOT NULL,
-    backend_type TEXT NOT NULL CHECK (backend_type IN ('mlx', 'ollama', 'auto')),
-    endpoint_url TEXT,
-    mlx_model TEXT,
-    enabled INTEGER NOT NULL DEFAULT 1,
-    priority INTEGER NOT NULL DEFAULT 0,
-    max_tokens INTEGER,
-    temperature_default REAL,
-    timeout_seconds REAL,
-    api_key_env TEXT,
-    protocol TEXT,
-    remote_model TEXT,
-    weight REAL,
-    description TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
--- one row per (model, backend, endpoint): a duplicate would split its stats and its failover slot
-CREATE UNIQUE INDEX IF NOT EXISTS backends_unique
-    ON backends (model_key, backend_type, COALESCE(endpoint_url, ''));
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    model TEXT NOT NULL,
-    model_key TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    endpoint TEXT,
-    status TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    eval_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    ttft_ms REAL,
-    latency_ms REAL NOT NULL,
-    tokens_per_sec REAL,
-    error TEXT,
-    fallback_from TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model_key, backend, endpoint);
-CREATE INDEX IF NOT EXISTS requests_by_ts ON requests (ts);
-"""
-# Columns added after the first release: (table, column, type), added to older files on open.
-_ADDED_COLUMNS = (("backends", "api_key_env", "TEXT"), ("backends", "protocol", "TEXT"),
-                  ("backends", "remote_model", "TEXT"), ("backends", "weight", "REAL"))
+OUTAGE_RETRY = 1.0  # while the database is down, routing asks it at most once a second
+CONNECT_TIMEOUT = 2  # seconds to reach a PostgreSQL server
+COPY_CHUNK = 5_000  # request records per transaction when copying a database
+MIGRATIONS = Path(__file__).with_name("migrations")
+PG_MIGRATION_LOCK = 0x6D6C7862  # advisory lock: one bridge migrates at a time ("mlxb")
 
 
 def now_rfc3339() -> str:
@@ -102,6 +82,13 @@ def model_key(name: str) -> str:
 def norm_endpoint(url: str | None) -> str | None:
     """`http://h:1/` and `http://h:1` are one endpoint."""
     return url.rstrip("/") or None if url else None
+
+
+def hash_key(secret: str) -> str:
+    """How an API key is stored: sha256 hex. The keys are 256-bit random (bridge/http/auth.py),
+    so a fast hash is enough: a slow password hash protects guessable secrets, and would cost
+    every request its time."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -136,12 +123,41 @@ WRITABLE = tuple(f for f in ROW_FIELDS if f not in READ_ONLY)
 
 
 @dataclass
+class ApiKey:
+    """One API key (never the key itself: its sha256 and the first characters, to recognise it).
+
+    Limits are per key and per bridge process; None means unlimited.
+    """
+
+    id: int
+    name: str
+    prefix: str
+    key_hash: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_streams: int | None
+    created_at: str
+    revoked_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["key_hash"]
+        return data
+
+
+KEY_FIELDS = tuple(f.name for f in fields(ApiKey))
+KEY_LIMITS = ("requests_per_minute", "tokens_per_minute", "max_streams")
+
+
+@dataclass
 class RequestRecord:
     """One finished request, as the tracker stores it.
 
     `backend` is who answered ("mlx" or "ollama"); `endpoint` the upstream URL it went to
     (None for MLX); `status` "ok" | "error" | "canceled"; `cached_tokens` the prompt tokens
-    served from the prompt cache.
+    served from the prompt cache; `bridge_id` the bridge that served it (the tracker fills it
+    in); `api_key` the name of the key it came with; `rid` unique, so a retried write after an
+    outage never stores it twice.
     """
 
     model: str
@@ -157,172 +173,251 @@ class RequestRecord:
     fallback_from: str | None = None
     ts: str = field(default_factory=now_rfc3339)
     cached_tokens: int = 0
+    bridge_id: str | None = None
+    api_key: str | None = None
+    rid: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The registry as the request path sees it: every backend row and key at one version."""
+
+    version: int
+    rows: tuple[BackendRow, ...]
+    keys: tuple[ApiKey, ...]
+    by_model: dict[str, tuple[BackendRow, ...]]  # enabled rows per model key, in plan order
+
+    @classmethod
+    def build(cls, version: int, rows: list[BackendRow], keys: list[ApiKey]) -> Snapshot:
+        by_model: dict[str, list[BackendRow]] = {}
+        for row in sorted(rows, key=lambda r: (-r.priority, r.id)):
+            if row.enabled:
+                by_model.setdefault(model_key(row.model_name), []).append(row)
+        return cls(version, tuple(rows), tuple(keys),
+                   {k: tuple(v) for k, v in by_model.items()})
+
+
+def database_url(target: str | Path) -> str:
+    """A SQLAlchemy URL: a path is a SQLite file; `postgresql://` selects psycopg 3."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    if text.startswith(("postgresql+psycopg://", "sqlite://")):
+        return text
+    if "://" in text:  # a typo must not quietly give this bridge a registry of its own
+        raise ValueError(f"unsupported database URL scheme {text.split('://', 1)[0]!r}: "
+                         "MLX_BRIDGE_DATABASE_URL takes postgresql://user:password@host/db")
+    return f"sqlite:///{Path(text)}"
 
 
 class Store:
-    """Backend rows and request records in one SQLite file; safe to share between threads."""
+    """Backend rows, API keys and request records; safe to share between threads."""
 
-    def __init__(self, path: Path, *, timeout: float = 2.0) -> None:
-        """Open (or create) the database and its schema; a broken file is reported, not raised."""
-        self.path = Path(path)
+    def __init__(self, target: str | Path, *, timeout: float = 2.0) -> None:
+        """Open (or create) the database and migrate it; a broken one is reported, not raised."""
+        self.url = sa.engine.make_url(database_url(target))
+        self.sqlite = self.url.get_backend_name() == "sqlite"
+        self.path: Path | None = Path(self.url.database or "") if self.sqlite else None
         self.timeout = timeout  # how long a write waits for another process's lock
-        self._lock = threading.RLock()  # the write connection
-        self._read_lock = threading.RLock()  # the read connection
-        self._conn: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._locked: tuple[float, StoreUnavailable] | None = None  # (retry at, error) after a lock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.name = str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+        self._lock = threading.RLock()  # SQLite: one writer connection per process
+        self._migrated = False
+        self._locked: tuple[float, StoreUnavailable] | None = None  # (retry at, error)
+        self._snapshot: Snapshot | None = None
+        self._retry_at = 0.0  # while down: when routing asks the database again
+        self._down_error: StoreUnavailable | None = None  # the last failure, before any snapshot
+        self._down_logged = False
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer, self._reader, self._scanner = self._engines()
         try:
-            self._connection()
+            self._ready()
         except StoreUnavailable as exc:  # keep serving: the router falls back to the mappings
-            log.error("state database unavailable path=%s error=%r", self.path, exc.message)
+            log.error("state database unavailable database=%s error=%r", self.name, exc.message)
 
-    # ---- connection -------------------------------------------------------------------------
+    # ---- engines and connections ------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        """The write connection (under self._lock), opened on first use, re-tried after a
-        failure."""
-        if self._conn is None:
-            self._conn = self._open(self.timeout, schema=True)
-        return self._conn
+    def _engines(self) -> tuple[Engine, Engine, Engine]:
+        """(writes, request-path reads, full scans). PostgreSQL: one pool serves all three."""
+        if not self.sqlite:
+            engine = sa.create_engine(
+                # at most 12 connections per bridge: a fleet stays under max_connections (100)
+                self.url, pool_size=4, max_overflow=8, pool_timeout=CONNECT_TIMEOUT,
+                pool_pre_ping=True,  # a connection from before a database restart is replaced
+                connect_args={"connect_timeout": CONNECT_TIMEOUT})
+            return engine, engine, engine
+        writer = _sqlite_engine(self.url, self.timeout, write=True, pool_size=1)
+        reader = _sqlite_engine(self.url, min(self.timeout, READ_TIMEOUT), write=False,
+                                pool_size=4)
+        scanner = _sqlite_engine(self.url, min(self.timeout, READ_TIMEOUT), write=False,
+                                 pool_size=0)
+        return writer, reader, scanner
 
-    def _read_connection(self) -> sqlite3.Connection:
-        """The read connection (under self._read_lock); the schema is made first."""
-        if self._reader is None:
-            if self._conn is None:
-                with self._lock:
-                    self._connection()
-            self._reader = self._open(min(self.timeout, READ_TIMEOUT), schema=False)
-        return self._reader
-
-    def _open(self, timeout: float, schema: bool) -> sqlite3.Connection:
+    def _ready(self) -> None:
+        """Run the migrations once (retried on every use until they succeed)."""
+        if self._migrated:
+            return
         locked = self._locked
         if locked is not None and time.monotonic() < locked[0]:
-            # a lock just timed out: fail at once instead of waiting on every request
-            raise locked[1]
-        conn = None
-        try:
-            conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
-                                   isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            if schema:
-                conn.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL: durable across a process crash
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
-                _add_columns(conn)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            error = self._unavailable(exc)
-            if "locked" in str(exc):
-                self._locked = (time.monotonic() + LOCKED_RETRY, error)
-            raise error from None
-        self._locked = None
-        return conn
-
-    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
-        hint = ""
-        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
-            hint = "; move the file aside to start with an empty one"
-        elif "locked" in str(exc):
-            hint = "; another process holds a lock on it, retry"
-        return StoreUnavailable(f"backend store {self.path} unavailable: {exc}{hint}")
-
-    @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection under its lock; a write runs in one IMMEDIATE transaction."""
-        with self._lock if write else self._read_lock:
+            raise locked[1]  # a lock just timed out: fail at once instead of waiting each time
+        with self._lock:
+            if self._migrated:
+                return
             try:
-                if not write:
-                    yield self._read_connection()
-                    return
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                raise Conflict(f"a backend with the same model_name, backend_type and "
-                               f"endpoint_url already exists ({exc})") from None
-            except sqlite3.Error as exc:
-                raise self._unavailable(exc) from None
+                migrate(self._writer)
+            except sa.exc.SQLAlchemyError as exc:
+                error = self._unavailable(exc)
+                if "locked" in str(error.message):
+                    self._locked = (time.monotonic() + LOCKED_RETRY, error)
+                self._reset()
+                raise error from None
+            self._locked = None
+            self._migrated = True
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        orig = getattr(exc, "orig", None) or exc
+        text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+        hint = ""
+        if "not a database" in text:
+            hint = "; move the file aside to start with an empty one"
+        elif "locked" in text:
+            hint = "; another process holds a lock on it, retry"
+        return StoreUnavailable(f"backend store {self.name} unavailable: {text}{hint}")
+
+    def _error(self, exc: sa.exc.SQLAlchemyError) -> Exception:
+        """A database error as the bridge's: a duplicate is 409, a value the database cannot
+        hold 422, anything else (locked, corrupt, unreachable) 503."""
+        if isinstance(exc, sa.exc.IntegrityError):
+            return Conflict(f"a row with the same unique fields already exists ({exc.orig})")
+        if isinstance(exc, sa.exc.DataError) or (
+                isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError)):
+            return Unprocessable(f"value not storable: {getattr(exc, 'orig', None) or exc}")
+        self._reset()
+        return self._unavailable(exc)
+
+    def _reset(self) -> None:
+        """Drop pooled connections after a failure: a replaced or restarted database is opened
+        afresh on the next use."""
+        for engine in {self._writer, self._reader, self._scanner}:
+            engine.dispose()
 
     @contextmanager
-    def _report_db(self) -> Iterator[sqlite3.Connection]:
-        """A connection of its own for a full scan (stats, comparisons), closed afterwards.
+    def _write(self) -> Iterator[Connection]:
+        """One transaction (SQLite: BEGIN IMMEDIATE, one writer per process)."""
+        self._ready()
+        with self._lock if self.sqlite else contextlib.nullcontext():
+            try:
+                with self._writer.begin() as conn:
+                    yield conn
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._error(exc) from None
 
-        Not the shared read connection: routing reads the backend rows on every request through
-        that one, and must never queue behind a scan of the whole request log.
-        """
-        if self._conn is None:
-            with self._lock:
-                self._connection()
-        conn = self._open(min(self.timeout, READ_TIMEOUT), schema=False)
+    @contextmanager
+    def _read(self, scan: bool = False) -> Iterator[Connection]:
+        """A connection for reads; `scan` for a full pass over the request log (stats,
+        comparisons), which must never hold up the reads routing makes on every request."""
+        self._ready()
         try:
-            yield conn
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from None
-        finally:
-            conn.close()
+            with (self._scanner if scan else self._reader).connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error(exc) from None
 
     def close(self) -> None:
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close every pooled connection (reopened on demand if the store is used again)."""
+        self._reset()
+
+    # ---- the registry snapshot (request path) -----------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The current rows and keys: one counter read per call, a reload when it moved.
+
+        While the database is unreachable the last snapshot is kept (asked again at most once
+        a second); with none yet, StoreUnavailable.
+        """
+        snap = self._snapshot
+        if time.monotonic() < self._retry_at:
+            if snap is not None:
+                return snap
+            if self._down_error is not None:  # never reached: fail fast, not a wait per request
+                raise self._down_error
+        try:
+            with self._read() as conn:
+                version = conn.execute(sa.select(registry_version.c.version)).scalar_one()
+                if snap is None or version != snap.version:
+                    snap = Snapshot.build(version, self._rows(conn, None), self._keys(conn))
+                    self._snapshot = snap
+        except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
+            if snap is None:
+                if not self.sqlite and isinstance(exc, StoreUnavailable):
+                    # a server not answering may cost a connect timeout per try: once a second
+                    self._down_error = exc
+                    self._retry_at = time.monotonic() + OUTAGE_RETRY
+                raise
+            self._retry_at = time.monotonic() + OUTAGE_RETRY
+            if not self._down_logged:
+                self._down_logged = True
+                log.error("state database unreachable, routing on the last known rows "
+                          "database=%s version=%d error=%r", self.name, snap.version,
+                          getattr(exc, "message", str(exc)))
+            return snap
+        if self._down_logged:
+            self._down_logged = False
+            log.info("state database reachable again database=%s version=%d", self.name,
+                     snap.version)
+        return snap
+
+    def registry_version(self) -> int:
+        return self.snapshot().version
 
     # ---- backend rows -----------------------------------------------------------------------
 
     def rows_for_model(self, model_name: str) -> list[BackendRow]:
         """ENABLED rows for a model (Ollama name rules), highest priority first, then by id.
 
-        An invalid name gives []; a locked or corrupt database raises StoreUnavailable (503).
+        From the snapshot (see `snapshot`). An invalid name gives []; a database never reached
+        raises StoreUnavailable (503).
         """
         parsed = ModelName.try_parse(model_name)
         if parsed is None:
             return []
-        key = parsed.key
-        with self._db() as conn:
-            cur = conn.execute("SELECT * FROM backends WHERE model_key = ? AND enabled = 1 "
-                               "ORDER BY priority DESC, id", (key,))
-            return [_row(r) for r in cur]
+        return list(self.snapshot().by_model.get(parsed.key, ()))
 
     def list_rows(self, enabled_only: bool = False) -> list[BackendRow]:
         """Every row (or only enabled ones) by model name, then priority (high first), then id."""
-        where = "WHERE enabled = 1" if enabled_only else ""
-        with self._db() as conn:
-            cur = conn.execute(f"SELECT * FROM backends {where} "
-                               "ORDER BY model_key, priority DESC, id")
-            return [_row(r) for r in cur]
+        with self._read() as conn:
+            return self._rows(conn, None, enabled_only)
 
     def get(self, row_id: int) -> BackendRow | None:
-        with self._db() as conn:
-            r = conn.execute("SELECT * FROM backends WHERE id = ?", (row_id,)).fetchone()
-            return _row(r) if r else None
+        with self._read() as conn:
+            rows = self._rows(conn, row_id)
+            return rows[0] if rows else None
+
+    @staticmethod
+    def _rows(conn: Connection, row_id: int | None,
+              enabled_only: bool = False) -> list[BackendRow]:
+        query = sa.select(backends).order_by(backends.c.model_key, backends.c.priority.desc(),
+                                             backends.c.id)
+        if row_id is not None:
+            query = query.where(backends.c.id == row_id)
+        if enabled_only:
+            query = query.where(backends.c.enabled == 1)
+        return [_row(r) for r in conn.execute(query).mappings()]
 
     def create(self, values: Mapping[str, Any]) -> BackendRow:
         """Insert a row from validated values (`model_name` and `backend_type` required)."""
         data = {"enabled": True, "priority": 0, "description": "", **_writable(values)}
+        data["enabled"] = int(bool(data["enabled"]))
         data["endpoint_url"] = norm_endpoint(data.get("endpoint_url"))
         data["model_key"] = model_key(data["model_name"])
         data["created_at"] = data["updated_at"] = now_rfc3339()
-        cols = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
-        with self._db(write=True) as conn:
-            cur = conn.execute(f"INSERT INTO backends ({cols}) VALUES ({marks})",
-                               tuple(data.values()))
-            row_id = cur.lastrowid
+        with self._write() as conn:
+            row_id = conn.execute(
+                sa.insert(backends).values(data).returning(backends.c.id)).scalar_one()
+            _bump(conn)
         log.info("backend created id=%s model=%s backend=%s endpoint=%s", row_id,
                  data["model_name"], data["backend_type"], data["endpoint_url"])
-        return self.get(row_id)  # type: ignore[arg-type, return-value]
+        return self.get(row_id)  # type: ignore[return-value]
 
     def update(self, row_id: int, changes: Mapping[str, Any]) -> BackendRow | None:
         """Apply a partial update of writable fields; None when the id does not exist."""
@@ -331,36 +426,101 @@ class Store:
             data["endpoint_url"] = norm_endpoint(data["endpoint_url"])
         if "model_name" in data:
             data["model_key"] = model_key(data["model_name"])
+        if "enabled" in data:
+            data["enabled"] = int(bool(data["enabled"]))
         if data:
             data["updated_at"] = now_rfc3339()
-            sets = ", ".join(f"{col} = ?" for col in data)
-            with self._db(write=True) as conn:
-                cur = conn.execute(f"UPDATE backends SET {sets} WHERE id = ?",
-                                   (*data.values(), row_id))
-                if cur.rowcount == 0:
+            with self._write() as conn:
+                done = conn.execute(
+                    sa.update(backends).where(backends.c.id == row_id).values(data)).rowcount
+                if done == 0:
                     return None
+                _bump(conn)
             log.info("backend updated id=%s fields=%s", row_id, ",".join(sorted(changes)))
         return self.get(row_id)
 
     def toggle(self, row_id: int) -> BackendRow | None:
-        """Flip `enabled`; None when the id does not exist."""
-        with self._db(write=True) as conn:
-            cur = conn.execute(
-                "UPDATE backends SET enabled = 1 - enabled, updated_at = ? WHERE id = ?",
-                (now_rfc3339(), row_id))
-            if cur.rowcount == 0:
+        """Flip `enabled` in one statement (two bridges toggling at once: both flips count);
+        None when the id does not exist."""
+        with self._write() as conn:
+            done = conn.execute(
+                sa.update(backends).where(backends.c.id == row_id)
+                .values(enabled=1 - backends.c.enabled, updated_at=now_rfc3339())).rowcount
+            if done == 0:
                 return None
+            _bump(conn)
         row = self.get(row_id)
         log.info("backend toggled id=%s enabled=%s", row_id, row.enabled if row else None)
         return row
 
     def delete(self, row_id: int) -> bool:
         """Remove a row (its request records stay); False when the id does not exist."""
-        with self._db(write=True) as conn:
-            deleted = conn.execute("DELETE FROM backends WHERE id = ?", (row_id,)).rowcount > 0
+        with self._write() as conn:
+            deleted = conn.execute(sa.delete(backends).where(backends.c.id == row_id)).rowcount
+            if deleted:
+                _bump(conn)
         if deleted:
             log.info("backend deleted id=%s", row_id)
-        return deleted
+        return bool(deleted)
+
+    # ---- API keys ---------------------------------------------------------------------------
+
+    def create_key(self, name: str, secret: str, limits: Mapping[str, int | None]) -> ApiKey:
+        """Store a new key (hashed); its name is unique (409 otherwise)."""
+        data = {"name": name, "prefix": secret[:12], "key_hash": hash_key(secret),
+                "created_at": now_rfc3339(),
+                **{k: limits.get(k) for k in KEY_LIMITS}}
+        with self._write() as conn:
+            key_id = conn.execute(
+                sa.insert(api_keys).values(data).returning(api_keys.c.id)).scalar_one()
+            _bump(conn)
+        log.info("api key created id=%s name=%s", key_id, name)
+        return self.get_key(key_id)  # type: ignore[return-value]
+
+    def get_key(self, key_id: int) -> ApiKey | None:
+        with self._read() as conn:
+            found = self._keys(conn, key_id)
+            return found[0] if found else None
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._read() as conn:
+            return self._keys(conn)
+
+    @staticmethod
+    def _keys(conn: Connection, key_id: int | None = None) -> list[ApiKey]:
+        query = sa.select(api_keys).order_by(api_keys.c.id)
+        if key_id is not None:
+            query = query.where(api_keys.c.id == key_id)
+        return [ApiKey(**{k: r[k] for k in KEY_FIELDS}) for r in conn.execute(query).mappings()]
+
+    def update_key(self, key_id: int, limits: Mapping[str, int | None]) -> ApiKey | None:
+        """Change a key's limits (every bridge applies them from its next request); None when
+        the id does not exist."""
+        values = {k: limits[k] for k in KEY_LIMITS if k in limits}
+        if values:
+            with self._write() as conn:
+                done = conn.execute(sa.update(api_keys).where(api_keys.c.id == key_id)
+                                    .values(values)).rowcount
+                if done:
+                    _bump(conn)
+        return self.get_key(key_id)
+
+    def revoke_key(self, key_id: int) -> ApiKey | None:
+        """Revoke a key (kept, so its usage stays in the comparison); None when unknown."""
+        with self._write() as conn:
+            done = conn.execute(
+                sa.update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now_rfc3339())).rowcount
+            if done:
+                _bump(conn)
+        key = self.get_key(key_id)
+        if key is not None:
+            log.info("api key revoked id=%s name=%s", key_id, key.name)
+        return key
+
+    def active_keys(self) -> dict[str, ApiKey]:
+        """The keys that are not revoked, by hash (from the snapshot)."""
+        return {k.key_hash: k for k in self.snapshot().keys if k.revoked_at is None}
 
     # ---- request records and stats ----------------------------------------------------------
 
@@ -368,17 +528,19 @@ class Store:
         """Append one request record."""
         self.record_many([rec])
 
-    def record_many(self, recs: Iterable[RequestRecord]) -> None:
-        """Append request records in one transaction."""
-        rows = [(r.ts, _clip(r.model, MAX_MODEL_CHARS), _clip(model_key(r.model), MAX_MODEL_CHARS),
-                 r.backend, _clip(norm_endpoint(r.endpoint), MAX_ENDPOINT_CHARS), r.status,
-                 r.prompt_tokens, r.eval_tokens, r.cached_tokens, r.ttft_ms, r.latency_ms,
-                 r.tokens_per_sec, _clip(r.error, MAX_ERROR_CHARS), r.fallback_from) for r in recs]
-        with self._db(write=True) as conn:
-            conn.executemany(
-                "INSERT INTO requests (ts, model, model_key, backend, endpoint, status, "
-                "prompt_tokens, eval_tokens, cached_tokens, ttft_ms, latency_ms, tokens_per_sec, "
-                "error, fallback_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    def record_many(self, recs: Iterable[RequestRecord]) -> int:
+        """Append request records in one transaction; a record already stored (same `rid`,
+        written before a failure hid the commit) is skipped. Returns how many were new."""
+        rows = {r.rid: _record_row(r) for r in recs}
+        if not rows:
+            return 0
+        with self._write() as conn:
+            have = set(conn.execute(
+                sa.select(requests.c.rid).where(requests.c.rid.in_(list(rows)))).scalars())
+            new = [row for rid, row in rows.items() if rid not in have]
+            if new:
+                conn.execute(sa.insert(requests), new)
+        return len(new)
 
     def prune(self, keep: int) -> int:
         """Keep only the newest `keep` request records; returns how many were removed.
@@ -387,25 +549,26 @@ class Store:
         kept more) never holds the write lock for long.
         """
         removed = 0
+        newest = sa.select(sa.func.max(requests.c.id)).scalar_subquery()
+        chunk = (sa.select(requests.c.id).where(requests.c.id <= newest - keep)
+                 .order_by(requests.c.id).limit(PRUNE_CHUNK))
         while True:
-            with self._db(write=True) as conn:
-                n = conn.execute(
-                    "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE id <= "
-                    "(SELECT MAX(id) FROM requests) - ? ORDER BY id LIMIT ?)",
-                    (keep, PRUNE_CHUNK)).rowcount
+            with self._write() as conn:
+                n = conn.execute(sa.delete(requests).where(requests.c.id.in_(chunk))).rowcount
             removed += n
             if n < PRUNE_CHUNK:
                 return removed
 
     def stats(self, row: BackendRow) -> BackendStats:
         """Totals and averages of the request records that this row's traffic produced."""
-        with self._report_db() as conn:
+        with self._read(scan=True) as conn:
             return backend_stats(conn, row.model_name, row.backend_type, row.endpoint_url)
 
     def comparison(self, model: str | None = None,
                    since: str | None = None) -> list[dict[str, Any]]:
-        """Per model, per backend and endpoint: counts, error rate, latency percentiles, speed."""
-        with self._report_db() as conn:
+        """Per model, per backend and endpoint: counts, error rate, latency percentiles, speed,
+        and the same per bridge that served them."""
+        with self._read(scan=True) as conn:
             return comparison(conn, model_key(model) if model else None, since)
 
     def live(self, start: int, end: int, step: int, recent: int) -> dict[str, Any]:
@@ -413,8 +576,125 @@ class Store:
         the newest `recent` requests (the Admin UI's live page)."""
         since = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="microseconds")
         since = since.replace("+00:00", "Z")  # the stored form, so text comparison orders it
-        with self._report_db() as conn:
+        with self._read(scan=True) as conn:
             return live_view(conn, since, start, end, step, recent)
+
+    def usage(self, since: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Totals per bridge and per API key (`{"bridges": [...], "keys": [...]}`)."""
+        with self._read(scan=True) as conn:
+            return {"bridges": bridge_usage(conn, since), "keys": key_usage(conn, since)}
+
+    # ---- copying a database (SQLite -> PostgreSQL) ------------------------------------------
+
+    def copy_from(self, source: Store) -> dict[str, int]:
+        """Copy every backend row, key and request record of `source` into this database.
+
+        Safe to run again: rows already here (same model, backend and endpoint; same key hash)
+        are kept as they are, and each request record gets a `rid` derived from the source and
+        its id, so a second copy adds nothing. Returns the counts copied.
+        """
+        counts = {"backends": 0, "api_keys": 0, "requests": 0}
+        with source._read(scan=True) as src:
+            src_rows = [dict(r) for r in src.execute(sa.select(backends)).mappings()]
+            src_keys = [dict(r) for r in src.execute(sa.select(api_keys)).mappings()]
+        with self._write() as conn:
+            have = {(r.model_key, r.backend_type, r.endpoint_url or "")
+                    for r in conn.execute(sa.select(backends))}
+            for row in src_rows:
+                if (row["model_key"], row["backend_type"], row["endpoint_url"] or "") not in have:
+                    conn.execute(sa.insert(backends).values(
+                        {k: v for k, v in row.items() if k != "id"}))
+                    counts["backends"] += 1
+            hashes = set(conn.execute(sa.select(api_keys.c.key_hash)).scalars())
+            for key in src_keys:
+                if key["key_hash"] not in hashes:
+                    conn.execute(sa.insert(api_keys).values(
+                        {k: v for k, v in key.items() if k != "id"}))
+                    counts["api_keys"] += 1
+            _bump(conn)
+        tag = hashlib.sha256(source.name.encode()).hexdigest()[:12]
+        after = 0
+        while True:
+            with source._read(scan=True) as src:
+                chunk = [dict(r) for r in src.execute(
+                    sa.select(requests).where(requests.c.id > after).order_by(requests.c.id)
+                    .limit(COPY_CHUNK)).mappings()]
+            if not chunk:
+                return counts
+            after = chunk[-1]["id"]
+            for r in chunk:
+                r["rid"] = r.get("rid") or f"copy-{tag}-{r['id']}"
+                del r["id"]
+            with self._write() as conn:
+                have_rids = set(conn.execute(sa.select(requests.c.rid).where(
+                    requests.c.rid.in_([r["rid"] for r in chunk]))).scalars())
+                new = [r for r in chunk if r["rid"] not in have_rids]
+                if new:
+                    conn.execute(sa.insert(requests), new)
+            counts["requests"] += len(new)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema (alembic `upgrade head`), one process at a time."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # two bridges starting at once: one migrates
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def schema_revision(store: Store) -> str | None:
+    """The alembic revision the database is at (None before the first migration)."""
+    with store._read() as conn:
+        table = sa.table("alembic_version", sa.column("version_num"))
+        return conn.execute(sa.select(table.c.version_num)).scalar()
+
+
+def _sqlite_engine(url: sa.URL, timeout: float, *, write: bool, pool_size: int) -> Engine:
+    """A SQLite engine. Writes: BEGIN IMMEDIATE (the write lock up front, so a transaction that
+    reads first never fails half-way on another process's commit); reads: autocommit. A
+    pool_size of 0: no pooling (a scan's connection is closed after it)."""
+    pool: dict[str, Any] = ({"poolclass": NullPool} if pool_size == 0 else
+                            {"pool_size": pool_size, "max_overflow": 8 if not write else 0})
+    engine = sa.create_engine(url, connect_args={"timeout": timeout,
+                                                 "check_same_thread": False}, **pool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver starts no transaction of its own
+        if write:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _bump(conn: Connection) -> None:
+    """Move the registry counter (in the writing transaction): every bridge reloads."""
+    conn.execute(sa.update(registry_version).where(registry_version.c.id == 1)
+                 .values(version=registry_version.c.version + 1))
+
+
+def _record_row(r: RequestRecord) -> dict[str, Any]:
+    return {
+        "ts": r.ts, "model": _clip(r.model, MAX_MODEL_CHARS),
+        "model_key": _clip(model_key(r.model), MAX_MODEL_CHARS), "backend": r.backend,
+        "endpoint": _clip(norm_endpoint(r.endpoint), MAX_ENDPOINT_CHARS), "status": r.status,
+        "prompt_tokens": r.prompt_tokens, "eval_tokens": r.eval_tokens,
+        "cached_tokens": r.cached_tokens, "ttft_ms": r.ttft_ms, "latency_ms": r.latency_ms,
+        "tokens_per_sec": r.tokens_per_sec, "error": _clip(r.error, MAX_ERROR_CHARS),
+        "fallback_from": r.fallback_from, "bridge_id": r.bridge_id, "api_key": r.api_key,
+        "rid": r.rid,
+    }
 
 
 def _clip(text: str | None, limit: int) -> str | None:
@@ -424,24 +704,12 @@ def _clip(text: str | None, limit: int) -> str | None:
     return text[: limit - 1] + "\u2026"
 
 
-def _add_columns(conn: sqlite3.Connection) -> None:
-    """Bring a file made by an older version up to the current schema (idempotent)."""
-    for table, column, kind in _ADDED_COLUMNS:
-        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            except sqlite3.OperationalError as exc:  # another process added it just now
-                if "duplicate column" not in str(exc):
-                    raise
-
-
 def _writable(values: Mapping[str, Any]) -> dict[str, Any]:
     """Only writable columns reach SQL (column names are never taken from a request)."""
     return {k: values[k] for k in WRITABLE if k in values}
 
 
-def _row(r: sqlite3.Row) -> BackendRow:
+def _row(r: Mapping[str, Any]) -> BackendRow:
     data = {k: r[k] for k in ROW_FIELDS}
     data["enabled"] = bool(data["enabled"])
     return BackendRow(**data)

@@ -1,4 +1,4 @@
-"""Request tracking: metrics now, SQLite later, on a writer thread so a request never waits.
+"""Request tracking: metrics now, the database later, on a writer thread so a request never waits.
 
 Every request outcome is turned into a RequestRecord here, and only here: `LocalOutcome` for a
 generation on MLX, `record_forwarded` for a relayed upstream answer, `record_failed_attempt` for
@@ -6,8 +6,14 @@ a target that failed before its first byte and was passed over for the next one.
 
 `record()` updates the Prometheus counters in the caller's thread (cheap) and queues the record;
 one writer thread stores queued records in batches (one transaction each). The queue is bounded:
-when SQLite falls behind, records are dropped and counted (`tracking_dropped_total`), never
+when the database falls behind, records are dropped and counted (`tracking_dropped_total`), never
 blocking a request. `start()` is called by `Bridge.start()` after gunicorn forks.
+
+A database outage (StoreUnavailable) keeps the batch in memory, bounded (`max_pending`; past it
+the oldest are dropped and counted), and the writer tries again every `RETRY_SECONDS` until the
+database answers; every record carries a unique `rid`, so a batch whose commit was lost with the
+connection is never stored twice. Each record is stamped with this bridge's `bridge_id`, and a
+record made with an API key is reported to `on_usage` (the per-key token limits).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StoreUnavailable
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 256
+MAX_PENDING = 50_000  # records kept in memory while the database is down
+RETRY_SECONDS = 1.0  # while records are pending: how often the writer tries the database again
 KEEP_RECORDS = 200_000  # the request log keeps this many newest records (a few tens of MB)
 _PRUNE_EVERY = 1000  # records written between prunes
 
@@ -47,11 +57,17 @@ class Tracker:
     """Records every request in the store (background writer) and in the metrics."""
 
     def __init__(self, store: Store, metrics: Metrics, *, max_queue: int = 10_000,
-                 keep_records: int = KEEP_RECORDS) -> None:
+                 keep_records: int = KEEP_RECORDS, bridge_id: str | None = None,
+                 max_pending: int = MAX_PENDING,
+                 on_usage: Callable[[RequestRecord], None] | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.keep_records = keep_records
+        self.bridge_id = bridge_id
+        self.on_usage = on_usage
+        self.max_pending = max_pending
         self._queue: queue.Queue[object] = queue.Queue(max_queue)
+        self._pending: deque[RequestRecord] = deque()  # written when the database returns
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one drainer at a time (writer thread or a flush())
         self._since_prune = _PRUNE_EVERY  # prune with the first batch: the file may hold more
@@ -61,7 +77,11 @@ class Tracker:
 
     def record(self, rec: RequestRecord) -> None:
         """Count a finished request in the metrics and queue it for the store."""
+        if rec.bridge_id is None:
+            rec.bridge_id = self.bridge_id
         self.metrics.record(rec)
+        if rec.api_key is not None and self.on_usage is not None:
+            self.on_usage(rec)
         try:
             self._queue.put_nowait(rec)
         except queue.Full:
@@ -111,10 +131,21 @@ class Tracker:
 
     # ---- writer side ------------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Records held in memory until the database answers again."""
+        return len(self._pending)
+
     def _run(self) -> None:
         stop = False
         while not stop:
-            stop = self._write_batch(self._queue.get())
+            try:
+                item = self._queue.get(timeout=RETRY_SECONDS if self._pending else None)
+            except queue.Empty:
+                with self._lock:
+                    self._store([])  # nothing new: try the pending records again
+                continue
+            stop = self._write_batch(item)
         self._drain()
 
     def _drain(self) -> None:
@@ -156,18 +187,59 @@ class Tracker:
         return stop
 
     def _store(self, batch: list[RequestRecord]) -> None:
+        """Write what is pending, then `batch`; on an outage keep both for the next try."""
+        if self._pending and not self._write_pending():
+            self._hold(batch)
+            return
         if not batch:
             return
         try:
             self.store.record_many(batch)
-            self._since_prune += len(batch)
-            if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = 0  # the next prune after another _PRUNE_EVERY records
-                self.store.prune(self.keep_records)
-        except StoreUnavailable as exc:  # the request succeeded; losing its record is lesser harm
-            log.error("request records not stored count=%d error=%r", len(batch), exc.message)
+        except StoreUnavailable as exc:  # the request succeeded; its record waits in memory
+            if not self._pending:  # one line per outage, not one per batch
+                log.error("request records held until the database returns count=%d "
+                          "error=%r", len(batch), exc.message)
+            self._hold(batch)
+            return
         except Exception:  # a bad record must not end the writer thread
             log.exception("request records not stored count=%d", len(batch))
+            return
+        self._prune(len(batch))
+
+    def _write_pending(self) -> bool:
+        """Write the held records, oldest first, a batch per transaction; False while the
+        database is still down."""
+        while self._pending:
+            chunk = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+            try:
+                self.store.record_many(chunk)
+            except StoreUnavailable:
+                return False
+            except Exception:  # a record the database refuses: lost, not retried forever
+                log.exception("request records not stored count=%d", len(chunk))
+            for _ in chunk:
+                self._pending.popleft()
+            self._prune(len(chunk))
+        log.info("held request records written, database reachable again")
+        return True
+
+    def _hold(self, batch: list[RequestRecord]) -> None:
+        self._pending.extend(batch)
+        over = len(self._pending) - self.max_pending
+        if over > 0:  # bounded: the oldest go first, counted like a full queue
+            for _ in range(over):
+                self._pending.popleft()
+            self.metrics.dropped.inc(over)
+
+    def _prune(self, written: int) -> None:
+        self._since_prune += written
+        if self._since_prune < _PRUNE_EVERY:
+            return
+        self._since_prune = 0  # the next prune after another _PRUNE_EVERY records
+        try:
+            self.store.prune(self.keep_records)
+        except Exception as exc:  # pruning is housekeeping: the next one catches up
+            log.error("request log not pruned error=%r", getattr(exc, "message", exc))
 
 
 # ---- outcomes -> records (request threads, or a relay's generator after the view returned) ----
@@ -207,7 +279,8 @@ class LocalOutcome:
             ttft_ms=(self.first_ns - started) / 1e6,
             latency_ms=(time.perf_counter_ns() - started) / 1e6,
             tokens_per_sec=done.eval_count / eval_s if done and eval_s else None,
-            cached_tokens=done.cached_tokens if done else 0, fallback_from=self.ctx.fallback_from))
+            cached_tokens=done.cached_tokens if done else 0, fallback_from=self.ctx.fallback_from,
+            api_key=self.ctx.api_key))
 
 
 def record_forwarded(tracker: Tracker, ctx: RequestContext, backend: str, endpoint: str | None,
@@ -226,7 +299,7 @@ def record_forwarded(tracker: Tracker, ctx: RequestContext, backend: str, endpoi
         ttft_ms=(first_ns - opened_ns) / 1e6 if first_ns is not None else None,
         latency_ms=(time.perf_counter_ns() - opened_ns) / 1e6,
         tokens_per_sec=eval_count / (eval_ns / 1e9) if eval_ns else None,
-        fallback_from=ctx.fallback_from))
+        fallback_from=ctx.fallback_from, api_key=ctx.api_key))
 
 
 def record_failed_attempt(tracker: Tracker, ctx: RequestContext, backend: str,
@@ -236,4 +309,4 @@ def record_failed_attempt(tracker: Tracker, ctx: RequestContext, backend: str,
         model=ctx.model, backend=backend, endpoint=endpoint, status="error",
         error=f"{reason}: {message}", prompt_tokens=0, eval_tokens=0, ttft_ms=None,
         latency_ms=(time.perf_counter_ns() - ctx.started_ns) / 1e6, tokens_per_sec=None,
-        fallback_from=ctx.fallback_from))
+        fallback_from=ctx.fallback_from, api_key=ctx.api_key))

@@ -1,0 +1,69 @@
+"""`mlx-bridge db`: the state database (docs/registry.md) — migrate it, copy SQLite into
+PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from bridge.config import load_config
+from bridge.errors import BridgeError
+from bridge.stats.store import DB_FILE, Store, schema_revision
+
+
+def _target(url: str | None, home: str | None) -> str | Path:
+    """The database a command works on: --database-url, MLX_BRIDGE_DATABASE_URL, else the
+    SQLite file in the state directory."""
+    config = load_config(home=home)
+    return url or config.database_url or config.home / DB_FILE
+
+
+@click.group("db")
+def db_group() -> None:
+    """The state database: backend rows, API keys, request records."""
+
+
+@db_group.command("upgrade")
+@click.option("--database-url", help="PostgreSQL URL (default: MLX_BRIDGE_DATABASE_URL, else "
+                                     "the SQLite file in the state dir).")
+@click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME).")
+def upgrade(database_url: str | None, home: str | None) -> None:
+    """Run the migrations now (a server also runs them when it starts)."""
+    store = Store(_target(database_url, home))
+    try:
+        click.echo(json.dumps({"database": store.name, "revision": schema_revision(store),
+                               "backends": len(store.list_rows())}))
+    except BridgeError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        store.close()
+
+
+@db_group.command("copy")
+@click.option("--from", "source", required=True,
+              help="The database to copy: a SQLite file (an old bridge.db is migrated first) or "
+                   "a URL.")
+@click.option("--to", "dest", help="Where to copy to (default: MLX_BRIDGE_DATABASE_URL).")
+@click.option("--home", type=click.Path(file_okay=False), help="State dir (env MLX_BRIDGE_HOME).")
+def copy(source: str, dest: str | None, home: str | None) -> None:
+    """Copy backend rows, API keys and request records into another database (SQLite ->
+    PostgreSQL). Running it again copies nothing twice."""
+    if not Path(source).exists() and "://" not in source:
+        raise click.ClickException(f"no such database file: {source}")
+    target = _target(dest, home)
+    src, dst = Store(source), Store(target)
+    try:
+        counts = dst.copy_from(src)
+    except BridgeError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        src.close()
+        dst.close()
+    click.echo(json.dumps({"from": src.name, "to": dst.name, "copied": counts}))
+
+
+def register(cli: click.Group) -> None:
+    """Add this module's commands to the top-level group."""
+    cli.add_command(db_group)

@@ -1,0 +1,1 @@
+"""Alembic revision scripts, oldest first (see docs/registry.md, "Migrations")."""
