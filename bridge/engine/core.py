@@ -13,8 +13,8 @@ from typing import Any
 
 from bridge.engine.batch import BatchRunner
 from bridge.engine.embed import EmbedTask
-from bridge.engine.jobs import Done, Embedded, Failed, Job
-from bridge.engine.models import FOREVER, LoadedModel, ModelCache
+from bridge.engine.jobs import Done, Embedded, Failed, Job, PromptSpec
+from bridge.engine.models import FOREVER, LoadedModel, ModelCache, available_memory
 from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
 from bridge.engine.single import SingleRunner
@@ -26,6 +26,7 @@ from bridge.errors import (
     ServerBusy,
     ShuttingDown,
 )
+from bridge.wire.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Engine:
 
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
                  num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
-                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS,
+                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, max_model_bytes: int = 0,
+                 warm_up: bool = True,
                  restart_delay: float = RESTART_DELAY,
                  restart_limit: int = RESTART_LIMIT,
                  on_fatal: Callable[[], None] | None = None) -> None:
@@ -69,13 +71,15 @@ class Engine:
         self.max_queue = max_queue
         self.num_parallel = max(1, num_parallel)
         self.max_loaded = max_loaded
+        self.max_model_bytes = max_model_bytes
+        self.warm_up = warm_up  # a short generation at each load (tests of the cold path: off)
         self.prompt_cache_bytes = prompt_cache_bytes
         self.max_embed_tokens = max_embed_tokens
         self.restart_delay = restart_delay
         self.restart_limit = restart_limit
         self.on_fatal = on_fatal  # the engine cannot restart: the server ends the process here
         self.prompts = PromptCache(prompt_cache_bytes)
-        self.cache = ModelCache(max_loaded, on_unload=self.prompts.drop)
+        self.cache = self._model_cache()
         self._inbox: queue.Queue[Job | _Stop] = queue.Queue()
         self._pending: deque[Job] = deque()
         self._owned: dict[int, Job] = {}  # taken from the inbox, final event not sent yet
@@ -98,6 +102,10 @@ class Engine:
         self._crashes: list[float] = []  # monotonic times of recent crashes
         self._ready = False  # this thread warmed up (a first start that cannot is not retried)
         self._finished = threading.Event()
+
+    def _model_cache(self) -> ModelCache:
+        return ModelCache(self.max_loaded, on_unload=self.prompts.drop,
+                          max_bytes=self.max_model_bytes, on_load=self._warm_model)
 
     # ---- request-thread side -------------------------------------------------------------
 
@@ -177,6 +185,10 @@ class Engine:
         from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
 
         self.device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+        if mx.metal.is_available():  # as mlx_lm.server does: keep the weights wired in memory
+            from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+            maybe_set_recommended_wired_limit()
         # The BLAS sets up its thread buffers on the first matmul: pay that now, not in a request
         # (and count it in the idle baseline, which an unload returns to).
         a = mx.ones((256, 256))
@@ -314,8 +326,45 @@ class Engine:
 
     def _new_runner(self, loaded: LoadedModel, job: Job) -> Runner:
         if loaded.batchable and batchable(job):
-            return BatchRunner(loaded, self.prompts, self.num_parallel)
+            return BatchRunner(loaded, self.prompts, self._capacity(loaded, job))
         return SingleRunner(loaded, self.prompts)
+
+    def _capacity(self, loaded: LoadedModel, job: Job) -> int:
+        """OLLAMA_NUM_PARALLEL, lowered when free memory cannot hold that many full contexts
+        (a batch's KV caches grow with use; this bounds what a full batch can come to)."""
+        per_job = loaded.kv_bytes_per_token * job.options.context(loaded.context_length)
+        free = available_memory()
+        if not per_job or not free:
+            return self.num_parallel
+        fits = max(1, int(free * 0.8) // per_job)
+        if fits < self.num_parallel:
+            log.info("num_parallel lowered model=%s slots=%d kv_bytes_per_job=%d free=%d",
+                     loaded.name, fits, per_job, free)
+        return min(self.num_parallel, fits)
+
+    def _warm_model(self, loaded: LoadedModel) -> None:
+        """Run a 2-token generation on a freshly loaded model, through the path requests take
+        (default sampler, batched when the model batches): MLX compiles kernels on first use,
+        which no user request should pay. Also measures the KV bytes per token."""
+        loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model)
+        if not self.warm_up:
+            return
+        began = time.perf_counter()
+        job = Job(loaded.key, loaded.name, spec=PromptSpec(tokens=[0, 0]),
+                  options=Options(num_predict=2), request_id="warm-up")
+        entry = admit(job, loaded, 0)
+        runner: Runner = (BatchRunner(loaded, PromptCache(0), 1) if loaded.batchable
+                          else SingleRunner(loaded, PromptCache(0)))
+        try:
+            runner.add(entry)
+            for _ in range(16):  # prefill, then 2 decode steps; bounded whatever happens
+                if runner.step():
+                    break
+        finally:
+            runner.abort(Failed(ShuttingDown()))
+            runner.close()
+        log.info("model warmed up model=%s warm_ms=%.0f kv_bytes_per_token=%d", loaded.name,
+                 (time.perf_counter() - began) * 1000, loaded.kv_bytes_per_token)
 
     def _load_only(self, job: Job, keep_alive: float) -> None:
         """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""
@@ -484,7 +533,7 @@ class Engine:
         runners, cache, prompts = self._runners, self.cache, self.prompts
         self._runners, self._embeds, self._pending = {}, deque(), deque()
         self.prompts = PromptCache(self.prompt_cache_bytes)
-        self.cache = ModelCache(self.max_loaded, on_unload=self.prompts.drop)
+        self.cache = self._model_cache()
         self._publish()
         try:  # on this thread, which made them: MLX objects are freed where they were used
             for runner in runners.values():
@@ -508,6 +557,23 @@ class Engine:
         ]
         with self._lock:
             self._snapshot, self._running = infos, running
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """KV cache bytes per token of context: one token through a fresh cache, whose buffers
+    are allocated in steps (keys' third axis), so bytes / allocated length."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array([[0]]), cache=cache))
+    total = 0.0
+    for layer in cache:
+        keys = getattr(layer, "keys", None)
+        if keys is None or not hasattr(keys, "shape") or len(keys.shape) < 3:
+            continue  # a quantized tuple, an SSM state: no per-token size to read
+        total += (layer.keys.nbytes + layer.values.nbytes) / keys.shape[-2]
+    return int(total)
 
 
 def _in_use_expiry(keep_alive: float) -> float:
