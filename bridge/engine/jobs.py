@@ -30,6 +30,9 @@ class PromptSpec:
     truncate: bool = True
     # The prompt already rendered and tokenized on the request thread; None: the engine does it.
     tokens: list[int] | None = None
+    # The chat text `tokens` were made from (request thread): with the answer, it lets the next
+    # turn reuse the generated token ids (bridge/serving/prompting.py, Transcripts).
+    rendered: str | None = None
     # Set for an embedding job: the texts to embed (no template, no generation).
     embed_inputs: list[str] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an

@@ -64,9 +64,12 @@ class JobStream:
     """
 
     def __init__(self, engine: Engine, job: Job,
-                 client_gone: Callable[[], bool] | None = None) -> None:
+                 client_gone: Callable[[], bool] | None = None,
+                 on_done: Callable[[Job, str, Done], None] | None = None) -> None:
         self.job = job
         self.client_gone = client_gone
+        self.on_done = on_done  # told the whole generated text at the end (chat transcripts)
+        self._text: list[str] = []
         engine.submit(job)
         self._done = False
         self._probed = time.monotonic()
@@ -79,6 +82,10 @@ class JobStream:
                 raise event.error
             if isinstance(event, (Done, Embedded)):  # a job's last event
                 self._done = True
+                if self.on_done is not None and isinstance(event, Done):
+                    self.on_done(self.job, "".join(self._text), event)
+            elif self.on_done is not None:
+                self._text.append(event.text)
             yield event
 
     def _next(self) -> Chunk | Done | Embedded | Failed:
@@ -166,7 +173,17 @@ class LocalBackend:
         return found
 
     def run(self, job: Job, client_gone: Callable[[], bool] | None = None) -> JobStream:
-        return JobStream(self.engine, job, client_gone)
+        rendered = job.spec is not None and job.spec.rendered is not None
+        return JobStream(self.engine, job, client_gone, self._remember if rendered else None)
+
+    def _remember(self, job: Job, text: str, done: Done) -> None:
+        """The chat's prompt and answer as text and as the ids the model saw, for the next turn
+        (not when a stop string cut the text short of the ids, or the prompt was truncated)."""
+        spec = job.spec
+        if (spec is None or spec.rendered is None or spec.tokens is None or done.stop_sequence
+                or done.prompt_eval_count != len(spec.tokens)):
+            return
+        self.tokenizers.remember(job.model_path, spec.rendered + text, done.context)
 
     def tokenize(self, model: LocalModel, job: Job) -> None:
         """Render and tokenize a generation job's prompt here, on the request thread, so that the
