@@ -50,11 +50,12 @@ class LoadedInfo:
 
     key: str
     name: str
-    size: int
+    size: int  # weights and the model's cached KV entries, in bytes
     context_length: int
     expires_at: float
     loaded_at: float
     active: int
+    size_vram: int = 0  # of `size`, what sits in GPU memory (Metal: all of it; a CPU: none)
 
 
 class Engine:
@@ -79,6 +80,9 @@ class Engine:
         self.restart_limit = restart_limit
         self.on_fatal = on_fatal  # the engine cannot restart: the server ends the process here
         self.prompts = PromptCache(prompt_cache_bytes)
+        # Called on the engine thread with a model's key once it is unloaded (request-side
+        # tokenizers go with it, so an unload gives all of its memory back).
+        self.unload_listeners: list[Callable[[str], None]] = []
         self.cache = self._model_cache()
         self._inbox: queue.Queue[Job | _Stop] = queue.Queue()
         self._pending: deque[Job] = deque()
@@ -104,8 +108,16 @@ class Engine:
         self._finished = threading.Event()
 
     def _model_cache(self) -> ModelCache:
-        return ModelCache(self.max_loaded, on_unload=self.prompts.drop,
+        return ModelCache(self.max_loaded, on_unload=self._unloaded,
                           max_bytes=self.max_model_bytes, on_load=self._warm_model)
+
+    def _unloaded(self, key: str) -> None:
+        self.prompts.drop(key)
+        for listener in self.unload_listeners:
+            try:
+                listener(key)
+            except Exception:  # a listener's failure must not stop an unload
+                log.exception("unload listener failed model_key=%s", key)
 
     # ---- request-thread side -------------------------------------------------------------
 
@@ -549,12 +561,13 @@ class Engine:
     def _publish(self) -> None:
         """Refresh the snapshot request threads read (they never touch MLX objects)."""
         running = sum(len(r) for r in self._runners.values()) + len(self._embeds)
-        infos = [
-            LoadedInfo(m.key, m.name, m.size, m.context_length,
-                       _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
-                       m.loaded_at, m.active)
-            for m in self.cache.models.values()
-        ]
+        infos = []
+        for m in self.cache.models.values():
+            size = m.size + self.prompts.bytes_for(m.key)
+            infos.append(LoadedInfo(m.key, m.name, size, m.context_length,
+                                    _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
+                                    m.loaded_at, m.active,
+                                    size_vram=size if self.device == "gpu" else 0))
         with self._lock:
             self._snapshot, self._running = infos, running
 

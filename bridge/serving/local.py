@@ -132,6 +132,7 @@ class LocalBackend:
         self.engine = engine
         self.descriptions = DescriptionCache()
         self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1)
+        engine.unload_listeners.append(self.tokenizers.forget)
 
     def find(self, name: str, source: str | None = None) -> LocalModel | None:
         """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or

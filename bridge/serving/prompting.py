@@ -87,6 +87,11 @@ class PromptTokenizers:
                 self._slots.popitem(last=False)
             return slot
 
+    def forget(self, path: str) -> None:
+        """The model was unloaded: its tokenizer (and transcripts) go too, memory and all."""
+        with self._lock:
+            self._slots.pop(path, None)
+
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
