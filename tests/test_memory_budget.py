@@ -93,7 +93,8 @@ def test_ps_size_counts_the_cached_kv_and_size_vram_the_gpu_part(app, tiny_model
     client = app.test_client()
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": 0})
     client.post("/api/generate", json={"model": "tiny", "prompt": ""})
-    (before,) = [m for m in client.get("/api/ps").get_json()["models"] if m["name"] == "tiny:latest"]
+    (before,) = [m for m in client.get("/api/ps").get_json()["models"]
+                 if m["name"] == "tiny:latest"]
     client.post("/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                                    **ASK})
     (after,) = [m for m in client.get("/api/ps").get_json()["models"] if m["name"] == "tiny:latest"]
