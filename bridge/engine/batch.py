@@ -46,6 +46,8 @@ class BatchRunner:
     def add(self, entry: Entry) -> None:
         """Insert a job (its prefill runs in the next steps, batched with other new prompts)."""
         cache, cached = self.prompts.fetch(self.model_key, entry.tokens)
+        if cache is None:
+            cache = self.loaded.new_cache()
         entry.sink.cached_tokens = cached
         log_cached(entry, cached)
         (uid,) = self._gen.insert(

@@ -64,7 +64,7 @@ class Engine:
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
                  num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
                  max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, max_model_bytes: int = 0,
-                 warm_up: bool = True,
+                 kv_cache_type: str = "f16", warm_up: bool = True,
                  restart_delay: float = RESTART_DELAY,
                  restart_limit: int = RESTART_LIMIT,
                  on_fatal: Callable[[], None] | None = None) -> None:
@@ -73,6 +73,7 @@ class Engine:
         self.num_parallel = max(1, num_parallel)
         self.max_loaded = max_loaded
         self.max_model_bytes = max_model_bytes
+        self.kv_cache_type = kv_cache_type  # OLLAMA_KV_CACHE_TYPE: f16 (model dtype), q8_0, q4_0
         self.warm_up = warm_up  # a short generation at each load (tests of the cold path: off)
         self.prompt_cache_bytes = prompt_cache_bytes
         self.max_embed_tokens = max_embed_tokens
@@ -341,6 +342,19 @@ class Engine:
             return BatchRunner(loaded, self.prompts, self._capacity(loaded, job))
         return SingleRunner(loaded, self.prompts)
 
+    def _choose_kv(self, loaded: LoadedModel) -> None:
+        """Quantized KV caches when OLLAMA_KV_CACHE_TYPE asks and the model's caches allow."""
+        if self.kv_cache_type == "f16":
+            return
+        from bridge.engine.kvquant import kv_bits, quantizable
+
+        if not quantizable(loaded.model):
+            log.warning("KV cache stays unquantized model=%s kv_cache_type=%s reason=%s",
+                        loaded.name, self.kv_cache_type,
+                        "its caches are not plain KV caches or heads are not a multiple of 64")
+            return
+        loaded.kv_bits = kv_bits(self.kv_cache_type)
+
     def _capacity(self, loaded: LoadedModel, job: Job) -> int:
         """OLLAMA_NUM_PARALLEL, lowered when free memory cannot hold that many full contexts
         (a batch's KV caches grow with use; this bounds what a full batch can come to)."""
@@ -358,7 +372,8 @@ class Engine:
         """Run a 2-token generation on a freshly loaded model, through the path requests take
         (default sampler, batched when the model batches): MLX compiles kernels on first use,
         which no user request should pay. Also measures the KV bytes per token."""
-        loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model)
+        self._choose_kv(loaded)
+        loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model, loaded.new_cache())
         if not self.warm_up:
             return
         began = time.perf_counter()
@@ -572,20 +587,22 @@ class Engine:
             self._snapshot, self._running = infos, running
 
 
-def kv_bytes_per_token(model: Any) -> int:
-    """KV cache bytes per token of context: one token through a fresh cache, whose buffers
-    are allocated in steps (keys' third axis), so bytes / allocated length."""
+def kv_bytes_per_token(model: Any, cache: list[Any] | None = None) -> int:
+    """KV cache bytes per token of context: one token through a fresh cache (`cache`, or the
+    model's own), whose buffers are allocated in steps along the keys' third axis, so
+    bytes / allocated length. Quantized caches hold (packed, scales, biases) triples."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    cache = make_prompt_cache(model)
+    cache = cache if cache is not None else make_prompt_cache(model)
     mx.eval(model(mx.array([[0]]), cache=cache))
     total = 0.0
     for layer in cache:
-        keys = getattr(layer, "keys", None)
-        if keys is None or not hasattr(keys, "shape") or len(keys.shape) < 3:
-            continue  # a quantized tuple, an SSM state: no per-token size to read
-        total += (layer.keys.nbytes + layer.values.nbytes) / keys.shape[-2]
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        parts = list(keys) + list(values) if isinstance(keys, tuple) else [keys, values]
+        if any(p is None or not hasattr(p, "shape") or len(p.shape) < 3 for p in parts):
+            continue  # an SSM state or an empty cache: no per-token size to read
+        total += sum(p.nbytes for p in parts) / parts[0].shape[-2]
     return int(total)
 
 

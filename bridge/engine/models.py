@@ -39,6 +39,15 @@ class LoadedModel:
     batchable: bool = True  # every KV cache layer can be merged into a BatchGenerator batch
     samplers: dict[tuple, Any] = field(default_factory=dict)  # shared: one batched sampling call
     kv_bytes_per_token: int = 0  # KV cache bytes one token of context costs (0: not measured)
+    kv_bits: int | None = None  # quantized KV caches (OLLAMA_KV_CACHE_TYPE); None: model dtype
+
+    def new_cache(self) -> list[Any] | None:
+        """A fresh per-sequence KV cache when quantized; None lets mlx-lm make its own."""
+        if self.kv_bits is None:
+            return None
+        from bridge.engine.kvquant import make_cache
+
+        return make_cache(self.model, self.kv_bits)
 
     def touch(self, name: str, keep_alive: float) -> None:
         """Record a use (under the name last asked for); expiry is set when the last job ends."""
