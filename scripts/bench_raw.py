@@ -97,7 +97,7 @@ def main() -> None:
         stream = mlx_stream(args.model)
     else:
         stream = llamacpp_stream(args.model, args.threads)
-    out.update(measure(stream, None, work))
+    out.update(measure(stream, None, work, cpu=time.process_time))
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("BENCH_JSON " + json.dumps(out))
 
