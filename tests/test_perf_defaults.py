@@ -120,3 +120,14 @@ def test_the_first_request_after_a_load_does_not_pay_kernel_compilation(tiny_mod
     warm = first_request_seconds(tiny_model_dir, tmp_path, warm=True)
     assert warm < 0.5 < cold, (warm, cold, time.perf_counter() - began)
     assert warm * 5 < cold
+
+
+def test_a_load_also_readies_the_request_side_tokenizer(app, tiny_model_dir):
+    """`ollama run` loads first: after that, the first chat must not load a tokenizer."""
+    client = app.test_client()
+    client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+    tokenizers = app.extensions["bridge"].local.tokenizers
+    assert str(tiny_model_dir.resolve()) not in tokenizers._slots  # an unload drops it
+    assert client.post("/api/generate", json={"model": "tiny"}).get_json()["done_reason"] == "load"
+    slot = tokenizers._slots[str(tiny_model_dir.resolve())]
+    assert slot.tokenizer is not None

@@ -9,6 +9,7 @@ becomes a `Generation`, which a `Responder` (one per API flavour) turns into the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -129,9 +130,16 @@ def load_or_unload(req: Common, model: LocalModel, plan: Plan,
                    body: dict[str, Any]) -> dict[str, Any]:
     """Empty prompt/messages: load the model, or unload it with keep_alive 0 (one object)."""
     done = None
+    # The request-side tokenizer loads beside the weights: the first request pays for neither.
+    preload = threading.Thread(target=bridge().local.preload, args=(model,), daemon=True,
+                               name="tokenizer-preload")
+    if req.keep_alive != 0:
+        preload.start()
     for event in bridge().local.run(make_job(req, model, plan, None)):
         if isinstance(event, Done):
             done = event
+    if preload.is_alive():
+        preload.join()
     assert done is not None
     return {"model": req.model, "created_at": rfc3339(), **body, "done": True,
             "done_reason": done.done_reason}

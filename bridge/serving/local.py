@@ -195,6 +195,10 @@ class LocalBackend:
         context = job.options.context(model.description.context_length)
         spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
 
+    def preload(self, model: LocalModel) -> None:
+        """After a load: the request-side tokenizer too, so the first request pays nothing."""
+        self.tokenizers.preload(model.key, model.description.digest)
+
     def unload(self, model: LocalModel) -> None:
         """Unload through the engine (waits for it)."""
         for _ in self.run(Job(model.key, model.entry.name, keep_alive=0)):

@@ -69,6 +69,18 @@ class PromptTokenizers:
             return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
 
+    def preload(self, path: str, digest: str) -> None:
+        """Load a model's tokenizer and compile its chat template now (at a model load), so the
+        first request does not pay for them; any failure is left for that request to report."""
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path):
+                return
+        try:
+            chat_text(slot.tokenizer, [{"role": "user", "content": "hi"}], None, None)
+        except Exception as exc:  # noqa: BLE001 - a template that fails fails the request later
+            log.info("chat template not precompiled path=%s error=%s", path, exc)
+
     def remember(self, path: str, text: str, ids: list[int]) -> None:
         """A finished chat turn: `text` (prompt and answer) is exactly `ids` (what the model saw
         and generated), so the next turn, whose prompt starts with it, reuses those ids."""
