@@ -131,3 +131,20 @@ def test_a_load_also_readies_the_request_side_tokenizer(app, tiny_model_dir):
     assert client.post("/api/generate", json={"model": "tiny"}).get_json()["done_reason"] == "load"
     slot = tokenizers._slots[str(tiny_model_dir.resolve())]
     assert slot.tokenizer is not None
+
+
+def test_a_failing_warm_up_never_fails_the_load(tiny_model_dir, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no warm-up today")
+
+    monkeypatch.setattr(core, "kv_bytes_per_token", broken)
+    eng = Engine(prompt_cache_bytes=0)
+    eng.start()
+    try:
+        job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(prompt="hi"),
+                  options=Options(num_predict=3))
+        eng.submit(job)
+        assert drain(job).eval_count == 3
+    finally:
+        eng.stop()
+    assert "warm-up failed" in caplog.text

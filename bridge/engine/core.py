@@ -371,12 +371,24 @@ class Engine:
     def _warm_model(self, loaded: LoadedModel) -> None:
         """Run a 2-token generation on a freshly loaded model, through the path requests take
         (default sampler, batched when the model batches): MLX compiles kernels on first use,
-        which no user request should pay. Also measures the KV bytes per token."""
-        self._choose_kv(loaded)
-        loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model, loaded.new_cache())
-        if not self.warm_up:
-            return
-        began = time.perf_counter()
+        which no user request should pay. Also measures the KV bytes per token. A failure here
+        is logged, never a failed load (the request finds any real problem itself)."""
+        if getattr(loaded, "processor", None) is not None:
+            return  # a vision model runs on its own runner with mlx-vlm's inputs
+        try:
+            self._choose_kv(loaded)
+            loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model, loaded.new_cache())
+            if self.warm_up:
+                began = time.perf_counter()
+                self._warm_run(loaded)
+                log.info("model warmed up model=%s warm_ms=%.0f kv_bytes_per_token=%d",
+                         loaded.name, (time.perf_counter() - began) * 1000,
+                         loaded.kv_bytes_per_token)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("warm-up failed model=%s error=%s: %s", loaded.name,
+                        type(exc).__name__, exc)
+
+    def _warm_run(self, loaded: LoadedModel) -> None:
         job = Job(loaded.key, loaded.name, spec=PromptSpec(tokens=[0, 0]),
                   options=Options(num_predict=2), request_id="warm-up")
         entry = admit(job, loaded, 0)
@@ -390,8 +402,6 @@ class Engine:
         finally:
             runner.abort(Failed(ShuttingDown()))
             runner.close()
-        log.info("model warmed up model=%s warm_ms=%.0f kv_bytes_per_token=%d", loaded.name,
-                 (time.perf_counter() - began) * 1000, loaded.kv_bytes_per_token)
 
     def _load_only(self, job: Job, keep_alive: float) -> None:
         """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.engine import PromptSpec
-from bridge.engine.prompts import chat_text, encode, prompt_tokens
+from bridge.engine.prompts import chat_prompt, chat_text, encode, prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class PromptTokenizers:
                 return None
         max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
         if spec.messages is not None:
-            text = chat_text(slot.tokenizer, spec.messages, spec.tools, spec.think)
+            text = chat_prompt(slot.tokenizer, spec)
             if max_chars is not None and len(text) > max_chars:  # cut: no whole turn to reuse
                 return encode(slot.tokenizer, text[len(text) - max_chars:])
             spec.rendered = text
