@@ -18,6 +18,35 @@ log = logging.getLogger(__name__)
 PREFILL_STEP = 512
 
 
+class Solo:
+    """The one job of a runner, decoding alone on mlx-lm's generate_step: a batch of one costs
+    more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). Its cache
+    always holds exactly `fed` (generate_step feeds each token it yields at once)."""
+
+    def __init__(self, entry: Entry, cache: list[Any], tokens: list[int]) -> None:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        from bridge.engine.single import with_prefix
+
+        self.entry, self.cache, self.fed = entry, cache, list(tokens)
+        trim_prompt_cache(cache, 1)  # the last token runs again: its logits give the next one
+        self.iter = generate_step(mx.array(tokens[-1:]), entry.loaded.model, max_tokens=-1,
+                                  sampler=entry.sampler,
+                                  logits_processors=with_prefix(entry.processors, tokens[:-1]),
+                                  prompt_cache=cache)
+
+    def next(self) -> bool:
+        """Decode one token into the job's sink; True when the job finished."""
+        token = int(next(self.iter)[0])
+        self.fed.append(token)
+        return self.entry.sink.add(token)
+
+    def close(self) -> None:
+        self.iter.close()
+
+
 class BatchRunner:
     """Up to `capacity` jobs of one model; each `step()` decodes one token for all of them."""
 
@@ -33,18 +62,22 @@ class BatchRunner:
         self._faults: dict[int, Exception] = {}  # job id -> what failed in that job alone
         self._gen = BatchGenerator(loaded.model, completion_batch_size=self.capacity,
                                    prefill_batch_size=self.capacity, prefill_step_size=PREFILL_STEP)
+        self._solo: Solo | None = None
+        self._solo_ok = solo_capable(loaded)
         # mlx-lm ends a sequence on EOS itself and hands back its cache; text stops are ours.
         self._stops = StopSequences([[t] for t in loaded.tokenizer.eos_token_ids])
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + (self._solo is not None)
 
     def accepts(self, job: Job) -> bool:
         return (job.model_path == self.model_key and batchable(job)
-                and len(self.entries) < self.capacity)
+                and len(self) < self.capacity)
 
     def add(self, entry: Entry) -> None:
         """Insert a job (its prefill runs in the next steps, batched with other new prompts)."""
+        if self._solo is not None:
+            self._rejoin()
         cache, cached = self.prompts.fetch(self.model_key, entry.tokens)
         if cache is None:
             cache = self.loaded.new_cache()
@@ -65,7 +98,9 @@ class BatchRunner:
         only; anything else raises and the engine fails the whole batch.
         """
         self._reap()
-        if self.entries:
+        if self._solo is not None:
+            self._solo_step(self._solo)
+        elif self.entries:
             _, responses = self._gen.next()
             for r in responses:
                 entry = self.entries.get(r.uid)
@@ -81,8 +116,56 @@ class BatchRunner:
                 if finished:
                     self._finish(r.uid, r.prompt_cache, r.all_tokens)
             self._fail_faulted()
+            self._maybe_solo()
         ended, self._ended = self._ended, []
         return ended
+
+    # ---- a lone job on generate_step ----------------------------------------------------
+
+    def _maybe_solo(self) -> None:
+        """One job left, decoding (its prompt done): take it out of the batch to run alone."""
+        if not self._solo_ok or len(self.entries) != 1:
+            return
+        uid, entry = next(iter(self.entries.items()))
+        if (not entry.sink.first_token_ns or entry.processors
+                or getattr(entry.job, "logprobs", False)):
+            return  # prefilling; or per-token work the batch does for it (kept simple)
+        cache, tokens = self._gen.remove([uid], return_prompt_caches=True)[uid]
+        del self.entries[uid]
+        self._solo = Solo(entry, cache, tokens)
+
+    def _rejoin(self) -> None:
+        """Another job arrived: the lone one goes back into the batch where it left off."""
+        solo, self._solo = self._solo, None
+        assert solo is not None
+        solo.close()
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        entry = solo.entry
+        trim_prompt_cache(solo.cache, 1)  # as at a prompt's end: the last token runs again
+        left = max(1, entry.limit - len(entry.sink.tokens))
+        (uid,) = self._gen.insert([solo.fed[-1:]], max_tokens=[left], caches=[solo.cache],
+                                  all_tokens=[solo.fed[:-1]], samplers=[entry.sampler],
+                                  logits_processors=[[]], stop_sequences=[self._stops])
+        self.entries[uid] = entry
+
+    def _solo_step(self, solo: Solo) -> None:
+        entry = solo.entry
+        try:
+            finished = solo.next()
+        except Exception as exc:  # this job's own failure (detokenizer ...): it alone ends
+            self._solo = None
+            solo.close()
+            log.error("request failed alone request_id=%s model=%s error=%r", entry.job.request_id,
+                      entry.job.model_name, exc, exc_info=exc)
+            self._ended.append(Ended(entry.job, entry.loaded, Failed(as_bridge_error(exc))))
+            return
+        if finished:
+            self._solo = None
+            solo.close()
+            assert entry.sink.final is not None
+            self._ended.append(Ended(entry.job, entry.loaded, entry.sink.final))
+            self.prompts.insert(self.model_key, solo.fed, solo.cache)
 
     def _guarded(self, job_id: int, processor: Any) -> Any:
         """Run inside mlx-lm's batched step: a raising processor marks its job, not the batch."""
@@ -113,6 +196,14 @@ class BatchRunner:
 
     def _reap(self) -> None:
         """Canceled jobs leave before the step: their slot is free for the next job."""
+        solo = self._solo
+        if solo is not None and solo.entry.job.cancelled.is_set():
+            self._solo = None
+            solo.close()
+            log.info("generation canceled request_id=%s model=%s", solo.entry.job.request_id,
+                     solo.entry.job.model_name)
+            failed = Failed(ClientClosed("request canceled"))
+            self._ended.append(Ended(solo.entry.job, solo.entry.loaded, failed))
         gone = [uid for uid, e in self.entries.items() if e.job.cancelled.is_set()]
         if gone:
             self._gen.remove(gone)  # their KV caches go with them: nothing is kept
@@ -135,6 +226,10 @@ class BatchRunner:
     def abort(self, event: Failed) -> list[Ended]:
         """End every job with `event` (engine stopping, or the batch step failed)."""
         ended = self._ended + [Ended(e.job, e.loaded, event) for e in self.entries.values()]
+        if self._solo is not None:
+            ended.append(Ended(self._solo.entry.job, self._solo.entry.loaded, event))
+            self._solo.close()
+            self._solo = None
         self._ended, self._faults = [], {}
         if self.entries:
             self._gen.remove(list(self.entries))
@@ -143,4 +238,17 @@ class BatchRunner:
 
     def close(self) -> None:
         """Release the generator (call when empty; abort() first otherwise)."""
+        if self._solo is not None:
+            self._solo.close()
+            self._solo = None
         self._gen.close()
+
+
+def solo_capable(loaded: LoadedModel) -> bool:
+    """A lone job may leave the batch when its cache can be trimmed by a token both ways:
+    plain (or quantized) KV caches, on a model without a vision processor."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    if getattr(loaded, "processor", None) is not None:
+        return False
+    return all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
