@@ -85,6 +85,7 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         out["peak_rss"] = peak.stop()
         out["blas"] = health.get("blas")
         out["num_parallel"] = health.get("num_parallel")
+        out["blas_threads"] = health.get("blas_threads")
         out["rss_before_load"] = rss_before
         out["rss_after_unload"] = _rss_after_expiry(server.url, server.proc.pid)
         return out
@@ -111,7 +112,7 @@ def run_peer(model: str, work: Workload, tmp: Path) -> dict:
     env = {"HF_HUB_OFFLINE": "1"}
     if sys.platform.startswith("linux"):
         env["LD_PRELOAD"] = str(blas.patched_openblas())  # the same fast path as the bridge
-        env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread count
+        env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread rule
     port = free_port()
     cmd = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)]
     server = start_server("mlx_lm.server", cmd, env, port,
@@ -121,6 +122,8 @@ def run_peer(model: str, work: Workload, tmp: Path) -> dict:
         out = measure(*openai_client(server.url), work,
                       cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
         out["peak_rss"] = peak.stop()
+        out["blas_threads"] = int(env["OPENBLAS_NUM_THREADS"]) if "OPENBLAS_NUM_THREADS" in env \
+            else None
         return out
     finally:
         server.stop()
@@ -146,6 +149,14 @@ def tiny_model(tmp: Path, wide: bool = False) -> str:
     return str(build_tiny_model(tmp / "tiny"))
 
 
+def _run_steps(steps: list, columns: dict[str, dict]) -> None:
+    for name, step in steps:
+        print(f"... {name}", flush=True)
+        started = time.perf_counter()
+        columns[name] = step()
+        columns[name]["wall_s"] = time.perf_counter() - started
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,11 +171,16 @@ def main() -> None:
                    help="also run the bridge on the bundled BLAS")
     p.add_argument("--bridge-threads", type=int, default=0,
                    help="also run the bridge with this many BLAS threads (the default's rival)")
+    p.add_argument("--load", type=int, default=0,
+                   help="run N busy-looping processes throughout (the 'under load' half of the "
+                        "BLAS thread rule; compare with a run without)")
     p.add_argument("--kv-types", default="f16,q8_0,q4_0",
                    help="KV cache types to compare ('' to skip)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Workload.quick() if args.quick or not args.model else Workload.full()
+    if not args.model:  # the tiny model: the per-token overhead run (about 2 s per column)
+        work = replace(work, overhead_tokens=2000)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlx-bridge-bench-") as tmp_name:
@@ -189,12 +205,16 @@ def main() -> None:
             steps.append(("mlx_lm.server", lambda: run_peer(model, work, tmp)))
         if args.gguf and "llamacpp" not in skip and importlib.util.find_spec("llama_cpp"):
             steps.append(("llama.cpp", lambda: run_raw("llamacpp", args.gguf, work)))
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.load)]
+        time.sleep(1.0 if hogs else 0)  # the engine reads the CPU use when it starts
         load_before = load_average()
-        for name, step in steps:
-            print(f"... {name}", flush=True)
-            started = time.perf_counter()
-            columns[name] = step()
-            columns[name]["wall_s"] = time.perf_counter() - started
+        try:
+            _run_steps(steps, columns)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
         kv = None
         kv_types = [t for t in args.kv_types.split(",") if t]
         if kv_types:
@@ -205,7 +225,7 @@ def main() -> None:
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
             "time": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average": [load_before, load_average()]}
+            "load_average": [load_before, load_average()], "busy_loops": args.load}
     report(columns, meta, out_dir, kv)
 
 

@@ -37,6 +37,9 @@ class Workload:
     agg_tokens: int = 48
     turns: int = 10
     turn_tokens: int = 24
+    # A long single-stream decode timed for the per-token overhead (the tiny model: compute is
+    # negligible, so what is left is the server's own path); 0 = none.
+    overhead_tokens: int = 0
 
     @classmethod
     def quick(cls) -> Workload:

@@ -59,6 +59,14 @@ def measure(stream: Stream, complete: Complete | None, work: Workload,
         # read, so count the whole request (a lower bound that includes the prefill).
         out["decode_tok_s"] = long.tokens / (long.last - started)
         out["decode_note"] = "stream arrived in a burst: tokens / whole request time"
+    if work.overhead_tokens:
+        cpu_before = cpu() if cpu else None
+        run = stream(user(LONG_ASK), work.overhead_tokens)
+        cpu_used = cpu() - cpu_before if cpu and cpu_before is not None else None
+        if run.tokens > 1 and run.last > run.first:
+            out["overhead_tokens"] = run.tokens
+            out["overhead_wall_us_per_tok"] = (run.last - run.first) / (run.tokens - 1) * 1e6
+            out["overhead_cpu_us_per_tok"] = cpu_used / run.tokens * 1e6 if cpu_used else None
     for clients in work.clients:
         if complete is None and clients > 1:
             continue

@@ -92,7 +92,8 @@ def main() -> None:
     if args.engine == "mlx":
         from bridge.engine import blas
 
-        out["blas"] = blas.enable().name  # MLX_BRIDGE_BLAS=off gives the wheel's own BLAS
+        info = blas.enable()  # MLX_BRIDGE_BLAS=off gives the wheel's own BLAS
+        out["blas"], out["blas_threads"] = info.name, info.threads
         out["matmul_gflops"] = matmul_gflops()
         stream = mlx_stream(args.model)
     else:

@@ -37,10 +37,24 @@ def test_blas_leaves_the_busy_cores_alone(no_thread_override):
 
 
 def test_blas_threads_read_the_load_average_when_not_given(no_thread_override, monkeypatch):
+    monkeypatch.setattr(blas, "_cpu_times", lambda: None)  # the load average alone
     monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
     assert blas.threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert blas.threads() == blas.physical_cores()
+
+
+def test_blas_threads_see_load_that_just_began(no_thread_override, monkeypatch):
+    """The load average lags by a minute: the CPU use of the last quarter second counts too,
+    not counting this process's own start-up work."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(blas.time, "sleep", lambda s: None)
+    cores = blas.physical_cores()
+    readings = iter([(1000, 500, 0), (1100, 500, 0)])  # 100 jiffies, none idle: all busy
+    monkeypatch.setattr(blas, "_cpu_times", lambda: next(readings))
+    assert blas.threads() == 1
+    readings = iter([(1000, 500, 0), (1100, 505, 90)])  # busy, but with this process's work
+    assert blas.threads() == cores
 
 
 def test_physical_cores_do_not_count_smt_siblings():

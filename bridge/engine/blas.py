@@ -14,6 +14,7 @@ loaded as it is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +99,9 @@ def threads(load: float | None = None) -> int:
     (other processes, test suites) a descheduled worker stalls every matmul. Measured on 2
     cores: SmolLM2 decoded at 1.3 tok/s with 2 threads and 5.0 with 1 at load 4-5, while on the
     idle machine 2 threads are 1.23x faster than 1 (issue 17). So the rule is the physical
-    cores that the rest of the machine leaves idle (1-minute load average, read once when the
-    engine starts: `load` overrides it), at least 1.
+    cores that the rest of the machine leaves idle, measured once when the engine starts:
+    `load` is how many cores are busy (default: the busier of the 1-minute load average and
+    the CPU use over the last quarter second, /proc/stat), at least 1 thread.
     """
     for var in ("MLX_BRIDGE_BLAS_THREADS", "OPENBLAS_NUM_THREADS"):
         raw = os.environ.get(var, "").strip()
@@ -106,11 +109,41 @@ def threads(load: float | None = None) -> int:
             return int(raw)
     cores = physical_cores()
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load average (Windows): assume a busy machine
-            load = float(cores - 1)
+        load = busy_cores(cores)
     return max(1, min(cores, cores - round(load)))
+
+
+def busy_cores(cores: int, sample: float = 0.25) -> float:
+    """How many of `cores` other work keeps busy: the 1-minute load average (sustained load)
+    or the share of CPU time not idle over `sample` seconds (load that just began), whichever
+    is higher. A machine without either reading counts as busy but one core."""
+    readings = []
+    with contextlib.suppress(AttributeError, OSError):
+        readings.append(os.getloadavg()[0])
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(sample)
+        after = _cpu_times()
+        if after is not None and after[0] > before[0]:
+            total, idle, own = (a - b for a, b in zip(after, before, strict=True))
+            # This process's own start-up (imports on other threads) is not other work.
+            readings.append(cores * max(0.0, 1 - (idle + own) / total))
+    return max(readings) if readings else float(cores - 1)
+
+
+def _cpu_times() -> tuple[int, int, int] | None:
+    """(all, idle, this process's) jiffies from /proc/stat's "cpu" line and /proc/self/stat
+    (Linux only)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5 or len(own) < 13:
+        return None
+    return sum(fields[:8]), fields[3] + fields[4], int(own[11]) + int(own[12])
 
 
 def physical_cores() -> int:

@@ -96,6 +96,7 @@ class Engine:
         self._waiting = 0
         self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
+        self.blas_threads: int | None = None
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -169,7 +170,8 @@ class Engine:
         state = self.state if self.alive or self.state != "running" else "stopped"
         return {"state": state, "queued": waiting, "active": running,
                 "num_parallel": self.num_parallel,
-                "blas": self.blas, "restarts": self.restarts,
+                "blas": self.blas, "blas_threads": self.blas_threads,
+                "restarts": self.restarts,
                 "last_crash": dict(self.last_crash) if self.last_crash else None}
 
     def _down_message(self) -> str:
@@ -192,7 +194,8 @@ class Engine:
         """Load the fast BLAS, then import MLX on this thread so the first request does not pay."""
         from bridge.engine.blas import enable
 
-        self.blas = enable().name  # before MLX's first matmul binds its BLAS symbols
+        info = enable()  # before MLX's first matmul binds its BLAS symbols
+        self.blas, self.blas_threads = info.name, info.threads
         import mlx.core as mx
         import mlx_lm  # noqa: F401
         from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
