@@ -16,35 +16,77 @@ log = logging.getLogger(__name__)
 # Prompt tokens prefilled per step: a long prompt delays the others' next token by one chunk
 # (and a cancel by as much), while chunks this size still run at full BLAS speed on a CPU.
 PREFILL_STEP = 512
+DRAFT_TOKENS = 3  # tokens the draft proposes per step (mlx-lm's default is 2)
 
 
 class Solo:
     """The one job of a runner, decoding alone on mlx-lm's generate_step: a batch of one costs
-    more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). Its cache
-    always holds exactly `fed` (generate_step feeds each token it yields at once)."""
+    more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). With a draft
+    model (a mapping's `draft:`) it runs mlx-lm's speculative_generate_step instead: the draft
+    proposes tokens, the model checks them all in one forward pass.
+
+    `fed` is the prompt and every token yielded; the model's cache holds a prefix of it (all of
+    it on the plain path; on the speculative one the last token may still be unfed)."""
 
     def __init__(self, entry: Entry, cache: list[Any], tokens: list[int]) -> None:
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
         from mlx_lm.models.cache import trim_prompt_cache
 
         from bridge.engine.single import with_prefix
 
         self.entry, self.cache, self.fed = entry, cache, list(tokens)
+        self.drafted = 0  # tokens that came from the draft (accepted)
         trim_prompt_cache(cache, 1)  # the last token runs again: its logits give the next one
-        self.iter = generate_step(mx.array(tokens[-1:]), entry.loaded.model, max_tokens=-1,
-                                  sampler=entry.sampler,
-                                  logits_processors=with_prefix(entry.processors, tokens[:-1]),
-                                  prompt_cache=cache)
+        loaded, job = entry.loaded, entry.job
+        processors = with_prefix(entry.processors, tokens[:-1])
+        if job.draft_path and loaded.draft is not None and loaded.draft_key == job.draft_path:
+            from mlx_lm.generate import speculative_generate_step
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self.draft_cache = make_prompt_cache(loaded.draft)
+            for i in range(0, len(tokens) - 1, PREFILL_STEP):  # the draft sees the context too
+                loaded.draft(mx.array(tokens[i : min(i + PREFILL_STEP, len(tokens) - 1)])[None],
+                             cache=self.draft_cache)
+                mx.eval([c.state for c in self.draft_cache])
+            left = max(1, entry.limit - len(entry.sink.tokens)) + 1  # it takes no -1 (endless)
+            self.iter = speculative_generate_step(
+                mx.array(tokens[-1:]), loaded.model, loaded.draft, max_tokens=left,
+                num_draft_tokens=DRAFT_TOKENS, sampler=entry.sampler,
+                logits_processors=processors, prompt_cache=cache + self.draft_cache)
+            self.speculative = True
+        else:
+            from mlx_lm.generate import generate_step
+
+            self.iter = generate_step(mx.array(tokens[-1:]), loaded.model, max_tokens=-1,
+                                      sampler=entry.sampler, logits_processors=processors,
+                                      prompt_cache=cache)
+            self.speculative = False
 
     def next(self) -> bool:
         """Decode one token into the job's sink; True when the job finished."""
-        token = int(next(self.iter)[0])
+        out = next(self.iter, None)
+        if out is None:  # the generator's own limit (set past the job's): end as the limit
+            return self.entry.sink.finish("length")
+        token = int(out[0])
+        if self.speculative and out[2]:
+            self.drafted += 1
         self.fed.append(token)
         return self.entry.sink.add(token)
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """End the generator; returns how many of `fed` the model's cache holds (trimmed to
+        at most all of it)."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
         self.iter.close()
+        held = self.cache[0].offset if hasattr(self.cache[0], "offset") else len(self.fed)
+        if held > len(self.fed):
+            trim_prompt_cache(self.cache, held - len(self.fed))
+            held = len(self.fed)
+        if self.speculative:
+            log.info("speculative request_id=%s tokens=%d from_draft=%d",
+                     self.entry.job.request_id, len(self.entry.sink.tokens), self.drafted)
+        return held
 
 
 class BatchRunner:
@@ -138,14 +180,16 @@ class BatchRunner:
         """Another job arrived: the lone one goes back into the batch where it left off."""
         solo, self._solo = self._solo, None
         assert solo is not None
-        solo.close()
+        held = solo.close()
         from mlx_lm.models.cache import trim_prompt_cache
 
         entry = solo.entry
-        trim_prompt_cache(solo.cache, 1)  # as at a prompt's end: the last token runs again
+        if held == len(solo.fed):  # as at a prompt's end: the last token runs again
+            trim_prompt_cache(solo.cache, 1)
+            held -= 1
         left = max(1, entry.limit - len(entry.sink.tokens))
-        (uid,) = self._gen.insert([solo.fed[-1:]], max_tokens=[left], caches=[solo.cache],
-                                  all_tokens=[solo.fed[:-1]], samplers=[entry.sampler],
+        (uid,) = self._gen.insert([solo.fed[held:]], max_tokens=[left], caches=[solo.cache],
+                                  all_tokens=[solo.fed[:held]], samplers=[entry.sampler],
                                   logits_processors=[[]], stop_sequences=[self._stops])
         self.entries[uid] = entry
 
@@ -162,10 +206,10 @@ class BatchRunner:
             return
         if finished:
             self._solo = None
-            solo.close()
+            held = solo.close()
             assert entry.sink.final is not None
             self._ended.append(Ended(entry.job, entry.loaded, entry.sink.final))
-            self.prompts.insert(self.model_key, solo.fed, solo.cache)
+            self.prompts.insert(self.model_key, solo.fed[:held], solo.cache)
 
     def _guarded(self, job_id: int, processor: Any) -> Any:
         """Run inside mlx-lm's batched step: a raising processor marks its job, not the batch."""

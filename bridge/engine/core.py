@@ -312,6 +312,8 @@ class Engine:
                 self._load_only(job, keep_alive)
                 return
             loaded, load_ns = self.cache.load(job.model_path, job.model_name)
+            if job.draft_path:
+                loaded.attach_draft(job.draft_path)
         except Exception as exc:
             self._send(job, Failed(as_bridge_error(exc)))
             return

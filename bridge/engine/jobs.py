@@ -100,6 +100,8 @@ class Job:
     events: queue.Queue[Event] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    # Speculative decoding: the draft model's directory (a mapping's `draft:`); None: none.
+    draft_path: str | None = None
 
     def cancel(self) -> None:
         """Ask the engine to stop this job at its next step (safe from any thread)."""

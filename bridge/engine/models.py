@@ -40,6 +40,17 @@ class LoadedModel:
     samplers: dict[tuple, Any] = field(default_factory=dict)  # shared: one batched sampling call
     kv_bytes_per_token: int = 0  # KV cache bytes one token of context costs (0: not measured)
     kv_bits: int | None = None  # quantized KV caches (OLLAMA_KV_CACHE_TYPE); None: model dtype
+    draft: Any = None  # speculative decoding's draft model (a mapping's `draft:`), loaded once
+    draft_key: str = ""
+
+    def attach_draft(self, path: str) -> None:
+        """Load the draft model beside this one (its memory goes with this model's)."""
+        if self.draft is not None and self.draft_key == path:
+            return
+        draft, _ = load_weights(path)
+        self.draft, self.draft_key = draft, path
+        self.size += _model_bytes(draft)
+        log.info("draft model loaded model=%s draft=%s", self.name, path)
 
     def new_cache(self) -> list[Any] | None:
         """A fresh per-sequence KV cache when quantized; None lets mlx-lm make its own."""

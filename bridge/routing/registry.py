@@ -57,6 +57,9 @@ class MappedModel:
     keep_alive: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     origin: str = "mappings"
+    # Speculative decoding's draft: another mapped name, a repo id or a directory (resolved
+    # like `mlx`); None: plain decoding.
+    draft: str | None = None
 
     @property
     def is_local_dir(self) -> bool:
@@ -107,8 +110,13 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
     except BadRequest as exc:
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
+    draft = spec.get("draft")
+    if draft is not None and (not isinstance(draft, str) or not draft):
+        raise MappingError(f"model {raw_name!r}: draft must be a model name, repo id or directory")
+    if draft is not None and ("/" in draft or Path(base, draft).exists()):
+        draft = resolve_source(draft, base)  # a directory or a repo id; else a mapped name
     return MappedModel(name, resolve_source(spec["mlx"], base), backend, keep_alive, options,
-                       origin)
+                       origin, draft=draft)
 
 
 def resolve_source(source: str, base: Path) -> str:

@@ -195,6 +195,18 @@ class LocalBackend:
         context = job.options.context(model.description.context_length)
         spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
 
+    def draft_path(self, model: LocalModel) -> str | None:
+        """The directory of the mapping's speculative draft (a mapped name or a source)."""
+        draft = model.entry.draft
+        if not draft:
+            return None
+        entry = self.registry.lookup(draft) or replace(model.entry, name=draft, source=draft,
+                                                         draft=None)
+        path = self.registry.local_dir(entry)
+        if path is None:
+            raise ModelLoadError(f"draft model {draft!r} of {model.entry.name} is not on disk")
+        return str(path.resolve())
+
     def preload(self, model: LocalModel) -> None:
         """After a load: the request-side tokenizer too, so the first request pays nothing."""
         self.tokenizers.preload(model.key, model.description.digest)
