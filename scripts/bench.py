@@ -140,6 +140,17 @@ def run_kv(model: str, types: list[str], tokens: int) -> dict:
     return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
+def run_spec(model: str, draft: str, tokens: int) -> dict:
+    """Speculative decoding against plain, in a fresh process (scripts/bench_spec.py)."""
+    cmd = [sys.executable, str(HERE / "bench_spec.py"), "--model", model, "--draft", draft,
+           "--tokens", str(tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"spec worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("BENCH_JSON "):])
+
+
 def tiny_model(tmp: Path, wide: bool = False) -> str:
     from bridge.testing import build_tiny_model
 
@@ -174,6 +185,10 @@ def main() -> None:
     p.add_argument("--load", type=int, default=0,
                    help="run N busy-looping processes throughout (the 'under load' half of the "
                         "BLAS thread rule; compare with a run without)")
+    p.add_argument("--draft", help="a draft model directory for the speculative run")
+    p.add_argument("--draft-layers", type=int, default=-1,
+                   help="cut a draft from the model's first N layers (default: 1 on the tiny "
+                        "model, none otherwise); 0 skips the speculative run")
     p.add_argument("--kv-types", default="f16,q8_0,q4_0",
                    help="KV cache types to compare ('' to skip)")
     args = p.parse_args()
@@ -222,11 +237,20 @@ def main() -> None:
             # The tiny model's 16-wide heads cannot be quantized (MLX groups of 64): a wider one.
             kv_model = args.model or tiny_model(tmp, wide=True)
             kv = run_kv(kv_model, kv_types, min(work.decode_tokens, 48))
+        spec = None
+        layers = args.draft_layers if args.draft_layers >= 0 else (0 if args.model else 1)
+        if args.draft or layers:
+            from bridge.testing import build_self_draft
+
+            print("... speculative decoding", flush=True)
+            draft = args.draft or str(build_self_draft(model, tmp / "draft", layers))
+            spec = run_spec(model, draft, work.decode_tokens)
+            spec["draft_layers"] = None if args.draft else layers
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
             "time": time.strftime("%Y-%m-%d %H:%M"),
             "load_average": [load_before, load_average()], "busy_loops": args.load}
-    report(columns, meta, out_dir, kv)
+    report(columns, meta, out_dir, kv, spec)
 
 
 if __name__ == "__main__":

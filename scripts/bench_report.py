@@ -118,7 +118,8 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
             ok in checks]
 
 
-def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None = None) -> None:
+def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None = None,
+           spec: dict | None = None) -> None:
     names = list(columns)
     table = rows(columns)
     width = max(len(label) for label, _ in table)
@@ -134,7 +135,13 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None 
         print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
     if kv:
         print_kv(kv)
-    data = {"meta": meta, "columns": columns, "kv_cache": kv,
+    if spec:
+        print(f"\nspeculative decoding (draft {spec.get('draft_layers') or spec['draft']}"
+              f"{' layers' if spec.get('draft_layers') else ''}, a lone greedy stream): "
+              f"plain {_fmt(spec['plain_tok_s'])} tok/s, speculative "
+              f"{_fmt(spec['speculative_tok_s'])} tok/s ({_fmt(spec['speedup'])}x), "
+              f"acceptance {_fmt(spec['acceptance'])}, identical output: {spec['identical']}")
+    data = {"meta": meta, "columns": columns, "kv_cache": kv, "speculative": spec,
             "targets": [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in checks]}
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
     print(f"\nwrote {out_dir / 'bench.json'}")
