@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -214,7 +214,7 @@ def build_self_draft(source: str | os.PathLike, path: str | os.PathLike,
     import re
     import shutil
 
-    from safetensors.numpy import load_file
+    import mlx.core as mx
 
     src, out = pathlib.Path(source), pathlib.Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,9 +224,9 @@ def build_self_draft(source: str | os.PathLike, path: str | os.PathLike,
     config = json.loads((src / "config.json").read_text())
     config["num_hidden_layers"] = layers
     _write_json(out / "config.json", config)
-    weights: dict[str, np.ndarray] = {}
+    weights: dict[str, Any] = {}
     for file in sorted(src.glob("*.safetensors")):
-        for name, value in load_file(str(file)).items():
+        for name, value in mx.load(str(file)).items():
             m = re.match(r"model\.layers\.(\d+)\.", name)
             if m is None or int(m.group(1)) < layers:
                 weights[name] = value
