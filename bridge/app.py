@@ -46,7 +46,9 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
     registry = Registry(config.mappings_path, config.home)
     engine = engine or Engine(keep_alive=config.keep_alive, max_loaded=config.max_loaded_models,
                               max_queue=config.max_queue, num_parallel=config.num_parallel,
-                              max_embed_tokens=config.max_embed_tokens)
+                              max_embed_tokens=config.max_embed_tokens,
+                              max_model_bytes=config.max_model_bytes,
+                              kv_cache_type=config.kv_cache_type)
     store = Store(config.database_url or config.home / DB_FILE)
     metrics = Metrics(engine.snapshot)
     keys = auth.KeyGate(config, store, metrics)

@@ -48,7 +48,9 @@ __all__ = [
 
 DEFAULT_PORT = 11434
 DEFAULT_MAX_LOADED_MODELS = 3  # Ollama: 0 = automatic = 3 on CPU / unified memory
-DEFAULT_NUM_PARALLEL = 4  # Ollama defaults to 1; the bridge batches, so 4
+# Ollama defaults to 1; the bridge batches: 8 lets 8 clients outrun mlx_lm.server (issue 17).
+# The engine lowers it per model when memory cannot hold that many full KV caches.
+DEFAULT_NUM_PARALLEL = 8
 DEFAULT_MAX_QUEUE = 512
 DEFAULT_THREADS = 64
 DEFAULT_REQUEST_TIMEOUT = 300.0
@@ -273,6 +275,8 @@ class Config:
     max_embed_inputs: int = DEFAULT_MAX_EMBED_INPUTS
     max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_model_bytes: int = 0  # byte budget for resident MLX models; 0 = none (count only)
+    kv_cache_type: str = "f16"  # OLLAMA_KV_CACHE_TYPE: f16 (model dtype), q8_0 or q4_0
     # the shared registry (docs/registry.md): PostgreSQL URL, else the SQLite file in `home`
     database_url: str | None = None
     bridge_name: str | None = None  # this bridge in request records; default hostname:port
@@ -304,6 +308,43 @@ def _env_int(
         return default
     n = int(value)
     return default if n == 0 and zero_is_default else n
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def _env_bytes(env: Mapping[str, str], key: str) -> int:
+    """A byte count such as ``8000000000``, ``8GB`` or ``6GiB``; invalid values warn, give 0.
+
+    >>> _env_bytes({"X": "1.5 GiB"}, "X"), _env_bytes({"X": "512"}, "X")
+    (1610612736, 512)
+    """
+    value = _env_str(env, key)
+    if value is None:
+        return 0
+    text = value.lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        n = float(number)
+    except ValueError:
+        n = -1.0
+    if unit not in _BYTE_UNITS or n < 0:
+        _log().warning("invalid environment variable, using no limit: %s=%r", key, value)
+        return 0
+    return int(n * _BYTE_UNITS[unit])
+
+
+def _kv_cache_type(env: Mapping[str, str]) -> str:
+    """OLLAMA_KV_CACHE_TYPE like Ollama: an unknown type warns and keeps f16."""
+    value = (_env_str(env, "OLLAMA_KV_CACHE_TYPE") or "f16").lower()
+    if value not in KV_CACHE_TYPES:
+        _log().warning("invalid OLLAMA_KV_CACHE_TYPE, using f16: value=%r choices=%s", value,
+                       ",".join(KV_CACHE_TYPES))
+        return "f16"
+    return value
 
 
 def _truthy(value: str | None) -> bool:
@@ -372,6 +413,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "database_url": _env_str(env, "MLX_BRIDGE_DATABASE_URL"),
         "bridge_name": _env_str(env, "MLX_BRIDGE_ID"),
         "require_keys": _truthy(_env_str(env, "MLX_BRIDGE_REQUIRE_KEYS")),
+        "max_model_bytes": _env_bytes(env, "MLX_BRIDGE_MAX_MODEL_BYTES"),
+        "kv_cache_type": _kv_cache_type(env),
     }
 
 

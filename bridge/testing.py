@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -204,3 +204,31 @@ def _save_weights(file: pathlib.Path, weights: dict[str, np.ndarray]) -> None:
 def _write_json(file: pathlib.Path, data: dict) -> None:
     """Write ``data`` as pretty-printed JSON."""
     file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_self_draft(source: str | os.PathLike, path: str | os.PathLike,
+                     layers: int) -> pathlib.Path:
+    """A speculative-decoding draft cut from a llama-style model: its first `layers` layers
+    with the embeddings, final norm and head (same tokenizer files). Cheap to run, and it
+    agrees with its model often enough to show what acceptance does."""
+    import re
+    import shutil
+
+    import mlx.core as mx
+
+    src, out = pathlib.Path(source), pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in src.iterdir():
+        if file.is_file() and not file.name.endswith(".safetensors") and file.name != "config.json":
+            shutil.copy2(file, out / file.name)
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    _write_json(out / "config.json", config)
+    weights: dict[str, Any] = {}
+    for file in sorted(src.glob("*.safetensors")):
+        for name, value in mx.load(str(file)).items():
+            m = re.match(r"model\.layers\.(\d+)\.", name)
+            if m is None or int(m.group(1)) < layers:
+                weights[name] = value
+    _save_weights(out / "model.safetensors", weights)
+    return out

@@ -6,9 +6,14 @@ Same model, same prompts, one run:
   bridge       `mlx-bridge serve` /api/chat (a real server process)
   mlx_lm.server /v1/chat/completions (the peer, on the same fast BLAS through LD_PRELOAD)
   llama.cpp    llama-cpp-python on --gguf, when it is installed
+  KV cache     the bridge's engine per OLLAMA_KV_CACHE_TYPE: memory per 1k tokens, greedy
+               agreement with f16, batched (scripts/bench_kv.py)
+The bridge runs at its defaults (BLAS threads, OLLAMA_NUM_PARALLEL): what users get.
 Prints a table of values and ratios against the targets, writes bench.json and bench.png.
+Each run records the load average: on a busy machine the wall-clock numbers move 2-4x; the
+CPU microseconds per token move far less.
 
-    python scripts/bench.py --quick                     # tiny random model, about a minute
+    python scripts/bench.py --quick                     # tiny random model, under a minute
     python scripts/bench.py --model DIR [--gguf FILE]   # a real MLX model (+ its GGUF)
 """
 
@@ -31,7 +36,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_common import PeakRss, Workload, free_port, rss_bytes, start_server, tree_pids  # noqa: E402
+from bench_common import (  # noqa: E402
+    PeakRss,
+    Workload,
+    cpu_seconds,
+    free_port,
+    load_average,
+    rss_bytes,
+    start_server,
+    tree_pids,
+)
 from bench_measure import measure, ollama_client, openai_client  # noqa: E402
 from bench_report import report  # noqa: E402
 
@@ -57,8 +71,7 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
     port = free_port()
     cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port),
            "--mappings", str(mappings), "--home", str(tmp / "home")]
-    server = start_server("bridge", cmd, {"OLLAMA_NUM_PARALLEL": str(max(work.clients)),
-                                          "HF_HUB_OFFLINE": "1", **(env or {})}, port,
+    server = start_server("bridge", cmd, {"HF_HUB_OFFLINE": "1", **(env or {})}, port,
                           lambda url: requests.get(url + "/health", timeout=2)
                           .json()["engine"]["state"] == "running",
                           tmp)
@@ -67,9 +80,12 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         health = requests.get(server.url + "/health", timeout=5).json()["engine"]
         rss_before = rss_bytes(tree_pids(server.proc.pid))
         peak = PeakRss(server.proc.pid)
-        out = measure(*ollama_client(server.url, "bench"), work)
+        out = measure(*ollama_client(server.url, "bench"), work,
+                      cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
         out["peak_rss"] = peak.stop()
         out["blas"] = health.get("blas")
+        out["num_parallel"] = health.get("num_parallel")
+        out["blas_threads"] = health.get("blas_threads")
         out["rss_before_load"] = rss_before
         out["rss_after_unload"] = _rss_after_expiry(server.url, server.proc.pid)
         return out
@@ -96,24 +112,60 @@ def run_peer(model: str, work: Workload, tmp: Path) -> dict:
     env = {"HF_HUB_OFFLINE": "1"}
     if sys.platform.startswith("linux"):
         env["LD_PRELOAD"] = str(blas.patched_openblas())  # the same fast path as the bridge
-        env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread count
+        env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread rule
     port = free_port()
     cmd = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)]
     server = start_server("mlx_lm.server", cmd, env, port,
                           lambda url: requests.get(url + "/v1/models", timeout=2).ok, tmp)
     try:
         peak = PeakRss(server.proc.pid)
-        out = measure(*openai_client(server.url), work)
+        out = measure(*openai_client(server.url), work,
+                      cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
         out["peak_rss"] = peak.stop()
+        out["blas_threads"] = int(env["OPENBLAS_NUM_THREADS"]) if "OPENBLAS_NUM_THREADS" in env \
+            else None
         return out
     finally:
         server.stop()
 
 
-def tiny_model(tmp: Path) -> str:
+def run_kv(model: str, types: list[str], tokens: int) -> dict:
+    """The KV-cache types side by side, in a fresh process (scripts/bench_kv.py)."""
+    cmd = [sys.executable, str(HERE / "bench_kv.py"), "--model", model, "--types", ",".join(types),
+           "--tokens", str(tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"kv worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("BENCH_JSON "):])
+
+
+def run_spec(model: str, draft: str, tokens: int) -> dict:
+    """Speculative decoding against plain, in a fresh process (scripts/bench_spec.py)."""
+    cmd = [sys.executable, str(HERE / "bench_spec.py"), "--model", model, "--draft", draft,
+           "--tokens", str(tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"spec worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("BENCH_JSON "):])
+
+
+def tiny_model(tmp: Path, wide: bool = False) -> str:
     from bridge.testing import build_tiny_model
 
+    if wide:
+        return str(build_tiny_model(tmp / "tiny-wide", hidden_size=128, num_heads=2,
+                                    num_kv_heads=1, intermediate_size=256))
     return str(build_tiny_model(tmp / "tiny"))
+
+
+def _run_steps(steps: list, columns: dict[str, dict]) -> None:
+    for name, step in steps:
+        print(f"... {name}", flush=True)
+        started = time.perf_counter()
+        columns[name] = step()
+        columns[name]["wall_s"] = time.perf_counter() - started
 
 
 def main() -> None:
@@ -128,9 +180,22 @@ def main() -> None:
                    help="comma list of columns to leave out: raw-bundled,peer,llamacpp")
     p.add_argument("--bridge-bundled", action="store_true",
                    help="also run the bridge on the bundled BLAS")
+    p.add_argument("--bridge-threads", type=int, default=0,
+                   help="also run the bridge with this many BLAS threads (the default's rival)")
+    p.add_argument("--load", type=int, default=0,
+                   help="run N busy-looping processes throughout (the 'under load' half of the "
+                        "BLAS thread rule; compare with a run without)")
+    p.add_argument("--draft", help="a draft model directory for the speculative run")
+    p.add_argument("--draft-layers", type=int, default=-1,
+                   help="cut a draft from the model's first N layers (default: 1 on the tiny "
+                        "model, none otherwise); 0 skips the speculative run")
+    p.add_argument("--kv-types", default="f16,q8_0,q4_0",
+                   help="KV cache types to compare ('' to skip)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Workload.quick() if args.quick or not args.model else Workload.full()
+    if not args.model:  # the tiny model: the per-token overhead run (about 2 s per column)
+        work = replace(work, overhead_tokens=2000)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlx-bridge-bench-") as tmp_name:
@@ -144,6 +209,10 @@ def main() -> None:
             steps.append(("raw (bundled BLAS)",
                           lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
         steps.append(("bridge", lambda: run_bridge(model, work, tmp)))
+        if args.bridge_threads:
+            steps.append((f"bridge ({args.bridge_threads} BLAS threads)",
+                          lambda: run_bridge(model, work, tmp, {
+                              "MLX_BRIDGE_BLAS_THREADS": str(args.bridge_threads)})))
         if args.bridge_bundled:
             steps.append(("bridge (bundled BLAS)",
                           lambda: run_bridge(model, work, tmp, {"MLX_BRIDGE_BLAS": "off"})))
@@ -151,15 +220,37 @@ def main() -> None:
             steps.append(("mlx_lm.server", lambda: run_peer(model, work, tmp)))
         if args.gguf and "llamacpp" not in skip and importlib.util.find_spec("llama_cpp"):
             steps.append(("llama.cpp", lambda: run_raw("llamacpp", args.gguf, work)))
-        for name, step in steps:
-            print(f"... {name}", flush=True)
-            started = time.perf_counter()
-            columns[name] = step()
-            columns[name]["wall_s"] = time.perf_counter() - started
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.load)]
+        time.sleep(1.0 if hogs else 0)  # the engine reads the CPU use when it starts
+        load_before = load_average()
+        try:
+            _run_steps(steps, columns)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        kv = None
+        kv_types = [t for t in args.kv_types.split(",") if t]
+        if kv_types:
+            print("... KV cache types", flush=True)
+            # The tiny model's 16-wide heads cannot be quantized (MLX groups of 64): a wider one.
+            kv_model = args.model or tiny_model(tmp, wide=True)
+            kv = run_kv(kv_model, kv_types, min(work.decode_tokens, 48))
+        spec = None
+        layers = args.draft_layers if args.draft_layers >= 0 else (0 if args.model else 1)
+        if args.draft or layers:
+            from bridge.testing import build_self_draft
+
+            print("... speculative decoding", flush=True)
+            draft = args.draft or str(build_self_draft(model, tmp / "draft", layers))
+            spec = run_spec(model, draft, work.decode_tokens)
+            spec["draft_layers"] = None if args.draft else layers
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
-            "time": time.strftime("%Y-%m-%d %H:%M")}
-    report(columns, meta, out_dir)
+            "time": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average": [load_before, load_average()], "busy_loops": args.load}
+    report(columns, meta, out_dir, kv, spec)
 
 
 if __name__ == "__main__":

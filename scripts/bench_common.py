@@ -37,6 +37,9 @@ class Workload:
     agg_tokens: int = 48
     turns: int = 10
     turn_tokens: int = 24
+    # A long single-stream decode timed for the per-token overhead (the tiny model: compute is
+    # negligible, so what is left is the server's own path); 0 = none.
+    overhead_tokens: int = 0
 
     @classmethod
     def quick(cls) -> Workload:
@@ -107,6 +110,26 @@ def rss_bytes(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time summed over `pids` (from /proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 class PeakRss:

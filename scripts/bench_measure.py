@@ -29,13 +29,24 @@ Stream = Callable[[list[dict], int], Result]
 Complete = Callable[[list[dict], int], int]
 
 
-def measure(stream: Stream, complete: Complete | None, work: Workload) -> dict:
-    """Every number of one engine's column (complete=None: no concurrency, one client only)."""
-    stream(user("Warm up."), 2)  # model load, first-call compilation: not measured
+def measure(stream: Stream, complete: Complete | None, work: Workload,
+            cpu: Callable[[], float] | None = None) -> dict:
+    """Every number of one engine's column (complete=None: no concurrency, one client only).
+
+    `cpu`: the engine's CPU seconds so far (its process tree); the long decode is also counted
+    in CPU microseconds per token, which a busy machine disturbs far less than wall time."""
+    began = time.perf_counter()
+    first_ms = stream(user("Warm up."), 2).ttft * 1000  # load and first use: shown, not mixed in
+    first_ms = first_ms if first_ms > 0 else (time.perf_counter() - began) * 1000
     ttfts = [stream(user(QUESTIONS[i % len(QUESTIONS)]), work.ttft_tokens).ttft * 1000
              for i in range(work.ttft_requests)]
+    cpu_before = cpu() if cpu else None
     long = stream(user(LONG_ASK), work.decode_tokens)
+    cpu_used = cpu() - cpu_before if cpu and cpu_before is not None else None
     out: dict = {
+        "first_request_ms": first_ms,
+        "decode_cpu_us_per_tok": cpu_used / long.tokens * 1e6 if cpu_used and long.tokens
+        else None,
         "ttft_ms_p50": percentile(ttfts, 50), "ttft_ms_p95": percentile(ttfts, 95),
                  "ttft_ms": ttfts,
         "decode_tok_s": decode_rate(long.tokens, long.first, long.last),
@@ -48,6 +59,14 @@ def measure(stream: Stream, complete: Complete | None, work: Workload) -> dict:
         # read, so count the whole request (a lower bound that includes the prefill).
         out["decode_tok_s"] = long.tokens / (long.last - started)
         out["decode_note"] = "stream arrived in a burst: tokens / whole request time"
+    if work.overhead_tokens:
+        cpu_before = cpu() if cpu else None
+        run = stream(user(LONG_ASK), work.overhead_tokens)
+        cpu_used = cpu() - cpu_before if cpu and cpu_before is not None else None
+        if run.tokens > 1 and run.last > run.first:
+            out["overhead_tokens"] = run.tokens
+            out["overhead_wall_us_per_tok"] = (run.last - run.first) / (run.tokens - 1) * 1e6
+            out["overhead_cpu_us_per_tok"] = cpu_used / run.tokens * 1e6 if cpu_used else None
     for clients in work.clients:
         if complete is None and clients > 1:
             continue

@@ -92,12 +92,13 @@ def main() -> None:
     if args.engine == "mlx":
         from bridge.engine import blas
 
-        out["blas"] = blas.enable().name  # MLX_BRIDGE_BLAS=off gives the wheel's own BLAS
+        info = blas.enable()  # MLX_BRIDGE_BLAS=off gives the wheel's own BLAS
+        out["blas"], out["blas_threads"] = info.name, info.threads
         out["matmul_gflops"] = matmul_gflops()
         stream = mlx_stream(args.model)
     else:
         stream = llamacpp_stream(args.model, args.threads)
-    out.update(measure(stream, None, work))
+    out.update(measure(stream, None, work, cpu=time.process_time))
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("BENCH_JSON " + json.dumps(out))
 

@@ -26,10 +26,18 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
     clients = sorted({int(k) for c in columns.values() for k in c.get("aggregate_tok_s", {})})
     table = [
         ("BLAS", col("blas")),
+        ("BLAS threads", col("blas_threads")),
         ("matmul f32 1024 GFLOP/s", col("matmul_gflops")),
+        ("OLLAMA_NUM_PARALLEL", col("num_parallel")),
+        ("first request TTFT ms (incl. load)", col("first_request_ms")),
         ("TTFT p50 ms", col("ttft_ms_p50")),
         ("TTFT p95 ms", col("ttft_ms_p95")),
         ("decode tok/s (1 stream)", col("decode_tok_s")),
+        ("decode wall us/token", col("decode_tok_s", lambda v: 1e6 / v if v else None)),
+        ("decode CPU us/token", col("decode_cpu_us_per_tok")),
+        ("overhead run: tokens", col("overhead_tokens")),
+        ("overhead run: wall us/token", col("overhead_wall_us_per_tok")),
+        ("overhead run: CPU us/token", col("overhead_cpu_us_per_tok")),
     ]
     for n in clients:
         table.append((f"aggregate tok/s @{n}", [c.get("aggregate_tok_s",
@@ -37,6 +45,7 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
     table += [
         ("chat turns", col("chat_ttft_ms", lambda v: len(v) if v else None)),
         ("chat turn 1 TTFT ms", col("chat_ttft_ms", lambda v: v[0] if v else None)),
+        ("chat turn 2 TTFT ms", col("chat_ttft_ms", lambda v: v[1] if v and len(v) > 1 else None)),
         ("chat last turn TTFT ms", col("chat_ttft_ms", lambda v: v[-1] if v else None)),
         ("peak RSS MB", col("peak_rss", _mb)),
         ("RSS before load MB", col("rss_before_load", _mb)),
@@ -48,6 +57,15 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def _overhead(bridge: float | None, raw: float | None) -> float | None:
+    """Microseconds per token the bridge adds, from two decode rates (tok/s)."""
+    return 1e6 / bridge - 1e6 / raw if bridge and raw else None
+
+
+def _minus(a, b):
+    return a - b if a is not None and b is not None else None
 
 
 def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool | None]]:
@@ -67,10 +85,22 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
         ("bridge aggregate @8 / @1", _ratio(agg.get("8"), agg.get("1")), ">= 2.5",
          lambda v: v >= 2.5),
         ("bridge aggregate @8 / mlx_lm.server @8",
-         _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.0",
-         lambda v: v >= 1.0),
+         _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.2",
+         lambda v: v >= 1.2),
+        ("per-token overhead, wall us (bridge - raw)",
+         _minus(br.get("overhead_wall_us_per_tok"), raw.get("overhead_wall_us_per_tok"))
+         if br.get("overhead_wall_us_per_tok") is not None
+         else _overhead(br.get("decode_tok_s"), raw.get("decode_tok_s")), "<= 100",
+         lambda v: v <= 100),
+        ("per-token overhead, CPU us (bridge - raw)",
+         _minus(br.get("overhead_cpu_us_per_tok"), raw.get("overhead_cpu_us_per_tok"))
+         if br.get("overhead_cpu_us_per_tok") is not None
+         else _minus(br.get("decode_cpu_us_per_tok"), raw.get("decode_cpu_us_per_tok")),
+         "<= 100", lambda v: v <= 100),
         ("bridge chat last / first turn TTFT", _ratio(chat[-1], chat[0]), "<= 1.5",
          lambda v: v <= 1.5),
+        ("bridge chat last / turn-2 TTFT", _ratio(chat[-1], chat[1] if len(chat) > 1 else None),
+         "<= 1.1", lambda v: v <= 1.1),
         ("bridge RSS after unload / before load",
          _ratio(br.get("rss_after_unload"), br.get("rss_before_load")), "<= 1.10",
          lambda v: v <= 1.10),
@@ -88,11 +118,13 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
             ok in checks]
 
 
-def report(columns: dict[str, dict], meta: dict, out_dir: Path) -> None:
+def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None = None,
+           spec: dict | None = None) -> None:
     names = list(columns)
     table = rows(columns)
     width = max(len(label) for label, _ in table)
-    print(f"\nmodel: {meta['model']}   cpus: {meta['cpus']}   {meta['time']}")
+    load = " -> ".join(_fmt(v) for v in meta.get("load_average") or [])
+    print(f"\nmodel: {meta['model']}   cpus: {meta['cpus']}   {meta['time']}   load: {load}")
     print(" " * width + "".join(f"{n:>22}" for n in names))
     for label, values in table:
         print(f"{label:<{width}}" + "".join(f"{_fmt(v):>22}" for v in values))
@@ -101,11 +133,30 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path) -> None:
     for what, value, target, met in checks:
         mark = {True: "ok", False: "MISSED", None: ""}[met]
         print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
-    data = {"meta": meta, "columns": columns,
+    if kv:
+        print_kv(kv)
+    if spec:
+        print(f"\nspeculative decoding (draft {spec.get('draft_layers') or spec['draft']}"
+              f"{' layers' if spec.get('draft_layers') else ''}, a lone greedy stream): "
+              f"plain {_fmt(spec['plain_tok_s'])} tok/s, speculative "
+              f"{_fmt(spec['speculative_tok_s'])} tok/s ({_fmt(spec['speedup'])}x), "
+              f"acceptance {_fmt(spec['acceptance'])}, identical output: {spec['identical']}")
+    data = {"meta": meta, "columns": columns, "kv_cache": kv, "speculative": spec,
             "targets": [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in checks]}
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
     print(f"\nwrote {out_dir / 'bench.json'}")
     chart(columns, meta, out_dir / "bench.png")
+
+
+def print_kv(kv: dict) -> None:
+    """One line per OLLAMA_KV_CACHE_TYPE (4 greedy requests batched, through the engine)."""
+    print("\nKV cache (OLLAMA_KV_CACHE_TYPE), 4 requests batched:")
+    print(f"  {'type':<6} {'bits':>5} {'MB / 1k tokens':>15} {'prompt cache MB':>16} "
+          f"{'aggregate tok/s':>16} {'greedy = f16':>13}")
+    for name, r in kv.items():
+        print(f"  {name:<6} {_fmt(r['kv_bits']):>5} {_fmt(r['kv_mb_per_1k_tokens']):>15} "
+              f"{_fmt(r['prompt_cache_mb']):>16} {_fmt(r['aggregate_tok_s']):>16} "
+              f"{_fmt(r['agreement_with_f16']):>13}")
 
 
 def chart(columns: dict[str, dict], meta: dict, path: Path) -> None:

@@ -75,10 +75,10 @@ def test_a_broken_custom_library_falls_back_without_failing(tmp_path):
 
 
 @linux
-def test_blas_threads_default_to_half_the_cores_unless_set(monkeypatch):
+def test_blas_threads_default_to_the_idle_cores_unless_set(monkeypatch):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.delenv("MLX_BRIDGE_BLAS_THREADS", raising=False)
-    assert blas.threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert blas.threads(load=0.0) == blas.physical_cores() <= len(os.sched_getaffinity(0))
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
     assert blas.threads() == 3
     monkeypatch.setenv("MLX_BRIDGE_BLAS_THREADS", "2")

@@ -193,7 +193,7 @@ def test_defaults(home: Path) -> None:
     assert cfg.home == home
     assert cfg.keep_alive == 300.0
     assert cfg.max_loaded_models == DEFAULT_MAX_LOADED_MODELS == 3
-    assert cfg.num_parallel == DEFAULT_NUM_PARALLEL == 4
+    assert cfg.num_parallel == DEFAULT_NUM_PARALLEL == 8
     assert cfg.max_queue == DEFAULT_MAX_QUEUE == 512
     assert cfg.admin_token is None
     assert cfg.verbose is False

@@ -175,10 +175,10 @@ def test_one_jobs_failing_sink_does_not_fail_its_batch(engine, tiny_model_dir, m
     add = TokenSink.add
     bad = job_for(tiny_model_dir, n=30)
 
-    def failing_add(self, token):
+    def failing_add(self, token, *rest):
         if getattr(self.emit, "__self__", None) is bad.events and len(self.tokens) == 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected detokenizer fault")
-        return add(self, token)
+        return add(self, token, *rest)
 
     monkeypatch.setattr(TokenSink, "add", failing_add)
     neighbour = job_for(tiny_model_dir, n=30)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -57,7 +56,7 @@ def ps() -> Response:
             continue
         rows.append((info.expires_at, {
             "name": model.entry.name, "model": model.entry.name, "size": info.size,
-            "size_vram": info.size if sys.platform == "darwin" else 0,
+            "size_vram": info.size_vram,
             "digest": model.description.digest, "details": model.description.details,
             "expires_at": rfc3339(info.expires_at), "context_length": info.context_length,
         }))

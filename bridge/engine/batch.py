@@ -16,6 +16,77 @@ log = logging.getLogger(__name__)
 # Prompt tokens prefilled per step: a long prompt delays the others' next token by one chunk
 # (and a cancel by as much), while chunks this size still run at full BLAS speed on a CPU.
 PREFILL_STEP = 512
+DRAFT_TOKENS = 3  # tokens the draft proposes per step (mlx-lm's default is 2)
+
+
+class Solo:
+    """The one job of a runner, decoding alone on mlx-lm's generate_step: a batch of one costs
+    more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). With a draft
+    model (a mapping's `draft:`) it runs mlx-lm's speculative_generate_step instead: the draft
+    proposes tokens, the model checks them all in one forward pass.
+
+    `fed` is the prompt and every token yielded; the model's cache holds a prefix of it (all of
+    it on the plain path; on the speculative one the last token may still be unfed)."""
+
+    def __init__(self, entry: Entry, cache: list[Any], tokens: list[int]) -> None:
+        import mlx.core as mx
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        from bridge.engine.single import with_prefix
+
+        self.entry, self.cache, self.fed = entry, cache, list(tokens)
+        self.drafted = 0  # tokens that came from the draft (accepted)
+        trim_prompt_cache(cache, 1)  # the last token runs again: its logits give the next one
+        loaded, job = entry.loaded, entry.job
+        processors = with_prefix(entry.processors, tokens[:-1])
+        if job.draft_path and loaded.draft is not None and loaded.draft_key == job.draft_path:
+            from mlx_lm.generate import speculative_generate_step
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self.draft_cache = make_prompt_cache(loaded.draft)
+            for i in range(0, len(tokens) - 1, PREFILL_STEP):  # the draft sees the context too
+                loaded.draft(mx.array(tokens[i : min(i + PREFILL_STEP, len(tokens) - 1)])[None],
+                             cache=self.draft_cache)
+                mx.eval([c.state for c in self.draft_cache])
+            left = max(1, entry.limit - len(entry.sink.tokens)) + 1  # it takes no -1 (endless)
+            self.iter = speculative_generate_step(
+                mx.array(tokens[-1:]), loaded.model, loaded.draft, max_tokens=left,
+                num_draft_tokens=DRAFT_TOKENS, sampler=entry.sampler,
+                logits_processors=processors, prompt_cache=cache + self.draft_cache)
+            self.speculative = True
+        else:
+            from mlx_lm.generate import generate_step
+
+            self.iter = generate_step(mx.array(tokens[-1:]), loaded.model, max_tokens=-1,
+                                      sampler=entry.sampler, logits_processors=processors,
+                                      prompt_cache=cache)
+            self.speculative = False
+
+    def next(self) -> bool:
+        """Decode one token into the job's sink; True when the job finished."""
+        out = next(self.iter, None)
+        if out is None:  # the generator's own limit (set past the job's): end as the limit
+            return self.entry.sink.finish("length")
+        token = int(out[0])
+        if self.speculative and out[2]:
+            self.drafted += 1
+        self.fed.append(token)
+        return self.entry.sink.add(token)
+
+    def close(self) -> int:
+        """End the generator; returns how many of `fed` the model's cache holds (trimmed to
+        at most all of it)."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        self.iter.close()
+        held = self.cache[0].offset if hasattr(self.cache[0], "offset") else len(self.fed)
+        if held > len(self.fed):
+            trim_prompt_cache(self.cache, held - len(self.fed))
+            held = len(self.fed)
+        if self.speculative:
+            log.info("speculative request_id=%s tokens=%d from_draft=%d",
+                     self.entry.job.request_id, len(self.entry.sink.tokens), self.drafted)
+        return held
 
 
 class BatchRunner:
@@ -33,19 +104,25 @@ class BatchRunner:
         self._faults: dict[int, Exception] = {}  # job id -> what failed in that job alone
         self._gen = BatchGenerator(loaded.model, completion_batch_size=self.capacity,
                                    prefill_batch_size=self.capacity, prefill_step_size=PREFILL_STEP)
+        self._solo: Solo | None = None
+        self._solo_ok = solo_capable(loaded)
         # mlx-lm ends a sequence on EOS itself and hands back its cache; text stops are ours.
         self._stops = StopSequences([[t] for t in loaded.tokenizer.eos_token_ids])
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + (self._solo is not None)
 
     def accepts(self, job: Job) -> bool:
         return (job.model_path == self.model_key and batchable(job)
-                and len(self.entries) < self.capacity)
+                and len(self) < self.capacity)
 
     def add(self, entry: Entry) -> None:
         """Insert a job (its prefill runs in the next steps, batched with other new prompts)."""
+        if self._solo is not None:
+            self._rejoin()
         cache, cached = self.prompts.fetch(self.model_key, entry.tokens)
+        if cache is None:
+            cache = self.loaded.new_cache()
         entry.sink.cached_tokens = cached
         log_cached(entry, cached)
         (uid,) = self._gen.insert(
@@ -63,7 +140,9 @@ class BatchRunner:
         only; anything else raises and the engine fails the whole batch.
         """
         self._reap()
-        if self.entries:
+        if self._solo is not None:
+            self._solo_step(self._solo)
+        elif self.entries:
             _, responses = self._gen.next()
             for r in responses:
                 entry = self.entries.get(r.uid)
@@ -79,8 +158,58 @@ class BatchRunner:
                 if finished:
                     self._finish(r.uid, r.prompt_cache, r.all_tokens)
             self._fail_faulted()
+            self._maybe_solo()
         ended, self._ended = self._ended, []
         return ended
+
+    # ---- a lone job on generate_step ----------------------------------------------------
+
+    def _maybe_solo(self) -> None:
+        """One job left, decoding (its prompt done): take it out of the batch to run alone."""
+        if not self._solo_ok or len(self.entries) != 1:
+            return
+        uid, entry = next(iter(self.entries.items()))
+        if (not entry.sink.first_token_ns or entry.processors
+                or getattr(entry.job, "logprobs", False)):
+            return  # prefilling; or per-token work the batch does for it (kept simple)
+        cache, tokens = self._gen.remove([uid], return_prompt_caches=True)[uid]
+        del self.entries[uid]
+        self._solo = Solo(entry, cache, tokens)
+
+    def _rejoin(self) -> None:
+        """Another job arrived: the lone one goes back into the batch where it left off."""
+        solo, self._solo = self._solo, None
+        assert solo is not None
+        held = solo.close()
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        entry = solo.entry
+        if held == len(solo.fed):  # as at a prompt's end: the last token runs again
+            trim_prompt_cache(solo.cache, 1)
+            held -= 1
+        left = max(1, entry.limit - len(entry.sink.tokens))
+        (uid,) = self._gen.insert([solo.fed[held:]], max_tokens=[left], caches=[solo.cache],
+                                  all_tokens=[solo.fed[:held]], samplers=[entry.sampler],
+                                  logits_processors=[[]], stop_sequences=[self._stops])
+        self.entries[uid] = entry
+
+    def _solo_step(self, solo: Solo) -> None:
+        entry = solo.entry
+        try:
+            finished = solo.next()
+        except Exception as exc:  # this job's own failure (detokenizer ...): it alone ends
+            self._solo = None
+            solo.close()
+            log.error("request failed alone request_id=%s model=%s error=%r", entry.job.request_id,
+                      entry.job.model_name, exc, exc_info=exc)
+            self._ended.append(Ended(entry.job, entry.loaded, Failed(as_bridge_error(exc))))
+            return
+        if finished:
+            self._solo = None
+            held = solo.close()
+            assert entry.sink.final is not None
+            self._ended.append(Ended(entry.job, entry.loaded, entry.sink.final))
+            self.prompts.insert(self.model_key, solo.fed[:held], solo.cache)
 
     def _guarded(self, job_id: int, processor: Any) -> Any:
         """Run inside mlx-lm's batched step: a raising processor marks its job, not the batch."""
@@ -111,6 +240,14 @@ class BatchRunner:
 
     def _reap(self) -> None:
         """Canceled jobs leave before the step: their slot is free for the next job."""
+        solo = self._solo
+        if solo is not None and solo.entry.job.cancelled.is_set():
+            self._solo = None
+            solo.close()
+            log.info("generation canceled request_id=%s model=%s", solo.entry.job.request_id,
+                     solo.entry.job.model_name)
+            failed = Failed(ClientClosed("request canceled"))
+            self._ended.append(Ended(solo.entry.job, solo.entry.loaded, failed))
         gone = [uid for uid, e in self.entries.items() if e.job.cancelled.is_set()]
         if gone:
             self._gen.remove(gone)  # their KV caches go with them: nothing is kept
@@ -133,6 +270,10 @@ class BatchRunner:
     def abort(self, event: Failed) -> list[Ended]:
         """End every job with `event` (engine stopping, or the batch step failed)."""
         ended = self._ended + [Ended(e.job, e.loaded, event) for e in self.entries.values()]
+        if self._solo is not None:
+            ended.append(Ended(self._solo.entry.job, self._solo.entry.loaded, event))
+            self._solo.close()
+            self._solo = None
         self._ended, self._faults = [], {}
         if self.entries:
             self._gen.remove(list(self.entries))
@@ -141,4 +282,17 @@ class BatchRunner:
 
     def close(self) -> None:
         """Release the generator (call when empty; abort() first otherwise)."""
+        if self._solo is not None:
+            self._solo.close()
+            self._solo = None
         self._gen.close()
+
+
+def solo_capable(loaded: LoadedModel) -> bool:
+    """A lone job may leave the batch when its cache can be trimmed by a token both ways:
+    plain (or quantized) KV caches, on a model without a vision processor."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    if getattr(loaded, "processor", None) is not None:
+        return False
+    return all(type(c) is KVCache for c in make_prompt_cache(loaded.model))

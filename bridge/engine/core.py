@@ -13,8 +13,8 @@ from typing import Any
 
 from bridge.engine.batch import BatchRunner
 from bridge.engine.embed import EmbedTask
-from bridge.engine.jobs import Done, Embedded, Failed, Job
-from bridge.engine.models import FOREVER, LoadedModel, ModelCache
+from bridge.engine.jobs import Done, Embedded, Failed, Job, PromptSpec
+from bridge.engine.models import FOREVER, LoadedModel, ModelCache, available_memory
 from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
 from bridge.engine.single import SingleRunner
@@ -27,6 +27,7 @@ from bridge.errors import (
     ServerBusy,
     ShuttingDown,
 )
+from bridge.wire.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,12 @@ class LoadedInfo:
 
     key: str
     name: str
-    size: int
+    size: int  # weights and the model's cached KV entries, in bytes
     context_length: int
     expires_at: float
     loaded_at: float
     active: int
+    size_vram: int = 0  # of `size`, what sits in GPU memory (Metal: all of it; a CPU: none)
 
 
 class Engine:
@@ -62,7 +64,8 @@ class Engine:
 
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
                  num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
-                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS,
+                 max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, max_model_bytes: int = 0,
+                 kv_cache_type: str = "f16", warm_up: bool = True,
                  restart_delay: float = RESTART_DELAY,
                  restart_limit: int = RESTART_LIMIT,
                  on_fatal: Callable[[], None] | None = None) -> None:
@@ -70,13 +73,19 @@ class Engine:
         self.max_queue = max_queue
         self.num_parallel = max(1, num_parallel)
         self.max_loaded = max_loaded
+        self.max_model_bytes = max_model_bytes
+        self.kv_cache_type = kv_cache_type  # OLLAMA_KV_CACHE_TYPE: f16 (model dtype), q8_0, q4_0
+        self.warm_up = warm_up  # a short generation at each load (tests of the cold path: off)
         self.prompt_cache_bytes = prompt_cache_bytes
         self.max_embed_tokens = max_embed_tokens
         self.restart_delay = restart_delay
         self.restart_limit = restart_limit
         self.on_fatal = on_fatal  # the engine cannot restart: the server ends the process here
         self.prompts = PromptCache(prompt_cache_bytes)
-        self.cache = ModelCache(max_loaded, on_unload=self.prompts.drop)
+        # Called on the engine thread with a model's key once it is unloaded (request-side
+        # tokenizers go with it, so an unload gives all of its memory back).
+        self.unload_listeners: list[Callable[[str], None]] = []
+        self.cache = self._model_cache()
         self._inbox: queue.Queue[Job | _Stop] = queue.Queue()
         self._pending: deque[Job] = deque()
         self._owned: dict[int, Job] = {}  # taken from the inbox, final event not sent yet
@@ -88,6 +97,7 @@ class Engine:
         self._waiting = 0
         self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
+        self.blas_threads: int | None = None
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -99,6 +109,18 @@ class Engine:
         self._crashes: list[float] = []  # monotonic times of recent crashes
         self._ready = False  # this thread warmed up (a first start that cannot is not retried)
         self._finished = threading.Event()
+
+    def _model_cache(self) -> ModelCache:
+        return ModelCache(self.max_loaded, on_unload=self._unloaded,
+                          max_bytes=self.max_model_bytes, on_load=self._warm_model)
+
+    def _unloaded(self, key: str) -> None:
+        self.prompts.drop(key)
+        for listener in self.unload_listeners:
+            try:
+                listener(key)
+            except Exception:  # a listener's failure must not stop an unload
+                log.exception("unload listener failed model_key=%s", key)
 
     # ---- request-thread side -------------------------------------------------------------
 
@@ -149,7 +171,8 @@ class Engine:
         state = self.state if self.alive or self.state != "running" else "stopped"
         return {"state": state, "queued": waiting, "active": running,
                 "num_parallel": self.num_parallel,
-                "blas": self.blas, "restarts": self.restarts,
+                "blas": self.blas, "blas_threads": self.blas_threads,
+                "restarts": self.restarts,
                 "last_crash": dict(self.last_crash) if self.last_crash else None}
 
     def _down_message(self) -> str:
@@ -172,12 +195,17 @@ class Engine:
         """Load the fast BLAS, then import MLX on this thread so the first request does not pay."""
         from bridge.engine.blas import enable
 
-        self.blas = enable().name  # before MLX's first matmul binds its BLAS symbols
+        info = enable()  # before MLX's first matmul binds its BLAS symbols
+        self.blas, self.blas_threads = info.name, info.threads
         import mlx.core as mx
         import mlx_lm  # noqa: F401
         from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
 
         self.device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+        if mx.metal.is_available():  # as mlx_lm.server does: keep the weights wired in memory
+            from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+            maybe_set_recommended_wired_limit()
         # The BLAS sets up its thread buffers on the first matmul: pay that now, not in a request
         # (and count it in the idle baseline, which an unload returns to).
         a = mx.ones((256, 256))
@@ -285,6 +313,8 @@ class Engine:
                 self._load_only(job, keep_alive)
                 return
             loaded, load_ns = self.cache.load(job.model_path, job.model_name)
+            if job.draft_path:
+                loaded.attach_draft(job.draft_path)
         except Exception as exc:
             self._send(job, Failed(as_bridge_error(exc)))
             return
@@ -318,8 +348,69 @@ class Engine:
         if loaded.processor is not None:
             return VisionRunner(loaded)
         if loaded.batchable and batchable(job):
-            return BatchRunner(loaded, self.prompts, self.num_parallel)
+            return BatchRunner(loaded, self.prompts, self._capacity(loaded, job))
         return SingleRunner(loaded, self.prompts)
+
+    def _choose_kv(self, loaded: LoadedModel) -> None:
+        """Quantized KV caches when OLLAMA_KV_CACHE_TYPE asks and the model's caches allow."""
+        if self.kv_cache_type == "f16":
+            return
+        from bridge.engine.kvquant import kv_bits, quantizable
+
+        if not quantizable(loaded.model):
+            log.warning("KV cache stays unquantized model=%s kv_cache_type=%s reason=%s",
+                        loaded.name, self.kv_cache_type,
+                        "its caches are not plain KV caches or heads are not a multiple of 64")
+            return
+        loaded.kv_bits = kv_bits(self.kv_cache_type)
+
+    def _capacity(self, loaded: LoadedModel, job: Job) -> int:
+        """OLLAMA_NUM_PARALLEL, lowered when free memory cannot hold that many full contexts
+        (a batch's KV caches grow with use; this bounds what a full batch can come to)."""
+        per_job = loaded.kv_bytes_per_token * job.options.context(loaded.context_length)
+        free = available_memory()
+        if not per_job or not free:
+            return self.num_parallel
+        fits = max(1, int(free * 0.8) // per_job)
+        if fits < self.num_parallel:
+            log.info("num_parallel lowered model=%s slots=%d kv_bytes_per_job=%d free=%d",
+                     loaded.name, fits, per_job, free)
+        return min(self.num_parallel, fits)
+
+    def _warm_model(self, loaded: LoadedModel) -> None:
+        """Run a 2-token generation on a freshly loaded model, through the path requests take
+        (default sampler, batched when the model batches): MLX compiles kernels on first use,
+        which no user request should pay. Also measures the KV bytes per token. A failure here
+        is logged, never a failed load (the request finds any real problem itself)."""
+        if getattr(loaded, "processor", None) is not None:
+            return  # a vision model runs on its own runner with mlx-vlm's inputs
+        try:
+            self._choose_kv(loaded)
+            loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model, loaded.new_cache())
+            if self.warm_up:
+                began = time.perf_counter()
+                self._warm_run(loaded)
+                log.info("model warmed up model=%s warm_ms=%.0f kv_bytes_per_token=%d",
+                         loaded.name, (time.perf_counter() - began) * 1000,
+                         loaded.kv_bytes_per_token)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("warm-up failed model=%s error=%s: %s", loaded.name,
+                        type(exc).__name__, exc)
+
+    def _warm_run(self, loaded: LoadedModel) -> None:
+        job = Job(loaded.key, loaded.name, spec=PromptSpec(tokens=[0, 0]),
+                  options=Options(num_predict=2), request_id="warm-up")
+        entry = admit(job, loaded, 0)
+        runner: Runner = (BatchRunner(loaded, PromptCache(0), 1) if loaded.batchable
+                          else SingleRunner(loaded, PromptCache(0)))
+        try:
+            runner.add(entry)
+            for _ in range(16):  # prefill, then 2 decode steps; bounded whatever happens
+                if runner.step():
+                    break
+        finally:
+            runner.abort(Failed(ShuttingDown()))
+            runner.close()
 
     def _load_only(self, job: Job, keep_alive: float) -> None:
         """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""
@@ -488,7 +579,7 @@ class Engine:
         runners, cache, prompts = self._runners, self.cache, self.prompts
         self._runners, self._embeds, self._pending = {}, deque(), deque()
         self.prompts = PromptCache(self.prompt_cache_bytes)
-        self.cache = ModelCache(self.max_loaded, on_unload=self.prompts.drop)
+        self.cache = self._model_cache()
         self._publish()
         try:  # on this thread, which made them: MLX objects are freed where they were used
             for runner in runners.values():
@@ -504,14 +595,34 @@ class Engine:
     def _publish(self) -> None:
         """Refresh the snapshot request threads read (they never touch MLX objects)."""
         running = sum(len(r) for r in self._runners.values()) + len(self._embeds)
-        infos = [
-            LoadedInfo(m.key, m.name, m.size, m.context_length,
-                       _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
-                       m.loaded_at, m.active)
-            for m in self.cache.models.values()
-        ]
+        infos = []
+        for m in self.cache.models.values():
+            size = m.size + self.prompts.bytes_for(m.key)
+            infos.append(LoadedInfo(m.key, m.name, size, m.context_length,
+                                    _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
+                                    m.loaded_at, m.active,
+                                    size_vram=size if self.device == "gpu" else 0))
         with self._lock:
             self._snapshot, self._running = infos, running
+
+
+def kv_bytes_per_token(model: Any, cache: list[Any] | None = None) -> int:
+    """KV cache bytes per token of context: one token through a fresh cache (`cache`, or the
+    model's own), whose buffers are allocated in steps along the keys' third axis, so
+    bytes / allocated length. Quantized caches hold (packed, scales, biases) triples."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = cache if cache is not None else make_prompt_cache(model)
+    mx.eval(model(mx.array([[0]]), cache=cache))
+    total = 0.0
+    for layer in cache:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        parts = list(keys) + list(values) if isinstance(keys, tuple) else [keys, values]
+        if any(p is None or not hasattr(p, "shape") or len(p.shape) < 3 for p in parts):
+            continue  # an SSM state or an empty cache: no per-token size to read
+        total += sum(p.nbytes for p in parts) / parts[0].shape[-2]
+    return int(total)
 
 
 def _in_use_expiry(keep_alive: float) -> float:

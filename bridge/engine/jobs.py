@@ -35,6 +35,9 @@ class PromptSpec:
     # /api/generate's images (decoded, for a vision model); a chat's are on its messages, each
     # message dict's "images" list (bridge/engine/vision.py renders them).
     images: list[Any] = field(default_factory=list)
+    # The chat text `tokens` were made from (request thread): with the answer, it lets the next
+    # turn reuse the generated token ids (bridge/serving/prompting.py, Transcripts).
+    rendered: str | None = None
     # Set for an embedding job: the texts to embed (no template, no generation).
     embed_inputs: list[str] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an
@@ -119,6 +122,8 @@ class Job:
     # `top_logprobs` most likely tokens of each step (0..20).
     logprobs: bool = False
     top_logprobs: int = 0
+    # Speculative decoding: the draft model's directory (a mapping's `draft:`); None: none.
+    draft_path: str | None = None
 
     def cancel(self) -> None:
         """Ask the engine to stop this job at its next step (safe from any thread)."""

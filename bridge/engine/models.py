@@ -43,6 +43,27 @@ class LoadedModel:
     # the model's inputs; its jobs run on the VisionRunner (bridge/engine/vision.py).
     processor: Any = None
     samplers: dict[tuple, Any] = field(default_factory=dict)  # shared: one batched sampling call
+    kv_bytes_per_token: int = 0  # KV cache bytes one token of context costs (0: not measured)
+    kv_bits: int | None = None  # quantized KV caches (OLLAMA_KV_CACHE_TYPE); None: model dtype
+    draft: Any = None  # speculative decoding's draft model (a mapping's `draft:`), loaded once
+    draft_key: str = ""
+
+    def attach_draft(self, path: str) -> None:
+        """Load the draft model beside this one (its memory goes with this model's)."""
+        if self.draft is not None and self.draft_key == path:
+            return
+        draft, _ = load_weights(path)
+        self.draft, self.draft_key = draft, path
+        self.size += _model_bytes(draft)
+        log.info("draft model loaded model=%s draft=%s", self.name, path)
+
+    def new_cache(self) -> list[Any] | None:
+        """A fresh per-sequence KV cache when quantized; None lets mlx-lm make its own."""
+        if self.kv_bits is None:
+            return None
+        from bridge.engine.kvquant import make_cache
+
+        return make_cache(self.model, self.kv_bits)
 
     def touch(self, name: str, keep_alive: float) -> None:
         """Record a use (under the name last asked for); expiry is set when the last job ends."""
@@ -120,6 +141,14 @@ def is_vision_dir(path: str) -> bool:
     except (OSError, ValueError):
         return False  # load_weights reports the missing or broken config
     return is_vision_config(cfg)
+def weights_bytes(path: str) -> int:
+    """What loading `path` will take: its weight files' size (0 if none found)."""
+    total = 0
+    for pattern in ("*.safetensors", "*.npz"):
+        for file in Path(path).glob(pattern):
+            with contextlib.suppress(OSError):
+                total += file.stat().st_size
+    return total
 
 
 def _context_length(path: str) -> int:
@@ -135,20 +164,31 @@ def _context_length(path: str) -> int:
 
 
 class ModelCache:
-    """The resident models, at most `max_loaded`, least recently used evicted first."""
+    """The resident models: at most `max_loaded`, and their weights within `max_bytes` (0: no
+    byte budget); the least recently used idle model is evicted first."""
 
-    def __init__(self, max_loaded: int = 3, on_unload: Callable[[str], None] | None = None) -> None:
+    def __init__(self, max_loaded: int = 3, on_unload: Callable[[str], None] | None = None,
+                 *, max_bytes: int = 0,
+                 on_load: Callable[[LoadedModel], None] | None = None) -> None:
         self.max_loaded = max(1, max_loaded)
+        self.max_bytes = max(0, max_bytes)
         self.models: dict[str, LoadedModel] = {}
         self.on_unload = on_unload  # drops what else holds MLX memory for a model (prompt cache)
+        self.on_load = on_load  # warms a freshly loaded model up (before any request uses it)
         self._garbage = False  # a model was dropped but its memory not yet handed back
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.size for m in self.models.values())
 
     def load(self, key: str, name: str) -> tuple[LoadedModel, int]:
         """Return the loaded model (loading it if needed) and the load time in ns (never 0)."""
         t0 = time.perf_counter_ns()
         if key in self.models:
             return self.models[key], max(time.perf_counter_ns() - t0, 1)
-        self._make_room()
+        need = weights_bytes(key)
+        self._check_budget(name, need)
+        self._make_room(need)
         if is_vision_dir(key):
             model, tokenizer, processor = load_vision(key)
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
@@ -158,18 +198,30 @@ class ModelCache:
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
                                  _context_length(key), batchable=_batchable(model))
         self.models[key] = loaded
+        if self.on_load is not None:
+            self.on_load(loaded)
         elapsed = time.perf_counter_ns() - t0
         log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size,
                  elapsed / 1e6)
         return loaded, elapsed
 
-    def _make_room(self) -> None:
-        while len(self.models) >= self.max_loaded:
+    def _check_budget(self, name: str, need: int) -> None:
+        """A model bigger than the whole budget can never fit: say so before reading it."""
+        if self.max_bytes and need > self.max_bytes:
+            raise ModelLoadError(
+                f"model {name} requires more memory ({_gib(need)}) than "
+                f"MLX_BRIDGE_MAX_MODEL_BYTES allows ({_gib(self.max_bytes)})")
+
+    def _make_room(self, need: int = 0) -> None:
+        """Evict idle models, least recently used first, until one more model fits."""
+        while len(self.models) >= self.max_loaded or (
+                self.max_bytes and self.models and self.nbytes + need > self.max_bytes):
             idle = [m for m in self.models.values() if m.active == 0]
             if not idle:
                 return  # everything is busy: load anyway rather than fail the request
             victim = min(idle, key=lambda m: m.last_used)
-            self.unload(victim.key, reason="lru")
+            over = len(self.models) < self.max_loaded
+            self.unload(victim.key, reason="memory" if over else "lru")
 
     def unload(self, key: str, reason: str = "request", free: bool = True) -> bool:
         """Drop a model and give its memory back (free=False: at the next `collect()`)."""
@@ -200,6 +252,30 @@ class ModelCache:
     def clear(self) -> None:
         for key in list(self.models):
             self.unload(key, reason="shutdown")
+
+
+def available_memory() -> int:
+    """Bytes the system can still give this process (0: unknown). Engine thread only."""
+    if sys.platform == "darwin":
+        with contextlib.suppress(Exception):
+            import mlx.core as mx
+
+            if mx.metal.is_available():
+                limit = mx.device_info().get("max_recommended_working_set_size", 0)
+                return max(0, int(limit) - mx.get_active_memory())
+        return 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def free_memory() -> None:

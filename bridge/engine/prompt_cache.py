@@ -35,6 +35,11 @@ class PromptCache:
     def __len__(self) -> int:
         return sum(len(c) for c in self._models.values())
 
+    def bytes_for(self, key: str) -> int:
+        """What one model's cached KV entries hold."""
+        lru = self._models.get(key)
+        return lru.nbytes if lru is not None else 0
+
     def fetch(self, key: str, tokens: list[int]) -> tuple[list[Any] | None, int]:
         """A private copy of the nearest cache and the prompt tokens it covers (< len(tokens))."""
         lru = self._models.get(key)

@@ -17,13 +17,18 @@ def prompt_tokens(tokenizer: Any, spec: PromptSpec, max_chars: int | None = None
     (or found too small) just the same, while an oversized prompt costs no more to tokenize.
     """
     if spec.messages is not None:
-        text = chat_text(tokenizer, spec.messages, spec.tools, spec.template_vars)
-        return encode(tokenizer, _tail(text, max_chars))
+        return encode(tokenizer, _tail(chat_prompt(tokenizer, spec), max_chars))
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in spec.context):
         raise BadRequest("context contains token ids outside this model's vocabulary "
                          f"(0..{vocab - 1})")
     return list(spec.context) + encode(tokenizer, _tail(generate_text(tokenizer, spec), max_chars))
+
+
+def chat_prompt(tokenizer: Any, spec: PromptSpec) -> str:
+    """A chat job's whole prompt text (spec.messages rendered with the model's template)."""
+    assert spec.messages is not None
+    return chat_text(tokenizer, spec.messages, spec.tools, spec.template_vars)
 
 
 def _tail(text: str, max_chars: int | None) -> str:

@@ -76,7 +76,7 @@ class SingleRunner:
         if entry.job.options.seed >= 0:
             mx.random.seed(entry.job.options.seed)
         if self._cache is None:
-            self._cache = make_prompt_cache(self.loaded.model)
+            self._cache = self.loaded.new_cache() or make_prompt_cache(self.loaded.model)
         prefix = entry.tokens[: self._cached]
         self._iter = generate_step(
             mx.array(entry.tokens[self._cached:]), self.loaded.model, max_tokens=-1,

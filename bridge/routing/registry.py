@@ -72,6 +72,9 @@ class MappedModel:
     protocol: str | None = None  # "ollama" | "openai"; None: by backend (see the router)
     remote_model: str | None = None
     api_key_env: str | None = None
+    # Speculative decoding's draft: another mapped name, a repo id or a directory (resolved
+    # like `mlx`); None: plain decoding.
+    draft: str | None = None
 
     @property
     def is_local_dir(self) -> bool:
@@ -126,7 +129,13 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
     source = resolve_source(spec["mlx"], base) if spec.get("mlx") else ""
-    return MappedModel(name, source, backend, keep_alive, options, origin, **remote)
+    draft = spec.get("draft")
+    if draft is not None and (not isinstance(draft, str) or not draft):
+        raise MappingError(f"model {raw_name!r}: draft must be a model name, repo id or directory")
+    if draft is not None and ("/" in draft or Path(base, draft).exists()):
+        draft = resolve_source(draft, base)  # a directory or a repo id; else a mapped name
+    return MappedModel(name, source, backend, keep_alive, options, origin, draft=draft,
+                       **remote)
 
 
 def _parse_remote(raw_name: str, spec: Any) -> dict[str, Any]:

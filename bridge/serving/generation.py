@@ -9,6 +9,7 @@ becomes a `Generation`, which a `Responder` (one per API flavour) turns into the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -49,8 +50,9 @@ def make_job(req: JobRequest, model: LocalModel, plan: Plan, spec: PromptSpec | 
     # One merge: `merged` fills only what the request left unset, so a second merge would let
     # the mapping's value override the admin row's one.
     options = req.options.merged({**model.entry.options, **plan.defaults})
+    draft = bridge().local.draft_path(model) if spec is not None else None
     return Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
-               request_id=context().request_id)
+               request_id=context().request_id, draft_path=draft)
 
 
 def generate_handler(req: GenerateRequest, responder: Responder) -> LocalHandler:
@@ -153,9 +155,16 @@ def load_or_unload(req: Common, model: LocalModel, plan: Plan,
                    body: dict[str, Any]) -> dict[str, Any]:
     """Empty prompt/messages: load the model, or unload it with keep_alive 0 (one object)."""
     done = None
+    # The request-side tokenizer loads beside the weights: the first request pays for neither.
+    preload = threading.Thread(target=bridge().local.preload, args=(model,), daemon=True,
+                               name="tokenizer-preload")
+    if req.keep_alive != 0:
+        preload.start()
     for event in bridge().local.run(make_job(req, model, plan, None)):
         if isinstance(event, Done):
             done = event
+    if preload.is_alive():
+        preload.join()
     assert done is not None
     return {"model": req.model, "created_at": rfc3339(), **body, "done": True,
             "done_reason": done.done_reason}

@@ -64,9 +64,12 @@ class JobStream:
     """
 
     def __init__(self, engine: Engine, job: Job,
-                 client_gone: Callable[[], bool] | None = None) -> None:
+                 client_gone: Callable[[], bool] | None = None,
+                 on_done: Callable[[Job, str, Done], None] | None = None) -> None:
         self.job = job
         self.client_gone = client_gone
+        self.on_done = on_done  # told the whole generated text at the end (chat transcripts)
+        self._text: list[str] = []
         engine.submit(job)
         self._done = False
         self._probed = time.monotonic()
@@ -79,6 +82,10 @@ class JobStream:
                 raise event.error
             if isinstance(event, (Done, Embedded)):  # a job's last event
                 self._done = True
+                if self.on_done is not None and isinstance(event, Done):
+                    self.on_done(self.job, "".join(self._text), event)
+            elif self.on_done is not None:
+                self._text.append(event.text)
             yield event
 
     def _next(self) -> Chunk | Done | Embedded | Failed:
@@ -129,6 +136,7 @@ class LocalBackend:
         self.engine = engine
         self.descriptions = DescriptionCache()
         self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1)
+        engine.unload_listeners.append(self.tokenizers.forget)
 
     def find(self, name: str, source: str | None = None) -> LocalModel | None:
         """The mapped, present model for `name` (or for `source`, an admin row's mlx_model), or
@@ -170,7 +178,17 @@ class LocalBackend:
         return found
 
     def run(self, job: Job, client_gone: Callable[[], bool] | None = None) -> JobStream:
-        return JobStream(self.engine, job, client_gone)
+        rendered = job.spec is not None and job.spec.rendered is not None
+        return JobStream(self.engine, job, client_gone, self._remember if rendered else None)
+
+    def _remember(self, job: Job, text: str, done: Done) -> None:
+        """The chat's prompt and answer as text and as the ids the model saw, for the next turn
+        (not when a stop string cut the text short of the ids, or the prompt was truncated)."""
+        spec = job.spec
+        if (spec is None or spec.rendered is None or spec.tokens is None or done.stop_sequence
+                or done.prompt_eval_count != len(spec.tokens)):
+            return
+        self.tokenizers.remember(job.model_path, spec.rendered + text, done.context)
 
     def tokenize(self, model: LocalModel, job: Job) -> None:
         """Render and tokenize a generation job's prompt here, on the request thread, so that the
@@ -182,6 +200,22 @@ class LocalBackend:
             return  # mlx-vlm's processor makes the tokens with the images (engine/vision.py)
         context = job.options.context(model.description.context_length)
         spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
+
+    def draft_path(self, model: LocalModel) -> str | None:
+        """The directory of the mapping's speculative draft (a mapped name or a source)."""
+        draft = model.entry.draft
+        if not draft:
+            return None
+        entry = self.registry.lookup(draft) or replace(model.entry, name=draft, source=draft,
+                                                         draft=None)
+        path = self.registry.local_dir(entry)
+        if path is None:
+            raise ModelLoadError(f"draft model {draft!r} of {model.entry.name} is not on disk")
+        return str(path.resolve())
+
+    def preload(self, model: LocalModel) -> None:
+        """After a load: the request-side tokenizer too, so the first request pays nothing."""
+        self.tokenizers.preload(model.key, model.description.digest)
 
     def unload(self, model: LocalModel) -> None:
         """Unload through the engine (waits for it)."""

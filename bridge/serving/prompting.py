@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bridge.engine import PromptSpec
-from bridge.engine.prompts import prompt_tokens
+from bridge.engine.prompts import chat_prompt, chat_text, encode, prompt_tokens
 from bridge.modelinfo.vision import adopt_chat_template
 
 log = logging.getLogger(__name__)
 
+# Recent chat transcripts kept per model (text -> the token ids the model actually saw).
+MAX_TRANSCRIPTS = 64
 # Normalizers may join characters (NFKC composes "e" + U+0301 into "é"): a token can cover more
 # characters of the text than the length of its own string, but not twice as many.
 _NORMALIZER_SLACK = 2
@@ -38,6 +40,7 @@ class _Slot:
         self.lock = threading.Lock()
         self.tokenizer: Any = None
         self.longest = 0  # characters in the longest token of the vocabulary (0: unknown)
+        self.transcripts = Transcripts()
 
 
 class PromptTokenizers:
@@ -59,7 +62,33 @@ class PromptTokenizers:
             if slot.tokenizer is None and not _load(slot, path):
                 return None
         max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
+        if spec.messages is not None:
+            text = chat_prompt(slot.tokenizer, spec)
+            if max_chars is not None and len(text) > max_chars:  # cut: no whole turn to reuse
+                return encode(slot.tokenizer, text[len(text) - max_chars:])
+            spec.rendered = text
+            return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
+
+    def preload(self, path: str, digest: str) -> None:
+        """Load a model's tokenizer and compile its chat template now (at a model load), so the
+        first request does not pay for them; any failure is left for that request to report."""
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path):
+                return
+        try:
+            chat_text(slot.tokenizer, [{"role": "user", "content": "hi"}], None, None)
+        except Exception as exc:  # noqa: BLE001 - a template that fails fails the request later
+            log.info("chat template not precompiled path=%s error=%s", path, exc)
+
+    def remember(self, path: str, text: str, ids: list[int]) -> None:
+        """A finished chat turn: `text` (prompt and answer) is exactly `ids` (what the model saw
+        and generated), so the next turn, whose prompt starts with it, reuses those ids."""
+        with self._lock:
+            slot = self._slots.get(path)
+        if slot is not None:
+            slot.transcripts.add(text, ids)
 
     def _slot(self, path: str, digest: str) -> _Slot:
         with self._lock:
@@ -71,9 +100,50 @@ class PromptTokenizers:
                 self._slots.popitem(last=False)
             return slot
 
+    def forget(self, path: str) -> None:
+        """The model was unloaded: its tokenizer (and transcripts) go too, memory and all."""
+        with self._lock:
+            self._slots.pop(path, None)
+
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
+
+
+class Transcripts:
+    """The token ids behind recent chat texts, so a growing chat keeps the ids it generated.
+
+    Re-tokenizing an answer's text rarely gives back the ids the model sampled (SmolLM2 diverges
+    after ~8 tokens), and the prompt (KV) cache is keyed by ids: without this, every turn would
+    prefill the previous answer again. The ids of the longest remembered text the new prompt
+    starts with are kept; only the rest is tokenized.
+    """
+
+    def __init__(self, max_entries: int = MAX_TRANSCRIPTS) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._texts: OrderedDict[str, list[int]] = OrderedDict()
+
+    def add(self, text: str, ids: list[int]) -> None:
+        if not text or not ids:
+            return
+        with self._lock:
+            self._texts[text] = list(ids)
+            self._texts.move_to_end(text)
+            while len(self._texts) > self.max_entries:
+                self._texts.popitem(last=False)
+
+    def tokens(self, tokenizer: Any, text: str) -> list[int]:
+        """`text` tokenized, its longest remembered prefix replaced by that prefix's ids."""
+        with self._lock:
+            best = max((t for t in self._texts if text.startswith(t)), key=len, default="")
+            head = self._texts[best] if best else []
+            if best:
+                self._texts.move_to_end(best)
+        if not best:
+            return encode(tokenizer, text)
+        rest = text[len(best):]
+        return head + (list(tokenizer.encode(rest, add_special_tokens=False)) if rest else [])
 
 
 def _load(slot: _Slot, path: str) -> bool:
