@@ -26,6 +26,9 @@ HONOURED = frozenset({"model", "messages", "max_tokens", "system", "stop_sequenc
 # Accepted with nothing to do: one service tier; prompt caching is automatic (prompt cache).
 NO_EFFECT = frozenset({"service_tier", "cache_control"})
 SERVICE_TIERS = ("auto", "standard_only")
+# A server-held conversation (`thread`, beta message-threads) is refused with the code Anthropic's
+# SDK reads (`error.details.error_code`): its tool runner then resends the turn without a thread.
+THREAD_UNSUPPORTED = {"error_code": "thread_unsupported_request"}
 # output_config.effort -> native think level (Ollama: xhigh reads as high).
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
 MIN_THINKING_BUDGET = 1024
@@ -96,6 +99,10 @@ def refuse_unknown(body: dict[str, Any]) -> None:
             continue
         if key == "service_tier" and value not in SERVICE_TIERS:
             raise BadRequest(f"service_tier: must be one of {', '.join(SERVICE_TIERS)}")
+        if key == "thread":
+            raise Unsupported("thread: message threads are not supported by mlx-bridge for MLX "
+                              "models; send the whole conversation without `thread`",
+                              details=THREAD_UNSUPPORTED)
         if key not in NO_EFFECT:
             raise Unsupported(f"{key}: not supported by mlx-bridge for MLX models")
 
