@@ -12,7 +12,12 @@ from __future__ import annotations
 import anthropic
 import pytest
 from anthropic import beta_tool
+from pytest_httpserver import HTTPServer
 
+from bridge.app import create_app
+from bridge.config import load_config
+
+from .helpers import write_mappings
 from .scripted_model import ANSWER, HELLO, THOUGHT, WEATHER
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -62,6 +67,21 @@ def test_a_thread_is_refused_with_the_code_the_sdk_reads(client):
     assert info.value.status_code == 400
     assert info.value.error_code == "thread_unsupported_request"
     assert "thread" in info.value.body["error"]["message"]
+
+
+def test_a_thread_for_an_upstream_model_is_refused_before_it_is_forwarded(
+        httpserver: HTTPServer, tmp_path):
+    """Ollama ignores `thread`: forwarded, the reply would look threaded and the SDK's next turn
+    would carry only the new messages. So the refusal comes first, whatever the backend."""
+    httpserver.expect_request("/v1/messages").respond_with_json({"type": "message"})
+    config = load_config({}, mappings_path=write_mappings(tmp_path / "map.yaml", {}),
+                         home=tmp_path / "home", upstream=httpserver.url_for("/").rstrip("/"))
+    body = {"model": "llama3.2", "max_tokens": 5, "messages": ASK,
+            "thread": {"type": "continue", "previous_message_id": "msg_1"}}
+    resp = create_app(config).test_client().post("/v1/messages", json=body)
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"] == {"error_code": "thread_unsupported_request"}
+    assert httpserver.log == []
 
 
 def test_beta_messages_with_betas_think_and_count(client):

@@ -28,6 +28,7 @@ NO_EFFECT = frozenset({"service_tier", "cache_control"})
 SERVICE_TIERS = ("auto", "standard_only")
 # A server-held conversation (`thread`, beta message-threads) is refused with the code Anthropic's
 # SDK reads (`error.details.error_code`): its tool runner then resends the turn without a thread.
+# A BadRequest, not Unsupported: no backend behind the bridge holds conversations.
 THREAD_UNSUPPORTED = {"error_code": "thread_unsupported_request"}
 # output_config.effort -> native think level (Ollama: xhigh reads as high).
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
@@ -58,6 +59,11 @@ def messages_check(body: dict[str, Any], counting: bool = False) -> str:
             raise BadRequest("max_tokens is required and must be positive")
     if not f.list("messages", "[]anthropic.MessageParam"):
         raise BadRequest("messages is required")
+    if not counting and body.get("thread") is not None:
+        # Before routing, for every backend: Ollama ignores the field, and the SDK would then
+        # send only each new turn, continuing a conversation that nobody holds.
+        raise BadRequest("thread: message threads are not supported by mlx-bridge; send the "
+                         "whole conversation without `thread`", details=THREAD_UNSUPPORTED)
     return model
 
 
@@ -99,10 +105,6 @@ def refuse_unknown(body: dict[str, Any]) -> None:
             continue
         if key == "service_tier" and value not in SERVICE_TIERS:
             raise BadRequest(f"service_tier: must be one of {', '.join(SERVICE_TIERS)}")
-        if key == "thread":
-            raise Unsupported("thread: message threads are not supported by mlx-bridge for MLX "
-                              "models; send the whole conversation without `thread`",
-                              details=THREAD_UNSUPPORTED)
         if key not in NO_EFFECT:
             raise Unsupported(f"{key}: not supported by mlx-bridge for MLX models")
 
