@@ -3,18 +3,26 @@ Anthropic body) lives in `bridge.http.web` (`handle_bridge_error`, `error_body`)
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BridgeError(Exception):
     """Base error: carries the HTTP status and the message clients see as `{"error": ...}`."""
 
     status: int = 500
     openai_type: str = "api_error"
+    # Machine-readable detail for the Anthropic shape's `error.details` (its SDK branches on
+    # `details.error_code`); None for most errors.
+    details: dict[str, Any] | None = None
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if details is not None:
+            self.details = details
 
 
 class BadRequest(BridgeError):

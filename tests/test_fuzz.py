@@ -280,7 +280,10 @@ def admin_client(tmp_path_factory, mappings_file):
                                  ("PUT", "/api/llm-backends/2"),
                                  ("POST", "/api/llm-backends/1/toggle"),
                                  ("DELETE", "/api/llm-backends/2"),
-                                 ("GET", "/api/llm-backends/model/tiny")]),
+                                 ("GET", "/api/llm-backends/model/tiny"),
+                                 ("POST", "/api/keys"), ("GET", "/api/keys"),
+                                 ("GET", "/api/keys/1"), ("PUT", "/api/keys/1"),
+                                 ("DELETE", "/api/keys/2")]),
        raw=st.one_of(encoded(ADMIN_ROW), encoded(ADMIN_ROW), GARBAGE), query=QUERY)
 def test_fuzz_admin_api(admin_client, endpoint, raw, query):
     method, path = endpoint
@@ -331,6 +334,7 @@ FUZZED_RULES = {"/", "/api/version", "/api/tags", "/api/ps", "/health", "/metric
                 "/api/llm-backends/<row_id>", "/api/llm-backends/<row_id>/toggle",
                 "/api/llm-backends/model/<path:model_name>", "/api/performance/comparison",
                 "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+                "/api/keys", "/api/keys/<key_id>",
                 # fuzzed in tests/test_fuzz_gateway.py
                 "/api/models", "/api/models/<path:name>", "/api/mlx/models",
                 "/api/mlx/load/<path:name>", "/api/health",

@@ -40,6 +40,7 @@ class FakeResponse:
         self.headers = {"Content-Type": "application/json; charset=utf-8"}
         self.url = "http://fake-upstream"
         self.body = json.dumps(answer).encode()
+        self.raw = None  # no urllib3 response: iter_chunks reads iter_content
 
     def iter_content(self, chunk_size: int | None = None):
         yield self.body

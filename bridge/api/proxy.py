@@ -14,7 +14,7 @@ from werkzeug.exceptions import NotFound
 from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
-from bridge.routing.dispatch import dispatch, forward
+from bridge.routing.dispatch import check_model_name, dispatch, forward, local_only
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
@@ -67,7 +67,22 @@ def embed() -> Response:
 def model_write() -> Response:
     """Registry and Modelfile operations belong to the real Ollama."""
     raw, name = model_field("CreateRequest", "model", "name")
+    if request.path == "/api/create":
+        check_model_name(name)  # the new name's own 400 first
+        base = parse_body(raw, "CreateRequest").get("from")
+        if isinstance(base, str) and base and local_only_model(base):
+            raise local_only(base, request.path)
     return dispatch(name, request.path, raw, None)
+
+
+def local_only_model(name: str) -> bool:
+    """Whether every target of `name` is the bridge's own engine (nothing to forward to)."""
+    try:
+        ModelName.parse(name)
+    except InvalidModelName:
+        return False  # not a model name: the upstream judges it
+    targets = bridge().router.plan(name).targets
+    return bool(targets) and all(t.local for t in targets)
 
 
 @bp.post("/api/copy")

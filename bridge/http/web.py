@@ -70,10 +70,11 @@ def rfc3339(ts: float | datetime | None = None) -> str:
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def error_body(message: str, status: int) -> dict[str, Any]:
-    """Native, Anthropic or OpenAI error shape depending on the path."""
+def error_body(message: str, status: int,
+               details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Native, Anthropic or OpenAI error shape depending on the path (`details`: Anthropic's)."""
     if anthropic_path():
-        return anthropic_error(status, message, request_id())
+        return anthropic_error(status, message, request_id(), details)
     if request.path.startswith("/v1/"):
         return error_object(message, _openai_type())
     return error_line(message)
@@ -92,7 +93,7 @@ def handle_bridge_error(exc: BridgeError) -> Response:
     # Anthropic's "overloaded" status is 529 (its SDK raises OverloadedError and retries).
     status = 529 if isinstance(exc, ServerBusy) and anthropic_path() else exc.status
     log.debug("request failed request_id=%s status=%d error=%r", request_id(), status, exc.message)
-    response = json_response(error_body(exc.message, status), status)
+    response = json_response(error_body(exc.message, status, exc.details), status)
     retry_after = getattr(exc, "retry_after", None)  # TooManyRequests
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)

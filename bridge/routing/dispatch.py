@@ -75,6 +75,8 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
     ctx.model = model_name
     targets = [t for t in plan.targets if not t.local or local is not None]
     if not targets:
+        if plan.targets:  # served here, by the MLX engine, which has no handler for this path
+            raise local_only(model_name, path)
         raise ModelNotFound(model_name)
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
@@ -93,6 +95,13 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
                 raise unserved(model_name, path, target, failed) from None
             note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
+
+
+def local_only(name: str, path: str) -> BadRequest:
+    """A registry or Modelfile operation (/api/copy, /api/push, /api/create) on a model the
+    bridge serves itself: a 400 saying so, not a 404 for a model /api/tags lists."""
+    return BadRequest(f"{path} is not supported for model '{name}': it is served by mlx-bridge "
+                      "on MLX (Modelfile and registry operations belong to Ollama)")
 
 
 def check_model_name(name: str) -> None:

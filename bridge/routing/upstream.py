@@ -180,7 +180,7 @@ def iter_chunks(resp: requests.Response) -> Iterator[bytes]:
         yield from resp.iter_content(chunk_size=None)
         return
     try:
-        while data := raw.read1(CHUNK_BYTES):
+        while data := raw.read1(CHUNK_BYTES, decode_content=True):  # as iter_content does
             yield data
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise requests.ConnectionError(str(exc)) from None

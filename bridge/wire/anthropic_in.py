@@ -26,6 +26,10 @@ HONOURED = frozenset({"model", "messages", "max_tokens", "system", "stop_sequenc
 # Accepted with nothing to do: one service tier; prompt caching is automatic (prompt cache).
 NO_EFFECT = frozenset({"service_tier", "cache_control"})
 SERVICE_TIERS = ("auto", "standard_only")
+# A server-held conversation (`thread`, beta message-threads) is refused with the code Anthropic's
+# SDK reads (`error.details.error_code`): its tool runner then resends the turn without a thread.
+# A BadRequest, not Unsupported: no backend behind the bridge holds conversations.
+THREAD_UNSUPPORTED = {"error_code": "thread_unsupported_request"}
 # output_config.effort -> native think level (Ollama: xhigh reads as high).
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
 MIN_THINKING_BUDGET = 1024
@@ -55,6 +59,11 @@ def messages_check(body: dict[str, Any], counting: bool = False) -> str:
             raise BadRequest("max_tokens is required and must be positive")
     if not f.list("messages", "[]anthropic.MessageParam"):
         raise BadRequest("messages is required")
+    if not counting and body.get("thread") is not None:
+        # Before routing, for every backend: Ollama ignores the field, and the SDK would then
+        # send only each new turn, continuing a conversation that nobody holds.
+        raise BadRequest("thread: message threads are not supported by mlx-bridge; send the "
+                         "whole conversation without `thread`", details=THREAD_UNSUPPORTED)
     return model
 
 

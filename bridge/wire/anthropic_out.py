@@ -28,10 +28,13 @@ def error_type(status: int) -> str:
     return ERROR_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
-def anthropic_error(status: int, message: str, request_id: str = "") -> dict[str, Any]:
-    """`{"type": "error", "error": {"type", "message"}, "request_id"}`."""
+def anthropic_error(status: int, message: str, request_id: str = "",
+                    details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`{"type": "error", "error": {"type", "message"[, "details"]}, "request_id"}`."""
     out: dict[str, Any] = {"type": "error",
                            "error": {"type": error_type(status), "message": message}}
+    if details:
+        out["error"]["details"] = details
     if request_id:
         out["request_id"] = request_id
     return out
