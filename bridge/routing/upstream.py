@@ -265,8 +265,8 @@ class FinalLineScanner:
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
             self._look(line)
-        if len(self.buf) > 1 << 20 and b'"done"' not in self.buf:
-            self.buf = b""  # a huge non-NDJSON body (a blob): nothing to scan for
+        if len(self.buf) > 1 << 20:  # a blob, or a line no final object is that long: not
+            self.buf = b""  # kept (an endless line would grow the bridge without bound)
 
     def _look(self, line: bytes) -> None:
         if line.startswith(b"data:"):  # an SSE event of the /v1 layers

@@ -1,0 +1,139 @@
+"""Attacks from a remote engine: an OpenAI-protocol endpoint that trickles, streams forever, sends
+one endless line or an endless JSON body, invalid SSE, HTML, 500s, or closes mid-stream.
+
+A real bridge process routes one model per behaviour (admin rows, `timeout_seconds: 2`) to a
+hostile raw-socket server (tests/hostile_remote.py). Each attack must end with a clear error in
+Ollama's shape (502 / 504, or a final `{"error": ...}` line on a stream) within a few timeouts,
+the bridge's memory must stay bounded (what it buffers from a remote is capped), and
+`/api/version` and a short chat on the local tiny model answer beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from .helpers import free_port, start_server, stop_server, write_mappings
+from .hostile_remote import MODES, HostileRemote
+from .hostile_util import beside, keep_reading, tree_rss
+
+TIMEOUT = 2  # the rows' timeout_seconds
+TOKEN = "hostile-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ANSWER_WITHIN = 4 * TIMEOUT + 4  # a clear answer well before a client would give up
+RSS_GROWTH = 200 << 20  # the bridge's memory beside one attack
+
+
+@dataclass
+class Srv:
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Srv]:
+    root = tmp_path_factory.mktemp("hostile-remote")
+    remote = HostileRemote()
+    mappings = write_mappings(root / "map.yaml", {"tiny": {"backend": "mlx",
+                                                           "mlx": str(tiny_model_dir)}},
+                              upstream=f"http://127.0.0.1:{free_port()}")
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")],
+                             env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
+    keep_reading(proc, root / "server.log")
+    try:
+        for mode in MODES:  # admin rows: the only place a remote's timeout is set
+            resp = requests.post(url + "/api/llm-backends", timeout=10, headers=AUTH, json={
+                "model_name": f"h-{mode}", "backend_type": "mlx", "endpoint_url": remote.url,
+                "protocol": "openai", "remote_model": mode, "timeout_seconds": TIMEOUT})
+            assert resp.status_code == 201, resp.text
+        requests.post(url + "/api/chat", timeout=60, json={"model": "tiny", "messages": [],
+                                                             "stream": False})  # loaded
+        yield Srv(url, proc.pid)
+    finally:
+        stop_server(proc)
+        remote.close()
+
+
+def ask(srv: Srv, mode: str, stream: bool) -> tuple[int, list[dict]]:
+    """A chat on the hostile model; (status, the JSON objects of the answer)."""
+    resp = requests.post(srv.url + "/api/chat", timeout=60, stream=stream, json={
+        "model": f"h-{mode}", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    if not stream:
+        return resp.status_code, [resp.json()]
+    return resp.status_code, [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def attacked(srv: Srv, mode: str, stream: bool) -> tuple[int, list[dict]]:
+    before = tree_rss(srv.pid)
+    run = beside(srv.url, "tiny", lambda: ask(srv, mode, stream), pid=srv.pid)
+    print(f"{mode} stream={stream}: {run.row()}; rss before {before >> 20} MiB")
+    assert not isinstance(run.result, Exception), run.result
+    run.assert_unhurt()
+    assert run.seconds < ANSWER_WITHIN, run.seconds
+    assert run.peak_rss - before < RSS_GROWTH, (run.peak_rss >> 20, before >> 20)
+    return run.result
+
+
+def assert_error(status: int, objs: list[dict], stream: bool, statuses: tuple[int, ...],
+                 words: str) -> None:
+    """An error in Ollama's shape: the status and `{"error"}` body, or a stream's last line."""
+    if stream:
+        assert status == 200 and "error" in objs[-1], objs[-3:]
+        assert words in objs[-1]["error"], objs[-1]
+    else:
+        assert status in statuses, (status, objs)
+        assert words in objs[0]["error"], objs
+        assert len(objs[0]["error"]) < 600, objs
+
+
+# mode, stream, statuses, words in the error
+CASES = [
+    ("trickle", False, (504,), "no complete event"),
+    ("trickle", True, (504,), "no complete event"),
+    ("trickle-json", False, (504,), "did not send its whole answer"),
+    ("endless", False, (502,), "over"),
+    ("huge-line", False, (502,), "line over"),
+    ("huge-line", True, (502,), "line over"),
+    ("huge-json", False, (502,), "over"),
+    ("invalid-sse", False, (502,), "not JSON"),
+    ("invalid-sse", True, (502,), "not JSON"),
+    ("html", False, (502,), "no completion"),
+    ("html-500", False, (502,), "answered 500"),
+    ("huge-error", False, (502,), "answered 500"),
+    ("wrong-type", False, (502,), "no completion"),
+    ("close-mid", False, (502,), "ended before"),
+    ("close-mid", True, (502,), "ended before"),
+    ("silent", False, (504,), "timed out"),
+]
+
+
+@pytest.mark.parametrize(("mode", "stream", "statuses", "words"), CASES,
+                         ids=[f"{c[0]}-{'stream' if c[1] else 'whole'}" for c in CASES])
+def test_hostile_remote_gets_a_clear_error_and_hurts_nobody(srv, mode, stream, statuses, words):
+    status, objs = attacked(srv, mode, stream)
+    assert_error(status, objs, stream, statuses, words)
+
+
+def test_an_endless_stream_read_by_its_client_keeps_memory_flat(srv):
+    """A streamed answer is passed on, not kept: a client reading 20 MB of an endless remote
+    stream does not grow the bridge by 20 MB (before: every piece was kept for a merge)."""
+    def read_20mb() -> int:
+        got = 0
+        with requests.post(srv.url + "/api/chat", timeout=60, stream=True, json={
+                "model": "h-endless", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            for line in resp.iter_lines():
+                got += len(line)
+                if got > 20 << 20:
+                    break
+        return got
+
+    before = tree_rss(srv.pid)
+    run = beside(srv.url, "tiny", read_20mb, pid=srv.pid)
+    print(f"endless streamed 20 MB: {run.row()}; rss before {before >> 20} MiB")
+    run.assert_unhurt()
+    assert run.result > 20 << 20
+    assert run.peak_rss - before < 60 << 20, (run.peak_rss >> 20, before >> 20)
