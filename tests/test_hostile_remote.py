@@ -119,21 +119,21 @@ def test_hostile_remote_gets_a_clear_error_and_hurts_nobody(srv, mode, stream, s
 
 
 def test_an_endless_stream_read_by_its_client_keeps_memory_flat(srv):
-    """A streamed answer is passed on, not kept: a client reading 20 MB of an endless remote
-    stream does not grow the bridge by 20 MB (before: every piece was kept for a merge)."""
-    def read_20mb() -> int:
+    """A streamed answer is passed on, not kept: a client reading 60 MB of an endless remote
+    stream does not grow the bridge by 60 MB (before: every piece was kept for a merge)."""
+    def read_60mb() -> int:
         got = 0
         with requests.post(srv.url + "/api/chat", timeout=60, stream=True, json={
                 "model": "h-endless", "messages": [{"role": "user", "content": "hi"}]}) as resp:
             for line in resp.iter_lines():
                 got += len(line)
-                if got > 20 << 20:
+                if got > 60 << 20:
                     break
         return got
 
     before = tree_rss(srv.pid)
-    run = beside(srv.url, "tiny", read_20mb, pid=srv.pid)
-    print(f"endless streamed 20 MB: {run.row()}; rss before {before >> 20} MiB")
+    run = beside(srv.url, "tiny", read_60mb, pid=srv.pid)
+    print(f"endless streamed 60 MB: {run.row()}; rss before {before >> 20} MiB")
     run.assert_unhurt()
-    assert run.result > 20 << 20
-    assert run.peak_rss - before < 60 << 20, (run.peak_rss >> 20, before >> 20)
+    assert run.result > 60 << 20
+    assert run.peak_rss - before < 40 << 20, (run.peak_rss >> 20, before >> 20)

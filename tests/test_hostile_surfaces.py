@@ -46,7 +46,8 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Srv]:
 
 def attack(srv: Srv, send, statuses: tuple[int, ...], words: str = "") -> requests.Response:
     run = beside(srv.url, MODEL, send, pid=srv.pid)
-    print(run.row(), getattr(run.result, "status_code", None), getattr(run.result, "text", "")[:120])
+    print(run.row(), getattr(run.result, "status_code", None),
+          getattr(run.result, "text", "")[:120])
     assert not isinstance(run.result, Exception), run.result
     resp = run.result
     assert resp.status_code in statuses, (resp.status_code, resp.text[:500])
