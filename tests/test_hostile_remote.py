@@ -11,6 +11,8 @@ the bridge's memory must stay bounded (what it buffers from a remote is capped),
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ TOKEN = "hostile-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ANSWER_WITHIN = 4 * TIMEOUT + 4  # a clear answer well before a client would give up
 RSS_GROWTH = 200 << 20  # the bridge's memory beside one attack
+THREADS = 16  # the worker's threads: 8 of them may wait on remotes (8 are kept for the rest)
+LONG = 6  # the timeout of the row the flood uses
 
 
 @dataclass
@@ -42,7 +46,8 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Srv]:
                                                            "mlx": str(tiny_model_dir)}},
                               upstream=f"http://127.0.0.1:{free_port()}")
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home")],
-                             env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN})
+                             env={"MLX_BRIDGE_ADMIN_TOKEN": TOKEN,
+                                  "MLX_BRIDGE_THREADS": str(THREADS)})
     keep_reading(proc, root / "server.log")
     try:
         for mode in MODES:  # admin rows: the only place a remote's timeout is set
@@ -50,6 +55,10 @@ def srv(tmp_path_factory, tiny_model_dir) -> Iterator[Srv]:
                 "model_name": f"h-{mode}", "backend_type": "mlx", "endpoint_url": remote.url,
                 "protocol": "openai", "remote_model": mode, "timeout_seconds": TIMEOUT})
             assert resp.status_code == 201, resp.text
+        resp = requests.post(url + "/api/llm-backends", timeout=10, headers=AUTH, json={
+            "model_name": "h-silent-long", "backend_type": "mlx", "endpoint_url": remote.url,
+            "protocol": "openai", "remote_model": "silent", "timeout_seconds": LONG})
+        assert resp.status_code == 201, resp.text
         requests.post(url + "/api/chat", timeout=60, json={"model": "tiny", "messages": [],
                                                              "stream": False})  # loaded
         yield Srv(url, proc.pid)
@@ -137,3 +146,38 @@ def test_an_endless_stream_read_by_its_client_keeps_memory_flat(srv):
     run.assert_unhurt()
     assert run.result > 60 << 20
     assert run.peak_rss - before < 40 << 20, (run.peak_rss >> 20, before >> 20)
+
+
+def test_a_flood_of_requests_to_a_silent_remote_leaves_threads_for_the_rest(srv):
+    """20 requests at once to a remote that never answers (row timeout 6 s) on a worker of 16
+    threads: before, they took every thread and /api/version waited for the timeout; now 8 wait
+    (504 after 6 s), the other 12 are refused at once with 503 `server busy`, and the normal
+    requests beside them answer."""
+    results: list[tuple[int, float]] = []
+
+    def one() -> None:
+        start = time.perf_counter()
+        resp = requests.post(srv.url + "/api/chat", timeout=60, json={
+            "model": "h-silent-long", "messages": [{"role": "user", "content": "hi"}],
+            "stream": False})
+        results.append((resp.status_code, time.perf_counter() - start))
+        if resp.status_code == 503:
+            assert "server busy" in resp.json()["error"], resp.text
+
+    def flood() -> list[tuple[int, float]]:
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    run = beside(srv.url, "tiny", flood, pid=srv.pid)
+    print(f"flood of 20: {run.row()}; {sorted(results)}")
+    run.assert_unhurt()
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [503] * 12 + [504] * 8, results
+    assert all(seconds < 3 for status, seconds in results if status == 503), results
+    # the cap frees as answers end: a request now is admitted again (and times out)
+    assert requests.post(srv.url + "/api/chat", timeout=60, json={
+        "model": "h-silent", "messages": [], "stream": False}).status_code != 503
