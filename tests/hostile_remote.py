@@ -54,6 +54,11 @@ def huge_line(conn: socket.socket) -> None:  # one `data:` line that never ends
     _forever(conn, b"a" * 65536)
 
 
+def huge_done_line(conn: socket.socket) -> None:  # an endless line that says "done" early
+    conn.sendall(SSE_HEAD + b'data: {"done": true, "usage": {}, "pad": "')
+    _forever(conn, b"a" * 65536)
+
+
 def huge_json(conn: socket.socket) -> None:  # a JSON answer that never ends
     conn.sendall(_head("200 OK", "application/json") + b'{"choices": [], "pad": "')
     _forever(conn, b"a" * 65536)
@@ -92,8 +97,8 @@ def silent(conn: socket.socket) -> None:  # accepts, reads the request, never an
 
 MODES: dict[str, Callable[[socket.socket], None]] = {
     f.__name__.replace("_", "-"): f for f in (
-        trickle, trickle_json, endless, huge_line, huge_json, invalid_sse, html, html_500,
-        huge_error, wrong_type, close_mid, silent)}
+        trickle, trickle_json, endless, huge_line, huge_done_line, huge_json, invalid_sse, html,
+        html_500, huge_error, wrong_type, close_mid, silent)}
 
 
 class HostileRemote:

@@ -181,3 +181,26 @@ def test_a_flood_of_requests_to_a_silent_remote_leaves_threads_for_the_rest(srv)
     # the cap frees as answers end: a request now is admitted again (and times out)
     assert requests.post(srv.url + "/api/chat", timeout=60, json={
         "model": "h-silent", "messages": [], "stream": False}).status_code != 503
+
+
+def test_an_endless_line_through_the_v1_passthrough_keeps_memory_flat(srv):
+    """/v1/chat/completions is relayed to the remote as it came; the relay watches the bytes for
+    the final usage. A line that says "done" and never ends was kept whole by that watcher
+    (and re-split at every chunk); now a line over 1 MiB is dropped from it."""
+    def read_100mb() -> int:
+        got = 0
+        with requests.post(srv.url + "/v1/chat/completions", timeout=60, stream=True, json={
+                "model": "h-huge-done-line", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            for chunk in resp.iter_content(1 << 16):
+                got += len(chunk)
+                if got > 100 << 20:
+                    break
+        return got
+
+    before = tree_rss(srv.pid)
+    run = beside(srv.url, "tiny", read_100mb, pid=srv.pid)
+    print(f"endless line via /v1 passthrough: {run.row()}; rss before {before >> 20} MiB")
+    run.assert_unhurt()
+    assert run.result > 100 << 20
+    assert run.peak_rss - before < 40 << 20, (run.peak_rss >> 20, before >> 20)
