@@ -5,10 +5,12 @@ broken or malicious remote would send."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
@@ -59,6 +61,20 @@ def huge_done_line(conn: socket.socket) -> None:  # an endless line that says "d
     _forever(conn, b"a" * 65536)
 
 
+def gzip_bomb(conn: socket.socket) -> None:  # 256 MiB of one SSE line in ~250 KB of gzip
+    conn.sendall(_head("200 OK", "text/event-stream").replace(
+        b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n", 1) + _bomb())
+
+
+@functools.cache
+def _bomb(size: int = 256 << 20) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    zeros = b"a" * (1 << 20)
+    parts = [packer.compress(b'data: {"choices": [{"delta": {"content": "')]
+    parts += [packer.compress(zeros) for _ in range(size >> 20)]
+    return b"".join(parts) + packer.flush()
+
+
 def huge_json(conn: socket.socket) -> None:  # a JSON answer that never ends
     conn.sendall(_head("200 OK", "application/json") + b'{"choices": [], "pad": "')
     _forever(conn, b"a" * 65536)
@@ -97,8 +113,8 @@ def silent(conn: socket.socket) -> None:  # accepts, reads the request, never an
 
 MODES: dict[str, Callable[[socket.socket], None]] = {
     f.__name__.replace("_", "-"): f for f in (
-        trickle, trickle_json, endless, huge_line, huge_done_line, huge_json, invalid_sse, html,
-        html_500, huge_error, wrong_type, close_mid, silent)}
+        trickle, trickle_json, endless, huge_line, huge_done_line, gzip_bomb, huge_json,
+        invalid_sse, html, html_500, huge_error, wrong_type, close_mid, silent)}
 
 
 class HostileRemote:
@@ -109,6 +125,7 @@ class HostileRemote:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.closed = threading.Event()
+        _bomb()  # made now: the bridge's timeout runs while a mode sends
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:

@@ -107,6 +107,8 @@ CASES = [
     ("endless", False, (502,), "over"),
     ("huge-line", False, (502,), "line over"),
     ("huge-line", True, (502,), "line over"),
+    ("gzip-bomb", False, (502,), "OpenAI-protocol endpoint"),  # cut or refused, never read
+    ("gzip-bomb", True, (502,), "OpenAI-protocol endpoint"),
     ("huge-json", False, (502,), "over"),
     ("invalid-sse", False, (502,), "not JSON"),
     ("invalid-sse", True, (502,), "not JSON"),
