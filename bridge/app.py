@@ -25,7 +25,7 @@ from bridge.http.security import Guard
 from bridge.importer.hub import Puller
 from bridge.routing.registry import Registry
 from bridge.routing.router import Router
-from bridge.routing.upstream import Upstream
+from bridge.routing.upstream import Upstream, remote_cap
 from bridge.serving.local import LocalBackend
 from bridge.state import KEY, Bridge, bridge, default_upstream
 from bridge.stats.metrics import Metrics
@@ -55,7 +55,8 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
     app = Flask(__name__)
     app.extensions[KEY] = Bridge(
         config=config, registry=registry, local=LocalBackend(registry, engine),
-        upstream=upstream or Upstream(config.connect_timeout, config.request_timeout),
+        upstream=upstream or Upstream(config.connect_timeout, config.request_timeout,
+                                      remote_cap(config.threads)),
         router=Router(registry, lambda: default_upstream(config, registry),
                       rows_for_model=store.rows_for_model),
         store=store, metrics=metrics, keys=keys,

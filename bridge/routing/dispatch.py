@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # Failures that mean "this target cannot serve it", so the next target may: never a client error.
 FALLBACK_ERRORS = (ModelNotFound, EngineError, Unsupported, UpstreamError)
 MAX_REMOTE_BODY = 256 << 20  # a non-streamed remote answer read whole (embeddings of big batches)
+MAX_REMOTE_ERROR = 64 << 10  # of an error answer: only its first 300 characters are shown
 
 LocalHandler = Callable[[LocalModel, Plan], Response]
 
@@ -224,23 +225,27 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
     resp, opened_ns = open_endpoint(target, "POST", call.path, json.dumps(call.body).encode(),
                                     last)
     on_final = tracking(target, resp.status_code, opened_ns)
+    timeout = target.timeout or bridge().upstream.read_timeout
+    deadline = time.monotonic() + timeout  # for a whole (non-streamed) body: no trickling
     if resp.status_code >= 400:
-        error = openai_remote.remote_error(resp.status_code, _read_text(resp), name, shown)
+        text = _read_text(resp, MAX_REMOTE_ERROR, deadline, cut=True)
+        error = openai_remote.remote_error(resp.status_code, text, name, shown)
         if last or not isinstance(error, FALLBACK_ERRORS):  # else note_fallback records it
             on_final(None, f"HTTP {resp.status_code}", None)
         raise error
     if not (call.stream or last):
         on_final = _unless_failed(on_final)  # a failure falls back: note_fallback records it
     if call.kind in ("embed", "embeddings"):
-        body = openai_remote.checked(openai_remote.embed_answer, call, _json(_read_text(resp)),
-                                     opened_ns)
+        body = openai_remote.checked(openai_remote.embed_answer, call,
+                                     _json(_read_text(resp, deadline=deadline)), opened_ns)
         on_final({"prompt_eval_count": body.get("prompt_eval_count", 0)}, None, None)
         return json_response(body)
     answer = openai_remote.Answer(call, opened_ns)
     if "event-stream" in resp.headers.get("Content-Type", ""):
-        chunks = openai_remote.sse_objects(iter_chunks(resp))
+        chunks = openai_remote.sse_objects(iter_chunks(resp), idle=timeout)
     else:  # a remote that does not stream: its whole answer as one chunk
-        chunks = iter([openai_remote.checked(openai_remote.as_chunk, _json(_read_text(resp)))])
+        whole = _json(_read_text(resp, openai_remote.MAX_ANSWER, deadline))
+        chunks = iter([openai_remote.checked(openai_remote.as_chunk, whole)])
     lines = converted_lines(answer, chunks, resp, on_final, bridge().upstream.stopping,
                             context().request_id)
     if call.stream:
@@ -279,12 +284,14 @@ def converted_lines(answer: openai_remote.Answer, chunks: Iterator[dict[str, Any
         error = "client disconnected"
         raise
     except (requests.RequestException, BridgeError) as exc:
-        error = (exc.message if isinstance(exc, BridgeError)
-                 else f"upstream connection lost: {type(exc).__name__}")
+        status = exc.status if isinstance(exc, BridgeError) else 502
+        error = exc.message if isinstance(exc, BridgeError) else _lost(exc)
+        if "timed out" in error:
+            status = 504
         log.warning("remote stream broken request_id=%s model=%s error=%s", request_id,
                     answer.call.name, error)
         if not answer.call.stream:
-            raise UpstreamError(error) from None
+            raise UpstreamError(error, status=status) from None
         yield error_line(error)
     finally:
         resp.close()
@@ -306,18 +313,31 @@ def _unless_failed(on_final: OnFinal) -> OnFinal:
     return record
 
 
-def _read_text(resp: requests.Response, limit: int = MAX_REMOTE_BODY) -> str:
-    """A whole (error or embeddings) answer, at most `limit` bytes: a remote cannot fill the
-    bridge's memory."""
+def _lost(exc: requests.RequestException) -> str:
+    if "timed out" in str(exc):  # the row's timeout passed with no byte from the remote
+        return "upstream timed out: no data within the endpoint's timeout"
+    return f"upstream connection lost: {type(exc).__name__}"
+
+
+def _read_text(resp: requests.Response, limit: int = MAX_REMOTE_BODY,
+               deadline: float | None = None, cut: bool = False) -> str:
+    """A whole (error or embeddings) answer, at most `limit` bytes (`cut`: the first `limit`,
+    else a 502), by `deadline` (time.monotonic(); else a 504): a remote can neither fill the
+    bridge's memory nor hold a request by trickling bytes under the read timeout."""
     data = bytearray()
     try:
         for chunk in iter_chunks(resp):
             data += chunk
             if len(data) > limit:
+                if cut:
+                    break
                 raise UpstreamError(f"the answer of {redact_url(resp.url)} is over {limit} bytes")
-        return data.decode("utf-8", "replace")
+            if deadline is not None and time.monotonic() > deadline:
+                raise UpstreamError(f"{redact_url(resp.url)} did not send its whole answer "
+                                    "within the endpoint's timeout", status=504)
+        return data[:limit].decode("utf-8", "replace")
     except requests.RequestException as exc:
-        raise UpstreamError(f"upstream connection lost: {type(exc).__name__}") from None
+        raise UpstreamError(_lost(exc), status=504 if "timed out" in str(exc) else 502) from None
     finally:
         resp.close()
 

@@ -207,27 +207,79 @@ def checked(read: Callable[..., T], *args: Any) -> T:
                             f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
-def sse_objects(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of an SSE stream's `data:` lines, until `[DONE]` (comments skipped)."""
-    buf = b""
+# What the bridge holds from a remote at once: one SSE line, and a whole answer it merges (a
+# non-streamed chat, tool-call arguments). A remote past them is cut with a 502: an endless or
+# huge answer cannot fill the bridge's memory.
+MAX_LINE = 8 << 20
+MAX_ANSWER = 16 << 20
+
+
+def sse_objects(chunks: Iterator[bytes], idle: float | None = None,
+                max_line: int = MAX_LINE) -> Iterator[dict[str, Any]]:
+    """The JSON objects of an SSE stream's `data:` lines, until `[DONE]` (comments skipped).
+
+    The remote's fault, as an UpstreamError: a line over `max_line` bytes, a `data:` line that is
+    not JSON, no complete line for `idle` seconds while bytes trickle in (504; the read timeout
+    only sees silence), and an end before `[DONE]` with no `finish_reason` (a cut answer).
+    """
+    buf = bytearray()
+    last = time.monotonic()
+    finished = False
     for chunk in chunks:
         buf += chunk
-        *lines, buf = buf.split(b"\n")
+        if b"\n" not in chunk:
+            if len(buf) > max_line:
+                raise UpstreamError(f"the OpenAI-protocol endpoint sent a line over {max_line} "
+                                    "bytes")
+            if idle is not None and time.monotonic() - last > idle:
+                raise UpstreamError(f"the OpenAI-protocol endpoint sent no complete event for "
+                                    f"{idle:g} s", status=504)
+            continue
+        *lines, rest = bytes(buf).split(b"\n")
+        buf = bytearray(rest)
+        last = time.monotonic()
         for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue  # `: keepalive`, `event:`, blank separators
-            data = line[5:].strip()
-            if data == b"[DONE]":
+            if len(line) > max_line:
+                raise UpstreamError(f"the OpenAI-protocol endpoint sent a line over {max_line} "
+                                    "bytes")
+            obj = _event(line.strip())
+            if obj is _DONE:
                 return
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                if obj.get("error"):
-                    raise UpstreamError(f"remote engine failed: {_error_text(data.decode())}")
+            if obj is not None:
+                finished = finished or _finished(obj)
                 yield obj
+    if not finished:
+        raise UpstreamError("the OpenAI-protocol endpoint's stream ended before the answer was "
+                            "complete (no finish_reason, no [DONE])")
+
+
+_DONE: dict[str, Any] = {}
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """One SSE line's object: _DONE for `[DONE]`, None for what carries none."""
+    if not line.startswith(b"data:"):
+        return None  # `: keepalive`, `event:`, blank separators
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        shown = data[:80].decode("utf-8", "replace")
+        raise UpstreamError(f"the OpenAI-protocol endpoint sent an event that is not JSON: "
+                            f"{shown!r}") from None
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("error"):
+        raise UpstreamError(f"remote engine failed: {_error_text(data.decode())}")
+    return obj
+
+
+def _finished(obj: dict[str, Any]) -> bool:
+    choices = obj.get("choices")
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason")
+                                             for c in choices)
 
 
 def as_chunk(data: Any) -> dict[str, Any]:
@@ -257,6 +309,7 @@ class Answer:
     tools: dict[int, dict[str, str]] = field(default_factory=dict)
     finish: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    held: int = 0  # bytes kept for the merge and the tool calls (at most MAX_ANSWER)
 
     def feed(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Take one remote chunk; returns the Ollama stream line it makes (None: nothing to
@@ -280,9 +333,17 @@ class Answer:
         if not (text or think):
             return None
         self.first_ns = self.first_ns or time.perf_counter_ns()
-        self.content.append(text)
-        self.thinking.append(think)
+        if not self.call.stream:  # a stream passes its pieces on: only a merge keeps them
+            self._hold(len(text) + len(think))
+            self.content.append(text)
+            self.thinking.append(think)
         return self.line(text, think)
+
+    def _hold(self, size: int) -> None:
+        self.held += size
+        if self.held > MAX_ANSWER:
+            raise UpstreamError(f"the OpenAI-protocol endpoint's answer is over {MAX_ANSWER} "
+                                "bytes; ask for fewer tokens or stream it")
 
     def _tool_part(self, part: dict[str, Any]) -> None:
         self.first_ns = self.first_ns or time.perf_counter_ns()
@@ -290,8 +351,10 @@ class Answer:
                                      {"id": "", "name": "", "arguments": ""})
         slot["id"] = slot["id"] or str(part.get("id") or "")  # the remote's, for the tool result
         fn = part.get("function") or {}
-        slot["name"] += fn.get("name") or ""
-        slot["arguments"] += fn.get("arguments") or ""
+        name, arguments = fn.get("name") or "", fn.get("arguments") or ""
+        self._hold(len(name) + len(arguments))
+        slot["name"] += name
+        slot["arguments"] += arguments
 
     def line(self, text: str, think: str = "",
              calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import requests
 import urllib3
 from flask import Response
 
-from bridge.errors import ShuttingDown, UpstreamError
+from bridge.errors import ServerBusy, ShuttingDown, UpstreamError
 from bridge.http.web import dumps
 from bridge.wire.native_out import error_line
 from bridge.wire.openai_out import error_object
@@ -67,12 +67,27 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
+# Worker threads never given to remote requests: /api/version, local models and admin keep them.
+RESERVED_THREADS = 8
+
+
+def remote_cap(threads: int) -> int:
+    """Requests to remotes allowed in flight on a worker of `threads` threads."""
+    return max(threads - RESERVED_THREADS, 1)
+
+
 class Upstream:
     """HTTP client for upstream Ollama servers (one pooled session per thread)."""
 
-    def __init__(self, connect_timeout: float = 3.0, read_timeout: float = 300.0) -> None:
+    def __init__(self, connect_timeout: float = 3.0, read_timeout: float = 300.0,
+                 max_in_flight: int | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # Requests to remotes at once (None: no cap). Each holds one of the worker's threads until
+        # its answer ends; a silent or trickling remote holds it for the whole timeout, so without
+        # a cap enough of them take every thread and /api/version waits (70 took it 29 s).
+        self.max_in_flight = max_in_flight
+        self._opening = 0  # requests sent whose headers have not come back yet
         self._local = threading.local()
         # set when the grace period ends: relays stop at the next chunk
         self.stopping = threading.Event()
@@ -98,6 +113,30 @@ class Upstream:
         """
         url = base_url.rstrip("/") + path
         shown = redact_url(base_url)
+        self._admit()
+        try:
+            resp = self._send(method, url, shown, body, headers, read_timeout, api_key, who)
+        finally:
+            with self._streams_lock:
+                self._opening -= 1
+        with self._streams_lock:
+            self._streams.add(resp)
+        return resp
+
+    def _admit(self) -> None:
+        """Count a request to a remote in, or refuse it (503) when the cap is reached: what is
+        opening plus the answers still being read (a closed or collected one no longer counts)."""
+        with self._streams_lock:
+            live = sum(1 for r in self._streams if not getattr(r.raw, "closed", True))
+            if self.max_in_flight is not None and self._opening + live >= self.max_in_flight:
+                raise ServerBusy(f"server busy: {self.max_in_flight} requests to remote "
+                                 "endpoints are in flight already (the limit keeps threads for "
+                                 "everyone else; MLX_BRIDGE_THREADS raises it); try again")
+            self._opening += 1
+
+    def _send(self, method: str, url: str, shown: str, body: bytes | None,
+              headers: dict[str, str] | None, read_timeout: float | None, api_key: str | None,
+              who: str) -> requests.Response:
         sent = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
         sent["Accept-Encoding"] = "identity"  # relay bytes as they are; no re-compression
         if api_key:
@@ -115,8 +154,6 @@ class Upstream:
             raise UpstreamError(f"{who} at {shown} timed out", status=504) from None
         except requests.RequestException as exc:
             raise UpstreamError(f"{who} at {shown} failed: {_reason(exc)}") from None
-        with self._streams_lock:
-            self._streams.add(resp)
         return resp
 
     def stop(self) -> None:
@@ -265,8 +302,8 @@ class FinalLineScanner:
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
             self._look(line)
-        if len(self.buf) > 1 << 20 and b'"done"' not in self.buf:
-            self.buf = b""  # a huge non-NDJSON body (a blob): nothing to scan for
+        if len(self.buf) > 1 << 20:  # a blob, or a line no final object is that long: not
+            self.buf = b""  # kept (an endless line would grow the bridge without bound)
 
     def _look(self, line: bytes) -> None:
         if line.startswith(b"data:"):  # an SSE event of the /v1 layers

@@ -21,6 +21,9 @@ CLEARED = "[cleared to save context]"  # what the model reads where a tool resul
 DEFAULT_TRIGGER = 100_000  # input tokens, as Anthropic's default
 DEFAULT_KEEP_TOOL_USES = 3
 DEFAULT_KEEP_THINKING_TURNS = 1
+# Each edit scans every message: 200,000 edits over 2,000 tool results held a request thread for
+# 71 s. Claude Code sends two; one of each kind is all an edit list needs.
+MAX_EDITS = 16
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ def parse_edits(value: Any) -> list[Edit]:
     edits = value.get("edits") or []
     if not isinstance(edits, list):
         raise BadRequest("context_management.edits: must be an array")
+    if len(edits) > MAX_EDITS:
+        raise BadRequest(f"context_management.edits: at most {MAX_EDITS} edits, got "
+                         f"{len(edits)}")
     return [_edit(edit, f"context_management.edits.{i}") for i, edit in enumerate(edits)]
 
 
