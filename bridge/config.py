@@ -260,6 +260,9 @@ class Config:
     keep_alive: float = 300.0
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
     num_parallel: int = DEFAULT_NUM_PARALLEL
+    # OLLAMA_CONTEXT_LENGTH: the context window of a request that sets no num_ctx (nor its
+    # mapping / admin row); 0 = the model's trained context (Ollama sizes it by VRAM instead).
+    context_length: int = 0
     max_queue: int = DEFAULT_MAX_QUEUE
     admin_token: str | None = None
     verbose: bool = False
@@ -387,6 +390,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             env, "OLLAMA_NUM_PARALLEL", DEFAULT_NUM_PARALLEL, zero_is_default=True
         ),
         "max_queue": _env_int(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE, zero_is_default=True),
+        "context_length": _env_int(env, "OLLAMA_CONTEXT_LENGTH", 0),
         "admin_token": _env_str(env, "MLX_BRIDGE_ADMIN_TOKEN"),
         "verbose": _truthy(_env_str(env, "MLX_BRIDGE_VERBOSE"))
         or _truthy(_env_str(env, "OLLAMA_DEBUG")),

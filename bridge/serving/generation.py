@@ -50,6 +50,8 @@ def make_job(req: JobRequest, model: LocalModel, plan: Plan, spec: PromptSpec | 
     # One merge: `merged` fills only what the request left unset, so a second merge would let
     # the mapping's value override the admin row's one.
     options = req.options.merged({**model.entry.options, **plan.defaults})
+    if options.num_ctx == 0 and bridge().config.context_length:  # OLLAMA_CONTEXT_LENGTH
+        options = replace(options, num_ctx=bridge().config.context_length)
     draft = bridge().local.draft_path(model) if spec is not None else None
     return Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
                request_id=context().request_id, draft_path=draft)
