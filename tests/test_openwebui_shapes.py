@@ -196,3 +196,20 @@ def test_unload_while_the_model_generates_answers_at_once(url):
         stop.set()
         worker.join(30)
     assert answer["done_reason"] == "unload" and took < 3
+
+
+def test_copy_and_create_from_an_mlx_model_say_why_not_instead_of_not_found(url):
+    """routers/ollama.py copy_model posts {source, destination} for a model /api/tags listed,
+    and create_model relays the JSON typed under Manage > "Create a model" (its placeholder:
+    {"model": "my-modelfile", "from": ...}); send_request shows the JSON `error` as the toast.
+    The bridge only forwards these, so for an MLX model they used to answer
+    `model 'tiny:latest' not found` (copy) or name the new model as missing (create)."""
+    copy = post(url, "/api/copy", {"source": TINY, "destination": "tiny-copy"})
+    create = post(url, "/api/create", {"model": "my-modelfile", "from": TINY, "stream": True})
+    for resp, path in ((copy, "/api/copy"), (create, "/api/create")):
+        assert resp.status_code == 400, (path, resp.text)
+        error = resp.json()["error"]
+        assert f"{path} is not supported for model '{TINY}'" in error and "MLX" in error
+    # a name nobody serves is still Ollama's 404
+    unknown = post(url, "/api/copy", {"source": "nobody-has-it", "destination": "x"})
+    assert unknown.status_code == 404 and "not found" in unknown.json()["error"]

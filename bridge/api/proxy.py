@@ -14,7 +14,7 @@ from werkzeug.exceptions import NotFound
 from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
-from bridge.routing.dispatch import dispatch, forward
+from bridge.routing.dispatch import dispatch, forward, not_on_mlx
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
@@ -67,7 +67,13 @@ def embed() -> Response:
 def model_write() -> Response:
     """Registry and Modelfile operations belong to the real Ollama."""
     raw, name = model_field("CreateRequest", "model", "name")
-    return dispatch(name, request.path, raw, None)
+    base = Fields(parse_body(raw, "CreateRequest"), "CreateRequest").str("from")
+    try:
+        return dispatch(name, request.path, raw, None)
+    except ModelNotFound:  # the new name is unknown everywhere: say why when `from` is ours
+        if request.path == "/api/create" and base and bridge().local.find(base) is not None:
+            raise not_on_mlx(base, request.path) from None
+        raise
 
 
 @bp.post("/api/copy")
