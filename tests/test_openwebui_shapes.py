@@ -35,18 +35,29 @@ HEADERS = {"Content-Type": "application/json", "Accept": "*/*",
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    models = tmp_path_factory.mktemp("owui-models")
+def bridges(tmp_path_factory):
+    """(bridge, its upstream): the upstream is a second bridge (no upstream of its own) that
+    serves only `tiny-up`, standing in for an Ollama that does not know the bridge's models."""
+    models, cfg = tmp_path_factory.mktemp("owui-models"), tmp_path_factory.mktemp("owui-cfg")
     tiny = build_tiny_model(models / "tiny")
     long = build_tiny_model(models / "tiny-long", max_position_embeddings=1 << 17)
-    mappings = write_mappings(tmp_path_factory.mktemp("owui-cfg") / "m.yaml", {
+    up_map = write_mappings(cfg / "up.yaml", {"tiny-up": {"mlx": str(tiny), "backend": "mlx"}})
+    up, up_url = start_server(["--mappings", str(up_map), "--upstream", "none",
+                               "--home", str(tmp_path_factory.mktemp("owui-up-home"))])
+    mappings = write_mappings(cfg / "m.yaml", {
         "tiny": {"mlx": str(tiny), "backend": "mlx"},
         "tiny-long": {"mlx": str(long), "backend": "mlx"},
     })
-    proc, base = start_server(["--mappings", str(mappings), "--upstream", "none",
+    proc, base = start_server(["--mappings", str(mappings), "--upstream", up_url,
                                "--home", str(tmp_path_factory.mktemp("owui-home"))])
-    yield base
+    yield base, up_url
     stop_server(proc)
+    stop_server(up)
+
+
+@pytest.fixture(scope="module")
+def url(bridges):
+    return bridges[0]
 
 
 def post(url: str, path: str, body: dict, *, method: str = "POST", stream: bool = False,
@@ -198,18 +209,23 @@ def test_unload_while_the_model_generates_answers_at_once(url):
     assert answer["done_reason"] == "unload" and took < 3
 
 
-def test_copy_and_create_from_an_mlx_model_say_why_not_instead_of_not_found(url):
+@pytest.mark.parametrize("which", ["upstream answers 404", "no upstream"])
+def test_copy_and_create_from_an_mlx_model_say_why_not_instead_of_not_found(bridges, which):
     """routers/ollama.py copy_model posts {source, destination} for a model /api/tags listed,
     and create_model relays the JSON typed under Manage > "Create a model" (its placeholder:
     {"model": "my-modelfile", "from": ...}); send_request shows the JSON `error` as the toast.
-    The bridge only forwards these, so for an MLX model they used to answer
-    `model 'tiny:latest' not found` (copy) or name the new model as missing (create)."""
-    copy = post(url, "/api/copy", {"source": TINY, "destination": "tiny-copy"})
-    create = post(url, "/api/create", {"model": "my-modelfile", "from": TINY, "stream": True})
-    for resp, path in ((copy, "/api/copy"), (create, "/api/create")):
+    The bridge only forwards these, so for an MLX model they answered `model 'tiny:latest' not
+    found` (copy: the upstream's 404 relayed, or the bridge's own without an upstream) or
+    named the new model as missing (create)."""
+    url, name = (bridges[0], TINY) if which == "upstream answers 404" else (bridges[1],
+                                                                            "tiny-up:latest")
+    copy = post(url, "/api/copy", {"source": name, "destination": "tiny-copy"})
+    create = post(url, "/api/create", {"model": "my-modelfile", "from": name, "stream": True})
+    push = post(url, "/api/push", {"model": name, "stream": False})
+    for resp, path in ((copy, "/api/copy"), (create, "/api/create"), (push, "/api/push")):
         assert resp.status_code == 400, (path, resp.text)
         error = resp.json()["error"]
-        assert f"{path} is not supported for model '{TINY}'" in error and "MLX" in error
+        assert f"{path} is not supported for model '{name}'" in error and "MLX" in error
     # a name nobody serves is still Ollama's 404
     unknown = post(url, "/api/copy", {"source": "nobody-has-it", "destination": "x"})
     assert unknown.status_code == 404 and "not found" in unknown.json()["error"]

@@ -11,10 +11,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
-from bridge.errors import BadRequest, BridgeError, ModelNotFound
+from bridge.errors import BadRequest, BridgeError, ModelNotFound, Unsupported
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
-from bridge.routing.dispatch import dispatch, forward, not_on_mlx
+from bridge.routing.dispatch import dispatch, forward
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
@@ -67,13 +67,10 @@ def embed() -> Response:
 def model_write() -> Response:
     """Registry and Modelfile operations belong to the real Ollama."""
     raw, name = model_field("CreateRequest", "model", "name")
-    base = Fields(parse_body(raw, "CreateRequest"), "CreateRequest").str("from")
-    try:
-        return dispatch(name, request.path, raw, None)
-    except ModelNotFound:  # the new name is unknown everywhere: say why when `from` is ours
-        if request.path == "/api/create" and base and bridge().local.find(base) is not None:
-            raise not_on_mlx(base, request.path) from None
-        raise
+    base = name
+    if request.path == "/api/create":  # a Modelfile's base: what must exist
+        base = Fields(parse_body(raw, "CreateRequest"), "CreateRequest").str("from")
+    return forward_or_say_mlx(name, base, raw)
 
 
 @bp.post("/api/copy")
@@ -85,7 +82,37 @@ def copy() -> Response:
             ModelName.parse(value)
         except InvalidModelName:
             raise BadRequest(f"{field} {json.dumps(value)} is invalid") from None
-    return dispatch(name, "/api/copy", raw, None)
+    return forward_or_say_mlx(name, name, raw)
+
+
+def forward_or_say_mlx(name: str, base: str, raw: bytes) -> Response:
+    """Forward a copy/push/create routed by `name`. When the model it starts from (`base`) is
+    one only MLX serves here, the upstream (if any) answers `not found`, which misleads for a
+    model /api/tags lists (Open WebUI shows that text as its toast): a 400 says why instead."""
+    try:
+        resp = dispatch(name, request.path, raw, None)
+    except BridgeNotFound:  # no upstream, or none running: Ollama's 404 unless `base` is ours
+        if _served_on_mlx(base):
+            raise _not_on_mlx(base) from None
+        raise
+    if resp.status_code == 404 and _served_on_mlx(base):
+        resp.close()
+        raise _not_on_mlx(base)
+    return resp
+
+
+def _served_on_mlx(name: str) -> bool:
+    try:
+        return bool(name) and bridge().local.find(ModelName.parse(name).display) is not None
+    except InvalidModelName:
+        return False
+
+
+def _not_on_mlx(name: str) -> BridgeError:
+    return Unsupported(f"{request.path} is not supported for model "
+                       f"'{ModelName.parse(name).display}': mlx-bridge serves it on MLX from its "
+                       "own files and forwards this endpoint to the upstream Ollama, which does "
+                       "not have it")
 
 
 @bp.route("/api/blobs/<digest>", methods=["HEAD", "POST"])

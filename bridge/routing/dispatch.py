@@ -74,9 +74,8 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
     plan = state.router.plan(model_name)
     ctx.model = model_name
     targets = [t for t in plan.targets if not t.local or local is not None]
-    skipped = len(targets) < len(plan.targets)  # MLX serves the name, not this endpoint
     if not targets:
-        raise not_on_mlx(model_name, path)
+        raise ModelNotFound(model_name)
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
         ctx.backend = target.label
@@ -91,26 +90,9 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
         except FALLBACK_ERRORS as exc:
             failed.append(exc)
             if i == len(targets) - 1:
-                if skipped and all(isinstance(e, ModelNotFound) or _refused(e) for e in failed):
-                    raise not_on_mlx(model_name, path) from None
                 raise unserved(model_name, path, target, failed) from None
             note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
-
-
-def not_on_mlx(name: str, path: str) -> BridgeError:
-    """An endpoint the bridge only forwards (copy, push, create), for a name that only MLX
-    serves: saying `model not found` for a model /api/tags lists misleads (Open WebUI shows it
-    as is), so say what is missing. An invalid or unmapped name stays Ollama's 404."""
-    try:
-        display = ModelName.parse(name).display
-    except InvalidModelName:
-        return ModelNotFound(name)
-    if bridge().local.find(name) is None:
-        return ModelNotFound(name)
-    return Unsupported(f"{path} is not supported for model '{display}': mlx-bridge serves it "
-                       "on MLX from its own files; only models of the upstream Ollama can be "
-                       "copied, pushed or created from")
 
 
 def check_model_name(name: str) -> None:
