@@ -229,3 +229,23 @@ def test_copy_and_create_from_an_mlx_model_say_why_not_instead_of_not_found(brid
     # a name nobody serves is still Ollama's 404
     unknown = post(url, "/api/copy", {"source": "nobody-has-it", "destination": "x"})
     assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
+
+
+def test_an_idle_pooled_connection_is_still_served_seconds_later(url):
+    """open_webui/utils/session_pool.py get_session: one shared aiohttp pool, whose connector
+    keeps an idle connection 15 s and reuses it. The bridge closed idle connections after 5 s,
+    so a request sent on a pooled connection just as it closed failed with `Server
+    disconnected` (seen from Open WebUI's follow-up task, and with aiohttp after a 5.02 s
+    pause). An idle connection must outlive the client's own keep-alive time."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for pause in (0, 6.5):  # 6.5 s: past the old 5 s limit and its once-a-second sweep
+            time.sleep(pause)
+            conn.request("POST", "/api/show", body=json.dumps({"model": TINY}), headers=HEADERS)
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["details"]
+    finally:
+        conn.close()
