@@ -33,7 +33,7 @@ def test_registry_operations_on_an_mlx_model_say_why_they_are_refused(client):
         error = _refused(call)
         assert error.status_code == 400, (path, error.status_code, error.error)
         assert error.error.startswith(f"{path} is not supported for model 'tiny'")
-        assert "served by mlx-bridge" in error.error
+        assert "mlx-bridge serves it on MLX" in error.error
     # nothing was made: no copy appeared anywhere
     assert "tiny-copy:latest" not in [m.model for m in client.list().models]
 

@@ -14,7 +14,7 @@ from werkzeug.exceptions import NotFound
 from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
-from bridge.routing.dispatch import check_model_name, dispatch, forward, local_only
+from bridge.routing.dispatch import dispatch, forward, local_only
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
@@ -67,22 +67,10 @@ def embed() -> Response:
 def model_write() -> Response:
     """Registry and Modelfile operations belong to the real Ollama."""
     raw, name = model_field("CreateRequest", "model", "name")
-    if request.path == "/api/create":
-        check_model_name(name)  # the new name's own 400 first
-        base = parse_body(raw, "CreateRequest").get("from")
-        if isinstance(base, str) and base and local_only_model(base):
-            raise local_only(base, request.path)
-    return dispatch(name, request.path, raw, None)
-
-
-def local_only_model(name: str) -> bool:
-    """Whether every target of `name` is the bridge's own engine (nothing to forward to)."""
-    try:
-        ModelName.parse(name)
-    except InvalidModelName:
-        return False  # not a model name: the upstream judges it
-    targets = bridge().router.plan(name).targets
-    return bool(targets) and all(t.local for t in targets)
+    base = name
+    if request.path == "/api/create":  # a Modelfile's base: what must exist
+        base = Fields(parse_body(raw, "CreateRequest"), "CreateRequest").str("from")
+    return forward_or_say_mlx(name, base, raw)
 
 
 @bp.post("/api/copy")
@@ -94,7 +82,34 @@ def copy() -> Response:
             ModelName.parse(value)
         except InvalidModelName:
             raise BadRequest(f"{field} {json.dumps(value)} is invalid") from None
-    return dispatch(name, "/api/copy", raw, None)
+    return forward_or_say_mlx(name, name, raw)
+
+
+def forward_or_say_mlx(name: str, base: str, raw: bytes) -> Response:
+    """Forward a copy/push/create routed by `name`. When the model it starts from (`base`) is
+    one only MLX serves here, the upstream (if any) answers `not found`, which misleads for a
+    model /api/tags lists (Open WebUI shows that text as its toast): a 400 says why instead."""
+    try:
+        resp = dispatch(name, request.path, raw, None)
+    except BridgeNotFound:  # no upstream, or none running: Ollama's 404 unless `base` is ours
+        if _served_on_mlx(base):
+            raise _not_on_mlx(base) from None
+        raise
+    if resp.status_code == 404 and _served_on_mlx(base):
+        resp.close()
+        raise _not_on_mlx(base)
+    return resp
+
+
+def _served_on_mlx(name: str) -> bool:
+    try:
+        return bool(name) and bridge().local.find(ModelName.parse(name).display) is not None
+    except InvalidModelName:
+        return False
+
+
+def _not_on_mlx(name: str) -> BridgeError:
+    return local_only(name, request.path)
 
 
 @bp.route("/api/blobs/<digest>", methods=["HEAD", "POST"])

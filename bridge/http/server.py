@@ -36,6 +36,14 @@ def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
             logging.getLogger(name).setLevel(logging.INFO)
 
 
+# Seconds an idle kept-alive connection stays open. Longer than client pools keep one (Go's
+# http.Transport 90 s, aiohttp 15 s as in Open WebUI, httpx 5 s), so the client always closes
+# first: a server that closes at the moment a pooled connection is reused fails that request
+# ("Server disconnected"). Ollama's Go server sets no idle timeout at all. An idle connection
+# costs a descriptor on the main loop, never a thread, and worker_connections caps them.
+KEEPALIVE = 120
+
+
 class BridgeServer(BaseApplication):
     """gunicorn application wrapping `create_app`; the app is built in the worker, after fork."""
 
@@ -57,7 +65,7 @@ class BridgeServer(BaseApplication):
             "worker_connections": connection_limit(c.threads),
             "timeout": 120,  # heartbeat of the worker's main loop, not a per-request limit
             "graceful_timeout": int(self.grace + EXIT_MARGIN + 0.999),  # gunicorn wants an int
-            "keepalive": 5,
+            "keepalive": KEEPALIVE,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "debug" if c.verbose else "warning",

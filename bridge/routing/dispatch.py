@@ -101,8 +101,9 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
 def local_only(name: str, path: str) -> BadRequest:
     """A registry or Modelfile operation (/api/copy, /api/push, /api/create) on a model the
     bridge serves itself: a 400 saying so, not a 404 for a model /api/tags lists."""
-    return BadRequest(f"{path} is not supported for model '{name}': it is served by mlx-bridge "
-                      "on MLX (Modelfile and registry operations belong to Ollama)")
+    return BadRequest(f"{path} is not supported for model '{name}': mlx-bridge serves it on MLX "
+                      "from its own files (Modelfile and registry operations belong to Ollama, "
+                      "which does not have it)")
 
 
 def check_model_name(name: str) -> None:
