@@ -85,7 +85,7 @@ def test_q4_and_the_single_path_run_on_quantized_caches(wide_model_dir):
 
 
 def test_a_model_that_cannot_be_quantized_keeps_its_cache(tiny_model_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="bridge.engine.core"):
+    with caplog.at_level(logging.WARNING, logger="bridge.engine.warmup"):
         bits, _, _, done, _ = run_engine("q8_0", tiny_model_dir)  # 16-wide heads
     assert bits is None and all(d.eval_count == 12 for d in done)
     assert "KV cache stays unquantized" in caplog.text

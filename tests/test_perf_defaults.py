@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bridge.config import load_config
-from bridge.engine import Done, Engine, Job, PromptSpec, blas, core
+from bridge.engine import Done, Engine, Job, PromptSpec, blas, warmup
 from bridge.wire.options import Options
 
 
@@ -86,11 +86,11 @@ def test_slots_are_lowered_when_memory_cannot_hold_full_contexts(tiny_model_dir,
         job = Job(str(tiny_model_dir), "tiny", spec=PromptSpec(prompt="x"),
                   options=Options(num_ctx=1000))
         per_job = loaded.kv_bytes_per_token * 1000
-        monkeypatch.setattr(core, "available_memory", lambda: per_job * 100)
+        monkeypatch.setattr(warmup, "available_memory", lambda: per_job * 100)
         assert eng._capacity(loaded, job) == 8
-        monkeypatch.setattr(core, "available_memory", lambda: int(per_job * 3 / 0.8) + 1)
+        monkeypatch.setattr(warmup, "available_memory", lambda: int(per_job * 3 / 0.8) + 1)
         assert eng._capacity(loaded, job) == 3
-        monkeypatch.setattr(core, "available_memory", lambda: 10)
+        monkeypatch.setattr(warmup, "available_memory", lambda: 10)
         assert eng._capacity(loaded, job) == 1
     finally:
         eng.stop()
@@ -151,7 +151,7 @@ def test_a_failing_warm_up_never_fails_the_load(tiny_model_dir, monkeypatch, cap
     def broken(*args, **kwargs):
         raise RuntimeError("no warm-up today")
 
-    monkeypatch.setattr(core, "kv_bytes_per_token", broken)
+    monkeypatch.setattr(warmup, "kv_bytes_per_token", broken)
     eng = Engine(prompt_cache_bytes=0)
     eng.start()
     try:

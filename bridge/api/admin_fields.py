@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from bridge.errors import Unprocessable
 from bridge.routing.registry import KEY_ENV_PREFIX, KEY_ENV_RE, PROTOCOLS
 from bridge.stats.perf import BackendStats
-from bridge.stats.store import BACKEND_TYPES, READ_ONLY, WRITABLE
+from bridge.stats.records import BACKEND_TYPES, READ_ONLY, WRITABLE
 from bridge.wire.names import InvalidModelName, ModelName
 
 READ_ONLY_FIELDS = (*READ_ONLY, *BackendStats.__dataclass_fields__)

@@ -7,7 +7,7 @@ which has its own token. The admin
 token is accepted as a key too (an operator's own calls, never limited).
 
 Keys are made and revoked through the admin API (`/api/keys`, bridge/api/admin.py) and stored
-hashed (bridge/stats/store.py `hash_key`); the request path looks a key up in the store's
+hashed (bridge/stats/records.py `hash_key`); the request path looks a key up in the store's
 snapshot, so a key revoked on any bridge is refused on every bridge from its next request.
 
 Limits, each optional per key, counted in this bridge process over a sliding 60-second window:

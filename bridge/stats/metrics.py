@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bridge.stats.store import RequestRecord
+from bridge.stats.records import RequestRecord
 from bridge.wire.names import ModelName
 
 NAMESPACE = "mlx_bridge"

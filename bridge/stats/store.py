@@ -20,7 +20,8 @@ reached, routing keeps the last snapshot (retrying once a second, not on every r
 the tracker keeps request records in memory until it returns (bridge/stats/tracking.py).
 
 Any database failure (locked, corrupt, unreachable) becomes `StoreUnavailable` (503) naming the
-database; the server itself keeps running. Knows no HTTP.
+database; the server itself keeps running. Knows no HTTP. The records it stores and returns
+are in bridge/stats/records.py, its engines and migrations in bridge/stats/database.py.
 """
 
 from __future__ import annotations
@@ -30,184 +31,57 @@ import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import Connection
 
 from bridge.errors import Conflict, StoreUnavailable, Unprocessable
+from bridge.stats.database import bump, database_url, migrate, open_engines
 from bridge.stats.live import live_view
 from bridge.stats.perf import BackendStats, backend_stats, bridge_usage, comparison, key_usage
+from bridge.stats.records import (
+    BACKEND_TYPES,
+    KEY_FIELDS,
+    KEY_LIMITS,
+    MAX_ERROR_CHARS,
+    MAX_MODEL_CHARS,
+    READ_ONLY,
+    ROW_FIELDS,
+    WRITABLE,
+    ApiKey,
+    BackendRow,
+    RequestRecord,
+    Snapshot,
+    backend_row,
+    hash_key,
+    model_key,
+    norm_endpoint,
+    now_rfc3339,
+    record_row,
+    writable,
+)
 from bridge.stats.schema import api_keys, backends, registry_version, requests
 from bridge.wire.names import ModelName
 
+# Re-exported: callers import the records and the schema helpers from here as before.
+__all__ = [
+    "BACKEND_TYPES", "DB_FILE", "KEY_LIMITS", "MAX_ERROR_CHARS", "MAX_MODEL_CHARS", "READ_ONLY",
+    "ROW_FIELDS", "WRITABLE", "ApiKey", "BackendRow", "RequestRecord", "Snapshot", "Store",
+    "hash_key", "model_key", "norm_endpoint", "now_rfc3339", "schema_revision",
+]
+
 log = logging.getLogger(__name__)
 
-BACKEND_TYPES = ("mlx", "ollama", "auto")
 DB_FILE = "bridge.db"
-READ_TIMEOUT = 0.25  # seconds a read waits for a lock: WAL readers wait only in rare cases
-# Stored field sizes of the request log, so it grows by rows, not by what a request carried:
-# longer than any valid model name (host 350 + namespace 80 + model 80 + tag 80), a short error.
-MAX_MODEL_CHARS = 600
-MAX_ERROR_CHARS = 500
-MAX_ENDPOINT_CHARS = 2048
 PRUNE_CHUNK = 20_000  # request records deleted per transaction
 LOCKED_RETRY = 5.0  # after an open failed on a lock, seconds before it is tried again
 OUTAGE_RETRY = 1.0  # while the database is down, routing asks it at most once a second
-CONNECT_TIMEOUT = 2  # seconds to reach a PostgreSQL server
 COPY_CHUNK = 5_000  # request records per transaction when copying a database
-MIGRATIONS = Path(__file__).with_name("migrations")
-PG_MIGRATION_LOCK = 0x6D6C7862  # advisory lock: one bridge migrates at a time ("mlxb")
-
-
-def now_rfc3339() -> str:
-    """Current UTC time as RFC3339 with microseconds and a Z (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def model_key(name: str) -> str:
-    """Ollama's lookup key (`llama3` == `Llama3:latest`); lower-cased text if not a valid name."""
-    parsed = ModelName.try_parse(name)
-    return parsed.key if parsed else name.lower()
-
-
-def norm_endpoint(url: str | None) -> str | None:
-    """`http://h:1/` and `http://h:1` are one endpoint."""
-    return url.rstrip("/") or None if url else None
-
-
-def hash_key(secret: str) -> str:
-    """How an API key is stored: sha256 hex. The keys are 256-bit random (bridge/http/auth.py),
-    so a fast hash is enough: a slow password hash protects guessable secrets, and would cost
-    every request its time."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class BackendRow:
-    """One admin-managed backend for a model; an enabled row overrides the mapping file."""
-
-    id: int
-    model_name: str
-    backend_type: str  # "mlx" | "ollama" | "auto"
-    endpoint_url: str | None
-    mlx_model: str | None
-    enabled: bool
-    priority: int  # higher is tried first
-    max_tokens: int | None
-    temperature_default: float | None
-    timeout_seconds: float | None
-    api_key_env: str | None  # the environment variable with the endpoint's key (never the key)
-    protocol: str | None  # a remote endpoint's: "ollama" | "openai"; None = by backend_type
-    remote_model: str | None  # the name the remote endpoint knows the model by
-    weight: float | None  # share of traffic among enabled rows of equal priority (None = 1)
-    description: str
-    created_at: str  # RFC3339 UTC
-    updated_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-ROW_FIELDS = tuple(f.name for f in fields(BackendRow))
-READ_ONLY = ("id", "created_at", "updated_at")
-WRITABLE = tuple(f for f in ROW_FIELDS if f not in READ_ONLY)
-
-
-@dataclass
-class ApiKey:
-    """One API key (never the key itself: its sha256 and the first characters, to recognise it).
-
-    Limits are per key and per bridge process; None means unlimited.
-    """
-
-    id: int
-    name: str
-    prefix: str
-    key_hash: str
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-    max_streams: int | None
-    created_at: str
-    revoked_at: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["key_hash"]
-        return data
-
-
-KEY_FIELDS = tuple(f.name for f in fields(ApiKey))
-KEY_LIMITS = ("requests_per_minute", "tokens_per_minute", "max_streams")
-
-
-@dataclass
-class RequestRecord:
-    """One finished request, as the tracker stores it.
-
-    `backend` is who answered ("mlx" or "ollama"); `endpoint` the upstream URL it went to
-    (None for MLX); `status` "ok" | "error" | "canceled"; `cached_tokens` the prompt tokens
-    served from the prompt cache; `bridge_id` the bridge that served it (the tracker fills it
-    in); `api_key` the name of the key it came with; `rid` unique, so a retried write after an
-    outage never stores it twice.
-    """
-
-    model: str
-    backend: str
-    endpoint: str | None
-    status: str
-    prompt_tokens: int
-    eval_tokens: int
-    ttft_ms: float | None
-    latency_ms: float
-    tokens_per_sec: float | None
-    error: str | None = None
-    fallback_from: str | None = None
-    ts: str = field(default_factory=now_rfc3339)
-    cached_tokens: int = 0
-    bridge_id: str | None = None
-    api_key: str | None = None
-    rid: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The registry as the request path sees it: every backend row and key at one version."""
-
-    version: int
-    rows: tuple[BackendRow, ...]
-    keys: tuple[ApiKey, ...]
-    by_model: dict[str, tuple[BackendRow, ...]]  # enabled rows per model key, in plan order
-
-    @classmethod
-    def build(cls, version: int, rows: list[BackendRow], keys: list[ApiKey]) -> Snapshot:
-        by_model: dict[str, list[BackendRow]] = {}
-        for row in sorted(rows, key=lambda r: (-r.priority, r.id)):
-            if row.enabled:
-                by_model.setdefault(model_key(row.model_name), []).append(row)
-        return cls(version, tuple(rows), tuple(keys),
-                   {k: tuple(v) for k, v in by_model.items()})
-
-
-def database_url(target: str | Path) -> str:
-    """A SQLAlchemy URL: a path is a SQLite file; `postgresql://` selects psycopg 3."""
-    text = str(target)
-    if text.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + text.split("://", 1)[1]
-    if text.startswith(("postgresql+psycopg://", "sqlite://")):
-        return text
-    if "://" in text:  # a typo must not quietly give this bridge a registry of its own
-        raise ValueError(f"unsupported database URL scheme {text.split('://', 1)[0]!r}: "
-                         "MLX_BRIDGE_DATABASE_URL takes postgresql://user:password@host/db")
-    return f"sqlite:///{Path(text)}"
 
 
 class Store:
@@ -229,7 +103,8 @@ class Store:
         self._down_logged = False
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer, self._reader, self._scanner = self._engines()
+        self._writer, self._reader, self._scanner = open_engines(self.url, self.sqlite,
+                                                                 self.timeout)
         try:
             self._ready()
         except StoreUnavailable as exc:  # keep serving: the router falls back to the mappings
@@ -237,21 +112,6 @@ class Store:
 
     # ---- engines and connections ------------------------------------------------------------
 
-    def _engines(self) -> tuple[Engine, Engine, Engine]:
-        """(writes, request-path reads, full scans). PostgreSQL: one pool serves all three."""
-        if not self.sqlite:
-            engine = sa.create_engine(
-                # at most 12 connections per bridge: a fleet stays under max_connections (100)
-                self.url, pool_size=4, max_overflow=8, pool_timeout=CONNECT_TIMEOUT,
-                pool_pre_ping=True,  # a connection from before a database restart is replaced
-                connect_args={"connect_timeout": CONNECT_TIMEOUT})
-            return engine, engine, engine
-        writer = _sqlite_engine(self.url, self.timeout, write=True, pool_size=1)
-        reader = _sqlite_engine(self.url, min(self.timeout, READ_TIMEOUT), write=False,
-                                pool_size=4)
-        scanner = _sqlite_engine(self.url, min(self.timeout, READ_TIMEOUT), write=False,
-                                 pool_size=0)
-        return writer, reader, scanner
 
     def _ready(self) -> None:
         """Run the migrations once (retried on every use until they succeed)."""
@@ -402,11 +262,11 @@ class Store:
             query = query.where(backends.c.id == row_id)
         if enabled_only:
             query = query.where(backends.c.enabled == 1)
-        return [_row(r) for r in conn.execute(query).mappings()]
+        return [backend_row(r) for r in conn.execute(query).mappings()]
 
     def create(self, values: Mapping[str, Any]) -> BackendRow:
         """Insert a row from validated values (`model_name` and `backend_type` required)."""
-        data = {"enabled": True, "priority": 0, "description": "", **_writable(values)}
+        data = {"enabled": True, "priority": 0, "description": "", **writable(values)}
         data["enabled"] = int(bool(data["enabled"]))
         data["endpoint_url"] = norm_endpoint(data.get("endpoint_url"))
         data["model_key"] = model_key(data["model_name"])
@@ -414,14 +274,14 @@ class Store:
         with self._write() as conn:
             row_id = conn.execute(
                 sa.insert(backends).values(data).returning(backends.c.id)).scalar_one()
-            _bump(conn)
+            bump(conn)
         log.info("backend created id=%s model=%s backend=%s endpoint=%s", row_id,
                  data["model_name"], data["backend_type"], data["endpoint_url"])
         return self.get(row_id)  # type: ignore[return-value]
 
     def update(self, row_id: int, changes: Mapping[str, Any]) -> BackendRow | None:
         """Apply a partial update of writable fields; None when the id does not exist."""
-        data = _writable(changes)
+        data = writable(changes)
         if "endpoint_url" in data:
             data["endpoint_url"] = norm_endpoint(data["endpoint_url"])
         if "model_name" in data:
@@ -435,7 +295,7 @@ class Store:
                     sa.update(backends).where(backends.c.id == row_id).values(data)).rowcount
                 if done == 0:
                     return None
-                _bump(conn)
+                bump(conn)
             log.info("backend updated id=%s fields=%s", row_id, ",".join(sorted(changes)))
         return self.get(row_id)
 
@@ -448,7 +308,7 @@ class Store:
                 .values(enabled=1 - backends.c.enabled, updated_at=now_rfc3339())).rowcount
             if done == 0:
                 return None
-            _bump(conn)
+            bump(conn)
         row = self.get(row_id)
         log.info("backend toggled id=%s enabled=%s", row_id, row.enabled if row else None)
         return row
@@ -458,7 +318,7 @@ class Store:
         with self._write() as conn:
             deleted = conn.execute(sa.delete(backends).where(backends.c.id == row_id)).rowcount
             if deleted:
-                _bump(conn)
+                bump(conn)
         if deleted:
             log.info("backend deleted id=%s", row_id)
         return bool(deleted)
@@ -473,7 +333,7 @@ class Store:
         with self._write() as conn:
             key_id = conn.execute(
                 sa.insert(api_keys).values(data).returning(api_keys.c.id)).scalar_one()
-            _bump(conn)
+            bump(conn)
         log.info("api key created id=%s name=%s", key_id, name)
         return self.get_key(key_id)  # type: ignore[return-value]
 
@@ -502,7 +362,7 @@ class Store:
                 done = conn.execute(sa.update(api_keys).where(api_keys.c.id == key_id)
                                     .values(values)).rowcount
                 if done:
-                    _bump(conn)
+                    bump(conn)
         return self.get_key(key_id)
 
     def revoke_key(self, key_id: int) -> ApiKey | None:
@@ -512,7 +372,7 @@ class Store:
                 sa.update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now_rfc3339())).rowcount
             if done:
-                _bump(conn)
+                bump(conn)
         key = self.get_key(key_id)
         if key is not None:
             log.info("api key revoked id=%s name=%s", key_id, key.name)
@@ -531,7 +391,7 @@ class Store:
     def record_many(self, recs: Iterable[RequestRecord]) -> int:
         """Append request records in one transaction; a record already stored (same `rid`,
         written before a failure hid the commit) is skipped. Returns how many were new."""
-        rows = {r.rid: _record_row(r) for r in recs}
+        rows = {r.rid: record_row(r) for r in recs}
         if not rows:
             return 0
         with self._write() as conn:
@@ -611,7 +471,7 @@ class Store:
                     conn.execute(sa.insert(api_keys).values(
                         {k: v for k, v in key.items() if k != "id"}))
                     counts["api_keys"] += 1
-            _bump(conn)
+            bump(conn)
         tag = hashlib.sha256(source.name.encode()).hexdigest()[:12]
         after = 0
         while True:
@@ -634,82 +494,9 @@ class Store:
             counts["requests"] += len(new)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema (alembic `upgrade head`), one process at a time."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # two bridges starting at once: one migrates
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-
-
 def schema_revision(store: Store) -> str | None:
     """The alembic revision the database is at (None before the first migration)."""
     with store._read() as conn:
         table = sa.table("alembic_version", sa.column("version_num"))
         return conn.execute(sa.select(table.c.version_num)).scalar()
 
-
-def _sqlite_engine(url: sa.URL, timeout: float, *, write: bool, pool_size: int) -> Engine:
-    """A SQLite engine. Writes: BEGIN IMMEDIATE (the write lock up front, so a transaction that
-    reads first never fails half-way on another process's commit); reads: autocommit. A
-    pool_size of 0: no pooling (a scan's connection is closed after it)."""
-    pool: dict[str, Any] = ({"poolclass": NullPool} if pool_size == 0 else
-                            {"pool_size": pool_size, "max_overflow": 8 if not write else 0})
-    engine = sa.create_engine(url, connect_args={"timeout": timeout,
-                                                 "check_same_thread": False}, **pool)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the driver starts no transaction of its own
-        if write:
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-def _bump(conn: Connection) -> None:
-    """Move the registry counter (in the writing transaction): every bridge reloads."""
-    conn.execute(sa.update(registry_version).where(registry_version.c.id == 1)
-                 .values(version=registry_version.c.version + 1))
-
-
-def _record_row(r: RequestRecord) -> dict[str, Any]:
-    return {
-        "ts": r.ts, "model": _clip(r.model, MAX_MODEL_CHARS),
-        "model_key": _clip(model_key(r.model), MAX_MODEL_CHARS), "backend": r.backend,
-        "endpoint": _clip(norm_endpoint(r.endpoint), MAX_ENDPOINT_CHARS), "status": r.status,
-        "prompt_tokens": r.prompt_tokens, "eval_tokens": r.eval_tokens,
-        "cached_tokens": r.cached_tokens, "ttft_ms": r.ttft_ms, "latency_ms": r.latency_ms,
-        "tokens_per_sec": r.tokens_per_sec, "error": _clip(r.error, MAX_ERROR_CHARS),
-        "fallback_from": r.fallback_from, "bridge_id": r.bridge_id, "api_key": r.api_key,
-        "rid": r.rid,
-    }
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    """At most `limit` characters (an ellipsis marks a cut)."""
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "\u2026"
-
-
-def _writable(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Only writable columns reach SQL (column names are never taken from a request)."""
-    return {k: values[k] for k in WRITABLE if k in values}
-
-
-def _row(r: Mapping[str, Any]) -> BackendRow:
-    data = {k: r[k] for k in ROW_FIELDS}
-    data["enabled"] = bool(data["enabled"])
-    return BackendRow(**data)

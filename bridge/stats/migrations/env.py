@@ -1,4 +1,4 @@
-"""Alembic environment: always run by `bridge.stats.store.migrate` on a connection it hands in
+"""Alembic environment: always run by `bridge.stats.database.migrate` on a connection it hands in
 (`config.attributes["connection"]`), never from an alembic.ini."""
 
 from __future__ import annotations
