@@ -172,9 +172,6 @@ def test_unload_of_an_idle_model_answers_unload(url):
     assert TINY not in {m["model"] for m in ps["models"]}
 
 
-@pytest.mark.xfail(strict=True, reason="bridge/engine/core.py holds an unload job until the "
-                   "model's running jobs end (Engine._can_start); Ollama's expireRunner answers "
-                   "at once and unloads when they finish. Engine change left to its owner.")
 def test_unload_while_the_model_generates_answers_at_once(url):
     """Ollama (server/routes.go GenerateHandler) answers `done_reason: unload` at once and
     unloads when the model's requests end; Open WebUI's eject waits on this answer (up to

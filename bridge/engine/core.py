@@ -298,7 +298,9 @@ class Engine:
 
     def _can_start(self, job: Job) -> bool:
         runner = self._runners.get(job.model_path)
-        if job.spec is None:  # load/unload: never under a running model's feet
+        if job.spec is None and job.keep_alive == 0:
+            return True  # unload: at once when idle, else expired (Ollama's expireRunner)
+        if job.spec is None:  # load: never under a running model's feet
             return runner is None and all(t.loaded.key != job.model_path for t in self._embeds)
         if job.spec.embed_inputs is not None:
             return True  # computed in slices between decode steps, beside any runner
@@ -360,7 +362,11 @@ class Engine:
     def _load_only(self, job: Job, keep_alive: float) -> None:
         """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""
         if keep_alive == 0:
-            self.cache.unload(job.model_path)
+            loaded = self.cache.models.get(job.model_path)
+            if loaded is not None and loaded.active > 0:
+                loaded.keep_alive = 0  # _release unloads it when its last running job ends
+            else:
+                self.cache.unload(job.model_path)
             self._publish()
             self._send(job, Done(done_reason="unload"))
             return
