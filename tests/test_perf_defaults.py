@@ -36,24 +36,28 @@ def test_blas_leaves_the_busy_cores_alone(no_thread_override):
         assert blas.threads(load=1.0) == cores - 1
 
 
-def test_blas_threads_read_the_load_average_when_not_given(no_thread_override, monkeypatch):
-    monkeypatch.setattr(blas, "_cpu_times", lambda: None)  # the load average alone
+def test_blas_threads_read_the_load_average_only_without_proc_stat(no_thread_override,
+                                                                   monkeypatch):
+    monkeypatch.setattr(blas, "_cpu_times", lambda: None)  # no /proc/stat: the load average
     monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
     assert blas.threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert blas.threads() == blas.physical_cores()
 
 
-def test_blas_threads_see_load_that_just_began(no_thread_override, monkeypatch):
-    """The load average lags by a minute: the CPU use of the last quarter second counts too,
-    not counting this process's own start-up work."""
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+def test_blas_threads_follow_the_cpu_use_now_not_the_lagging_load_average(no_thread_override,
+                                                                          monkeypatch):
+    """The load average lags by a minute (a benchmark's raw run just ended): the CPU use of the
+    last half second decides, not counting this process's own start-up work."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # ignored
     monkeypatch.setattr(blas.time, "sleep", lambda s: None)
     cores = blas.physical_cores()
     readings = iter([(1000, 500, 0), (1100, 500, 0)])  # 100 jiffies, none idle: all busy
     monkeypatch.setattr(blas, "_cpu_times", lambda: next(readings))
     assert blas.threads() == 1
     readings = iter([(1000, 500, 0), (1100, 505, 90)])  # busy, but with this process's work
+    assert blas.threads() == cores
+    readings = iter([(1000, 500, 0), (1100, 600, 0)])  # idle now, whatever the load average
     assert blas.threads() == cores
 
 

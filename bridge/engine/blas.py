@@ -100,8 +100,8 @@ def threads(load: float | None = None) -> int:
     cores: SmolLM2 decoded at 1.3 tok/s with 2 threads and 5.0 with 1 at load 4-5, while on the
     idle machine 2 threads are 1.23x faster than 1 (issue 17). So the rule is the physical
     cores that the rest of the machine leaves idle, measured once when the engine starts:
-    `load` is how many cores are busy (default: the busier of the 1-minute load average and
-    the CPU use over the last quarter second, /proc/stat), at least 1 thread.
+    `load` is how many cores are busy (default: the CPU use of other work over the last half
+    second, /proc/stat; see busy_cores), at least 1 thread.
     """
     for var in ("MLX_BRIDGE_BLAS_THREADS", "OPENBLAS_NUM_THREADS"):
         raw = os.environ.get(var, "").strip()
@@ -113,13 +113,14 @@ def threads(load: float | None = None) -> int:
     return max(1, min(cores, cores - round(load)))
 
 
-def busy_cores(cores: int, sample: float = 0.25) -> float:
-    """How many of `cores` other work keeps busy: the 1-minute load average (sustained load)
-    or the share of CPU time not idle over `sample` seconds (load that just began), whichever
-    is higher. A machine without either reading counts as busy but one core."""
-    readings = []
-    with contextlib.suppress(AttributeError, OSError):
-        readings.append(os.getloadavg()[0])
+def busy_cores(cores: int, sample: float = 0.5) -> float:
+    """How many of `cores` other work keeps busy now: the share of CPU time not idle over
+    `sample` seconds, not counting this process (/proc/stat). Only where that cannot be read,
+    the 1-minute load average; without either, all but one core.
+
+    Not the load average where /proc/stat exists: it lags by a minute, so a bridge started
+    right after other work finished (a benchmark's raw run, a build) would see a busy machine
+    and keep one thread on an idle one."""
     before = _cpu_times()
     if before is not None:
         time.sleep(sample)
@@ -127,8 +128,10 @@ def busy_cores(cores: int, sample: float = 0.25) -> float:
         if after is not None and after[0] > before[0]:
             total, idle, own = (a - b for a, b in zip(after, before, strict=True))
             # This process's own start-up (imports on other threads) is not other work.
-            readings.append(cores * max(0.0, 1 - (idle + own) / total))
-    return max(readings) if readings else float(cores - 1)
+            return cores * max(0.0, 1 - (idle + own) / total)
+    with contextlib.suppress(AttributeError, OSError):
+        return os.getloadavg()[0]
+    return float(cores - 1)
 
 
 def _cpu_times() -> tuple[int, int, int] | None:
