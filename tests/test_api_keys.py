@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -97,6 +98,18 @@ def test_openai_sdk_passes_with_a_key_and_gets_401_without(server):
     assert reply.choices[0].finish_reason in ("length", "stop")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_anthropic_sdk_passes_with_a_key_in_x_api_key_and_gets_401_without(server):
+    url, _ = server
+    key = make_key(url, "anthropic-user")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)  # sends x-api-key
+    reply = client.messages.create(model="tiny", max_tokens=2,
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert reply.stop_reason in ("max_tokens", "end_turn")
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=url, api_key="wrong", max_retries=0).messages.create(
+            model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
 
 
 def test_over_the_request_limit_is_429_with_retry_after(server):

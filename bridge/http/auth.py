@@ -187,6 +187,14 @@ class KeyGate:
             raise
 
 
+def presented_key() -> str:
+    """The request's credential as an Authorization value: `Authorization`, else Anthropic's
+    `x-api-key` (the anthropic SDK and Claude Code with ANTHROPIC_API_KEY send only that)."""
+    header = request.headers.get("Authorization", "")
+    api_key = request.headers.get("x-api-key", "")
+    return header if header or not api_key else f"Bearer {api_key}"
+
+
 def check_key() -> None:
     """before_request: 401 without a valid key, 429 over a key's limit (when keys are on)."""
     state = bridge()
@@ -194,7 +202,7 @@ def check_key() -> None:
     if gate is None or not gate.required or request.method == "OPTIONS" \
             or open_path(request.path):
         return
-    key = gate.authenticate(request.headers.get("Authorization", ""))
+    key = gate.authenticate(presented_key())
     if key is None:
         return
     gate.admit(key)
