@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 
 import requests
 
@@ -45,6 +47,51 @@ def engine_running(url: str) -> bool:
         return False
 
 
+class DrainedOutput:
+    """A server's output pipe read all along by a thread, so a chatty server never blocks on a
+    full pipe (64 KiB nobody reads would stall its logging, and every request thread with it).
+
+    Reads as the pipe did: `read()` waits for the end and returns everything, `readline()`
+    waits for the next line (b"" at the end). Keeps at most MAX_BYTES (later lines dropped)."""
+
+    MAX_BYTES = 32 << 20
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._lines: list[bytes] = []
+        self._size, self._next, self._ended = 0, 0, False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._drain, args=(pipe,), daemon=True).start()
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        for line in iter(pipe.readline, b""):
+            with self._cond:
+                if self._size + len(line) <= self.MAX_BYTES:
+                    self._lines.append(line)
+                    self._size += len(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def readline(self) -> bytes:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next < len(self._lines) or self._ended)
+            if self._next < len(self._lines):
+                self._next += 1
+                return self._lines[self._next - 1]
+            return b""
+
+    def read(self) -> bytes:
+        with self._cond:
+            self._cond.wait_for(lambda: self._ended)
+            rest = b"".join(self._lines[self._next:])
+            self._next = len(self._lines)
+            return rest
+
+    def close(self) -> None:
+        """Nothing to close: the thread ends with the pipe."""
+
+
 def start_server(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
                  timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """Start `mlx-bridge serve` as a real process and wait until it answers."""
@@ -55,6 +102,7 @@ def start_server(args: list[str], env: dict[str, str] | None = None, port: int |
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    proc.stdout = DrainedOutput(proc.stdout)  # type: ignore[assignment]
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
