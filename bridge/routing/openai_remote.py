@@ -406,17 +406,10 @@ class Answer:
     def merged(self) -> dict[str, Any]:
         """The whole answer as one object (`stream: false`)."""
         out = self.final()
-        text, think, calls = "".join(self.content), "".join(self.thinking), self.tool_calls()
-        key = "message" if self.call.kind == "chat" else None
-        target = out["message"] if key else out
-        if key:
-            target["content"] = text
-        else:
-            target["response"] = text
-        if think:
-            target["thinking"] = think
-        if calls:
-            target["tool_calls"] = calls
+        whole = self.line("".join(self.content), "".join(self.thinking), self.tool_calls())
+        for key in ("message", "response", "thinking", "tool_calls"):  # placed as line() does
+            if key in whole:
+                out[key] = whole[key]
         return out
 
 
