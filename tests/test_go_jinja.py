@@ -10,7 +10,8 @@ import pytest
 
 from bridge.engine.gotemplate import render as go_render
 from bridge.importer.chat_templates import render
-from bridge.importer.go_jinja import Unconvertible, to_jinja, tool_parser_for
+from bridge.importer.go_jinja import to_jinja, tool_parser_for
+from bridge.importer.go_parse import Unconvertible
 from bridge.modelinfo.tokenizer import template_capabilities
 
 # ChatML with tools, written in the idiom of Ollama's library templates (Messages mode).

@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from bridge.importer.go_jinja import jinja_literal
+from bridge.importer.go_emit import jinja_literal
 
 log = logging.getLogger(__name__)
 

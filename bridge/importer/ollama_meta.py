@@ -15,14 +15,9 @@ from typing import Any
 
 from bridge.errors import BadRequest
 from bridge.importer.errors import ImportFailed
-from bridge.importer.go_jinja import (
-    Unconvertible,
-    identifiers,
-    jinja_literal,
-    parse,
-    to_jinja,
-    tool_parser_for,
-)
+from bridge.importer.go_emit import jinja_literal
+from bridge.importer.go_jinja import identifiers, to_jinja, tool_parser_for
+from bridge.importer.go_parse import Unconvertible, parse
 from bridge.wire.options import parse_options
 
 log = logging.getLogger(__name__)
