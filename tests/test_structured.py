@@ -268,7 +268,7 @@ def test_a_large_enum_is_one_terminal(client):
 
 
 def test_integer_ranges_are_exact():
-    from bridge.engine.json_grammar import int_range, number_range
+    from bridge.engine.json_numbers import int_range, number_range
 
     for lo, hi in [(0, 0), (-9, 9), (7, 1234), (-1234, -7), (95, 105), (-1, 0), (10, 99)]:
         rx = re.compile(int_range(lo, hi))

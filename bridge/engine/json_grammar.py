@@ -12,19 +12,36 @@ Beyond llama.cpp, bounds on `number` are enforced (llama.cpp ignores them) and `
 member is that member. Keywords no grammar can enforce (`uniqueItems`, `not`, `if`...) are
 `Unsupported` rather than silently dropped (Ollama drops them), so `auto` routing may try the
 upstream.
+
+This module walks the schema; json_lark holds llama.cpp's terminals and builtin rules, and
+json_numbers turns numeric bounds into regexes.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 from urllib.parse import unquote
 
+from bridge.engine.json_lark import (
+    BUILTINS,
+    CHAR,
+    FORMATS,
+    PRIMITIVES,
+    TERMINALS,
+    json_literal,
+    literal,
+)
+from bridge.engine.json_numbers import (
+    has_bounds,
+    int_range,
+    integer_limits,
+    number_limits,
+    number_range,
+)
 from bridge.errors import BadRequest, Unsupported
 
-CAP = 10**16 - 1  # the largest integral part llama.cpp's number rules allow (16 digits)
 MAX_DEPTH = 64  # nesting of the schema itself, so a hostile one is a 400 not a RecursionError
 # llguidance's Earley parser stops at 2000 items in a row (each alternative that may start at one
 # position takes ~2): more `anyOf` branches or optional keys in one object would fail mid-answer.
@@ -32,33 +49,6 @@ MAX_BRANCHES = 500
 # Its symbol table is 16-bit (~4 symbols per rule here): a bigger grammar panics at job start.
 MAX_RULES = 10_000
 
-# Terminals (llama.cpp's PRIMITIVE_RULES and SPACE_RULE as regexes). Strings: no raw control
-# characters or DEL; escapes \" \\ \b \f \n \r \t \uXXXX (no \/).
-CHAR = r'([^"\\\x00-\x1F\x7F]|\\(["\\bfnrt]|u[0-9a-fA-F]{4}))'
-INT_PART = r"(0|[1-9][0-9]{0,15})"
-TERMINALS = {
-    "SP": r"/ |\n{1,2}[ \t]{0,20}/",
-    "STRING": f'/"{CHAR}*"/',
-    "INTEGER": f"/-?{INT_PART}/",
-    "NUMBER": f"/-?{INT_PART}(\\.[0-9]{{1,16}})?([eE][-+]?{INT_PART})?/",
-}
-DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-FORMATS = {
-    "date": DATE, "time": TIME, "date-time": f"{DATE}T{TIME}",
-    "uuid": "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-}
-# Any JSON value / object / array, every token followed by bounded whitespace (`space`).
-BUILTINS = {
-    "space": "SP?",
-    "value": 'object | array | STRING | NUMBER | "true" | "false" | "null"',
-    "object": '"{" space (member ("," space member)*)? "}"',
-    "member": 'STRING space ":" space value space',
-    "array": '"[" space (value space ("," space value space)*)? "]"',
-}
-PRIMITIVES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER",
-              "boolean": '("true" | "false")', "null": '"null"', "object": "object",
-              "array": "array"}
 # Keywords that constrain values but that no grammar here enforces, with their no-op values.
 UNENFORCED = {"not": None, "if": None, "then": None, "else": None, "dependentSchemas": None,
               "dependentRequired": None, "dependencies": None, "patternProperties": None,
@@ -73,16 +63,6 @@ def lark_for(fmt: str | dict[str, Any]) -> str:
     """The Lark grammar for a request's `format` ("json" or a schema); BadRequest/Unsupported."""
     builder = _Builder(ANY_OBJECT if fmt == "json" else fmt)
     return builder.grammar()
-
-
-def literal(text: str) -> str:
-    """`text` as a Lark string literal (JSON escapes; DEL escaped, Lark rejects it raw)."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def json_literal(value: Any) -> str:
-    """The exact JSON text of `value` (compact, as llama.cpp's dump) as a Lark literal."""
-    return literal(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 class _Builder:
@@ -179,9 +159,9 @@ class _Builder:
         if kind == "string" and ("minLength" in schema or "maxLength" in schema):
             low, high = _count(schema, "minLength", 0), _count(schema, "maxLength", None)
             return self.terminal(f'/"{CHAR}{{{low},{"" if high is None else high}}}"/')
-        if kind in (None, "integer") and _has_bounds(schema):
+        if kind in (None, "integer") and has_bounds(schema):
             return self.integer(schema)
-        if kind == "number" and _has_bounds(schema):
+        if kind == "number" and has_bounds(schema):
             return self.number(schema)
         if kind == "object" or not schema:
             return self.need("object")
@@ -349,23 +329,13 @@ class _Builder:
         return self.terminal(f'/"{rx}"/')
 
     def integer(self, schema: dict[str, Any]) -> str:
-        low, high = _bounds(schema)
-        lo = -CAP if low is None else max(-CAP, math.floor(low[0]) + 1 if low[1] else
-                                          math.ceil(low[0]))
-        hi = CAP if high is None else min(CAP, math.ceil(high[0]) - 1 if high[1] else
-                                          math.floor(high[0]))
+        lo, hi = integer_limits(schema)
         if lo > hi:
             raise BadRequest(f"format: no integer satisfies the bounds of {_short(schema)}")
         return self.terminal(f"/{int_range(lo, hi)}/")
 
     def number(self, schema: dict[str, Any]) -> str:
-        low, high = _bounds(schema)
-        lo, lo_ex = (-CAP, False) if low is None else low
-        hi, hi_ex = (CAP, False) if high is None else high
-        if lo < -CAP:  # the 16-digit cap is the tighter bound
-            lo, lo_ex = -CAP, False
-        if hi > CAP:
-            hi, hi_ex = CAP, False
+        lo, lo_ex, hi, hi_ex = number_limits(schema)
         if lo > hi or (lo == hi and (lo_ex or hi_ex)):
             raise BadRequest(f"format: no number satisfies the bounds of {_short(schema)}")
         if not all(float(b).is_integer() for b in (lo, hi)):
@@ -378,35 +348,10 @@ class _Builder:
         return self.terminal(f"/{rx}/ & NUMBER")  # NUMBER caps the fraction at 16 digits
 
 
-def _bounds(schema: dict[str, Any]) -> tuple[tuple[float, bool] | None, tuple[float, bool] | None]:
-    """((lower, exclusive) or None, (upper, exclusive) or None), either JSON Schema draft."""
-    def pick(incl: str, excl: str) -> tuple[float, bool] | None:
-        flag, value = schema.get(excl), schema.get(incl)
-        if isinstance(flag, bool):  # draft 4: a flag on minimum/maximum
-            return None if value is None else (_num(value, incl), flag)
-        options = [(_num(value, incl), False)] if value is not None else []
-        if flag is not None:
-            options.append((_num(flag, excl), True))
-        if not options:
-            return None
-        return max(options) if incl == "minimum" else min(options, key=lambda o: (o[0], not o[1]))
-    return pick("minimum", "exclusiveMinimum"), pick("maximum", "exclusiveMaximum")
-
-
 def _branches(count: int, what: str) -> None:
     if count > MAX_BRANCHES:
         raise Unsupported(f"format: this JSON schema cannot be enforced: {count} {what} "
                           f"(at most {MAX_BRANCHES})")
-
-
-def _has_bounds(schema: dict[str, Any]) -> bool:
-    return any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
-
-
-def _num(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"format: `{key}` must be a number")
-    return value
 
 
 def _count(schema: dict[str, Any], key: str, default: int | None) -> Any:
@@ -423,80 +368,3 @@ def _uuid(fmt: Any) -> bool:
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-# ---- numeric ranges as regexes --------------------------------------------------------------
-
-def int_range(lo: int, hi: int) -> str:
-    """A regex for the decimal integers in [lo, hi] (no leading zeros, no "-0").
-
-    >>> import re
-    >>> rx = re.compile(int_range(-12, 7))
-    >>> [n for n in range(-30, 30) if rx.fullmatch(str(n))] == list(range(-12, 8))
-    True
-    """
-    parts = []
-    if lo < 0:
-        parts.append(f"-({_nonneg_range(max(1, -hi), -lo)})")
-    if hi >= 0:
-        parts.append(_nonneg_range(max(0, lo), hi))
-    return "|".join(f"({p})" for p in parts)
-
-
-def _nonneg_range(lo: int, hi: int) -> str:
-    """Split [lo, hi] (0 <= lo <= hi) by digit count, each piece a same-length range."""
-    parts = []
-    for width in range(len(str(lo)), len(str(hi)) + 1):
-        a = max(lo, 10 ** (width - 1) if width > 1 else 0)
-        b = min(hi, 10**width - 1)
-        parts.append(_same_length(str(a), str(b)))
-    return "|".join(parts)
-
-
-def _same_length(a: str, b: str) -> str:
-    """A regex for the digit strings of len(a) == len(b) between a and b, inclusive."""
-    if not a:
-        return ""
-    if a == b:
-        return a
-    rest = len(a) - 1
-    if a[1:] == "0" * rest and b[1:] == "9" * rest:
-        return f"[{a[0]}-{b[0]}]" + (f"[0-9]{{{rest}}}" if rest else "")
-    if a[0] == b[0]:
-        return a[0] + f"({_same_length(a[1:], b[1:])})"
-    parts = [a[0] + f"({_same_length(a[1:], '9' * rest)})"]
-    if int(b[0]) - int(a[0]) > 1:
-        parts.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}][0-9]{{{rest}}}")
-    parts.append(b[0] + f"({_same_length('0' * rest, b[1:])})")
-    return "|".join(parts)
-
-
-def number_range(lo: int, lo_ex: bool, hi: int, hi_ex: bool) -> str:
-    """A regex for the decimals (no exponent) between integral bounds, inclusive or not.
-
-    >>> import re
-    >>> rx = re.compile(number_range(-2, True, 3, False))
-    >>> [s for s in ["-2", "-1.5", "-0", "0", "0.5", "3", "3.0", "3.01", "-2.0", "-1.99"]
-    ...  if rx.fullmatch(s)]
-    ['-1.5', '0', '0.5', '3', '3.0', '-1.99']
-    """
-    parts = []
-    if hi > 0 or (hi == 0 and not hi_ex):
-        a, a_ex = (lo, lo_ex) if lo >= 0 else (0, False)
-        parts.append(_nonneg_decimal(a, a_ex, hi, hi_ex))
-    if lo < 0:  # x < 0 as "-" and y = -x > 0
-        y_lo, y_lo_ex = (-hi, hi_ex) if hi < 0 else (0, True)
-        parts.append(f"-({_nonneg_decimal(y_lo, y_lo_ex, -lo, lo_ex)})")
-    return "|".join(f"({p})" for p in parts if p)
-
-
-def _nonneg_decimal(a: int, a_ex: bool, b: int, b_ex: bool) -> str:
-    any_fraction, zero_fraction, nonzero_fraction = r"(\.[0-9]+)?", r"(\.0+)?", r"\.0*[1-9][0-9]*"
-    if a == b:
-        return "" if a_ex or b_ex else f"{a}{zero_fraction}"
-    parts = [f"{a}{nonzero_fraction if a_ex else any_fraction}"]
-    if b - a >= 2:
-        parts.append(f"({_nonneg_range(a + 1, b - 1)}){any_fraction}")
-    if not b_ex:
-        parts.append(f"{b}{zero_fraction}")
-    return "|".join(f"({p})" for p in parts)
