@@ -11,7 +11,8 @@ import requests
 
 from bridge.app import create_app
 from bridge.config import load_config
-from bridge.stats.store import DB_FILE, RequestRecord, Store
+from bridge.stats.records import RequestRecord
+from bridge.stats.store import DB_FILE, Store
 
 from .conftest import start_server, stop_server
 

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.stats.metrics import Metrics
-from bridge.stats.store import RequestRecord
+from bridge.stats.records import RequestRecord
 
 
 def rec(model: str = "m", backend: str = "mlx", status: str = "ok", **kw) -> RequestRecord:

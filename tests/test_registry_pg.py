@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge.stats.store import Store, schema_revision
+from bridge.stats.database import schema_revision
+from bridge.stats.store import Store
 
 from .fault_util import generate
 from .helpers import start_server, stop_server, wait_until, write_mappings
@@ -279,7 +280,7 @@ def test_sqlite_is_copied_into_postgresql_with_rows_and_stats_and_only_once(tmp_
 
 def test_the_live_view_buckets_on_postgresql_as_on_sqlite(tmp_path, pg):
     """The Admin UI's live series (the one expression compiled per dialect) agree."""
-    from bridge.stats.store import RequestRecord
+    from bridge.stats.records import RequestRecord
 
     now = int(time.time()) // 5 * 5
     views = []
@@ -321,7 +322,7 @@ def test_records_held_through_an_outage_are_bounded_counted_and_written_in_order
     """The tracker's side of an outage, on a real SQLite store made unreachable and back."""
     from bridge.errors import StoreUnavailable
     from bridge.stats.metrics import Metrics
-    from bridge.stats.store import RequestRecord
+    from bridge.stats.records import RequestRecord
     from bridge.stats.tracking import Tracker
 
     store = Store(tmp_path / "bridge.db")

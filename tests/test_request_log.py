@@ -11,7 +11,8 @@ from pathlib import Path
 import requests
 
 from bridge.stats.metrics import Metrics
-from bridge.stats.store import MAX_ERROR_CHARS, MAX_MODEL_CHARS, RequestRecord, Store
+from bridge.stats.records import MAX_ERROR_CHARS, MAX_MODEL_CHARS, RequestRecord
+from bridge.stats.store import Store
 from bridge.stats.tracking import Tracker
 
 from .conftest import start_server, stop_server, write_mappings

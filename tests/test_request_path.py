@@ -205,7 +205,8 @@ def test_tracker_prunes_once_per_prune_interval(tmp_path) -> None:
     """The first batch prunes (the file may hold more than is kept); after that only every
     _PRUNE_EVERY records, not after every batch."""
     from bridge.stats.metrics import Metrics
-    from bridge.stats.store import RequestRecord, Store
+    from bridge.stats.records import RequestRecord
+    from bridge.stats.store import Store
     from bridge.stats.tracking import _PRUNE_EVERY, Tracker
 
     class CountingStore(Store):

@@ -11,7 +11,8 @@ import pytest
 
 from bridge.errors import Conflict, StoreUnavailable
 from bridge.stats.metrics import Metrics
-from bridge.stats.store import RequestRecord, Store
+from bridge.stats.records import RequestRecord
+from bridge.stats.store import Store
 from bridge.stats.tracking import Tracker
 
 

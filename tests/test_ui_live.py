@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from bridge.stats.store import RequestRecord, Store
+from bridge.stats.records import RequestRecord
+from bridge.stats.store import Store
 
 T0 = 1_800_000_000  # a bucket boundary for step 5
 

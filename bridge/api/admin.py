@@ -34,7 +34,8 @@ from bridge.routing.upstream import redact_url
 from bridge.serving.catalog import plan_json
 from bridge.state import bridge
 from bridge.stats.metrics import CONTENT_TYPE
-from bridge.stats.store import KEY_LIMITS, ROW_FIELDS, ApiKey, BackendRow, Store
+from bridge.stats.records import KEY_LIMITS, ROW_FIELDS, ApiKey, BackendRow
+from bridge.stats.store import Store
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import InvalidModelName, ModelName
 

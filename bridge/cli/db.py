@@ -10,7 +10,9 @@ import click
 
 from bridge.config import load_config
 from bridge.errors import BridgeError
-from bridge.stats.store import DB_FILE, Store, schema_revision
+from bridge.stats.copy import copy_database
+from bridge.stats.database import schema_revision
+from bridge.stats.store import DB_FILE, Store
 
 
 def _target(url: str | None, home: str | None) -> str | Path:
@@ -55,7 +57,7 @@ def copy(source: str, dest: str | None, home: str | None) -> None:
     target = _target(dest, home)
     src, dst = Store(source), Store(target)
     try:
-        counts = dst.copy_from(src)
+        counts = copy_database(src, dst)
     except BridgeError as exc:
         raise click.ClickException(exc.message) from None
     finally:

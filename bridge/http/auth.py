@@ -34,7 +34,8 @@ from bridge.config import Config
 from bridge.errors import TooManyRequests, Unauthorized
 from bridge.state import bridge
 from bridge.stats.metrics import Metrics
-from bridge.stats.store import ApiKey, RequestRecord, Store, hash_key
+from bridge.stats.records import ApiKey, RequestRecord, hash_key
+from bridge.stats.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,15 @@ the tracker keeps request records in memory until it returns (bridge/stats/track
 
 Any database failure (locked, corrupt, unreachable) becomes `StoreUnavailable` (503) naming the
 database; the server itself keeps running. Knows no HTTP. The records it stores and returns
-are in bridge/stats/records.py, its engines and migrations in bridge/stats/database.py.
+are in bridge/stats/records.py, its connections and migrations in bridge/stats/database.py
+(`Database`, which `Store` extends), copying one database into another in bridge/stats/copy.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,19 +37,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bridge.errors import Conflict, StoreUnavailable, Unprocessable
-from bridge.stats.database import bump, database_url, migrate, open_engines
+from bridge.errors import StoreUnavailable
+from bridge.stats.database import Database, bump
 from bridge.stats.live import live_view
 from bridge.stats.perf import BackendStats, backend_stats, bridge_usage, comparison, key_usage
 from bridge.stats.records import (
-    BACKEND_TYPES,
     KEY_FIELDS,
     KEY_LIMITS,
-    MAX_ERROR_CHARS,
-    MAX_MODEL_CHARS,
-    READ_ONLY,
-    ROW_FIELDS,
-    WRITABLE,
     ApiKey,
     BackendRow,
     RequestRecord,
@@ -68,124 +59,27 @@ from bridge.stats.records import (
 from bridge.stats.schema import api_keys, backends, registry_version, requests
 from bridge.wire.names import ModelName
 
-# Re-exported: callers import the records and the schema helpers from here as before.
-__all__ = [
-    "BACKEND_TYPES", "DB_FILE", "KEY_LIMITS", "MAX_ERROR_CHARS", "MAX_MODEL_CHARS", "READ_ONLY",
-    "ROW_FIELDS", "WRITABLE", "ApiKey", "BackendRow", "RequestRecord", "Snapshot", "Store",
-    "hash_key", "model_key", "norm_endpoint", "now_rfc3339", "schema_revision",
-]
-
 log = logging.getLogger(__name__)
 
 DB_FILE = "bridge.db"
 PRUNE_CHUNK = 20_000  # request records deleted per transaction
-LOCKED_RETRY = 5.0  # after an open failed on a lock, seconds before it is tried again
 OUTAGE_RETRY = 1.0  # while the database is down, routing asks it at most once a second
-COPY_CHUNK = 5_000  # request records per transaction when copying a database
 
 
-class Store:
+class Store(Database):
     """Backend rows, API keys and request records; safe to share between threads."""
 
     def __init__(self, target: str | Path, *, timeout: float = 2.0) -> None:
         """Open (or create) the database and migrate it; a broken one is reported, not raised."""
-        self.url = sa.engine.make_url(database_url(target))
-        self.sqlite = self.url.get_backend_name() == "sqlite"
-        self.path: Path | None = Path(self.url.database or "") if self.sqlite else None
-        self.timeout = timeout  # how long a write waits for another process's lock
-        self.name = str(self.path) if self.path else self.url.render_as_string(hide_password=True)
-        self._lock = threading.RLock()  # SQLite: one writer connection per process
-        self._migrated = False
-        self._locked: tuple[float, StoreUnavailable] | None = None  # (retry at, error)
+        super().__init__(target, timeout=timeout)
         self._snapshot: Snapshot | None = None
         self._retry_at = 0.0  # while down: when routing asks the database again
         self._down_error: StoreUnavailable | None = None  # the last failure, before any snapshot
         self._down_logged = False
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer, self._reader, self._scanner = open_engines(self.url, self.sqlite,
-                                                                 self.timeout)
         try:
             self._ready()
         except StoreUnavailable as exc:  # keep serving: the router falls back to the mappings
             log.error("state database unavailable database=%s error=%r", self.name, exc.message)
-
-    # ---- engines and connections ------------------------------------------------------------
-
-
-    def _ready(self) -> None:
-        """Run the migrations once (retried on every use until they succeed)."""
-        if self._migrated:
-            return
-        locked = self._locked
-        if locked is not None and time.monotonic() < locked[0]:
-            raise locked[1]  # a lock just timed out: fail at once instead of waiting each time
-        with self._lock:
-            if self._migrated:
-                return
-            try:
-                migrate(self._writer)
-            except sa.exc.SQLAlchemyError as exc:
-                error = self._unavailable(exc)
-                if "locked" in str(error.message):
-                    self._locked = (time.monotonic() + LOCKED_RETRY, error)
-                self._reset()
-                raise error from None
-            self._locked = None
-            self._migrated = True
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        orig = getattr(exc, "orig", None) or exc
-        text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        hint = ""
-        if "not a database" in text:
-            hint = "; move the file aside to start with an empty one"
-        elif "locked" in text:
-            hint = "; another process holds a lock on it, retry"
-        return StoreUnavailable(f"backend store {self.name} unavailable: {text}{hint}")
-
-    def _error(self, exc: sa.exc.SQLAlchemyError) -> Exception:
-        """A database error as the bridge's: a duplicate is 409, a value the database cannot
-        hold 422, anything else (locked, corrupt, unreachable) 503."""
-        if isinstance(exc, sa.exc.IntegrityError):
-            return Conflict(f"a row with the same unique fields already exists ({exc.orig})")
-        if isinstance(exc, sa.exc.DataError) or (
-                isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError)):
-            return Unprocessable(f"value not storable: {getattr(exc, 'orig', None) or exc}")
-        self._reset()
-        return self._unavailable(exc)
-
-    def _reset(self) -> None:
-        """Drop pooled connections after a failure: a replaced or restarted database is opened
-        afresh on the next use."""
-        for engine in {self._writer, self._reader, self._scanner}:
-            engine.dispose()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One transaction (SQLite: BEGIN IMMEDIATE, one writer per process)."""
-        self._ready()
-        with self._lock if self.sqlite else contextlib.nullcontext():
-            try:
-                with self._writer.begin() as conn:
-                    yield conn
-            except sa.exc.SQLAlchemyError as exc:
-                raise self._error(exc) from None
-
-    @contextmanager
-    def _read(self, scan: bool = False) -> Iterator[Connection]:
-        """A connection for reads; `scan` for a full pass over the request log (stats,
-        comparisons), which must never hold up the reads routing makes on every request."""
-        self._ready()
-        try:
-            with (self._scanner if scan else self._reader).connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._error(exc) from None
-
-    def close(self) -> None:
-        """Close every pooled connection (reopened on demand if the store is used again)."""
-        self._reset()
 
     # ---- the registry snapshot (request path) -----------------------------------------------
 
@@ -443,60 +337,3 @@ class Store:
         """Totals per bridge and per API key (`{"bridges": [...], "keys": [...]}`)."""
         with self._read(scan=True) as conn:
             return {"bridges": bridge_usage(conn, since), "keys": key_usage(conn, since)}
-
-    # ---- copying a database (SQLite -> PostgreSQL) ------------------------------------------
-
-    def copy_from(self, source: Store) -> dict[str, int]:
-        """Copy every backend row, key and request record of `source` into this database.
-
-        Safe to run again: rows already here (same model, backend and endpoint; same key hash)
-        are kept as they are, and each request record gets a `rid` derived from the source and
-        its id, so a second copy adds nothing. Returns the counts copied.
-        """
-        counts = {"backends": 0, "api_keys": 0, "requests": 0}
-        with source._read(scan=True) as src:
-            src_rows = [dict(r) for r in src.execute(sa.select(backends)).mappings()]
-            src_keys = [dict(r) for r in src.execute(sa.select(api_keys)).mappings()]
-        with self._write() as conn:
-            have = {(r.model_key, r.backend_type, r.endpoint_url or "")
-                    for r in conn.execute(sa.select(backends))}
-            for row in src_rows:
-                if (row["model_key"], row["backend_type"], row["endpoint_url"] or "") not in have:
-                    conn.execute(sa.insert(backends).values(
-                        {k: v for k, v in row.items() if k != "id"}))
-                    counts["backends"] += 1
-            hashes = set(conn.execute(sa.select(api_keys.c.key_hash)).scalars())
-            for key in src_keys:
-                if key["key_hash"] not in hashes:
-                    conn.execute(sa.insert(api_keys).values(
-                        {k: v for k, v in key.items() if k != "id"}))
-                    counts["api_keys"] += 1
-            bump(conn)
-        tag = hashlib.sha256(source.name.encode()).hexdigest()[:12]
-        after = 0
-        while True:
-            with source._read(scan=True) as src:
-                chunk = [dict(r) for r in src.execute(
-                    sa.select(requests).where(requests.c.id > after).order_by(requests.c.id)
-                    .limit(COPY_CHUNK)).mappings()]
-            if not chunk:
-                return counts
-            after = chunk[-1]["id"]
-            for r in chunk:
-                r["rid"] = r.get("rid") or f"copy-{tag}-{r['id']}"
-                del r["id"]
-            with self._write() as conn:
-                have_rids = set(conn.execute(sa.select(requests.c.rid).where(
-                    requests.c.rid.in_([r["rid"] for r in chunk]))).scalars())
-                new = [r for r in chunk if r["rid"] not in have_rids]
-                if new:
-                    conn.execute(sa.insert(requests), new)
-            counts["requests"] += len(new)
-
-
-def schema_revision(store: Store) -> str | None:
-    """The alembic revision the database is at (None before the first migration)."""
-    with store._read() as conn:
-        table = sa.table("alembic_version", sa.column("version_num"))
-        return conn.execute(sa.select(table.c.version_num)).scalar()
-

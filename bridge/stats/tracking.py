@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StoreUnavailable
 from bridge.stats.metrics import Metrics
-from bridge.stats.store import RequestRecord, Store
+from bridge.stats.records import RequestRecord
+from bridge.stats.store import Store
 
 if TYPE_CHECKING:
     from bridge.engine import Done
