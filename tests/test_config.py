@@ -16,11 +16,10 @@ from bridge.config import (
     DEFAULT_NUM_PARALLEL,
     DEFAULT_THREADS,
     Config,
-    HostSpec,
     default_mappings_path,
     load_config,
-    parse_host,
 )
+from bridge.hosts import HostSpec, parse_host
 
 # raw value, Ollama's Host().String() (with ":port" -> our all-interfaces 0.0.0.0)
 OLLAMA_HOST_TABLE = [

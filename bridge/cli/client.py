@@ -9,8 +9,8 @@ from typing import Any
 
 import requests
 
-from bridge.config import parse_host
 from bridge.errors import BridgeError
+from bridge.hosts import parse_host
 
 CONNECT_TIMEOUT = 3.05
 

@@ -199,7 +199,7 @@ def collect_status(paths: ServicePaths, default_url: str) -> dict[str, Any]:
 
 
 def _holder_pid(url: str) -> int | None:
-    from bridge.config import parse_host
+    from bridge.hosts import parse_host
     from bridge.service.portinfo import find_listener
 
     holder = find_listener(parse_host(url).port)

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.config import Config, parse_host
+from bridge.config import Config
+from bridge.hosts import parse_host
 from bridge.routing.registry import MappingError, Registry
 from bridge.service.portinfo import find_listener, port_in_use
 from bridge.service.process import probe_health, upstream_reachable
