@@ -235,4 +235,3 @@ def _printf(fmt: str, args: list[str]) -> str:
     printed = [v for v in verbs if v != "%%"]
     values = [a if v == "%d" else f"go_print({a})" for v, a in zip(printed, args, strict=False)]
     return f"({jinja_literal(fmt.replace('%v', '%s'))} | format({', '.join(values)}))"
-

@@ -316,4 +316,3 @@ def parse(template: str) -> list[Any]:
     """The Go template's syntax tree (Unconvertible when it has what the translation lacks)."""
     nodes, _ = _Parser(_split(template)).nodes()
     return nodes
-
