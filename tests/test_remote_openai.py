@@ -17,7 +17,7 @@ import ollama
 import pytest
 import requests
 
-from bridge.routing import openai_remote
+from bridge.routing import openai_remote, openai_request, openai_stream
 
 from .helpers import free_port, ndjson, start_server, stop_server, wait_until, write_mappings
 from .remote_servers import SEED_REPO, hf_cache_with, start_mlx_lm_server
@@ -286,7 +286,7 @@ def test_messages_tie_tool_results_to_their_calls():
         {"role": "tool", "tool_name": "b", "content": "B"},
         {"role": "tool", "content": "A"},
     ]
-    out = openai_remote.messages(native_msgs)
+    out = openai_request.messages(native_msgs)
     assert out[0]["content"] == [{"type": "text", "text": "look"}, {
         "type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     calls = out[1]["tool_calls"]
@@ -296,7 +296,7 @@ def test_messages_tie_tool_results_to_their_calls():
 
 
 def test_options_format_and_fragmented_tool_calls():
-    call = openai_remote.convert("/api/chat", json.dumps({
+    call = openai_request.convert("/api/chat", json.dumps({
         "model": "m", "messages": HELLO, "format": {"type": "object"}, "think": "high",
         "options": {"num_predict": -1, "top_k": 5, "repeat_penalty": 1.1, "num_ctx": 4096},
     }).encode(), "m", "remote/m", {"temperature": 0.2, "num_predict": 9})
@@ -324,21 +324,21 @@ def test_options_format_and_fragmented_tool_calls():
 
 
 def test_a_remote_answer_of_the_wrong_shape_is_a_502():
-    call = openai_remote.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO})
+    call = openai_request.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO})
                                  .encode(), "m", "m", {})
     answer = openai_remote.Answer(call, opened_ns=0)
-    with pytest.raises(openai_remote.UpstreamError, match="unexpected shape"):
-        openai_remote.checked(answer.feed, {"choices": [{"delta": ["not", "an", "object"]}]})
-    embed = openai_remote.convert("/api/embed", b'{"model": "m", "input": "x"}', "m", "m", {})
-    with pytest.raises(openai_remote.UpstreamError, match="unexpected shape"):
-        openai_remote.checked(openai_remote.embed_answer, embed, {"data": [7]}, 0)
+    with pytest.raises(openai_stream.UpstreamError, match="unexpected shape"):
+        openai_stream.checked(answer.feed, {"choices": [{"delta": ["not", "an", "object"]}]})
+    embed = openai_request.convert("/api/embed", b'{"model": "m", "input": "x"}', "m", "m", {})
+    with pytest.raises(openai_stream.UpstreamError, match="unexpected shape"):
+        openai_stream.checked(openai_remote.embed_answer, embed, {"data": [7]}, 0)
 
 
 def test_a_remote_that_answers_one_json_object_is_converted_too():
-    call = openai_remote.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO,
+    call = openai_request.convert("/api/chat", json.dumps({"model": "m", "messages": HELLO,
                                                           "stream": False}).encode(), "m", "m", {})
     answer = openai_remote.Answer(call, opened_ns=0)
-    answer.feed(openai_remote.as_chunk({"choices": [{"finish_reason": "tool_calls", "message": {
+    answer.feed(openai_stream.as_chunk({"choices": [{"finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": "calling", "tool_calls": [
             {"id": "a", "function": {"name": "f", "arguments": "{}"}},
             {"id": "b", "function": {"name": "g", "arguments": '{"x": 1}'}}]}}],

@@ -31,7 +31,7 @@ from bridge.http.web import (
     json_response,
     ndjson_stream,
 )
-from bridge.routing import openai_remote
+from bridge.routing import openai_remote, openai_request, openai_stream
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import (
     OnFinal,
@@ -222,7 +222,7 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
     if path == "/api/show":
         return json_response(openai_remote.show_body(name, remote_model, shown,
                                                      _listed(target, remote_model)))
-    call = openai_remote.convert(path, raw, name, remote_model, plan.defaults)
+    call = openai_request.convert(path, raw, name, remote_model, plan.defaults)
     resp, opened_ns = open_endpoint(target, "POST", call.path, json.dumps(call.body).encode(),
                                     last)
     on_final = tracking(target, resp.status_code, opened_ns)
@@ -230,23 +230,23 @@ def serve_openai(target: Target, path: str, raw: bytes, plan: Plan, last: bool) 
     deadline = time.monotonic() + timeout  # for a whole (non-streamed) body: no trickling
     if resp.status_code >= 400:
         text = _read_text(resp, MAX_REMOTE_ERROR, deadline, cut=True)
-        error = openai_remote.remote_error(resp.status_code, text, name, shown)
+        error = openai_stream.remote_error(resp.status_code, text, name, shown)
         if last or not isinstance(error, FALLBACK_ERRORS):  # else note_fallback records it
             on_final(None, f"HTTP {resp.status_code}", None)
         raise error
     if not (call.stream or last):
         on_final = _unless_failed(on_final)  # a failure falls back: note_fallback records it
     if call.kind in ("embed", "embeddings"):
-        body = openai_remote.checked(openai_remote.embed_answer, call,
+        body = openai_stream.checked(openai_remote.embed_answer, call,
                                      _json(_read_text(resp, deadline=deadline)), opened_ns)
         on_final({"prompt_eval_count": body.get("prompt_eval_count", 0)}, None, None)
         return json_response(body)
     answer = openai_remote.Answer(call, opened_ns)
     if "event-stream" in resp.headers.get("Content-Type", ""):
-        chunks = openai_remote.sse_objects(iter_chunks(resp), idle=timeout)
+        chunks = openai_stream.sse_objects(iter_chunks(resp), idle=timeout)
     else:  # a remote that does not stream: its whole answer as one chunk
-        whole = _json(_read_text(resp, openai_remote.MAX_ANSWER, deadline))
-        chunks = iter([openai_remote.checked(openai_remote.as_chunk, whole)])
+        whole = _json(_read_text(resp, openai_stream.MAX_ANSWER, deadline))
+        chunks = iter([openai_stream.checked(openai_stream.as_chunk, whole)])
     lines = converted_lines(answer, chunks, resp, on_final, bridge().upstream.stopping,
                             context().request_id)
     if call.stream:
@@ -273,7 +273,7 @@ def converted_lines(answer: openai_remote.Answer, chunks: Iterator[dict[str, Any
         for obj in chunks:
             if stopping.is_set():
                 raise ShuttingDown()
-            line = openai_remote.checked(answer.feed, obj)
+            line = openai_stream.checked(answer.feed, obj)
             if line is not None:
                 yield line
         calls = answer.tool_calls()
