@@ -13,7 +13,7 @@ import ollama
 import pytest
 
 from bridge.engine import Done, Engine, Failed, Job, PromptSpec
-from bridge.engine.lookup import NgramIndex, PromptLookup
+from bridge.engine.lookup import Counts, NgramIndex, PromptLookup, lookup_generate_step
 from bridge.routing.registry import MappingError, parse_mappings
 from bridge.wire.options import Options
 
@@ -63,6 +63,47 @@ def test_the_index_proposes_what_followed_the_latest_longest_match():
     index.extend([3])  # "1 2 3" now matches the longest: what followed it first
     assert index.propose(2) == [9, 1]
     assert NgramIndex([1, 2, 3], max_n=2).propose(4) == []  # the last token never occurred
+    assert NgramIndex([7, 1, 2, 3, 4, 5, 7], max_n=3).propose(4) == [1, 2]  # one token: short
+
+
+class Trimmable:
+    """A cache layer that only counts (the fake model below keeps no state)."""
+
+    offset = 0
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        self.offset -= n
+        return n
+
+
+def test_drafting_pauses_when_the_text_never_repeats_its_context():
+    """A model whose next token is never what followed before in the context: every proposal
+    misses, and after MISSES in a row the lookup stops proposing for a growing while."""
+    import mlx.core as mx
+
+    vocab = 1000
+    cache = [Trimmable()]
+    cache[0].offset = vocab - 1  # the prompt but its last token
+
+    def at(position):  # the token at a position: never what followed it in the context
+        return (position * 919 + 13) % vocab
+
+    def model(inputs, cache):
+        first = cache[0].offset + 1  # the position the first row predicts
+        cache[0].offset += inputs.shape[1]
+        return mx.eye(vocab)[at(mx.arange(first, first + inputs.shape[1]))][None] * 10
+
+    counts = Counts()
+    prompt = list(range(vocab))  # every token occurs: each 1-gram matches, t -> t + 1
+    steps = lookup_generate_step(prompt, model, cache, lambda lp: mx.argmax(lp, axis=-1),
+                                 PromptLookup(), 300, counts)
+    out = [token for token, _, _ in steps]
+    assert out == [at(vocab + i) for i in range(300)]  # the model's own tokens
+    assert cache[0].offset == vocab + 299  # what was fed: the prompt and all but the last
+    assert counts.accepted == 0 and 0 < counts.proposed <= 80, counts  # unpaused: 600
 
 
 def test_greedy_output_is_token_identical_and_drafts_are_accepted(engine, tiny_model_dir,

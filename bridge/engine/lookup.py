@@ -22,6 +22,9 @@ NAME = "prompt-lookup"  # the mapping's `draft:` value (a reserved word there, n
 # context decodes at the plain cost (a k+1-token pass costs more than a 1-token one).
 MISSES = 3
 MAX_PAUSE = 64
+# A match on the last token alone is weak evidence: it proposes at most this many tokens
+# (replaying SmolLM2's greedy answers: free text 0.96x -> 1.07x, a code edit 2.77x -> 2.64x).
+ONE_TOKEN_DRAFT = 2
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,13 @@ class NgramIndex:
 
     def propose(self, k: int) -> list[int]:
         """Up to k tokens that followed the latest earlier occurrence of the longest matching
-        suffix (longest n first); [] when even the last token never occurred before."""
+        suffix (longest n first; ONE_TOKEN_DRAFT for n = 1); [] when even the last token never
+        occurred before."""
         toks = self.tokens
         for n in range(min(self.max_n, len(toks)), 0, -1):
             at = self._after[n - 1].get(tuple(toks[-n:]))
             if at is not None:
-                return toks[at:at + k]
+                return toks[at:at + (k if n > 1 else min(k, ONE_TOKEN_DRAFT))]
         return []
 
 
