@@ -253,7 +253,7 @@ def main() -> None:
         lookup = None
         if "lookup" not in skip:  # prompt-lookup drafting: a repeating task and free text
             print("... prompt-lookup drafting", flush=True)
-            lookup = run_spec(model, "prompt-lookup", work.decode_tokens, "repeat,code,story")
+            lookup = run_spec(model, "prompt-lookup", work.decode_tokens, "repeat,code,story,facts")
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
             "time": time.strftime("%Y-%m-%d %H:%M"),
