@@ -106,6 +106,32 @@ def test_drafting_pauses_when_the_text_never_repeats_its_context():
     assert counts.accepted == 0 and 0 < counts.proposed <= 80, counts  # unpaused: 600
 
 
+def test_sampled_tokens_keep_the_models_distribution():
+    """A Markov-chain "model" over 3 tokens: the drafts are often right, and each kept token
+    must still be the model's own sample, so the transition frequencies match the chain's."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    chain = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.1, 0.4]]
+    cache = [Trimmable()]
+
+    def model(inputs, cache):
+        cache[0].offset += inputs.shape[1]
+        return mx.log(mx.array(chain))[inputs[0]][None]
+
+    mx.random.seed(7)
+    counts, n = Counts(), 6000
+    prompt = [0, 1, 2, 0, 0, 1, 1, 2]
+    steps = lookup_generate_step(prompt, model, cache, make_sampler(temp=1.0), PromptLookup(),
+                                 n, counts)
+    seq = prompt[-1:] + [token for token, _, _ in steps]
+    assert len(seq) == n + 1 and counts.accepted > n // 4, counts
+    for a in range(3):
+        after = [b for x, b in zip(seq, seq[1:], strict=False) if x == a]
+        freq = [after.count(b) / len(after) for b in range(3)]
+        assert max(abs(f - p) for f, p in zip(freq, chain[a], strict=True)) < 0.04, (a, freq)
+
+
 def test_greedy_output_is_token_identical_and_drafts_are_accepted(engine, tiny_model_dir,
                                                                   caplog):
     prompts = [(REPEAT, 60), (ASK, 40)]
