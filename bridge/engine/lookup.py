@@ -94,9 +94,10 @@ def lookup_generate_step(tokens: list[int], model: Any, cache: list[Any], sample
                          counts: Counts) -> Iterator[tuple[int, Any, bool]]:
     """Yields (token, logprobs, from_draft) like mlx-lm's speculative_generate_step.
 
-    `cache` holds all of `tokens` but the last, which is fed first. The cache is trimmed to the
-    accepted tokens before anything is yielded, so it never holds more than what was yielded
-    plus the last token's predecessor chain (Solo.close() trims to what the job took)."""
+    `cache` holds all of `tokens` but the last, which is fed first. After each pass the cache
+    is trimmed to the kept tokens before the first of them is yielded: it then holds the
+    context and every kept token but the last (the next pass feeds that one). A caller that
+    stops mid-way trims the kept tokens it did not take (Solo.close())."""
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
     from mlx_lm.models.cache import trim_prompt_cache
