@@ -8,6 +8,8 @@ Same model, same prompts, one run:
   llama.cpp    llama-cpp-python on --gguf, when it is installed
   KV cache     the bridge's engine per OLLAMA_KV_CACHE_TYPE: memory per 1k tokens, greedy
                agreement with f16, batched (scripts/bench_kv.py)
+  speculative  a lone greedy stream with a layer-cut draft (--draft-layers) and with
+               prompt-lookup drafting on repeating and free-text prompts (scripts/bench_spec.py)
 The bridge runs at its defaults (BLAS threads, OLLAMA_NUM_PARALLEL): what users get.
 Prints a table of values and ratios against the targets, writes bench.json and bench.png.
 Each run records the load average: on a busy machine the wall-clock numbers move 2-4x; the
@@ -140,10 +142,11 @@ def run_kv(model: str, types: list[str], tokens: int) -> dict:
     return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
-def run_spec(model: str, draft: str, tokens: int) -> dict:
-    """Speculative decoding against plain, in a fresh process (scripts/bench_spec.py)."""
+def run_spec(model: str, draft: str, tokens: int, prompts: str = "story") -> dict:
+    """Speculative decoding against plain, in a fresh process (scripts/bench_spec.py); `draft`
+    is a model directory or `prompt-lookup`, one run per prompt name (bench_common)."""
     cmd = [sys.executable, str(HERE / "bench_spec.py"), "--model", model, "--draft", draft,
-           "--tokens", str(tokens)]
+           "--tokens", str(tokens), "--prompts", prompts]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
     if out.returncode or not lines:
@@ -177,7 +180,8 @@ def main() -> None:
                    help="short runs (the default on the tiny model)")
     p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     p.add_argument("--skip", default="",
-                   help="comma list of columns to leave out: raw-bundled,peer,llamacpp")
+                   help="comma list of columns to leave out: raw-bundled,peer,llamacpp,"
+                        "lookup (the prompt-lookup drafting run)")
     p.add_argument("--bridge-bundled", action="store_true",
                    help="also run the bridge on the bundled BLAS")
     p.add_argument("--bridge-threads", type=int, default=0,
@@ -246,11 +250,15 @@ def main() -> None:
             draft = args.draft or str(build_self_draft(model, tmp / "draft", layers))
             spec = run_spec(model, draft, work.decode_tokens)
             spec["draft_layers"] = None if args.draft else layers
+        lookup = None
+        if "lookup" not in skip:  # prompt-lookup drafting: a repeating task and free text
+            print("... prompt-lookup drafting", flush=True)
+            lookup = run_spec(model, "prompt-lookup", work.decode_tokens, "repeat,code,story,facts")
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
             "time": time.strftime("%Y-%m-%d %H:%M"),
             "load_average": [load_before, load_average()], "busy_loops": args.load}
-    report(columns, meta, out_dir, kv, spec)
+    report(columns, meta, out_dir, kv, spec, lookup)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,30 @@ QUESTIONS = [
     "What is an umbrella for?",
 ]
 LONG_ASK = "Write a long story about a little server that spoke the language of llamas."
+# Tasks whose answer repeats the prompt (prompt-lookup drafting's case), and LONG_ASK's free text.
+REPEAT_ASK = (
+    "Repeat the following text exactly, word for word: The little server spoke the language of "
+    "llamas. Every morning it woke before the sun, checked its queues, and greeted each request "
+    "by name. When the models were heavy it carried them one layer at a time, and when the night "
+    "was quiet it counted tokens like stars.")
+CODE_ASK = """Fix the typo in this Python function and return the whole corrected function:
+
+def moving_average(values, window):
+    if window <= 0:
+        raise ValueError("window must be positive")
+    totals = []
+    running = 0.0
+    for i, value in enumerate(values):
+        running += value
+        if i >= window:
+            running -= values[i - window]
+        if i >= window - 1:
+            totals.append(running / windw)
+    return totals
+"""
+FACTS_ASK = ("Answer each in one sentence: What is the capital of France? Why is the sky blue? "
+             "What do llamas eat? Who wrote Hamlet? What is 12 times 12?")
+SPEC_PROMPTS = {"story": LONG_ASK, "facts": FACTS_ASK, "repeat": REPEAT_ASK, "code": CODE_ASK}
 
 
 @dataclass

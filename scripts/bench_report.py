@@ -119,7 +119,7 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
 
 
 def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None = None,
-           spec: dict | None = None) -> None:
+           spec: dict | None = None, lookup: dict | None = None) -> None:
     names = list(columns)
     table = rows(columns)
     width = max(len(label) for label, _ in table)
@@ -141,11 +141,29 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None 
               f"plain {_fmt(spec['plain_tok_s'])} tok/s, speculative "
               f"{_fmt(spec['speculative_tok_s'])} tok/s ({_fmt(spec['speedup'])}x), "
               f"acceptance {_fmt(spec['acceptance'])}, identical output: {spec['identical']}")
+    if lookup:
+        print_lookup(lookup)
     data = {"meta": meta, "columns": columns, "kv_cache": kv, "speculative": spec,
+            "prompt_lookup": lookup,
             "targets": [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in checks]}
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2))
     print(f"\nwrote {out_dir / 'bench.json'}")
     chart(columns, meta, out_dir / "bench.png")
+
+
+def print_lookup(lookup: dict) -> None:
+    """One line per prompt: plain against prompt-lookup drafting (a lone greedy stream)."""
+    print(f"\nprompt-lookup drafting (ngram {lookup.get('ngram')}, "
+          f"{lookup.get('lookup_tokens')} tokens), a lone greedy stream:")
+    print(f"  {'prompt':<8} {'tokens':>6} {'plain tok/s':>12} {'lookup tok/s':>13} "
+          f"{'speedup':>8} {'CPU speedup':>12} {'from draft':>11} {'proposals kept':>15} "
+          f"{'identical':>10}")
+    for r in lookup["runs"]:
+        print(f"  {r['prompt']:<8} {r['tokens']:>6} {_fmt(r['plain_tok_s']):>12} "
+              f"{_fmt(r['speculative_tok_s']):>13} {_fmt(r['speedup']):>8} "
+              f"{_fmt(r.get('cpu_speedup')):>12} "
+              f"{_fmt(r['acceptance']):>11} {_fmt(r['proposed_accepted']):>15} "
+              f"{str(r['identical']):>10}")
 
 
 def print_kv(kv: dict) -> None:

@@ -23,7 +23,8 @@ class Solo:
     """The one job of a runner, decoding alone on mlx-lm's generate_step: a batch of one costs
     more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). With a draft
     model (a mapping's `draft:`) it runs mlx-lm's speculative_generate_step instead: the draft
-    proposes tokens, the model checks them all in one forward pass.
+    proposes tokens, the model checks them all in one forward pass; with `draft: prompt-lookup`
+    the proposal is what followed the same n-gram earlier in the context (engine/lookup.py).
 
     `fed` is the prompt and every token yielded; the model's cache holds a prefix of it (all of
     it on the plain path; on the speculative one the last token may still be unfed)."""
@@ -36,10 +37,20 @@ class Solo:
 
         self.entry, self.cache, self.fed = entry, cache, list(tokens)
         self.drafted = 0  # tokens that came from the draft (accepted)
+        self.counts: Any = None  # prompt lookup's proposed/accepted tokens
         trim_prompt_cache(cache, 1)  # the last token runs again: its logits give the next one
         loaded, job = entry.loaded, entry.job
         processors = with_prefix(entry.processors, tokens[:-1])
-        if job.draft_path and loaded.draft is not None and loaded.draft_key == job.draft_path:
+        if job.lookup is not None and not entry.processors:  # the context drafts (lookup.py)
+            from bridge.engine.lookup import Counts, lookup_generate_step
+
+            self.counts = Counts()
+            left = max(1, entry.limit - len(entry.sink.tokens)) + 1
+            self.iter = lookup_generate_step(tokens, loaded.model, cache, entry.sampler,
+                                             job.lookup, left, self.counts)
+            self.speculative = True
+        elif (job.draft_path and loaded.draft is not None
+              and loaded.draft_key == job.draft_path):
             from mlx_lm.generate import speculative_generate_step
             from mlx_lm.models.cache import make_prompt_cache
 
@@ -84,8 +95,10 @@ class Solo:
             trim_prompt_cache(self.cache, held - len(self.fed))
             held = len(self.fed)
         if self.speculative:
-            log.info("speculative request_id=%s tokens=%d from_draft=%d",
-                     self.entry.job.request_id, len(self.entry.sink.tokens), self.drafted)
+            log.info("speculative request_id=%s tokens=%d from_draft=%d%s",
+                     self.entry.job.request_id, len(self.entry.sink.tokens), self.drafted,
+                     "" if self.counts is None else
+                     f" draft=prompt-lookup proposed={self.counts.proposed}")
         return held
 
 

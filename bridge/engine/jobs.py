@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.engine.lookup import PromptLookup
 from bridge.errors import BridgeError
 from bridge.wire.options import Options
 
@@ -124,6 +125,8 @@ class Job:
     top_logprobs: int = 0
     # Speculative decoding: the draft model's directory (a mapping's `draft:`); None: none.
     draft_path: str | None = None
+    # Or prompt-lookup drafting (a mapping's `draft: prompt-lookup`); None: none.
+    lookup: PromptLookup | None = None
 
     def cancel(self) -> None:
         """Ask the engine to stop this job at its next step (safe from any thread)."""

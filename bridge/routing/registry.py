@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bridge.engine.lookup import NAME as LOOKUP
+from bridge.engine.lookup import PromptLookup
 from bridge.errors import BadRequest
 from bridge.modelinfo.describe import is_model_dir
 from bridge.wire.durations import parse_keep_alive
@@ -75,6 +77,7 @@ class MappedModel:
     # Speculative decoding's draft: another mapped name, a repo id or a directory (resolved
     # like `mlx`); None: plain decoding.
     draft: str | None = None
+    lookup: PromptLookup | None = None  # `draft: prompt-lookup`: the context is the draft
 
     @property
     def is_local_dir(self) -> bool:
@@ -129,13 +132,24 @@ def _parse_entry(raw_name: str, spec: Any, origin: str, base: Path) -> MappedMod
         raise MappingError(f"model {raw_name!r}: {exc.message}") from None
     options = {k: getattr(parsed, k) for k in sorted(parsed.explicit)}
     source = resolve_source(spec["mlx"], base) if spec.get("mlx") else ""
-    draft = spec.get("draft")
+    draft, lookup = _parse_draft(raw_name, spec.get("draft"), base)
+    return MappedModel(name, source, backend, keep_alive, options, origin, draft=draft,
+                       lookup=lookup, **remote)
+
+
+def _parse_draft(raw_name: str, draft: Any, base: Path) -> tuple[str | None, PromptLookup | None]:
+    """`draft:` is a draft model (a mapped name, a repo id or a directory) or prompt lookup."""
+    if draft == LOOKUP or isinstance(draft, dict):
+        try:
+            return None, PromptLookup.parse(draft)
+        except ValueError as exc:
+            raise MappingError(f"model {raw_name!r}: draft: {exc}") from None
     if draft is not None and (not isinstance(draft, str) or not draft):
-        raise MappingError(f"model {raw_name!r}: draft must be a model name, repo id or directory")
+        raise MappingError(f"model {raw_name!r}: draft must be a model name, repo id or "
+                           f"directory, or {LOOKUP}")
     if draft is not None and ("/" in draft or Path(base, draft).exists()):
         draft = resolve_source(draft, base)  # a directory or a repo id; else a mapped name
-    return MappedModel(name, source, backend, keep_alive, options, origin, draft=draft,
-                       **remote)
+    return draft, None
 
 
 def _parse_remote(raw_name: str, spec: Any) -> dict[str, Any]:

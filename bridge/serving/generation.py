@@ -54,7 +54,8 @@ def make_job(req: JobRequest, model: LocalModel, plan: Plan, spec: PromptSpec | 
         options = replace(options, num_ctx=bridge().config.context_length)
     draft = bridge().local.draft_path(model) if spec is not None else None
     return Job(model.key, model.entry.name, spec=spec, options=options, keep_alive=keep_alive,
-               request_id=context().request_id, draft_path=draft)
+               request_id=context().request_id, draft_path=draft,
+               lookup=model.entry.lookup if spec is not None else None)
 
 
 def generate_handler(req: GenerateRequest, responder: Responder) -> LocalHandler:
