@@ -81,12 +81,15 @@ def one_bridge(model: str, env: dict[str, str], tmp: Path, load: int, tokens: in
         server.stop()
 
 
-def run_follow(model: str, tmp: Path, load: int = 2, tokens: int = 32,
-               settle: float = 5.0) -> dict:
-    """Every bridge of BRIDGES, idle then under `load` busy loops started after it was up."""
+def run_follow(model: str, tmp: Path, load: int = 2, tokens: int = 32, settle: float = 5.0,
+               only: list[str] | None = None) -> dict:
+    """The bridges of BRIDGES (`only` those whose names start with one of `only`), idle then
+    under `load` busy loops started after it was up."""
     out = {"load": load, "tokens": tokens, "settle_s": settle,
            "load_average_before": load_average(), "bridges": {}}
     for name, env in BRIDGES.items():
+        if only and not any(name.startswith(o) for o in only):
+            continue
         print(f"... follow: bridge {name}", flush=True)
         out["bridges"][name] = one_bridge(model, env, tmp, load, tokens, settle)
     out["load_average_after"] = load_average()
@@ -117,6 +120,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32, help="tokens per timed generation")
     p.add_argument("--settle", type=float, default=5.0,
                    help="seconds between starting (or stopping) the load and reading the count")
+    p.add_argument("--only", default="",
+                   help="comma list of bridges to run: defaults,1,2 (default: all three)")
     p.add_argument("--out", help="write the JSON here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlx-bridge-follow-") as tmp_name:
@@ -126,7 +131,8 @@ def main() -> None:
             from bridge.testing import build_tiny_model
 
             model = str(build_tiny_model(tmp / "tiny"))
-        result = run_follow(model, tmp, args.load, args.tokens, args.settle)
+        result = run_follow(model, tmp, args.load, args.tokens, args.settle,
+                            [o for o in args.only.split(",") if o])
     result["model"] = args.model or "tiny (random weights)"
     print(table(result))
     print(f"load average {result['load_average_before']} -> {result['load_average_after']}")
