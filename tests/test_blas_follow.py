@@ -1,7 +1,7 @@
 """The BLAS threads follow other work while the bridge runs (issue 17): a machine that gets busy
 after the engine started drops to 1 OpenBLAS thread, and gets every core back once it is idle
 again. The rule is fed /proc readings here (fast, exact); then a real engine follows fed
-readings mid-generation, and a real server follows real busy-loop processes."""
+readings while idle and mid-generation, and a real server follows real busy loops."""
 
 from __future__ import annotations
 
@@ -162,20 +162,26 @@ def fast_follow(monkeypatch):
     return machine
 
 
-def test_a_real_engine_follows_the_load_mid_generation(fast_follow, long_model_dir, caplog):
-    """OpenBLAS's own count changes between decode steps, and the generation goes on."""
+def test_a_real_engine_follows_the_load_idle_and_mid_generation(fast_follow, long_model_dir,
+                                                                 caplog):
+    """OpenBLAS's own count changes while the engine is idle and between decode steps, and the
+    generation goes on."""
     cores = blas.physical_cores()
+    info = blas.enable()
+    if info.name not in ("openblas", "custom") or not info.path:
+        pytest.skip(f"no OpenBLAS in this environment ({info.name})")
     caplog.set_level(logging.INFO, logger="bridge.engine.blas")
+    # The other count than OpenBLAS has now, so that the idle engine has to change it.
+    first, then = (1, cores) if openblas_threads(info) == cores else (cores, 1)
+    fast_follow.others = float(cores) if first == 1 else 0.0
     eng = Engine(prompt_cache_bytes=0)
     eng.start()
     job = Job(str(long_model_dir), "tiny",
               spec=PromptSpec(messages=[{"role": "user", "content": "Tell me a story"}]),
               options=Options(temperature=0, num_predict=100_000, num_ctx=1 << 17))
     try:
-        info = blas.enable()
-        if info.name not in ("openblas", "custom") or not info.path:
-            pytest.skip(f"no OpenBLAS in this environment ({info.name})")
-        assert wait_until(lambda: eng.health()["blas_threads"] == cores, 20)
+        assert wait_until(lambda: eng.health()["blas_threads"] == first, 20)  # idle engine
+        assert openblas_threads(info) == first
         eng.submit(job)
         chunks = 0
 
@@ -187,15 +193,12 @@ def test_a_real_engine_follows_the_load_mid_generation(fast_follow, long_model_d
                 assert isinstance(event, Chunk), event
                 chunks += 1
 
-        tokens_flow(5)
-        fast_follow.others = float(cores)  # the machine gets busy mid-generation
-        assert wait_until(lambda: eng.health()["blas_threads"] == 1, 10)
-        assert openblas_threads(info) == 1
-        tokens_flow(20)  # still decoding, on one thread
-        fast_follow.others = 0.0
-        assert wait_until(lambda: eng.health()["blas_threads"] == cores, 10)
-        assert openblas_threads(info) == cores
-        tokens_flow(20)
+        for count in (then, first):  # mid-generation: idle -> busy -> idle, or the reverse
+            tokens_flow(5)
+            fast_follow.others = float(cores) if count == 1 else 0.0
+            assert wait_until(lambda c=count: eng.health()["blas_threads"] == c, 10)
+            assert openblas_threads(info) == count
+            tokens_flow(20)  # still decoding, on the new count
         assert f"blas_threads=1 was={cores}" in caplog.text
         assert f"blas_threads={cores} was=1" in caplog.text
     finally:
