@@ -98,7 +98,8 @@ def run_follow(model: str, tmp: Path, load: int = 2, tokens: int = 32, settle: f
 
 def table(result: dict) -> str:
     names = list(result["bridges"])
-    rows = [("decode tok/s, idle", "idle_tok_s"), ("BLAS threads, idle", "idle_threads"),
+    rows = [("decode tok/s, before the load (idle?)", "idle_tok_s"),
+            ("BLAS threads then", "idle_threads"),
             (f"decode tok/s, {result['load']} busy loops started later", "load_tok_s"),
             ("BLAS threads under that load", "load_threads"),
             ("BLAS threads after the load ended", "after_threads")]
