@@ -187,8 +187,12 @@ def main() -> None:
     p.add_argument("--bridge-threads", type=int, default=0,
                    help="also run the bridge with this many BLAS threads (the default's rival)")
     p.add_argument("--load", type=int, default=0,
-                   help="run N busy-looping processes throughout (the 'under load' half of the "
-                        "BLAS thread rule; compare with a run without)")
+                   help="run N busy-looping processes throughout, started before the servers "
+                        "(a bridge started on a busy machine; compare with a run without)")
+    p.add_argument("--follow", type=int, default=0,
+                   help="then N busy loops started AFTER each bridge is up: the bridge at its "
+                        "defaults against 1 and 2 fixed BLAS threads, idle and under that "
+                        "load (scripts/bench_follow.py)")
     p.add_argument("--draft", help="a draft model directory for the speculative run")
     p.add_argument("--draft-layers", type=int, default=-1,
                    help="cut a draft from the model's first N layers (default: 1 on the tiny "
@@ -234,6 +238,12 @@ def main() -> None:
             for hog in hogs:
                 hog.kill()
                 hog.wait()
+        follow = None
+        if args.follow:
+            from bench_follow import run_follow, table
+
+            follow = run_follow(model, tmp, args.follow, work.decode_tokens)
+            print(table(follow), flush=True)
         kv = None
         kv_types = [t for t in args.kv_types.split(",") if t]
         if kv_types:
@@ -257,7 +267,8 @@ def main() -> None:
     meta = {"model": args.model or "tiny (random weights)", "gguf": args.gguf,
             "workload": work.to_dict(), "cpus": os.cpu_count(), "platform": sys.platform,
             "time": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average": [load_before, load_average()], "busy_loops": args.load}
+            "load_average": [load_before, load_average()], "busy_loops": args.load,
+            "follow": follow}
     report(columns, meta, out_dir, kv, spec, lookup)
 
 

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,17 +101,30 @@ def threads(load: float | None = None) -> int:
     (other processes, test suites) a descheduled worker stalls every matmul. Measured on 2
     cores: SmolLM2 decoded at 1.3 tok/s with 2 threads and 5.0 with 1 at load 4-5, while on the
     idle machine 2 threads are 1.23x faster than 1 (issue 17). So the rule is the physical
-    cores that the rest of the machine leaves idle, measured once when the engine starts:
-    `load` is how many cores are busy (default: the CPU use of other work over the last half
-    second, /proc/stat; see busy_cores), at least 1 thread.
+    cores that the rest of the machine leaves idle: `load` is how many cores are busy (default:
+    the CPU use of other work over the last half second, /proc/stat; see busy_cores), at least
+    1 thread. This is the count the engine starts with; ThreadFollower re-decides it as it runs.
     """
+    fixed = fixed_threads()
+    if fixed is not None:
+        return fixed
+    cores = physical_cores()
+    if load is None:
+        load = busy_cores(cores)
+    return for_load(cores, load)
+
+
+def fixed_threads() -> int | None:
+    """The count MLX_BRIDGE_BLAS_THREADS or OPENBLAS_NUM_THREADS sets (never re-decided)."""
     for var in ("MLX_BRIDGE_BLAS_THREADS", "OPENBLAS_NUM_THREADS"):
         raw = os.environ.get(var, "").strip()
         if raw.isdigit() and int(raw) > 0:
             return int(raw)
-    cores = physical_cores()
-    if load is None:
-        load = busy_cores(cores)
+    return None
+
+
+def for_load(cores: int, load: float) -> int:
+    """The rule: the cores that `load` (busy cores) leaves idle, at least 1."""
     return max(1, min(cores, cores - round(load)))
 
 
@@ -125,16 +140,121 @@ def busy_cores(cores: int, sample: float = 0.5) -> float:
     if before is not None:
         time.sleep(sample)
         after = _cpu_times()
-        if after is not None and after[0] > before[0]:
-            total, idle, own = (a - b for a, b in zip(after, before, strict=True))
-            # This process's own start-up (imports on other threads) is not other work.
-            return cores * max(0.0, 1 - (idle + own) / total)
+        if after is not None:
+            busy = other_load(cores, before, after)
+            if busy is not None:
+                return busy
     with contextlib.suppress(AttributeError, OSError):
         return os.getloadavg()[0]
     return float(cores - 1)
 
 
-def _cpu_times() -> tuple[int, int, int] | None:
+CpuTimes = tuple[int, int, int]  # (all, idle, this process's) jiffies
+
+
+def other_load(cores: int, before: CpuTimes, after: CpuTimes) -> float | None:
+    """Cores kept busy by other processes between two readings (this process's own work,
+    the engine's decoding included, is not other work); None if no time passed."""
+    total, idle, own = (a - b for a, b in zip(after, before, strict=True))
+    if total <= 0:
+        return None
+    return cores * min(1.0, max(0.0, 1 - (idle + own) / total))
+
+
+class ThreadFollower:
+    """Re-decides OpenBLAS's thread count while the engine runs, as other work comes and goes.
+
+    Used on the engine thread only. `poll()` never sleeps: it keeps the previous /proc reading
+    and, at most once per INTERVAL, measures other work's CPU use over the time since, smoothed
+    (time constant TAU) so one busy second does not flip the count. A change needs the load
+    MARGIN cores past the rule's boundary (hysteresis), and changes are HOLD seconds apart at
+    least: near a boundary the count does not flap. The engine applies what poll() returns
+    only where no MLX work is in flight (see bridge/engine/core.py, _follow_blas).
+    """
+
+    INTERVAL = 1.0  # seconds between /proc readings
+    TAU = 1.5  # seconds: the smoothing's time constant
+    MARGIN = 0.25  # cores past a boundary before the count changes
+    HOLD = 3.0  # seconds at least between two changes
+
+    def __init__(self, setter: Callable[[int], None], current: int, cores: int,
+                 read: Callable[[], CpuTimes | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.setter, self.current, self.cores = setter, current, cores
+        self.read = read or _cpu_times
+        self.clock = clock
+        self.load: float | None = None  # smoothed busy cores of other work; None: no reading yet
+        self._last = self.read()
+        self._last_at = self._changed_at = clock()
+
+    def poll(self) -> int | None:
+        """The thread count to switch to now, or None to keep the current one."""
+        now = self.clock()
+        if now - self._last_at >= self.INTERVAL:
+            self._observe(now)
+        if self.load is None or now - self._changed_at < self.HOLD:
+            return None
+        up = for_load(self.cores, self.load + self.MARGIN)  # more threads: clearly idle
+        down = for_load(self.cores, self.load - self.MARGIN)  # fewer: clearly busy
+        if up > self.current:
+            return up
+        if down < self.current:
+            return down
+        return None
+
+    def set(self, n: int) -> None:
+        """Switch OpenBLAS to `n` threads (call only where no BLAS call can be running)."""
+        was, self.current = self.current, n
+        self._changed_at = self.clock()
+        self.setter(n)
+        log.info("blas_threads=%d was=%d other_load=%.2f cores=%d", n, was, self.load or 0.0,
+                 self.cores)
+
+    def _observe(self, now: float) -> None:
+        reading = self.read()
+        busy = None
+        if reading is not None and self._last is not None:
+            busy = other_load(self.cores, self._last, reading)
+        if busy is not None:
+            weight = 1 - math.exp(-(now - self._last_at) / self.TAU)
+            self.load = busy if self.load is None else self.load + weight * (busy - self.load)
+        self._last, self._last_at = reading, now
+
+
+def follower(info: BlasInfo) -> ThreadFollower | None:
+    """A ThreadFollower for the BLAS enable() loaded, or None where nothing is to follow: a
+    fixed count (MLX_BRIDGE_BLAS_THREADS, OPENBLAS_NUM_THREADS), a BLAS that is not OpenBLAS
+    (MKL, the bundled one, macOS's Accelerate), one core, or no /proc/stat."""
+    if info.threads is None or not info.path or fixed_threads() is not None:
+        return None
+    cores = physical_cores()
+    if cores < 2 or _cpu_times() is None:
+        return None
+    try:
+        lib = ctypes.CDLL(info.path)  # already loaded: the same handle
+        setter, getter = lib.openblas_set_num_threads, lib.openblas_get_num_threads
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes = [ctypes.c_int]
+    getter.restype = ctypes.c_int
+    # The count now (an earlier engine of this process may have changed it since enable()).
+    return ThreadFollower(setter, getter(), cores)
+
+
+def settle_mlx() -> None:
+    """Wait until no MLX computation started by this thread runs: mlx-lm and mlx-vlm evaluate
+    the next token asynchronously (mx.async_eval) on their own per-thread generation streams,
+    so a BLAS call may be running on MLX's CPU stream thread between two steps."""
+    import mlx.core as mx
+
+    mx.synchronize()
+    for name in ("mlx_lm.generate", "mlx_vlm.generate.common", "mlx_vlm.speculative.common"):
+        stream = getattr(sys.modules.get(name), "generation_stream", None)
+        if stream is not None:
+            mx.synchronize(stream)
+
+
+def _cpu_times() -> CpuTimes | None:
     """(all, idle, this process's) jiffies from /proc/stat's "cpu" line and /proc/self/stat
     (Linux only)."""
     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.engine.batch import BatchRunner
+from bridge.engine.blas import ThreadFollower, follower, settle_mlx
 from bridge.engine.embed import EmbedTask
 from bridge.engine.jobs import Done, Embedded, Failed, Job
 from bridge.engine.models import FOREVER, LoadedModel, ModelCache
@@ -98,6 +99,7 @@ class Engine:
         self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
         self.blas_threads: int | None = None
+        self._blas_follow: ThreadFollower | None = None  # re-decides blas_threads as it runs
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -196,7 +198,10 @@ class Engine:
         from bridge.engine.blas import enable
 
         info = enable()  # before MLX's first matmul binds its BLAS symbols
-        self.blas, self.blas_threads = info.name, info.threads
+        if self._blas_follow is None:  # kept across restarts: it knows the count it set last
+            self._blas_follow = follower(info)
+        follow = self._blas_follow
+        self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
         import mlx.core as mx
         import mlx_lm  # noqa: F401
         from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
@@ -235,7 +240,20 @@ class Engine:
             self._receive(block=not (self._runners or self._pending or self._embeds))
             if self._stopping:
                 break
+            self._follow_blas()
             self._tick()
+
+    def _follow_blas(self) -> None:
+        """Between steps: the BLAS threads follow other work's CPU use (blas.ThreadFollower).
+        OpenBLAS's count may change only while no BLAS call runs, so the last step's async
+        evaluation is waited for first: one step loses its overlap, once per change."""
+        follow = self._blas_follow
+        n = follow.poll() if follow is not None else None
+        if follow is None or n is None:
+            return
+        settle_mlx()
+        follow.set(n)
+        self.blas_threads = n
 
     def _close_down(self) -> None:
         """A normal stop: fail what is left, unload; a cleanup failure is logged, not raised."""
