@@ -236,6 +236,9 @@ class Engine:
             if self._stopping:
                 break
             self._tick()
+            # Here, not in _tick: its loop variable still held the last runner stepped (and so
+            # the weights of a model that runner's last job unloaded with keep_alive 0).
+            self.cache.collect()
 
     def _close_down(self) -> None:
         """A normal stop: fail what is left, unload; a cleanup failure is logged, not raised."""
@@ -271,7 +274,6 @@ class Engine:
             self._step(runner)
         self._embed_turn()
         self._expire()
-        self.cache.collect()  # here the finished runner and its jobs no longer hold the weights
 
     # ---- scheduling ----------------------------------------------------------------------
 
@@ -365,8 +367,8 @@ class Engine:
             loaded = self.cache.models.get(job.model_path)
             if loaded is not None and loaded.active > 0:
                 loaded.keep_alive = 0  # _release unloads it when its last running job ends
-            else:
-                self.cache.unload(job.model_path)
+            else:  # freed at the end of this loop iteration: `loaded` still holds it here
+                self.cache.unload(job.model_path, free=False)
             self._publish()
             self._send(job, Done(done_reason="unload"))
             return
