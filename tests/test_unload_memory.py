@@ -104,8 +104,8 @@ def test_every_unload_frees_the_weights_and_cycles_do_not_pile_up(server, wide):
             stop(url)
         after.append(tree_rss(proc.pid))
     mb = f"RSS MB loaded {loaded // MB}, after each unload {[x // MB for x in after]}"
-    # Before the fix both ways kept weights (in MLX's buffer cache, never cleared: the engine
-    # freed memory while a local variable still referenced the model), `ollama stop`'s about
-    # half of them, keep_alive 0 on a request all of them.
+    # Before the fix both ways kept weights (the engine freed memory while a local variable
+    # still referenced the model; the arrays went after clear_cache and malloc_trim had run):
+    # `ollama stop` about half of them, keep_alive 0 on a request all of them.
     assert loaded - max(after) > weights * 2 // 3, mb
     assert max(after) - min(after) < GROWTH, mb
