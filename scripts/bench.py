@@ -78,9 +78,8 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
                           .json()["engine"]["state"] == "running",
                           tmp)
     try:
-        time.sleep(1.0)  # the engine thread imports MLX right after start
+        rss_before = _settled_rss(server.proc.pid)
         health = requests.get(server.url + "/health", timeout=5).json()["engine"]
-        rss_before = rss_bytes(tree_pids(server.proc.pid))
         peak = PeakRss(server.proc.pid)
         out = measure(*ollama_client(server.url, "bench"), work,
                       cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
@@ -93,6 +92,20 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         return out
     finally:
         server.stop()
+
+
+def _settled_rss(pid: int, timeout: float = 30.0) -> int:
+    """The idle server's RSS once the engine's start-up is over: /health says "running" as soon
+    as the engine thread starts, while it still imports MLX and runs its first matmul (~10 MB
+    more; a reading taken 1 s after start came too early on a busy machine)."""
+    readings = [rss_bytes(tree_pids(pid))]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        readings.append(rss_bytes(tree_pids(pid)))
+        if len(readings) >= 4 and max(readings[-3:]) - min(readings[-3:]) < (1 << 19):
+            break  # flat (within 0.5 MB) for a second
+    return readings[-1]
 
 
 def _rss_after_expiry(url: str, pid: int) -> int:

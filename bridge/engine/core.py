@@ -242,6 +242,9 @@ class Engine:
                 break
             self._follow_blas()
             self._tick()
+            # Here, not in _tick: its loop variable still held the last runner stepped (and so
+            # the weights of a model that runner's last job unloaded with keep_alive 0).
+            self.cache.collect()
 
     def _follow_blas(self) -> None:
         """Between steps: the BLAS threads follow other work's CPU use (blas.ThreadFollower).
@@ -289,7 +292,6 @@ class Engine:
             self._step(runner)
         self._embed_turn()
         self._expire()
-        self.cache.collect()  # here the finished runner and its jobs no longer hold the weights
 
     # ---- scheduling ----------------------------------------------------------------------
 
@@ -383,8 +385,8 @@ class Engine:
             loaded = self.cache.models.get(job.model_path)
             if loaded is not None and loaded.active > 0:
                 loaded.keep_alive = 0  # _release unloads it when its last running job ends
-            else:
-                self.cache.unload(job.model_path)
+            else:  # freed at the end of this loop iteration: `loaded` still holds it here
+                self.cache.unload(job.model_path, free=False)
             self._publish()
             self._send(job, Done(done_reason="unload"))
             return
