@@ -13,14 +13,16 @@ from typing import Any
 
 from bridge.engine.batch import BatchRunner
 from bridge.engine.blas import ThreadFollower, follower, settle_mlx
-from bridge.engine.embed import EmbedTask
+from bridge.engine.embed import EmbedQueue, EmbedTask
 from bridge.engine.jobs import Done, Embedded, Failed, Job
-from bridge.engine.models import FOREVER, LoadedModel, ModelCache
+from bridge.engine.models import LoadedModel, ModelCache
 from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
+from bridge.engine.restarts import RESTART_DELAY, RESTART_LIMIT, RestartPolicy
 from bridge.engine.single import SingleRunner
+from bridge.engine.snapshot import LoadedInfo, loaded_infos
 from bridge.engine.vision import VisionRunner, admit_vision
-from bridge.engine.warmup import batch_slots, prepare_loaded
+from bridge.engine.warmup import batch_slots, prepare_loaded, start_mlx
 from bridge.errors import (
     BridgeError,
     ClientClosed,
@@ -33,9 +35,6 @@ from bridge.errors import (
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT = 0.5  # seconds the idle loop sleeps; short enough to expire models on time
-RESTART_LIMIT = 3  # restarts within RESTART_WINDOW; the next crash gives up (on_fatal)
-RESTART_WINDOW = 60.0
-RESTART_DELAY = 0.25  # before a restart; doubled for each earlier crash within the window
 DEFAULT_MAX_EMBED_TOKENS = 300_000
 
 Runner = BatchRunner | SingleRunner | VisionRunner
@@ -44,20 +43,6 @@ Runner = BatchRunner | SingleRunner | VisionRunner
 @dataclass
 class _Stop:
     """Inbox command: finish up and end the thread."""
-
-
-@dataclass
-class LoadedInfo:
-    """A read-only view of a resident model for /api/ps and /health."""
-
-    key: str
-    name: str
-    size: int  # weights and the model's cached KV entries, in bytes
-    context_length: int
-    expires_at: float
-    loaded_at: float
-    active: int
-    size_vram: int = 0  # of `size`, what sits in GPU memory (Metal: all of it; a CPU: none)
 
 
 class Engine:
@@ -79,8 +64,7 @@ class Engine:
         self.warm_up = warm_up  # a short generation at each load (tests of the cold path: off)
         self.prompt_cache_bytes = prompt_cache_bytes
         self.max_embed_tokens = max_embed_tokens
-        self.restart_delay = restart_delay
-        self.restart_limit = restart_limit
+        self.restart_policy = RestartPolicy(restart_delay, restart_limit)
         self.on_fatal = on_fatal  # the engine cannot restart: the server ends the process here
         self.prompts = PromptCache(prompt_cache_bytes)
         # Called on the engine thread with a model's key once it is unloaded (request-side
@@ -91,9 +75,7 @@ class Engine:
         self._pending: deque[Job] = deque()
         self._owned: dict[int, Job] = {}  # taken from the inbox, final event not sent yet
         self._runners: dict[str, Runner] = {}  # one per model, stepped in turn
-        self._embeds: deque[EmbedTask] = deque()  # computed a slice per turn, oldest first
-        self._embed_spent = 0.0  # how long the last embedding slice took ...
-        self._embed_ended = 0.0  # ... and when it ended: decoding gets as long before the next
+        self._embeds = EmbedQueue()  # computed a slice per turn, between decoding steps
         self._lock = threading.Lock()
         self._waiting = 0
         self._running = 0  # jobs in the runners, published for health()
@@ -106,9 +88,6 @@ class Engine:
         self._wake = threading.Event()  # cuts a restart delay short when stop() is called
         self.state = "stopped"
         self.device = "unknown"
-        self.restarts = 0
-        self.last_crash: dict[str, Any] | None = None
-        self._crashes: list[float] = []  # monotonic times of recent crashes
         self._ready = False  # this thread warmed up (a first start that cannot is not retried)
         self._finished = threading.Event()
 
@@ -174,11 +153,12 @@ class Engine:
         return {"state": state, "queued": waiting, "active": running,
                 "num_parallel": self.num_parallel,
                 "blas": self.blas, "blas_threads": self.blas_threads,
-                "restarts": self.restarts,
-                "last_crash": dict(self.last_crash) if self.last_crash else None}
+                "restarts": self.restart_policy.restarts,
+                "last_crash": dict(crash) if (crash := self.restart_policy.last_crash) else None}
 
     def _down_message(self) -> str:
-        cause = f" ({self.last_crash['error']})" if self.last_crash else ""
+        crash = self.restart_policy.last_crash
+        cause = f" ({crash['error']})" if crash else ""
         if self.state == "restarting":
             return f"the MLX engine is restarting after a crash{cause}"
         return f"the MLX engine failed and could not be restarted{cause}"
@@ -194,7 +174,7 @@ class Engine:
         self._thread.start()
 
     def _warm_up(self) -> None:
-        """Load the fast BLAS, then import MLX on this thread so the first request does not pay."""
+        """Load the fast BLAS (and follow the load from here on), then start MLX."""
         from bridge.engine.blas import enable
 
         info = enable()  # before MLX's first matmul binds its BLAS symbols
@@ -202,19 +182,7 @@ class Engine:
             self._blas_follow = follower(info)
         follow = self._blas_follow
         self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
-        import mlx.core as mx
-        import mlx_lm  # noqa: F401
-        from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
-
-        self.device = "gpu" if mx.default_device() == mx.gpu else "cpu"
-        if mx.metal.is_available():  # as mlx_lm.server does: keep the weights wired in memory
-            from mlx_lm.utils import maybe_set_recommended_wired_limit
-
-            maybe_set_recommended_wired_limit()
-        # The BLAS sets up its thread buffers on the first matmul: pay that now, not in a request
-        # (and count it in the idle baseline, which an unload returns to).
-        a = mx.ones((256, 256))
-        mx.eval(a @ a)
+        self.device = start_mlx()
 
     def _run(self, delay: float) -> None:
         try:
@@ -411,25 +379,9 @@ class Engine:
             self._publish()
 
     def _embed_turn(self) -> None:
-        """One slice of the oldest embedding job, once decoding has had as long since the last."""
-        if not self._embeds:
-            return
-        if self._runners and time.perf_counter() - self._embed_ended < self._embed_spent:
-            return
-        task = self._embeds.popleft()
-        began = time.perf_counter()
-        try:
-            result = task.step()
-        except Exception as exc:
-            if not isinstance(exc, BridgeError):
-                log.exception("embedding failed request_id=%s model=%s", task.job.request_id,
-                              task.job.model_name)
-            result = Failed(as_bridge_error(exc))
-        self._embed_ended = time.perf_counter()
-        self._embed_spent = self._embed_ended - began
-        if result is None:
-            self._embeds.append(task)  # several embedding jobs take turns too
-        else:
+        finished = self._embeds.turn(decoding=bool(self._runners))
+        if finished is not None:
+            task, result = finished
             self._end(Ended(task.job, task.loaded, result))
 
     def _end(self, ended: Ended) -> None:
@@ -496,13 +448,13 @@ class Engine:
         self._finished.set()
         try:
             if action == "restart":
-                self._spawn(self._backoff())
+                self._spawn(self.restart_policy.backoff())
                 return
         except BaseException:  # noqa: BLE001 - no thread to restart on: as bad as a crash loop
             log.exception("could not start a fresh engine thread")
             self.state, action = "failed", "fatal"
         if action == "fatal":
-            log.critical("MLX engine failed for good restarts=%d", self.restarts)
+            log.critical("MLX engine failed for good restarts=%d", self.restart_policy.restarts)
             try:
                 if self.on_fatal is not None:
                     self.on_fatal()
@@ -512,23 +464,11 @@ class Engine:
     def _record_crash(self, exc: BaseException) -> tuple[str, list[Job]]:
         """Count the crash, set the state and take every job out (under the submit lock).
 
-        Returns what to do: "restart", "fatal" (crashing too often: a fresh process may do
-        better), "stop" (stop() was called) or "degraded" (MLX never came up in this process:
-        a restart would fail alike, so MLX models answer 503 and `auto` ones fall back).
+        Returns what to do (RestartPolicy.crashed): "degraded" means MLX never came up in this
+        process, so MLX models answer 503 and `auto` ones fall back.
         """
-        now = time.monotonic()
         with self._lock:
-            self._crashes = [t for t in self._crashes if now - t < RESTART_WINDOW]
-            self._crashes.append(now)
-            self.last_crash = {"error": f"{type(exc).__name__}: {exc}", "at": time.time()}
-            if self._stopping:
-                action = "stop"
-            elif not self._ready and not self.restarts:
-                action = "degraded"
-            else:
-                action = "restart" if len(self._crashes) <= self.restart_limit else "fatal"
-            if action == "restart":
-                self.restarts += 1
+            action = self.restart_policy.crashed(exc, self._stopping, self._ready)
             self.state = {"stop": "stopped", "restart": "restarting"}.get(action, "failed")
             jobs = self._take_jobs()
             self._waiting = 0
@@ -548,7 +488,7 @@ class Engine:
     def _discard_state(self) -> None:
         """Drop what the dead loop held and start clean; try to free its memory, never fail."""
         runners, cache, prompts = self._runners, self.cache, self.prompts
-        self._runners, self._embeds, self._pending = {}, deque(), deque()
+        self._runners, self._embeds, self._pending = {}, EmbedQueue(), deque()
         self.prompts = PromptCache(self.prompt_cache_bytes)
         self.cache = self._model_cache()
         self._publish()
@@ -560,22 +500,10 @@ class Engine:
         except Exception:
             log.exception("could not free the crashed engine's memory")
 
-    def _backoff(self) -> float:
-        return self.restart_delay * 2 ** max(len(self._crashes) - 1, 0)
-
     def _publish(self) -> None:
         """Refresh the snapshot request threads read (they never touch MLX objects)."""
         running = sum(len(r) for r in self._runners.values()) + len(self._embeds)
-        infos = []
-        for m in self.cache.models.values():
-            size = m.size + self.prompts.bytes_for(m.key)
-            infos.append(LoadedInfo(m.key, m.name, size, m.context_length,
-                                    _in_use_expiry(m.keep_alive) if m.active else m.expires_at,
-                                    m.loaded_at, m.active,
-                                    size_vram=size if self.device == "gpu" else 0))
+        infos = loaded_infos(self.cache, self.prompts, self.device)
         with self._lock:
             self._snapshot, self._running = infos, running
 
-
-def _in_use_expiry(keep_alive: float) -> float:
-    return FOREVER if keep_alive < 0 else time.time() + keep_alive

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-from bridge.engine.jobs import Embedded, Job
+from bridge.engine.jobs import Embedded, Failed, Job
 from bridge.engine.models import LoadedModel
-from bridge.errors import BadRequest, ClientClosed, Unsupported
+from bridge.engine.prepare import as_bridge_error
+from bridge.errors import BadRequest, BridgeError, ClientClosed, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +120,48 @@ class EmbedTask:
                  (time.perf_counter_ns() - self.started) / 1e6)
         return Embedded(vectors=self.vectors, prompt_eval_count=self.count,
                         load_duration=self.load_ns)
+
+
+class EmbedQueue:
+    """Embedding jobs, oldest first, taking turns with decoding: one slice per turn, and only
+    once decoding has had as long as the last slice took (a large request delays a stream by
+    one slice, never by all of it)."""
+
+    def __init__(self) -> None:
+        self.tasks: deque[EmbedTask] = deque()
+        self._spent = 0.0  # how long the last slice took ...
+        self._ended = 0.0  # ... and when it ended
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[EmbedTask]:
+        return iter(self.tasks)
+
+    def append(self, task: EmbedTask) -> None:
+        self.tasks.append(task)
+
+    def popleft(self) -> EmbedTask:
+        return self.tasks.popleft()
+
+    def turn(self, decoding: bool) -> tuple[EmbedTask, Embedded | Failed] | None:
+        """One slice of the oldest job, if it is embedding's turn; the job and its result
+        once it is finished (or failed)."""
+        if not self.tasks or (decoding and time.perf_counter() - self._ended < self._spent):
+            return None
+        task = self.tasks.popleft()
+        began = time.perf_counter()
+        result: Embedded | Failed | None
+        try:
+            result = task.step()
+        except Exception as exc:
+            if not isinstance(exc, BridgeError):
+                log.exception("embedding failed request_id=%s model=%s", task.job.request_id,
+                              task.job.model_name)
+            result = Failed(as_bridge_error(exc))
+        self._ended = time.perf_counter()
+        self._spent = self._ended - began
+        if result is None:
+            self.tasks.append(task)  # several embedding jobs take turns too
+            return None
+        return task, result

@@ -1,6 +1,7 @@
-"""What a model gets when it loads, on the engine thread: its KV cache type, the KV bytes one
-token of context costs, and a short warm-up generation; and, from those, how many slots a batch
-of it can hold. Called by the engine (bridge/engine/core.py), which owns the thread.
+"""What the engine thread does before it serves (start_mlx), and what a model gets when it
+loads: its KV cache type, the KV bytes one token of context costs, and a short warm-up
+generation; and, from those, how many slots a batch of it can hold. Called by the engine
+(bridge/engine/core.py), which owns the thread.
 """
 
 from __future__ import annotations
@@ -19,6 +20,24 @@ from bridge.errors import ShuttingDown
 from bridge.wire.options import Options
 
 log = logging.getLogger(__name__)
+
+
+def start_mlx() -> str:
+    """Import MLX and mlx-lm on the engine thread, so the first request does not pay; on Apple
+    silicon wire the weights' memory as mlx_lm.server does. Returns the device ("gpu"/"cpu")."""
+    import mlx.core as mx
+    import mlx_lm  # noqa: F401
+    from mlx_lm import utils  # noqa: F401  (tokenizer and loader imports)
+
+    if mx.metal.is_available():  # keep the weights wired in memory (no paging out under load)
+        from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+        maybe_set_recommended_wired_limit()
+    # The BLAS sets up its thread buffers on the first matmul: pay that now, not in a request
+    # (and count it in the idle baseline, which an unload returns to).
+    a = mx.ones((256, 256))
+    mx.eval(a @ a)
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"
 
 
 def prepare_loaded(loaded: LoadedModel, kv_cache_type: str, warm_up: bool) -> None:
