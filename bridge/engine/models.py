@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -347,7 +348,21 @@ def free_memory() -> None:
 
 def _malloc_trim() -> None:
     """glibc keeps freed heap pages (tokenizer, Python objects) mapped; hand them back."""
+    trim = _trim_function()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache  # once per process: each CDLL makes a new ctypes class, cyclic garbage
+def _trim_function() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (not Linux, or not glibc: musl has nothing to trim).
+
+    Looked up once: a new CDLL per unload left a few kB of cyclic garbage (a ctypes class and
+    its function objects) made after the unload's collection, which kept a pymalloc arena
+    in use until the next one."""
     if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
