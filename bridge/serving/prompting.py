@@ -159,7 +159,11 @@ def _load(slot: _Slot, path: str, shared: Tokenizers) -> bool:
 def longest_token(tokenizer: Any) -> int:
     """Characters in the vocabulary's longest token (byte-level vocabularies spell one byte
     per character, so this also bounds the text characters a token covers); 0 if unknown."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer behind it
     try:
+        if backend is not None:  # one token string at a time: no 49k-entry dict to build
+            size = backend.get_vocab_size(with_added_tokens=True)
+            return max((len(backend.id_to_token(i) or "") for i in range(size)), default=0)
         return max((len(token) for token in tokenizer.get_vocab()), default=0)
     except Exception:  # a tokenizer without a readable vocabulary: no cut
         return 0
