@@ -15,7 +15,7 @@ from bridge.engine.batch import BatchRunner
 from bridge.engine.blas import ThreadFollower, follower, settle_mlx
 from bridge.engine.embed import EmbedQueue, EmbedTask
 from bridge.engine.jobs import Done, Embedded, Failed, Job
-from bridge.engine.models import LoadedModel, ModelCache
+from bridge.engine.models import LoadedModel, ModelCache, Tokenizers
 from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
 from bridge.engine.restarts import RESTART_DELAY, RESTART_LIMIT, RestartPolicy
@@ -70,6 +70,8 @@ class Engine:
         # Called on the engine thread with a model's key once it is unloaded (request-side
         # tokenizers go with it, so an unload gives all of its memory back).
         self.unload_listeners: list[Callable[[str], None]] = []
+        # One tokenizer per model for this thread and the request threads (engine/models.py).
+        self.tokenizers = Tokenizers()
         self.cache = self._model_cache()
         self._inbox: queue.Queue[Job | _Stop] = queue.Queue()
         self._pending: deque[Job] = deque()
@@ -93,7 +95,8 @@ class Engine:
 
     def _model_cache(self) -> ModelCache:
         return ModelCache(self.max_loaded, on_unload=self._unloaded,
-                          max_bytes=self.max_model_bytes, on_load=self._warm_model)
+                          max_bytes=self.max_model_bytes, on_load=self._warm_model,
+                          tokenizers=self.tokenizers)
 
     def _unloaded(self, key: str) -> None:
         self.prompts.drop(key)

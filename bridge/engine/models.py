@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import logging
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +82,15 @@ class LoadedModel:
             self.expires_at = FOREVER if self.keep_alive < 0 else time.time() + self.keep_alive
 
 
-def load_weights(path: str) -> tuple[Any, Any]:
-    """mlx_lm.load on a local directory, errors made clear."""
-    from mlx_lm import load  # imported here: only the engine thread touches MLX
+def load_weights(path: str, tokenizers: Tokenizers | None = None) -> tuple[Any, Any]:
+    """mlx_lm.load on a local directory (the tokenizer from `tokenizers`), errors made clear."""
+    from mlx_lm.utils import load_model  # imported here: only the engine thread touches MLX
 
     if not (Path(path) / "config.json").is_file():
         raise ModelLoadError(f"no MLX model at {path} (config.json missing)")
     try:
-        return load(path)
+        model, _ = load_model(Path(path))
+        return model, (tokenizers or Tokenizers()).get(path)
     except ValueError as exc:
         if "not supported" in str(exc):
             raise ModelLoadError(f"unsupported architecture: {exc}") from None
@@ -95,23 +99,75 @@ def load_weights(path: str) -> tuple[Any, Any]:
         raise ModelLoadError(f"failed to load model: {type(exc).__name__}: {exc}") from None
 
 
-def load_vision(path: str) -> tuple[Any, Any, Any]:
+class Tokenizers:
+    """Each model directory's mlx-lm tokenizer, loaded once for the engine and the request threads.
+
+    A load makes ~60 MB of short-lived Python objects for a 49k-token vocabulary (mlx-lm and
+    transformers each parse tokenizer.json in Python); loading it once per model instead of once
+    per side halves that, and the few objects that outlive a load pin fewer of the allocator's
+    arenas (docs/performance.md, "RSS after unload"). Entries are weak: the tokenizer lives as
+    long as the loaded model or the request side's slot holds it, and goes with the model.
+    Sharing is safe: both sides only encode, decode and render templates (the first encode, the
+    one write, happens here), and each caller copies the streaming detokenizer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # per directory: one load at a time
+        self._loaded: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+
+    def get(self, path: str) -> Any:
+        """The tokenizer of `path`'s current files, loading it if nobody holds one (any load
+        error is raised)."""
+        key = (path, _signature(path))
+        with self._lock:
+            lock = self._loading.setdefault(path, threading.Lock())
+        with lock:
+            tokenizer = self._loaded.get(key)
+            if tokenizer is None:
+                tokenizer = self._loaded[key] = load_text_tokenizer(path)
+        return tokenizer
+
+
+def load_text_tokenizer(path: str) -> Any:
+    """What mlx_lm.load would give (its eos ids from the config), the directory's chat template
+    adopted, and the first encode (it may reset truncation/padding: a write) done alone."""
+    from mlx_lm.utils import load_config, load_tokenizer
+
+    root = Path(path)
+    tokenizer = load_tokenizer(root, eos_token_ids=load_config(root).get("eos_token_id"))
+    adopt_chat_template(tokenizer, root)
+    tokenizer.encode("x")
+    return tokenizer
+
+
+def _signature(path: str) -> tuple:
+    """The tokenizer files' sizes and times: changed files make a new tokenizer."""
+    stats = []
+    for name in ("config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "tokenizer.model", "chat_template.json"):
+        try:
+            st = (Path(path) / name).stat()
+        except OSError:
+            continue
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(stats)
+
+
+def load_vision(path: str, tokenizers: Tokenizers | None = None) -> tuple[Any, Any, Any]:
     """mlx_vlm.load on a local directory: (model, mlx-lm tokenizer, mlx-vlm processor).
 
     The tokenizer is mlx-lm's wrapper over the same files (what the request thread and the
     TokenSink use for the text side: detokenizer, EOS ids, structured output); the processor
     renders the chat template and turns images into pixel values.
     """
-    from mlx_lm.utils import load_tokenizer
-
     try:
         from mlx_vlm import load
     except ImportError as exc:
         raise ModelLoadError(f"{VISION_EXTRA} ({exc})") from None
     try:
         model, processor = load(path)
-        tokenizer = load_tokenizer(Path(path))
-        adopt_chat_template(tokenizer, Path(path))
+        tokenizer = (tokenizers or Tokenizers()).get(path)
     except ValueError as exc:
         if "not supported" in str(exc).lower():
             raise ModelLoadError(f"unsupported vision architecture: {exc}") from None
@@ -169,8 +225,10 @@ class ModelCache:
 
     def __init__(self, max_loaded: int = 3, on_unload: Callable[[str], None] | None = None,
                  *, max_bytes: int = 0,
-                 on_load: Callable[[LoadedModel], None] | None = None) -> None:
+                 on_load: Callable[[LoadedModel], None] | None = None,
+                 tokenizers: Tokenizers | None = None) -> None:
         self.max_loaded = max(1, max_loaded)
+        self.tokenizers = tokenizers or Tokenizers()  # shared with the request side
         self.max_bytes = max(0, max_bytes)
         self.models: dict[str, LoadedModel] = {}
         self.on_unload = on_unload  # drops what else holds MLX memory for a model (prompt cache)
@@ -190,11 +248,11 @@ class ModelCache:
         self._check_budget(name, need)
         self._make_room(need)
         if is_vision_dir(key):
-            model, tokenizer, processor = load_vision(key)
+            model, tokenizer, processor = load_vision(key, self.tokenizers)
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
                                  _context_length(key), batchable=False, processor=processor)
         else:
-            model, tokenizer = load_weights(key)
+            model, tokenizer = load_weights(key, self.tokenizers)
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
                                  _context_length(key), batchable=_batchable(model))
         self.models[key] = loaded
@@ -290,7 +348,21 @@ def free_memory() -> None:
 
 def _malloc_trim() -> None:
     """glibc keeps freed heap pages (tokenizer, Python objects) mapped; hand them back."""
+    trim = _trim_function()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache  # once per process: each CDLL makes a new ctypes class, cyclic garbage
+def _trim_function() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (not Linux, or not glibc: musl has nothing to trim).
+
+    Looked up once: a new CDLL per unload left a few kB of cyclic garbage (a ctypes class and
+    its function objects) made after the unload's collection, which kept a pymalloc arena
+    in use until the next one."""
     if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -135,7 +135,8 @@ class LocalBackend:
         self.registry = registry
         self.engine = engine
         self.descriptions = DescriptionCache()
-        self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1)
+        self.tokenizers = PromptTokenizers(max_models=engine.cache.max_loaded + 1,
+                                           shared=engine.tokenizers)
         engine.unload_listeners.append(self.tokenizers.forget)
 
     def find(self, name: str, source: str | None = None) -> LocalModel | None:

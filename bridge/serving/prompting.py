@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from bridge.engine import PromptSpec
+from bridge.engine.models import Tokenizers
 from bridge.engine.prompts import chat_prompt, chat_text, encode, prompt_tokens
-from bridge.modelinfo.vision import adopt_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,9 @@ class _Slot:
 class PromptTokenizers:
     """Tokenizers for request threads, by model directory (least recently used dropped first)."""
 
-    def __init__(self, max_models: int = 4) -> None:
+    def __init__(self, max_models: int = 4, shared: Tokenizers | None = None) -> None:
         self.max_models = max(1, max_models)
+        self.shared = shared or Tokenizers()  # the engine's: a model's tokenizer is loaded once
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
 
@@ -59,7 +59,7 @@ class PromptTokenizers:
         """
         slot = self._slot(path, digest)
         with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path):
+            if slot.tokenizer is None and not _load(slot, path, self.shared):
                 return None
         max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
         if spec.messages is not None:
@@ -75,7 +75,7 @@ class PromptTokenizers:
         first request does not pay for them; any failure is left for that request to report."""
         slot = self._slot(path, digest)
         with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path):
+            if slot.tokenizer is None and not _load(slot, path, self.shared):
                 return
         try:
             chat_text(slot.tokenizer, [{"role": "user", "content": "hi"}], None, None)
@@ -146,15 +146,9 @@ class Transcripts:
         return head + (list(tokenizer.encode(rest, add_special_tokens=False)) if rest else [])
 
 
-def _load(slot: _Slot, path: str) -> bool:
-    from mlx_lm.utils import load_tokenizer  # the loader mlx_lm.load uses: the same tokens
-
+def _load(slot: _Slot, path: str, shared: Tokenizers) -> bool:
     try:
-        tokenizer = load_tokenizer(Path(path))
-        adopt_chat_template(tokenizer, Path(path))  # a processor-only template (VLMs) too
-        # The first encode may reset truncation/padding settings (a write); do it now, alone,
-        # so that later encodes from several threads at once only read.
-        tokenizer.encode("x")
+        tokenizer = shared.get(path)  # the engine's, when it has loaded the model
     except Exception as exc:  # corrupt files: the engine's load reports them to the client
         log.info("no request-side tokenizer path=%s error=%s: %s", path, type(exc).__name__, exc)
         return False
@@ -165,7 +159,11 @@ def _load(slot: _Slot, path: str) -> bool:
 def longest_token(tokenizer: Any) -> int:
     """Characters in the vocabulary's longest token (byte-level vocabularies spell one byte
     per character, so this also bounds the text characters a token covers); 0 if unknown."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer behind it
     try:
+        if backend is not None:  # one token string at a time: no 49k-entry dict to build
+            size = backend.get_vocab_size(with_added_tokens=True)
+            return max((len(backend.id_to_token(i) or "") for i in range(size)), default=0)
         return max((len(token) for token in tokenizer.get_vocab()), default=0)
     except Exception:  # a tokenizer without a readable vocabulary: no cut
         return 0
