@@ -121,11 +121,13 @@ def test_forwarded_stream_ends_with_an_error_line_when_the_grace_period_is_over(
             os.killpg(proc.pid, signal.SIGTERM)
             began = time.monotonic()
             rest = [json.loads(line) for line in lines if line]  # no ChunkedEncodingError
+            ended = time.monotonic() - began
         assert rest[-1] == {"error": "server is shutting down"}
         assert not any(line.get("done") for line in rest)
+        # the stream ends at the grace period (1 s), before gunicorn would kill the worker (6 s);
+        # the process's own exit after that is not timed (seconds on a loaded machine)
+        assert ended < 5, f"ended {ended:.1f} s after SIGTERM: when the worker was killed?"
         assert proc.wait(30) == 0
-        assert time.monotonic() - began < 5, (
-            "ended at the grace period, not when the worker was killed")
     finally:
         stop_server(proc)
 

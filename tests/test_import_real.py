@@ -30,44 +30,60 @@ GEMMA_PROMPT = "The capital of France is"
 GEMMA_LLAMA_CPP = " the capital of the country of France. It is the largest"  # llama.cpp, greedy
 
 
-def _agreement(gguf: Path, model_dir: Path) -> tuple[float, float, float]:
-    import mlx.core as mx
+@pytest.fixture(scope="module")
+def loaded():
+    """mlx_lm.load once per imported model for this module (Gemma's 262k-token tokenizer.json
+    alone takes seconds to parse); the tests only read from the model."""
     from mlx_lm import load
 
-    model, tokenizer = load(str(model_dir))
+    cache: dict[Path, tuple] = {}
+
+    def get(model_dir: Path) -> tuple:
+        if model_dir not in cache:
+            cache[model_dir] = load(str(model_dir))
+        return cache[model_dir]
+
+    return get
+
+
+def _agreement(gguf: Path, model_dir: Path, loaded) -> tuple[float, float, float]:
+    import mlx.core as mx
+
+    model, tokenizer = loaded(model_dir)
     ids = tokenizer.encode(TEXT)
     logits = np.array(model(mx.array([ids]))[0].astype(mx.float32))
     return compare(ReferenceModel(str(gguf)).logits(ids), logits)
 
 
 @pytest.mark.slow
-def test_smollm2_agrees_with_the_reference(smollm2_gguf, imported):
-    top1, kl_mean, kl_max = _agreement(smollm2_gguf, imported(smollm2_gguf, "smollm2:135m"))
+def test_smollm2_agrees_with_the_reference(smollm2_gguf, imported, loaded):
+    top1, kl_mean, kl_max = _agreement(smollm2_gguf, imported(smollm2_gguf, "smollm2:135m"),
+                                       loaded)
     print(f"smollm2 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")
     assert top1 >= MIN_TOP1 and kl_mean <= MAX_MEAN_KL and kl_max <= MAX_KL
 
 
 @pytest.mark.slow
-def test_gemma3_agrees_with_the_reference(gemma_gguf, imported):
-    top1, kl_mean, kl_max = _agreement(gemma_gguf, imported(gemma_gguf, "gemma3:270m"))
+def test_gemma3_agrees_with_the_reference(gemma_gguf, imported, loaded):
+    top1, kl_mean, kl_max = _agreement(gemma_gguf, imported(gemma_gguf, "gemma3:270m"), loaded)
     print(f"gemma3 top1={top1:.3f} kl_mean={kl_mean:.2e} kl_max={kl_max:.2e}")
     assert top1 >= MIN_TOP1 and kl_mean <= MAX_MEAN_KL and kl_max <= MAX_KL
 
 
-def test_gemma3_greedy_completion_matches_llama_cpp_token_for_token(gemma_gguf, imported):
-    from mlx_lm import generate, load
+def test_gemma3_greedy_completion_matches_llama_cpp_token_for_token(gemma_gguf, imported, loaded):
+    from mlx_lm import generate
 
-    model, tokenizer = load(str(imported(gemma_gguf, "gemma3:270m")))
+    model, tokenizer = loaded(imported(gemma_gguf, "gemma3:270m"))
     expected = tokenizer.encode(GEMMA_LLAMA_CPP, add_special_tokens=False)
     text = generate(model, tokenizer, GEMMA_PROMPT, max_tokens=len(expected))
     assert tokenizer.encode(text, add_special_tokens=False) == expected
     assert text == GEMMA_LLAMA_CPP
 
 
-def test_smollm2_answers_paris_with_its_chat_template(smollm2_gguf, imported):
-    from mlx_lm import generate, load
+def test_smollm2_answers_paris_with_its_chat_template(smollm2_gguf, imported, loaded):
+    from mlx_lm import generate
 
-    model, tokenizer = load(str(imported(smollm2_gguf, "smollm2:135m")))
+    model, tokenizer = loaded(imported(smollm2_gguf, "smollm2:135m"))
     prompt = tokenizer.apply_chat_template([{"role": "user",
                                              "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, tokenize=False)
