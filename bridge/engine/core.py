@@ -91,6 +91,7 @@ class Engine:
         self.state = "stopped"
         self.device = "unknown"
         self._ready = False  # this thread warmed up (a first start that cannot is not retried)
+        self._mlx_started = False  # MLX was imported in this process (never reset)
         self._finished = threading.Event()
 
     def _model_cache(self) -> ModelCache:
@@ -123,9 +124,14 @@ class Engine:
             return
         with self._lock:
             self._stopping = True
+            started = self._mlx_started
         self._wake.set()
         self._inbox.put(_Stop())
-        self._finished.wait(timeout)
+        # Before MLX starts, the thread only samples the CPU and loads the BLAS; it sees
+        # _stopping and ends by itself: an early stop (a restart right after a start) need not
+        # wait the second that MLX's import would take. Once MLX runs, wait: the process must
+        # not exit while the engine thread is inside MLX.
+        self._finished.wait(timeout if started else 0)
         self.state = "stopped"
 
     def submit(self, job: Job) -> None:
@@ -176,8 +182,9 @@ class Engine:
                                         daemon=True)
         self._thread.start()
 
-    def _warm_up(self) -> None:
-        """Load the fast BLAS (and follow the load from here on), then start MLX."""
+    def _warm_up(self) -> bool:
+        """Load the fast BLAS (and follow the load from here on), then start MLX; False when
+        stop() came first (MLX is then never started)."""
         from bridge.engine.blas import enable
 
         info = enable()  # before MLX's first matmul binds its BLAS symbols
@@ -185,14 +192,19 @@ class Engine:
             self._blas_follow = follower(info)
         follow = self._blas_follow
         self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
+        with self._lock:
+            if self._stopping:
+                log.info("engine stopped before MLX started")
+                return False
+            self._mlx_started = True
         self.device = start_mlx()
+        return True
 
     def _run(self, delay: float) -> None:
         try:
             if delay:
                 self._wake.wait(delay)
-            if not self._stopping:
-                self._warm_up()
+            if not self._stopping and self._warm_up():
                 self._ready = True
                 with self._lock:
                     if not self._stopping:
@@ -231,6 +243,7 @@ class Engine:
 
     def _close_down(self) -> None:
         """A normal stop: fail what is left, unload; a cleanup failure is logged, not raised."""
+        self._receive(block=False)  # jobs still in the inbox (a stop during the warm-up)
         self._abort_all(ShuttingDown())
         try:
             self.cache.clear()

@@ -43,10 +43,10 @@ def _install(directory: Path) -> None:
             raise RuntimeError("injected engine fault")
         expire(self)
 
-    def held_warm_up(self: core.Engine) -> None:
-        while getattr(self, "restarts", 0) and (directory / "hold").exists():
+    def held_warm_up(self: core.Engine) -> bool:
+        while self.restart_policy.restarts and (directory / "hold").exists():
             time.sleep(0.05)
-        warm_up(self)
+        return warm_up(self)
 
     core.Engine._expire = faulty_expire  # type: ignore[method-assign]
     core.Engine._warm_up = held_warm_up  # type: ignore[method-assign]

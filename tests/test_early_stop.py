@@ -1,0 +1,50 @@
+"""A stop right after a start: the engine thread has not started MLX yet (it samples the CPU
+for the BLAS thread count first, 0.5 s), so stop() does not wait for the sample and MLX's
+import (1.6 s of every early stop before); the thread sees the stop, never starts MLX, and
+answers what was queued meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bridge.engine import Engine, Failed, Job, PromptSpec, blas
+from bridge.errors import ShuttingDown
+from bridge.wire.options import Options
+
+from .helpers import start_server, stop_server, write_mappings
+
+
+def test_stop_during_the_blas_sample_returns_at_once_and_queued_jobs_are_answered(
+        monkeypatch, tiny_model_dir):
+    sampling, release = threading.Event(), threading.Event()
+    real_enable = blas.enable
+
+    def slow_enable():  # the CPU sample of a first start, held until the test lets it go
+        sampling.set()
+        release.wait(10)
+        return real_enable()
+
+    monkeypatch.setattr(blas, "enable", slow_enable)
+    eng = Engine(max_queue=4)
+    eng.start()
+    assert sampling.wait(10)
+    job = Job(str(tiny_model_dir), "m", spec=PromptSpec(prompt="hi"),
+              options=Options(temperature=0, num_predict=2))
+    eng.submit(job)  # accepted while the engine warms up
+    began = time.monotonic()
+    eng.stop()
+    assert time.monotonic() - began < 0.5, "stop() waited for the warm-up"
+    assert not eng._mlx_started
+    release.set()
+    event = job.events.get(timeout=10)
+    assert isinstance(event, Failed) and isinstance(event.error, ShuttingDown)
+    assert eng._finished.wait(10) and not eng._mlx_started, "MLX never started"
+
+
+def test_a_server_stopped_right_after_its_start_exits_cleanly(tmp_path):
+    mappings = write_mappings(tmp_path / "m.yaml", {})
+    proc, _url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "h")])
+    assert stop_server(proc) == 0
+    out = proc.stdout.read().decode(errors="replace")
+    assert "Traceback" not in out and "terminate called" not in out, out[-2000:]
