@@ -95,6 +95,15 @@ def test_the_bridge_own_decoding_is_not_other_work():
     assert machine.run(follow, 10) == [] and calls == []
 
 
+def test_one_busy_process_beside_the_bridge_drops_it_to_one_thread():
+    """Beside 2 spinning OpenBLAS threads a single CPU-bound process gets ~2/3 of a core: it
+    reads 0.67 busy cores, which must still bring 2 threads down to 1."""
+    machine = Machine()
+    follow, calls = following(machine)
+    machine.others = 0.67
+    assert machine.run(follow, 8) == [1] and calls == [1]
+
+
 def test_a_load_near_the_boundary_does_not_flap():
     """On 2 cores the rule's boundary is half a core: a load swinging 0.35-0.65 changes nothing,
     and even a load swinging across the hysteresis band changes at most every HOLD seconds."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
-from bridge.engine import Engine, Failed, Job, PromptSpec, blas
+from bridge.engine import Done, Engine, Failed, Job, PromptSpec, blas
 from bridge.errors import ShuttingDown
 from bridge.wire.options import Options
 
@@ -40,6 +40,34 @@ def test_stop_during_the_blas_sample_returns_at_once_and_queued_jobs_are_answere
     event = job.events.get(timeout=10)
     assert isinstance(event, Failed) and isinstance(event.error, ShuttingDown)
     assert eng._finished.wait(10) and not eng._mlx_started, "MLX never started"
+
+
+def test_a_start_after_an_early_stop_serves(monkeypatch, tiny_model_dir):
+    sampling, release = threading.Event(), threading.Event()
+    real_enable = blas.enable
+
+    def slow_enable():
+        sampling.set()
+        release.wait(10)
+        return real_enable()
+
+    monkeypatch.setattr(blas, "enable", slow_enable)
+    eng = Engine(max_queue=4)
+    eng.start()
+    assert sampling.wait(10)
+    eng.stop()  # returns before the warm-up ends
+    threading.Timer(0.3, release.set).start()
+    eng.start()  # waits for the stopping thread, then starts a fresh one
+    try:
+        job = Job(str(tiny_model_dir), "m", spec=PromptSpec(prompt="hi"),
+                  options=Options(temperature=0, num_predict=2))
+        eng.submit(job)
+        events = [job.events.get(timeout=60)]
+        while not isinstance(events[-1], Done | Failed):
+            events.append(job.events.get(timeout=60))
+        assert isinstance(events[-1], Done), events[-1]
+    finally:
+        eng.stop()
 
 
 def test_a_server_stopped_right_after_its_start_exits_cleanly(tmp_path):

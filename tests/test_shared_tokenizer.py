@@ -73,3 +73,24 @@ def test_concurrent_gets_load_once(tiny_model_dir, monkeypatch):
     gc.collect()
     store.get(str(tiny_model_dir))  # nobody held it: loaded again
     assert len(loads) == 2
+
+
+def test_an_edited_chat_template_file_makes_a_new_tokenizer(tmp_path):
+    """Any non-weight file counts (chat_template.jinja, special_tokens_map.json, …), as the
+    request side's description digest does: an edited template is not served stale."""
+    import shutil
+
+    from bridge.testing import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m")
+    store = Tokenizers()
+    first = store.get(str(model))
+    assert store.get(str(model)) is first
+    (model / "chat_template.jinja").write_text("NEW {{ messages[0]['content'] }}")
+    second = store.get(str(model))
+    assert second is not first
+    assert second.apply_chat_template([{"role": "user", "content": "hi"}],
+                                      tokenize=False) == "NEW hi"
+    shutil.copy(model / "special_tokens_map.json", tmp_path / "s.json")
+    (model / "special_tokens_map.json").write_text((tmp_path / "s.json").read_text() + " ")
+    assert store.get(str(model)) is not second

@@ -167,14 +167,18 @@ class ThreadFollower:
     Used on the engine thread only. `poll()` never sleeps: it keeps the previous /proc reading
     and, at most once per INTERVAL, measures other work's CPU use over the time since, smoothed
     (time constant TAU) so one busy second does not flip the count. A change needs the load
-    MARGIN cores past the rule's boundary (hysteresis), and changes are HOLD seconds apart at
-    least: near a boundary the count does not flap. The engine applies what poll() returns
+    past the rule's boundary by a margin (hysteresis: a little on the way down, where a wrong
+    count costs most, more on the way up), and changes are HOLD seconds apart at least: near a
+    boundary the count does not flap. The engine applies what poll() returns
     only where no MLX work is in flight (see bridge/engine/core.py, _follow_blas).
     """
 
     INTERVAL = 1.0  # seconds between /proc readings
     TAU = 1.5  # seconds: the smoothing's time constant
-    MARGIN = 0.25  # cores past a boundary before the count changes
+    # Cores past a boundary before the count changes. Down is quick: beside 2 spinning OpenBLAS
+    # threads one CPU-bound process gets only ~2/3 of a core (reads 0.67), and must still count.
+    MARGIN_DOWN = 0.1
+    MARGIN_UP = 0.25
     HOLD = 3.0  # seconds at least between two changes
 
     def __init__(self, setter: Callable[[int], None], current: int, cores: int,
@@ -194,8 +198,8 @@ class ThreadFollower:
             self._observe(now)
         if self.load is None or now - self._changed_at < self.HOLD:
             return None
-        up = for_load(self.cores, self.load + self.MARGIN)  # more threads: clearly idle
-        down = for_load(self.cores, self.load - self.MARGIN)  # fewer: clearly busy
+        up = for_load(self.cores, self.load + self.MARGIN_UP)  # more threads: clearly idle
+        down = for_load(self.cores, self.load - self.MARGIN_DOWN)  # fewer: clearly busy
         if up > self.current:
             return up
         if down < self.current:

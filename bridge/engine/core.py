@@ -112,7 +112,11 @@ class Engine:
     def start(self) -> None:
         """Start the engine thread (call after gunicorn forks, never at import)."""
         if self._thread and self._thread.is_alive() and not self._finished.is_set():
-            return
+            if not self._stopping:
+                return
+            # stop() came before MLX started and did not wait: that thread is ending (it never
+            # starts MLX now), so wait for it rather than keep a stopped engine.
+            self._finished.wait(30)
         self._stopping = False
         self._wake.clear()
         self.state = "running"
@@ -225,8 +229,8 @@ class Engine:
                 break
             self._follow_blas()
             self._tick()
-            # Here, not in _tick: its loop variable still held the last runner stepped (and so
-            # the weights of a model that runner's last job unloaded with keep_alive 0).
+            # What the tick's jobs unloaded (keep_alive 0) is freed here, once their runners
+            # and entries are gone.
             self.cache.collect()
 
     def _follow_blas(self) -> None:
@@ -272,8 +276,8 @@ class Engine:
 
     def _tick(self) -> None:
         self._admit()
-        for runner in list(self._runners.values()):  # models take turns, one step each
-            self._step(runner)
+        for key in list(self._runners):  # models take turns, one step each (no loop variable
+            self._step(self._runners[key])  # outlives the step: it would hold an unloaded model)
         self._embed_turn()
         self._expire()
 
@@ -367,10 +371,12 @@ class Engine:
         """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""
         if keep_alive == 0:
             loaded = self.cache.models.get(job.model_path)
-            if loaded is not None and loaded.active > 0:
+            busy = loaded is not None and loaded.active > 0
+            if busy:
                 loaded.keep_alive = 0  # _release unloads it when its last running job ends
-            else:  # freed at the end of this loop iteration: `loaded` still holds it here
-                self.cache.unload(job.model_path, free=False)
+            del loaded  # so the unload frees it now, before the client hears "unloaded"
+            if not busy:
+                self.cache.unload(job.model_path)
             self._publish()
             self._send(job, Done(done_reason="unload"))
             return

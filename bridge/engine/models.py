@@ -55,7 +55,7 @@ class LoadedModel:
         """Load the draft model beside this one (its memory goes with this model's)."""
         if self.draft is not None and self.draft_key == path:
             return
-        draft, _ = load_weights(path)
+        draft = load_draft(path)
         self.draft, self.draft_key = draft, path
         self.size += _model_bytes(draft)
         log.info("draft model loaded model=%s draft=%s", self.name, path)
@@ -80,6 +80,18 @@ class LoadedModel:
         self.last_used = time.monotonic()
         if self.active == 0:
             self.expires_at = FOREVER if self.keep_alive < 0 else time.time() + self.keep_alive
+
+
+def load_draft(path: str) -> Any:
+    """A draft model's weights alone (it proposes token ids: no tokenizer of its own)."""
+    from mlx_lm.utils import load_model
+
+    if not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"no MLX model at {path} (config.json missing)")
+    try:
+        return load_model(Path(path))[0]
+    except Exception as exc:
+        raise ModelLoadError(f"failed to load draft model: {type(exc).__name__}: {exc}") from None
 
 
 def load_weights(path: str, tokenizers: Tokenizers | None = None) -> tuple[Any, Any]:
@@ -141,16 +153,22 @@ def load_text_tokenizer(path: str) -> Any:
     return tokenizer
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".npz", ".pt", ".pth")
+
+
 def _signature(path: str) -> tuple:
-    """The tokenizer files' sizes and times: changed files make a new tokenizer."""
+    """Every non-weight file's name, size and time (tokenizer, vocab, merges, special tokens,
+    chat templates, configs): an edited file makes a new tokenizer, as the request side's
+    description digest does."""
     stats = []
-    for name in ("config.json", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "tokenizer.model", "chat_template.json"):
-        try:
-            st = (Path(path) / name).stat()
-        except OSError:
-            continue
-        stats.append((name, st.st_size, st.st_mtime_ns))
+    with contextlib.suppress(OSError):
+        for entry in sorted(Path(path).iterdir()):
+            if entry.name.endswith(_WEIGHT_SUFFIXES):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                if entry.is_file():
+                    stats.append((entry.name, st.st_size, st.st_mtime_ns))
     return tuple(stats)
 
 
