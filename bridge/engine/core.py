@@ -11,22 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.engine.batch import BatchRunner
+from bridge.engine.admission import Admission, Runner
 from bridge.engine.blas import ThreadFollower, follower, settle_mlx
-from bridge.engine.embed import EmbedQueue, EmbedTask
+from bridge.engine.embed import EmbedQueue
 from bridge.engine.jobs import Done, Embedded, Failed, Job
 from bridge.engine.models import LoadedModel, ModelCache, Tokenizers
-from bridge.engine.prepare import Ended, admit, as_bridge_error, batchable, reset_random_state
+from bridge.engine.prepare import Ended, as_bridge_error, reset_random_state
 from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
+from bridge.engine.recovery import CrashRecovery
 from bridge.engine.restarts import RESTART_DELAY, RESTART_LIMIT, RestartPolicy
-from bridge.engine.single import SingleRunner
 from bridge.engine.snapshot import LoadedInfo, loaded_infos
-from bridge.engine.vision import VisionRunner, admit_vision
-from bridge.engine.warmup import batch_slots, prepare_loaded, start_mlx
+from bridge.engine.warmup import prepare_loaded, start_mlx
 from bridge.errors import (
     BridgeError,
-    ClientClosed,
-    EngineError,
     EngineUnavailable,
     ServerBusy,
     ShuttingDown,
@@ -37,15 +34,13 @@ log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.5  # seconds the idle loop sleeps; short enough to expire models on time
 DEFAULT_MAX_EMBED_TOKENS = 300_000
 
-Runner = BatchRunner | SingleRunner | VisionRunner
-
 
 @dataclass
 class _Stop:
     """Inbox command: finish up and end the thread."""
 
 
-class Engine:
+class Engine(Admission, CrashRecovery):
     """Owns the MLX thread, the model cache and the job queue."""
 
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
@@ -281,110 +276,10 @@ class Engine:
         self._embed_turn()
         self._expire()
 
-    # ---- scheduling ----------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        """Start waiting jobs in arrival order; a job waits only behind work of its own model."""
-        blocked: set[str] = set()  # models whose earlier job waits: their later jobs wait too
-        waiting, self._pending = self._pending, deque()
-        try:
-            while waiting:
-                job = waiting.popleft()
-                if not job.cancelled.is_set() and (job.model_path in blocked
-                                                   or not self._can_start(job)):
-                    blocked.add(job.model_path)
-                    self._pending.append(job)
-                    continue
-                with self._lock:
-                    self._waiting -= 1
-                if job.cancelled.is_set():
-                    self._send(job, Failed(ClientClosed("request canceled")))
-                else:
-                    self._start(job)
-        finally:
-            self._pending.extend(waiting)
-
-    def _can_start(self, job: Job) -> bool:
-        runner = self._runners.get(job.model_path)
-        if job.spec is None and job.keep_alive == 0:
-            return True  # unload: at once when idle, else expired (Ollama's expireRunner)
-        if job.spec is None:  # load: never under a running model's feet
-            return runner is None and all(t.loaded.key != job.model_path for t in self._embeds)
-        if job.spec.embed_inputs is not None:
-            return True  # computed in slices between decode steps, beside any runner
-        if runner is not None:
-            return runner.accepts(job)  # same model: batch slot free (else it drains first)
-        return len(self._runners) < self.cache.max_loaded  # another model runs beside the others
-
-    def _start(self, job: Job) -> None:
-        keep_alive = self.keep_alive if job.keep_alive is None else job.keep_alive
-        try:
-            if job.spec is None:
-                self._load_only(job, keep_alive)
-                return
-            loaded, load_ns = self.cache.load(job.model_path, job.model_name)
-            if job.draft_path:
-                loaded.attach_draft(job.draft_path)
-        except Exception as exc:
-            self._send(job, Failed(as_bridge_error(exc)))
-            return
-        loaded.touch(job.model_name, keep_alive)
-        loaded.active += 1
-        try:
-            self._place(job, loaded, load_ns)
-        except Exception as exc:  # this job only: the other jobs and the loop go on
-            if not isinstance(exc, BridgeError):
-                log.exception("could not start request_id=%s", job.request_id)
-            self._end(Ended(job, loaded, Failed(as_bridge_error(exc))))
-        self._publish()
-
-    def _place(self, job: Job, loaded: LoadedModel, load_ns: int) -> None:
-        """Hand an admitted job to its model's runner (made if needed) or the embedding queue."""
-        assert job.spec is not None
-        if job.spec.embed_inputs is not None:
-            self._embeds.append(EmbedTask(job, loaded, load_ns, self.max_embed_tokens))
-            return
-        vision = loaded.processor is not None  # a VLM: mlx-vlm's processor makes the inputs
-        entry = (admit_vision if vision else admit)(job, loaded, load_ns)
-        if entry.limit <= 0 and entry.sink.finish("length") and entry.sink.final is not None:
-            self._end(Ended(job, loaded, entry.sink.final))
-            return
-        runner = self._runners.get(loaded.key)
-        if runner is None:  # an empty runner (add failed) is closed at its next step
-            runner = self._runners[loaded.key] = self._new_runner(loaded, job)
-        runner.add(entry)
-
-    def _new_runner(self, loaded: LoadedModel, job: Job) -> Runner:
-        if loaded.processor is not None:
-            return VisionRunner(loaded)
-        if loaded.batchable and batchable(job):
-            return BatchRunner(loaded, self.prompts, self._capacity(loaded, job))
-        return SingleRunner(loaded, self.prompts)
-
-    def _capacity(self, loaded: LoadedModel, job: Job) -> int:
-        return batch_slots(loaded, job, self.num_parallel)
+    # ---- scheduling: engine/admission.py; a crashed loop: engine/recovery.py -----------
 
     def _warm_model(self, loaded: LoadedModel) -> None:
         prepare_loaded(loaded, self.kv_cache_type, self.warm_up)
-
-    def _load_only(self, job: Job, keep_alive: float) -> None:
-        """Empty prompt: load (done_reason "load") or, with keep_alive 0, unload."""
-        if keep_alive == 0:
-            loaded = self.cache.models.get(job.model_path)
-            busy = loaded is not None and loaded.active > 0
-            if busy:
-                loaded.keep_alive = 0  # _release unloads it when its last running job ends
-            del loaded  # so the unload frees it now, before the client hears "unloaded"
-            if not busy:
-                self.cache.unload(job.model_path)
-            self._publish()
-            self._send(job, Done(done_reason="unload"))
-            return
-        loaded, load_ns = self.cache.load(job.model_path, job.model_name)
-        loaded.touch(job.model_name, keep_alive)
-        loaded.release()
-        self._publish()
-        self._send(job, Done(done_reason="load", load_duration=load_ns))
 
     def _step(self, runner: Runner) -> None:
         try:
@@ -446,81 +341,6 @@ class Engine:
             with self._lock:
                 self._waiting -= 1
             self._send(job, Failed(error))
-
-    # ---- a crashed loop ------------------------------------------------------------------
-
-    def _crashed(self, exc: BaseException) -> None:
-        """The loop died: every job hears at once, then a fresh thread takes over (or none can).
-
-        Nothing here may raise: this is the last code the dead thread runs before it parks.
-        """
-        try:
-            log.error("engine loop crashed error=%r", exc, exc_info=exc)
-            action, jobs = self._record_crash(exc)
-            cause = f"{type(exc).__name__}: {exc}"
-            error: BridgeError = ShuttingDown() if action == "stop" else EngineError(
-                f"the MLX engine failed ({cause}); "
-                + ("it is restarting" if action == "restart" else "it could not be restarted"))
-            for job in jobs:
-                job.events.put(Failed(error))
-            self._discard_state()
-        except BaseException:  # noqa: BLE001 - keep going: the thread must still finish and park
-            log.exception("engine crash handling failed")
-            action = "fatal"
-        self._finished.set()
-        try:
-            if action == "restart":
-                self._spawn(self.restart_policy.backoff())
-                return
-        except BaseException:  # noqa: BLE001 - no thread to restart on: as bad as a crash loop
-            log.exception("could not start a fresh engine thread")
-            self.state, action = "failed", "fatal"
-        if action == "fatal":
-            log.critical("MLX engine failed for good restarts=%d", self.restart_policy.restarts)
-            try:
-                if self.on_fatal is not None:
-                    self.on_fatal()
-            except BaseException:  # noqa: BLE001
-                log.exception("on_fatal failed")
-
-    def _record_crash(self, exc: BaseException) -> tuple[str, list[Job]]:
-        """Count the crash, set the state and take every job out (under the submit lock).
-
-        Returns what to do (RestartPolicy.crashed): "degraded" means MLX never came up in this
-        process, so MLX models answer 503 and `auto` ones fall back.
-        """
-        with self._lock:
-            action = self.restart_policy.crashed(exc, self._stopping, self._ready)
-            self.state = {"stop": "stopped", "restart": "restarting"}.get(action, "failed")
-            jobs = self._take_jobs()
-            self._waiting = 0
-        return action, jobs
-
-    def _take_jobs(self) -> list[Job]:
-        """Every job not answered yet: running, embedding, pending, in hand, still in the inbox."""
-        jobs, self._owned = list(self._owned.values()), {}
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return jobs
-            if isinstance(item, Job):
-                jobs.append(item)
-
-    def _discard_state(self) -> None:
-        """Drop what the dead loop held and start clean; try to free its memory, never fail."""
-        runners, cache, prompts = self._runners, self.cache, self.prompts
-        self._runners, self._embeds, self._pending = {}, EmbedQueue(), deque()
-        self.prompts = PromptCache(self.prompt_cache_bytes)
-        self.cache = self._model_cache()
-        self._publish()
-        try:  # on this thread, which made them: MLX objects are freed where they were used
-            for runner in runners.values():
-                runner.close()
-            cache.clear()
-            prompts.clear()
-        except Exception:
-            log.exception("could not free the crashed engine's memory")
 
     def _publish(self) -> None:
         """Refresh the snapshot request threads read (they never touch MLX objects)."""
