@@ -123,10 +123,11 @@ def _rss_after_expiry(url: str, pid: int) -> int:
 def run_peer(model: str, work: Workload, tmp: Path) -> dict:
     """mlx_lm.server with its defaults (continuous batching, prompt cache), on the same BLAS."""
     from bridge.engine import blas
+    from bridge.engine.blas_build import patched_openblas
 
     env = {"HF_HUB_OFFLINE": "1"}
     if sys.platform.startswith("linux"):
-        env["LD_PRELOAD"] = str(blas.patched_openblas())  # the same fast path as the bridge
+        env["LD_PRELOAD"] = str(patched_openblas())  # the same fast path as the bridge
         env["OPENBLAS_NUM_THREADS"] = str(blas.threads())  # and the same thread rule
     port = free_port()
     cmd = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)]

@@ -59,11 +59,13 @@ def test_off_keeps_the_bundled_blas():
 
 @linux
 def test_patched_library_exports_unprefixed_blas(tmp_path):
-    path = blas.patched_openblas(tmp_path)
-    names = set(blas.dynamic_exports(path))
+    from bridge.engine import blas_build
+
+    path = blas_build.patched_openblas(tmp_path)
+    names = set(blas_build.dynamic_exports(path))
     assert {"cblas_sgemm", "sgemm_", "cblas_dgemm", "sgetrf_"} <= names
-    assert not any(n.startswith(blas.PREFIX) for n in names)
-    assert blas.patched_openblas(tmp_path) == path, "built once, then reused"
+    assert not any(n.startswith(blas_build.PREFIX) for n in names)
+    assert blas_build.patched_openblas(tmp_path) == path, "built once, then reused"
 
 
 @linux
