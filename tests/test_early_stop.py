@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from bridge.engine import Done, Engine, Failed, Job, PromptSpec, blas
 from bridge.errors import ShuttingDown
 from bridge.wire.options import Options
@@ -15,17 +17,25 @@ from bridge.wire.options import Options
 from .helpers import start_server, stop_server, write_mappings
 
 
-def test_stop_during_the_blas_sample_returns_at_once_and_queued_jobs_are_answered(
-        monkeypatch, tiny_model_dir):
+@pytest.fixture
+def held_sample(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """The engine's BLAS set-up (the CPU sample of a first start) held until `release` is set;
+    `sampling` says the engine thread got there."""
     sampling, release = threading.Event(), threading.Event()
     real_enable = blas.enable
 
-    def slow_enable():  # the CPU sample of a first start, held until the test lets it go
+    def slow_enable():
         sampling.set()
         release.wait(10)
         return real_enable()
 
     monkeypatch.setattr(blas, "enable", slow_enable)
+    return sampling, release
+
+
+def test_stop_during_the_blas_sample_returns_at_once_and_queued_jobs_are_answered(
+        held_sample, tiny_model_dir):
+    sampling, release = held_sample
     eng = Engine(max_queue=4)
     eng.start()
     assert sampling.wait(10)
@@ -42,16 +52,8 @@ def test_stop_during_the_blas_sample_returns_at_once_and_queued_jobs_are_answere
     assert eng._finished.wait(10) and not eng._mlx_started, "MLX never started"
 
 
-def test_a_start_after_an_early_stop_serves(monkeypatch, tiny_model_dir):
-    sampling, release = threading.Event(), threading.Event()
-    real_enable = blas.enable
-
-    def slow_enable():
-        sampling.set()
-        release.wait(10)
-        return real_enable()
-
-    monkeypatch.setattr(blas, "enable", slow_enable)
+def test_a_start_after_an_early_stop_serves(held_sample, tiny_model_dir):
+    sampling, release = held_sample
     eng = Engine(max_queue=4)
     eng.start()
     assert sampling.wait(10)
