@@ -335,6 +335,12 @@ class BridgeWorker(ThreadWorker):
         for listener in self.sockets:
             with contextlib.suppress(OSError):  # macOS refuses shutdown() on a listener
                 listener.sock.shutdown(socket.SHUT_RDWR)
+        # Idle kept-alive connections (a client's pool: httpx, the ollama and openai SDKs) are
+        # closed now, as Go's http.Server.Shutdown (Ollama) closes them, not kept for gthread's
+        # 2 s stop linger: they carry no request, and a stop waited 2.5 s for them instead of
+        # 0.5. A client that sends on one at this instant sees it closed, as with Ollama.
+        self.murder_keepalived(force=True)
+        self.murder_pending()  # and our own idle ones, waiting for a next request
 
     def _end_after_grace(self) -> None:
         grace = float(getattr(self.app, "grace", self.cfg.graceful_timeout - EXIT_MARGIN))
