@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import requests
 
@@ -142,3 +142,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
 def ndjson(lines: Iterable[bytes | str]) -> list[dict]:
     """The objects of NDJSON lines (e.g. `resp.iter_lines()`), blank lines skipped."""
     return [json.loads(line) for line in lines if line]
+
+
+def finish(job: Any) -> Any:
+    """An engine job's Done event (its Failed error raised), skipping the chunks before it."""
+    from bridge.engine import Done, Failed
+
+    while True:
+        event = job.events.get(timeout=60)
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, Done):
+            return event

@@ -12,12 +12,13 @@ import time
 import ollama
 import pytest
 
-from bridge.engine import Done, Engine, Failed, Job, PromptSpec
+from bridge.engine import Done, Engine, Job, PromptSpec
 from bridge.engine.lookup import Counts, NgramIndex, PromptLookup, lookup_generate_step
 from bridge.routing.registry import MappingError, parse_mappings
 from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
+from .helpers import finish
 
 # The tiny random model copies this back (about 40% of its tokens come from the lookup).
 REPEAT = "Repeat: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
@@ -27,15 +28,6 @@ ASK = "Write a story about a llama who learned to code."
 def job(path, lookup, prompt=REPEAT, n=60, temperature=0.0) -> Job:
     return Job(str(path), "tiny", spec=PromptSpec(messages=[{"role": "user", "content": prompt}]),
                options=Options(temperature=temperature, num_predict=n), lookup=lookup)
-
-
-def finish(j: Job) -> Done:
-    while True:
-        event = j.events.get(timeout=60)
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, Done):
-            return event
 
 
 def run(engine: Engine, j: Job) -> Done:

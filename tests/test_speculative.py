@@ -11,11 +11,12 @@ import time
 import ollama
 import pytest
 
-from bridge.engine import Done, Engine, Failed, Job, PromptSpec
+from bridge.engine import Engine, Job, PromptSpec
 from bridge.testing import build_self_draft
 from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
+from .helpers import finish
 
 ASK = "Write a story about a llama who learned to code."
 
@@ -34,15 +35,6 @@ def job(path, draft, prompt=ASK, n=60) -> Job:
 def run(engine: Engine, j: Job) -> list[int]:
     engine.submit(j)
     return finish(j).context
-
-
-def finish(j: Job) -> Done:
-    while True:
-        event = j.events.get(timeout=60)
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, Done):
-            return event
 
 
 @pytest.fixture
