@@ -59,6 +59,7 @@ class Workload:
     decode_tokens: int = 64
     clients: list[int] = field(default_factory=lambda: [1, 4, 8])
     agg_tokens: int = 48
+    agg_rounds: int = 3  # timed rounds per client count (the median is reported)
     turns: int = 10
     turn_tokens: int = 24
     # A long single-stream decode timed for the per-token overhead (the tiny model: compute is
