@@ -9,6 +9,7 @@ from typing import Any
 from bridge.engine.jobs import Done, Embedded, Failed, Job
 from bridge.engine.models import LoadedModel
 from bridge.engine.prompts import prompt_tokens
+from bridge.engine.sampling import make_sampler
 from bridge.engine.sink import TokenSink
 from bridge.errors import BadRequest, BridgeError, EngineError
 from bridge.wire.options import Options
@@ -78,21 +79,19 @@ def _call_factory(factory: Any, tokenizer: Any) -> Any:
 
 
 def sampler_for(loaded: LoadedModel, options: Options) -> Any:
-    """mlx-lm sampler for Ollama's options; equal settings share one object (one batched call)."""
-    from mlx_lm.sample_utils import make_sampler
-
+    """Ollama's sampler for the job's options (bridge.engine.sampling); equal settings share one
+    object, so a batch that shares them samples in one call."""
     vocab = len(loaded.tokenizer)  # never exceeds the logits' width, so it bounds top_k safely
     key = (
         max(options.temperature, 0.0),
-        options.top_p if 0 < options.top_p < 1 else 0.0,
-        min(max(options.min_p, 0.0), 1.0),
-        # top_k >= vocab means "no cut"; mlx-lm's compiled top-k would fail on it.
-        options.top_k if 0 < options.top_k < vocab else 0,
+        options.top_k if 0 < options.top_k < vocab else 0,  # top_k >= vocab: no cut
+        min(max(options.top_p, 0.0), 1.0),  # 1: off; 0: the most likely token only (Ollama's)
+        options.min_p if 0 < options.min_p < 1 else 0.0,  # Ollama treats 1 as off too
     )
     if key not in loaded.samplers:
         if len(loaded.samplers) >= _MAX_SAMPLERS:  # arbitrary client settings: stay bounded
             loaded.samplers.clear()
-        loaded.samplers[key] = make_sampler(temp=key[0], top_p=key[1], min_p=key[2], top_k=key[3])
+        loaded.samplers[key] = make_sampler(*key)
     return loaded.samplers[key]
 
 
