@@ -136,3 +136,16 @@ def test_a_cut_to_one_token_is_greedy_through_the_server(server):
     sampled = {_generate(server, {"temperature": 1.5, "top_k": 0, "top_p": 1, "seed": s})
                for s in range(4)}
     assert len(sampled) > 1  # the draws are random, not greedy in disguise
+
+
+def test_half_precision_log_probabilities():
+    """Quantized and half-precision models hand float16/bfloat16 logits to the sampler."""
+    mx.random.seed(5)
+    expected = ollama_distribution(LOGITS, 0.8, 5, 0.9, 0.0)
+    for dtype in (mx.float16, mx.bfloat16):
+        logprobs = (mx.array(LOGITS) - mx.logsumexp(mx.array(LOGITS))).astype(dtype)
+        tokens = np.array(make_sampler(0.8, 5, 0.9, 0.0)(
+            mx.broadcast_to(logprobs, (20_000, len(LOGITS)))))
+        seen = np.bincount(tokens, minlength=len(LOGITS)) / len(tokens)
+        assert np.all(seen[expected == 0] == 0)
+        assert np.abs(seen - expected).max() < 0.02

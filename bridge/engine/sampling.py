@@ -30,7 +30,8 @@ def make_sampler(temperature: float, top_k: int, top_p: float, min_p: float) -> 
 
     def sample(logprobs: Any) -> Any:
         candidates, ids = _candidates(logprobs, top_k, ranked=top_p < 1)
-        scaled = candidates * (1.0 / max(temperature, 1e-7))
+        # float32: a half-precision model's cumulative sums would blur top-p's boundary
+        scaled = candidates.astype(mx.float32) * (1.0 / max(temperature, 1e-7))
         if top_p < 1 or min_p > 0:
             scaled = mx.where(_kept(scaled, top_p, min_p), scaled, -math.inf)
         drawn = mx.random.categorical(scaled, axis=-1)
