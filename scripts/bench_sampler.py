@@ -4,8 +4,9 @@
   sampler       one call on log-probabilities of the model's vocabulary width, 1 row and a
                 batch of 8, per setting (Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9)
   engine        the bridge's engine in this process with Ollama's default options (what a
-                client that sends no options gets): generated tok/s with 1 and 8 concurrent
-                requests, with each sampler in turn (A/B alternated, median of the rounds)
+                client that sends no options gets): one request's decode tok/s, and 8
+                concurrent requests' generated tok/s, with each sampler in turn (A/B
+                alternated, median of the rounds)
 Prints a table and writes JSON (--out).
 
     python scripts/bench_sampler.py --model DIR [--tokens 48] [--rounds 3] [--out sampler.json]
@@ -93,7 +94,8 @@ def engine_rates(model: str, tokens: int, rounds: int) -> dict:
 
 
 def run_jobs(engine, model: str, asks: list[str], tokens: int) -> float:
-    """Submit one request per ask at once (default options but num_predict); tok/s overall."""
+    """Submit one request per ask at once (default options but num_predict): one request's
+    decode tok/s, or several requests' generated tokens per second of wall time."""
     from bridge.engine import Done, Failed, Job, PromptSpec
     from bridge.wire.options import Options
 
@@ -102,14 +104,16 @@ def run_jobs(engine, model: str, asks: list[str], tokens: int) -> float:
     began = time.perf_counter()
     for job in jobs:
         engine.submit(job)
-    generated = 0
+    ends = []
     for job in jobs:
         while not isinstance(event := job.events.get(timeout=600), Done | Failed):
             pass
         if isinstance(event, Failed):
             raise event.error
-        generated += event.eval_count
-    return generated / (time.perf_counter() - began)
+        ends.append(event)
+    if len(ends) == 1:  # one request: its decode rate (Ollama's eval_count / eval_duration)
+        return ends[0].eval_count / max(1e-9, ends[0].eval_duration / 1e9)
+    return sum(e.eval_count for e in ends) / (time.perf_counter() - began)
 
 
 def main() -> None:
@@ -137,7 +141,8 @@ def main() -> None:
     for r in costs:
         print(f"{r['batch']:>5} {r['setting']:<34} {r['mlx_lm_ms']:>10.2f} {r['bridge_ms']:>10.2f}"
               f" {r['mlx_lm_ms'] / r['bridge_ms']:>6.1f}x")
-    print("engine, Ollama's default options, generated tok/s (median of rounds):")
+    print("engine, Ollama's default options, tok/s (1: decode; 8: generated per wall second;"
+          " median of rounds):")
     for clients in ("1", "8"):
         ours = statistics.median(rates["bridge"][clients])
         theirs = statistics.median(rates["mlx-lm"][clients])
