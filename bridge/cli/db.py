@@ -22,6 +22,15 @@ def _target(url: str | None, home: str | None) -> str | Path:
     return url or config.database_url or config.home / DB_FILE
 
 
+def _same_database(source: str | Path, target: str | Path) -> bool:
+    """Whether two targets name one database (a SQLite file by its resolved path), so that a copy
+    without --to and without MLX_BRIDGE_DATABASE_URL fails instead of copying a file into itself."""
+    def key(value: str | Path) -> str:
+        text = str(value)
+        return text if "://" in text else str(Path(text).expanduser().resolve())
+    return key(source) == key(target)
+
+
 @click.group("db")
 def db_group() -> None:
     """The state database: backend rows, API keys, request records."""
@@ -55,6 +64,10 @@ def copy(source: str, dest: str | None, home: str | None) -> None:
     if not Path(source).exists() and "://" not in source:
         raise click.ClickException(f"no such database file: {source}")
     target = _target(dest, home)
+    if _same_database(source, target):
+        raise click.ClickException(
+            f"--from and the target are the same database ({target}): pass --to, or set "
+            "MLX_BRIDGE_DATABASE_URL to the database to copy into")
     src, dst = Store(source), Store(target)
     try:
         counts = copy_database(src, dst)
