@@ -166,3 +166,14 @@ def test_upstream_not_running_keeps_the_plain_404(tmp_path, tiny_model_dir):
         assert "is not running" in routed.json()["error"]["message"]
     finally:
         stop_server(proc)
+
+
+def test_a_relayed_path_without_a_model_is_not_tracked(bridge, upstreams):
+    """Relayed paths that name no model (here /api/status) are not rows of the performance
+    comparison: there they showed as a model called "-"."""
+    assert requests.get(bridge + "/api/status", timeout=10).status_code == 200
+    assert requests.post(bridge + "/api/some-new-endpoint", json={"x": 1},
+                         timeout=10).status_code == 200
+    time.sleep(1.5)  # the tracker writes in the background
+    rows = requests.get(bridge + "/api/performance/comparison", timeout=10).json()["models"]
+    assert all(row.get("model") not in ("-", "", None) for row in rows), rows

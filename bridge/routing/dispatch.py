@@ -162,7 +162,14 @@ def forward(target: Target, path: str, raw: bytes, plan: Plan | None = None, las
         body = request_body(raw, plan.defaults, target.remote_model,
                             openai=path.startswith("/v1/"))
     resp, opened_ns = open_endpoint(target, method, path, body, last)
-    return relay(resp, tracking(target, resp.status_code, opened_ns), bridge().upstream.stopping)
+    # Only a model's request is tracked (per model and backend); a relayed path without a model
+    # (/api/status, blobs) would be a row under the model "-" in the comparison.
+    on_final = tracking(target, resp.status_code, opened_ns) if plan is not None else _untracked
+    return relay(resp, on_final, bridge().upstream.stopping)
+
+
+def _untracked(final: dict[str, Any] | None, error: str | None, first_at: float | None) -> None:
+    """The relay's end hook for a request that names no model: nothing to record."""
 
 
 def open_endpoint(target: Target, method: str, path: str, body: Any,
