@@ -22,6 +22,14 @@ ROLE_ALIASES = {"developer": "system"}
 
 def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/chat/completions body as an /api/chat body."""
+    return chat_layer(body)[0]
+
+
+def chat_layer(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A /v1/chat/completions body as an /api/chat body, plus the tool names one of which the
+    answer must call (`tool_choice` required / a function; forced by a grammar, as in the
+    Anthropic and Responses layers). Ollama ignores `tool_choice`; honouring it keeps "none"
+    from answering with tool calls and "required" from answering without one."""
     f = Fields(body, "ChatCompletionRequest")
     messages = f.list("messages", "[]openai.Message")
     if not messages:
@@ -35,7 +43,7 @@ def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     fmt = response_format(f.raw("response_format"))
     if fmt is not None:
         native["format"] = fmt
-    tools = f.list("tools", "[]api.Tool")
+    forced, tools = tool_choice(f.raw("tool_choice"), f.list("tools", "[]api.Tool"))
     if tools:
         native["tools"] = tools
     think = reasoning(f)
@@ -46,7 +54,50 @@ def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
         native["logprobs"] = logprobs
     if top is not None:  # 0..20, checked by the native parser (Ollama's text)
         native["top_logprobs"] = top
-    return native
+    return native, forced
+
+
+def tool_choice(choice: Any, tools: list[Any]) -> tuple[list[str], list[Any]]:
+    """(names one of which must be called, the tools the model is shown) from `tool_choice`:
+    "auto" / absent, "none" (the model is shown no tools), "required", a named function, or
+    `allowed_tools` (a subset, mode auto or required)."""
+    names = [n for n in map(function_name, tools) if n]
+    if choice in (None, "auto"):
+        return [], tools
+    if choice == "none":
+        return [], []
+    if choice == "required":
+        if not names:
+            raise BadRequest("tool_choice 'required' needs tools")
+        return names, tools
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "function":
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if name not in names:
+            raise BadRequest(f"tool_choice.function.name: {name!r} is not one of the tools")
+        return [name], tools
+    if kind == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        spec = spec if isinstance(spec, dict) else {}
+        listed = spec.get("tools")
+        allowed = {function_name(t) for t in (listed if isinstance(listed, list) else [])}
+        shown = [t for t in tools if function_name(t) in allowed]
+        mode = spec.get("mode", "auto")
+        if not shown or mode not in ("auto", "required"):
+            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode "
+                             "(auto or required)")
+        return ([function_name(t) for t in shown] if mode == "required" else []), shown
+    raise BadRequest(f"invalid tool_choice: {choice!r} "
+                     "(expected none, auto, required or a function)")
+
+
+def function_name(tool: Any) -> str | None:
+    """`{"type": "function", "function": {"name": ...}}`'s name (None when malformed: the native
+    parser answers malformed tools)."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def completion_to_native(body: dict[str, Any]) -> dict[str, Any]:
