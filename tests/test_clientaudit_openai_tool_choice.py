@@ -1,9 +1,11 @@
-"""/v1/chat/completions `tool_choice` through the official `openai` SDK against a real server.
+"""/v1/chat/completions `tool_choice` and `parallel_tool_calls` through the official `openai` SDK
+against a real server.
 
-Found by the client audit: the chat layer dropped `tool_choice` (as Ollama does), so "required"
-or a named function could answer without a call and "none" with one, while /v1/messages and
-/v1/responses honour it. The random tiny model never calls a tool by itself; the scripted
-`tools` model always writes one (tests/scripted_model.py).
+Found by the client audit: the chat layer dropped both (as Ollama does), so "required" or a named
+function could answer without a call, "none" with one, and `parallel_tool_calls: false` with
+several, while /v1/messages and /v1/responses honour them. The random tiny model never calls a
+tool by itself; the scripted `tools` model always writes one, `twice` a call after every call
+(tests/scripted_model.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import openai
 import pytest
 
 from .helpers import start_server, stop_server, write_mappings
-from .scripted_model import scripted_models
+from .scripted_model import CALL, NEWLINE, TOOLS_TEMPLATE, build_scripted_model, scripted_models
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
         "required": ["city"]}
@@ -30,7 +32,12 @@ KW = {"messages": Q, "tools": [TOOL], "temperature": 0, "max_tokens": 100}
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_model_dir) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("clientaudit-tools")
-    mappings = write_mappings(root / "map.yaml", scripted_models(root, tiny_model_dir))
+    twice = build_scripted_model(root / "twice", {NEWLINE: "<tool_call>", "<tool_call>": CALL,
+                                                  CALL: "</tool_call>", "</tool_call>": NEWLINE},
+                                 TOOLS_TEMPLATE)
+    models = {**scripted_models(root, tiny_model_dir),
+              "twice": {"mlx": str(twice), "backend": "mlx"}}
+    mappings = write_mappings(root / "map.yaml", models)
     proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
                               "--upstream", "none"])
     try:
@@ -86,3 +93,15 @@ def test_allowed_tools_shows_and_forces_a_subset():
     assert tool_choice(subset, [TOOL, other]) == (["get_time"], [other])
     subset["allowed_tools"]["mode"] = "auto"
     assert tool_choice(subset, [TOOL, other]) == ([], [other])
+
+
+def test_parallel_tool_calls_false_keeps_one_call(client):
+    """`twice` writes two whole calls in 8 tokens (then runs out: finish_reason length)."""
+    kw = {"model": "twice", "messages": Q, "tools": [TOOL], "temperature": 0, "max_tokens": 8}
+    both = client.chat.completions.create(**kw)
+    assert [c.function.name for c in both.choices[0].message.tool_calls] == ["get_weather"] * 2
+    one = client.chat.completions.create(parallel_tool_calls=False, **kw)
+    assert len(one.choices[0].message.tool_calls) == 1
+    chunks = list(client.chat.completions.create(parallel_tool_calls=False, stream=True, **kw))
+    calls = [c for ch in chunks if ch.choices for c in ch.choices[0].delta.tool_calls or []]
+    assert len(calls) == 1

@@ -60,11 +60,12 @@ def require_model(name: str) -> str:
 def chat_completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
-    native, forced = chat_layer(body)
-    req = parse_chat(native, active())
-    req.forced_tools = forced
+    layer = chat_layer(body)
+    req = parse_chat(layer.native, active())
+    req.forced_tools = layer.forced
     wants = req.logprobs or req.top_logprobs > 0
-    responder = OpenAIResponder(ChatWriter(req.model, include_usage(body), wants), req.stream)
+    writer = ChatWriter(req.model, include_usage(body), wants, layer.max_calls)
+    responder = OpenAIResponder(writer, req.stream)
     return dispatch(require_model(req.model), request.path, raw, chat_handler(req, responder))
 
 

@@ -7,6 +7,7 @@ responses go the other way in bridge.wire.openai_out.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import BadRequest
@@ -20,16 +21,26 @@ REASONING_EFFORT: dict[str, bool | str] = {
 ROLE_ALIASES = {"developer": "system"}
 
 
+@dataclass
+class ChatPlan:
+    """One /v1/chat/completions request: the native chat body plus the layer's own work.
+
+    Ollama ignores `tool_choice` and `parallel_tool_calls`; honouring them keeps "none" from
+    answering with tool calls, "required" from answering without one, and `false` to one call
+    (as the Anthropic and Responses layers do)."""
+
+    native: dict[str, Any]
+    forced: list[str] = field(default_factory=list)  # tool_choice required / a function
+    max_calls: int | None = None  # parallel_tool_calls false: at most one call
+
+
 def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/chat/completions body as an /api/chat body."""
-    return chat_layer(body)[0]
+    return chat_layer(body).native
 
 
-def chat_layer(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A /v1/chat/completions body as an /api/chat body, plus the tool names one of which the
-    answer must call (`tool_choice` required / a function; forced by a grammar, as in the
-    Anthropic and Responses layers). Ollama ignores `tool_choice`; honouring it keeps "none"
-    from answering with tool calls and "required" from answering without one."""
+def chat_layer(body: dict[str, Any]) -> ChatPlan:
+    """A /v1/chat/completions body as an /api/chat body and what the layer does itself."""
     f = Fields(body, "ChatCompletionRequest")
     messages = f.list("messages", "[]openai.Message")
     if not messages:
@@ -54,7 +65,7 @@ def chat_layer(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         native["logprobs"] = logprobs
     if top is not None:  # 0..20, checked by the native parser (Ollama's text)
         native["top_logprobs"] = top
-    return native, forced
+    return ChatPlan(native, forced, 1 if f.bool("parallel_tool_calls", True) is False else None)
 
 
 def tool_choice(choice: Any, tools: list[Any]) -> tuple[list[str], list[Any]]:
