@@ -59,10 +59,11 @@ class NotFound(BridgeError):
 
 
 class ModelNotFound(NotFound):
-    """`model 'x' not found` — the wording Continue's regex relies on."""
+    """`model 'x' not found` — the wording Continue's regex relies on (`text`: an endpoint's own
+    words, bridge.routing.dispatch.not_found_text)."""
 
-    def __init__(self, name: str, hint: str = "") -> None:
-        super().__init__(f"model '{name}' not found{hint}")
+    def __init__(self, name: str, hint: str = "", text: str | None = None) -> None:
+        super().__init__((text or f"model '{name}' not found") + hint)
         self.name = name
 
 

@@ -270,4 +270,5 @@ def test_pull_of_an_upstream_model_is_forwarded(bridge, upstream):
     assert resp.status_code == 200 and lines[-1] == {"status": "success"}
     missing = requests.post(bridge + "/api/pull", json={"name": "nobody-has-this", "stream": False},
                             timeout=30)
-    assert missing.status_code == 404 and "not found" in missing.json()["error"]
+    assert missing.status_code == 404  # in Ollama's words (the upstream bridge has no upstream)
+    assert missing.json()["error"] == "pull model manifest: file does not exist"

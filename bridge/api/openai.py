@@ -23,7 +23,7 @@ from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
-    chat_to_native,
+    chat_layer,
     completion_to_native,
     embeddings_check,
     include_usage,
@@ -60,9 +60,12 @@ def require_model(name: str) -> str:
 def chat_completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
-    req = parse_chat(chat_to_native(body), active())
+    layer = chat_layer(body)
+    req = parse_chat(layer.native, active())
+    req.forced_tools = layer.forced
     wants = req.logprobs or req.top_logprobs > 0
-    responder = OpenAIResponder(ChatWriter(req.model, include_usage(body), wants), req.stream)
+    writer = ChatWriter(req.model, include_usage(body), wants, layer.max_calls)
+    responder = OpenAIResponder(writer, req.stream)
     return dispatch(require_model(req.model), request.path, raw, chat_handler(req, responder))
 
 

@@ -78,7 +78,7 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
     if not targets:
         if plan.targets:  # served here, by the MLX engine, which has no handler for this path
             raise local_only(model_name, path)
-        raise ModelNotFound(model_name)
+        raise ModelNotFound(model_name, text=not_found_text(model_name, path))
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
         ctx.backend = target.label
@@ -127,14 +127,18 @@ def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> B
     error = failed[-1]
     if not _refused(error) or not all(isinstance(e, ModelNotFound) or _refused(e) for e in failed):
         return error
-    template = NOT_FOUND_TEXT.get(path, "model '{name}' not found")
-    display = ModelName.parse(name).display
     shown = redact_url(last.endpoint)
     log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
                 context().request_id, name, shown)
-    return UpstreamNotRunning(template.format(name=name, display=display)
-                              + f"; the {last.who} at {shown} is not running "
-                              "(connection refused)")
+    return UpstreamNotRunning(not_found_text(name, path)
+                              + f"; the {last.who} at {shown} is not running (connection refused)")
+
+
+def not_found_text(name: str, path: str) -> str:
+    """An unknown model's 404 text in Ollama's words for the endpoint (reference §5), whether no
+    upstream is configured or the configured one is not running."""
+    template = NOT_FOUND_TEXT.get(path, "model '{name}' not found")
+    return template.format(name=name, display=ModelName.parse(name).display)
 
 
 def _refused(exc: BridgeError) -> bool:

@@ -7,6 +7,7 @@ responses go the other way in bridge.wire.openai_out.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import BadRequest
@@ -20,8 +21,26 @@ REASONING_EFFORT: dict[str, bool | str] = {
 ROLE_ALIASES = {"developer": "system"}
 
 
+@dataclass
+class ChatPlan:
+    """One /v1/chat/completions request: the native chat body plus the layer's own work.
+
+    Ollama ignores `tool_choice` and `parallel_tool_calls`; honouring them keeps "none" from
+    answering with tool calls, "required" from answering without one, and `false` to one call
+    (as the Anthropic and Responses layers do)."""
+
+    native: dict[str, Any]
+    forced: list[str] = field(default_factory=list)  # tool_choice required / a function
+    max_calls: int | None = None  # parallel_tool_calls false: at most one call
+
+
 def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/chat/completions body as an /api/chat body."""
+    return chat_layer(body).native
+
+
+def chat_layer(body: dict[str, Any]) -> ChatPlan:
+    """A /v1/chat/completions body as an /api/chat body and what the layer does itself."""
     f = Fields(body, "ChatCompletionRequest")
     messages = f.list("messages", "[]openai.Message")
     if not messages:
@@ -35,7 +54,7 @@ def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     fmt = response_format(f.raw("response_format"))
     if fmt is not None:
         native["format"] = fmt
-    tools = f.list("tools", "[]api.Tool")
+    forced, tools = tool_choice(f.raw("tool_choice"), f.list("tools", "[]api.Tool"))
     if tools:
         native["tools"] = tools
     think = reasoning(f)
@@ -46,7 +65,50 @@ def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
         native["logprobs"] = logprobs
     if top is not None:  # 0..20, checked by the native parser (Ollama's text)
         native["top_logprobs"] = top
-    return native
+    return ChatPlan(native, forced, 1 if f.bool("parallel_tool_calls", True) is False else None)
+
+
+def tool_choice(choice: Any, tools: list[Any]) -> tuple[list[str], list[Any]]:
+    """(names one of which must be called, the tools the model is shown) from `tool_choice`:
+    "auto" / absent, "none" (the model is shown no tools), "required", a named function, or
+    `allowed_tools` (a subset, mode auto or required)."""
+    names = [n for n in map(function_name, tools) if n]
+    if choice in (None, "auto"):
+        return [], tools
+    if choice == "none":
+        return [], []
+    if choice == "required":
+        if not names:
+            raise BadRequest("tool_choice 'required' needs tools")
+        return names, tools
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "function":
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if name not in names:
+            raise BadRequest(f"tool_choice.function.name: {name!r} is not one of the tools")
+        return [name], tools
+    if kind == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        spec = spec if isinstance(spec, dict) else {}
+        listed = spec.get("tools")
+        allowed = {function_name(t) for t in (listed if isinstance(listed, list) else [])}
+        shown = [t for t in tools if function_name(t) in allowed]
+        mode = spec.get("mode", "auto")
+        if not shown or mode not in ("auto", "required"):
+            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode "
+                             "(auto or required)")
+        return ([function_name(t) for t in shown] if mode == "required" else []), shown
+    raise BadRequest(f"invalid tool_choice: {choice!r} "
+                     "(expected none, auto, required or a function)")
+
+
+def function_name(tool: Any) -> str | None:
+    """`{"type": "function", "function": {"name": ...}}`'s name (None when malformed: the native
+    parser answers malformed tools)."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def completion_to_native(body: dict[str, Any]) -> dict[str, Any]:

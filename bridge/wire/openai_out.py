@@ -100,11 +100,15 @@ def _by_token(alternatives: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class ChatWriter:
-    """One /v1/chat/completions response, from the native chat objects of one generation."""
+    """One /v1/chat/completions response, from the native chat objects of one generation.
 
-    def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False) -> None:
+    `max_calls` keeps only the first tool calls (`parallel_tool_calls: false`)."""
+
+    def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False,
+                 max_calls: int | None = None) -> None:
         self.model, self.include_usage, self.logprobs = model, include_usage, logprobs
         self.id, self.created = new_id("chatcmpl"), int(time.time())
+        self.max_calls, self.calls = max_calls, 0
         self.tool_calls = False
         self.role_sent = False
 
@@ -114,9 +118,10 @@ class ChatWriter:
         message: dict[str, Any] = {"role": "assistant", "content": msg.get("content", "")}
         if msg.get("thinking"):
             message["reasoning"] = msg["thinking"]
-        if msg.get("tool_calls"):
-            message["tool_calls"] = openai_tool_calls(msg["tool_calls"])
-        reason = finish_reason(final.get("done_reason"), bool(msg.get("tool_calls")))
+        calls = self._allowed(msg.get("tool_calls") or [])
+        if calls:
+            message["tool_calls"] = openai_tool_calls(calls)
+        reason = finish_reason(final.get("done_reason"), bool(calls))
         choice = {"index": 0, "message": message, "finish_reason": reason}
         if self.logprobs:
             choice["logprobs"] = {"content": chat_logprobs(final.get("logprobs", [])),
@@ -148,11 +153,12 @@ class ChatWriter:
         out = []
         if msg.get("thinking"):  # reasoning and content never share a chunk
             out.append(self._chunk(self._delta(reasoning=msg["thinking"])))
-        if msg.get("content") or msg.get("tool_calls"):
+        calls = self._allowed(msg.get("tool_calls") or [])
+        if msg.get("content") or calls:
             delta = self._delta(content=msg.get("content", ""))
-            if msg.get("tool_calls"):
+            if calls:
                 self.tool_calls = True
-                delta["tool_calls"] = openai_tool_calls(msg["tool_calls"])
+                delta["tool_calls"] = openai_tool_calls(calls)
             out.append(self._chunk(delta))
         if self.logprobs and line.get("logprobs"):
             if not out:  # tokens whose text was held back or cut (a stop string)
@@ -160,6 +166,12 @@ class ChatWriter:
             out[-1]["choices"][0]["logprobs"] = {"content": chat_logprobs(line["logprobs"]),
                                                  "refusal": None}
         return out
+
+    def _allowed(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.max_calls is not None:
+            calls = calls[: max(self.max_calls - self.calls, 0)]
+        self.calls += len(calls)
+        return calls
 
     def _delta(self, **fields: Any) -> dict[str, Any]:
         delta = {} if self.role_sent else {"role": "assistant"}
