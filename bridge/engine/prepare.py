@@ -59,7 +59,7 @@ def admit(job: Job, loaded: LoadedModel, load_ns: int) -> Entry:
     if not tokens:
         raise BadRequest("the prompt is empty after templating")
     tokens, limit = fit_context(tokens, job.options, context, job.spec.truncate)
-    processors = make_processors(job.options, context)
+    processors = make_processors(job.options, context, len(loaded.tokenizer))
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
     sink = TokenSink(loaded.tokenizer, job.events.put, prompt=tokens, max_tokens=max(limit, 0),
@@ -95,14 +95,20 @@ def sampler_for(loaded: LoadedModel, options: Options) -> Any:
     return loaded.samplers[key]
 
 
-def make_processors(options: Options, context: int) -> list[Any]:
-    """mlx-lm logits processors for Ollama's penalties (none with the defaults)."""
+def make_processors(options: Options, context: int, vocab: int | None = None) -> list[Any]:
+    """mlx-lm logits processors for Ollama's penalties (none with the defaults) and OpenAI's
+    `logit_bias` (its token ids checked against the vocabulary: a 400 for one outside it)."""
     from mlx_lm.sample_utils import make_logits_processors
 
+    bias = dict(options.logit_bias)
+    if bias and vocab is not None and max(bias) >= vocab:
+        raise BadRequest(f'option "logit_bias": token {max(bias)} is outside the vocabulary '
+                         f"(0..{vocab - 1})")
     window = context if options.repeat_last_n < 0 else options.repeat_last_n
     if window <= 0:
-        return []
+        return make_logits_processors(logit_bias=bias) if bias else []
     return make_logits_processors(
+        logit_bias=bias or None,
         repetition_penalty=options.repeat_penalty if options.repeat_penalty != 1.0 else None,
         repetition_context_size=window,
         presence_penalty=options.presence_penalty or None,

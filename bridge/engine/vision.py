@@ -72,7 +72,7 @@ def admit_vision(job: Job, loaded: LoadedModel, load_ns: int) -> VisionEntry:
         import mlx.core as mx
 
         mask = mx.ones((1, len(tokens)), dtype=mask.dtype)  # one sequence: nothing padded
-    processors = make_processors(job.options, context)
+    processors = make_processors(job.options, context, len(loaded.tokenizer))
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
     sink = TokenSink(loaded.tokenizer, job.events.put, prompt=tokens, max_tokens=max(limit, 0),

@@ -19,7 +19,8 @@ from bridge.errors import Unsupported
 # options (num_ctx, num_gpu, mirostat, ...) configure the remote engine itself and are not sent.
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
                  "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-                 "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repetition_penalty"}
+                 "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repetition_penalty",
+                 "logit_bias": "logit_bias"}
 CONVERTED = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show")
 _IMAGE_TYPES = {"iVBOR": "image/png", "/9j/": "image/jpeg", "R0lG": "image/gif",
                 "UklG": "image/webp"}

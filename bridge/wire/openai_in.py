@@ -146,6 +146,12 @@ def sampling_options(f: Fields) -> dict[str, Any]:
         value = f.number(name)
         if value is not None:
             options[name] = value
+    bias = f.raw("logit_bias")
+    if bias:  # {} and null: nothing to add; checked by the native parser, ids at admission
+        options["logit_bias"] = bias
+    n = f.int("n")
+    if n is not None and n != 1:
+        raise BadRequest(f"n: {n} choices were asked for; one choice per request is supported")
     stop = f.raw("stop")
     if isinstance(stop, str):
         options["stop"] = [stop]

@@ -33,6 +33,10 @@ _INT_MINIMUMS = {"num_predict": -2, "top_k": 0, "repeat_last_n": -1, "num_ctx": 
 # may start one is held back from the client: bound both (Ollama sets no limit; OpenAI allows 4).
 MAX_STOPS = 32
 MAX_STOP_CHARS = 256
+# logit_bias (OpenAI's, also accepted as a native option): token id -> bias, each in OpenAI's
+# range; bounded in entries like stops (each is an indexed add on every sampled token).
+MAX_LOGIT_BIAS = 1024
+LOGIT_BIAS_RANGE = 100.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Options:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     num_ctx: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); not an Ollama option
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     def context(self, trained: int) -> int:
@@ -105,6 +110,8 @@ def _parse_one(key: str, value: Any) -> Any:
         return value
     if key == "stop":
         return _parse_stop(value)
+    if key == "logit_bias":
+        return parse_logit_bias(value)
     log.debug("ignoring unknown option key=%s", key)
     return _SKIP
 
@@ -133,6 +140,26 @@ def _parse_stop(value: Any) -> tuple[str, ...]:
     if len(stops) > MAX_STOPS:
         raise BadRequest(f'option "stop" has {len(stops)} strings; at most {MAX_STOPS} are allowed')
     return stops
+
+
+def parse_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias`, {"token id": bias}, as sorted (id, bias) pairs; a 400 naming the
+    problem otherwise (the ids are checked against the model's vocabulary at admission)."""
+    if not isinstance(value, dict):
+        raise BadRequest('option "logit_bias" must be an object mapping token ids to numbers')
+    if len(value) > MAX_LOGIT_BIAS:
+        raise BadRequest(f'option "logit_bias" has {len(value)} entries; at most '
+                         f"{MAX_LOGIT_BIAS} are allowed")
+    pairs = {}
+    for key, bias in value.items():
+        token = str(key).strip()
+        if not token.isdigit():
+            raise BadRequest(f'option "logit_bias": {key!r} is not a token id')
+        if not _is_number(bias) or abs(bias) > LOGIT_BIAS_RANGE:
+            raise BadRequest(f'option "logit_bias": the bias of token {token} must be a number '
+                             f"between -{LOGIT_BIAS_RANGE:g} and {LOGIT_BIAS_RANGE:g}")
+        pairs[int(token)] = float(bias)
+    return tuple(sorted(pairs.items()))
 
 
 def _is_number(value: Any) -> bool:

@@ -1,0 +1,62 @@
+"""OpenAI's `logit_bias` is honoured (it was accepted and ignored), also as a native option;
+`n` other than 1 is a clear 400. One real server, the tiny model, greedy decoding."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from transformers import AutoTokenizer
+
+
+def _chat(url: str, **extra) -> requests.Response:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Say something."}],
+            "temperature": 0, "max_tokens": 6, "logprobs": True, **extra}
+    return requests.post(url + "/v1/chat/completions", json=body, timeout=120)
+
+
+def _generated_ids(url: str, options: dict) -> list[int]:
+    """Greedy token ids of an /api/generate answer (its `context` ends with them)."""
+    body = {"model": "tiny", "prompt": "Once upon a time", "stream": False,
+            "options": {"temperature": 0, "num_predict": 6, **options}}
+    r = requests.post(url + "/api/generate", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    return out["context"][len(out["context"]) - out["eval_count"]:]
+
+
+def test_a_strong_bias_forces_a_token(server, tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    forced = tok.encode("hello", add_special_tokens=False)[0]
+    r = _chat(server, logit_bias={str(forced): 100})
+    assert r.status_code == 200, r.text
+    tokens = [t["token"] for t in r.json()["choices"][0]["logprobs"]["content"]]
+    assert tokens == [tok.decode([forced])] * 6
+
+
+def test_a_negative_bias_bans_the_greedy_token_natively(server):
+    plain = _generated_ids(server, {})
+    banned = _generated_ids(server, {"logit_bias": {str(plain[0]): -100}})
+    assert banned[0] != plain[0]
+    assert plain[0] not in banned
+
+
+@pytest.mark.parametrize("bias,words", [
+    ({"99999": 5}, "outside the vocabulary"),
+    ({"7": 150}, "between -100 and 100"),
+    ({"seven": 1}, "not a token id"),
+    (["7"], "must be an object"),
+])
+def test_bad_logit_bias_is_a_400(server, bias, words):
+    r = _chat(server, logit_bias=bias)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_n_other_than_one_is_a_400(server):
+    assert _chat(server, n=1).status_code == 200
+    r = _chat(server, n=2)
+    assert r.status_code == 400
+    assert "one choice per request" in r.json()["error"]["message"]
+    r = requests.post(server + "/v1/completions", json={"model": "tiny", "prompt": "Hi",
+                                                        "max_tokens": 2, "n": 3}, timeout=60)
+    assert r.status_code == 400
