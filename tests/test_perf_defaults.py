@@ -133,11 +133,13 @@ def first_request_seconds(model_dir, tmp_path, warm: bool) -> float:
 @pytest.mark.slow
 def test_the_first_request_after_a_load_does_not_pay_kernel_compilation(tiny_model_dir,
                                                                         tmp_path):
-    cold = first_request_seconds(tiny_model_dir, tmp_path, warm=False)
+    """With the warm-up at load, and even without it: the compiled kernels a first request used
+    to pay for (seconds on a CPU) were mlx-lm's sampler's (`mx.compile`d top-k/top-p); the
+    bridge's own sampler (bridge/engine/sampling.py) compiles nothing, so neither run does."""
     began = time.perf_counter()
     warm = first_request_seconds(tiny_model_dir, tmp_path, warm=True)
-    assert warm < 0.5 < cold, (warm, cold, time.perf_counter() - began)
-    assert warm * 5 < cold
+    cold = first_request_seconds(tiny_model_dir, tmp_path, warm=False)
+    assert warm < 0.5 and cold < 0.5, (warm, cold, time.perf_counter() - began)
 
 
 def test_a_load_also_readies_the_request_side_tokenizer(app, tiny_model_dir):
