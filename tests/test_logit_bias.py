@@ -45,6 +45,9 @@ def test_a_negative_bias_bans_the_greedy_token_natively(server):
     ({"7": 150}, "between -100 and 100"),
     ({"seven": 1}, "not a token id"),
     (["7"], "must be an object"),
+    ([], "must be an object"),
+    ({"\u00b2": 3}, "not a token id"),  # a Unicode digit: isdigit() says yes, int() says no
+    ({"\u0661\u0662": 3}, "not a token id"),  # Arabic-Indic digits: not an id either
 ])
 def test_bad_logit_bias_is_a_400(server, bias, words):
     r = _chat(server, logit_bias=bias)

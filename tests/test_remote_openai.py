@@ -348,3 +348,12 @@ def test_a_remote_that_answers_one_json_object_is_converted_too():
     assert [(c["id"], c["function"]["name"], c["function"]["arguments"])
             for c in merged["message"]["tool_calls"]] == [("a", "f", {}), ("b", "g", {"x": 1})]
     assert (merged["prompt_eval_count"], merged["eval_count"]) == (5, 7)
+
+
+def test_n_reaches_a_remote_engine_as_sent(srv):
+    """`n` > 1 is the bridge's 400 only for its own models: a remote engine gets the body as
+    sent (it may answer several choices; mlx_lm.server answers one)."""
+    r = requests.post(srv.bridge + "/v1/chat/completions", timeout=120, json={
+        "model": "remote-mlx", "messages": HELLO, "max_tokens": 4, "temperature": 0, "n": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == SEED_REPO

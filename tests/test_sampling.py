@@ -105,6 +105,7 @@ def test_grammar_masked_tokens_are_never_drawn():
 class _Loaded:
     def __init__(self, vocab: int) -> None:
         self.tokenizer = [0] * vocab
+        self.model = None  # no model args: the tokenizer's width
         self.samplers: dict = {}
 
 
@@ -114,7 +115,14 @@ def test_sampler_for_maps_ollama_options_and_shares_equal_settings():
     assert sampler_for(loaded, Options()) is first  # one object: one batched call
     assert list(loaded.samplers) == [(0.8, 0, 0.9, 0.0)]  # top_k 40 >= vocab: no cut
     sampler_for(loaded, Options(top_k=5, top_p=1.0, min_p=1.0, temperature=1.0))
-    assert (1.0, 5, 1.0, 0.0) in loaded.samplers  # min_p 1 is off, as in Ollama
+    assert (1.0, 5, 1.0, 1.0) in loaded.samplers  # min_p 1: the most likely only, as Ollama
+
+
+def test_min_p_one_keeps_only_the_most_likely():
+    """Ollama's Go sampler clamps min_p to 1 and keeps tokens >= max * 1 (llama.cpp and its MLX
+    runner agree): at min_p 1 a draw is the most likely token."""
+    mx.random.seed(11)
+    assert set(np.nonzero(frequencies(make_sampler(1.0, 5, 1.0, 1.0), LOGITS, 2_000))[0]) == {0}
 
 
 def _generate(url: str, options: dict) -> str:

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, request
 from bridge.errors import BadRequest, ModelNotFound
 from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
-from bridge.routing.dispatch import dispatch
+from bridge.routing.dispatch import LocalHandler, dispatch
 from bridge.routing.router import Plan
 from bridge.serving.catalog import served_locally, tag_entry, upstream_models
 from bridge.serving.embeddings import openai_body, parse_openai
@@ -24,6 +24,7 @@ from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
     chat_layer,
+    choices,
     completion_to_native,
     embeddings_check,
     include_usage,
@@ -66,7 +67,8 @@ def chat_completions() -> Response:
     wants = req.logprobs or req.top_logprobs > 0
     writer = ChatWriter(req.model, include_usage(body), wants, layer.max_calls)
     responder = OpenAIResponder(writer, req.stream)
-    return dispatch(require_model(req.model), request.path, raw, chat_handler(req, responder))
+    return dispatch(require_model(req.model), request.path, raw,
+                    one_choice(choices(body), chat_handler(req, responder)))
 
 
 @bp.post("/v1/completions")
@@ -77,7 +79,20 @@ def completions() -> Response:
     top = req.top_logprobs if req.logprobs else None
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body), top),
                                 req.stream)
-    return dispatch(require_model(req.model), request.path, raw, generate_handler(req, responder))
+    return dispatch(require_model(req.model), request.path, raw,
+                    one_choice(choices(body), generate_handler(req, responder)))
+
+
+def one_choice(n: int, local: LocalHandler) -> LocalHandler:
+    """The bridge's own models answer one choice: `n` > 1 is a 400 there (a remote engine, which
+    may return several, gets the body as sent)."""
+    if n == 1:
+        return local
+
+    def refuse(model: LocalModel, plan: Plan) -> Response:
+        raise BadRequest(f"n: {n} choices were asked for; one choice per request is supported")
+
+    return refuse
 
 
 @bp.post("/v1/embeddings")

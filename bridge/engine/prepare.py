@@ -59,7 +59,7 @@ def admit(job: Job, loaded: LoadedModel, load_ns: int) -> Entry:
     if not tokens:
         raise BadRequest("the prompt is empty after templating")
     tokens, limit = fit_context(tokens, job.options, context, job.spec.truncate)
-    processors = make_processors(job.options, context, len(loaded.tokenizer))
+    processors = make_processors(job.options, context, vocab_width(loaded))
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
     sink = TokenSink(loaded.tokenizer, job.events.put, prompt=tokens, max_tokens=max(limit, 0),
@@ -81,18 +81,26 @@ def _call_factory(factory: Any, tokenizer: Any) -> Any:
 def sampler_for(loaded: LoadedModel, options: Options) -> Any:
     """Ollama's sampler for the job's options (bridge.engine.sampling); equal settings share one
     object, so a batch that shares them samples in one call."""
-    vocab = len(loaded.tokenizer)  # never exceeds the logits' width, so it bounds top_k safely
+    vocab = vocab_width(loaded)
     key = (
         max(options.temperature, 0.0),
         options.top_k if 0 < options.top_k < vocab else 0,  # top_k >= vocab: no cut
         min(max(options.top_p, 0.0), 1.0),  # 1: off; 0: the most likely token only (Ollama's)
-        options.min_p if 0 < options.min_p < 1 else 0.0,  # Ollama treats 1 as off too
+        min(max(options.min_p, 0.0), 1.0),  # 0: off; 1: only tokens as likely as the first
     )
     if key not in loaded.samplers:
         if len(loaded.samplers) >= _MAX_SAMPLERS:  # arbitrary client settings: stay bounded
             loaded.samplers.clear()
         loaded.samplers[key] = make_sampler(*key)
     return loaded.samplers[key]
+
+
+def vocab_width(loaded: LoadedModel) -> int:
+    """Token ids a request may name: the tokenizer's, and never past the model's logits."""
+    width = len(loaded.tokenizer)
+    args = getattr(loaded.model, "args", None)
+    logits = getattr(args, "vocab_size", None)
+    return min(width, logits) if isinstance(logits, int) and logits > 0 else width
 
 
 def make_processors(options: Options, context: int, vocab: int | None = None) -> list[Any]:

@@ -22,7 +22,7 @@ Sampler = Callable[[Any], Any]
 
 def make_sampler(temperature: float, top_k: int, top_p: float, min_p: float) -> Sampler:
     """Ollama's sampler for these settings (temperature 0: greedy; top_k 0: no cut; top_p 1 and
-    min_p 0: off, top_p 0: the most likely token). Values in range (prepare.sampler_for)."""
+    min_p 0: off; top_p 0 and min_p 1: the most likely token). Values in range (sampler_for)."""
     import mlx.core as mx
 
     if temperature <= 0:

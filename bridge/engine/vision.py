@@ -32,6 +32,7 @@ from bridge.engine.prepare import (
     log_cached,
     make_processors,
     sampler_for,
+    vocab_width,
 )
 from bridge.engine.prompts import chat_text, generate_text
 from bridge.engine.sink import TokenSink
@@ -72,7 +73,7 @@ def admit_vision(job: Job, loaded: LoadedModel, load_ns: int) -> VisionEntry:
         import mlx.core as mx
 
         mask = mx.ones((1, len(tokens)), dtype=mask.dtype)  # one sequence: nothing padded
-    processors = make_processors(job.options, context, len(loaded.tokenizer))
+    processors = make_processors(job.options, context, vocab_width(loaded))
     if job.spec.logits_processor_factory is not None:
         processors.append(_call_factory(job.spec.logits_processor_factory, loaded.tokenizer))
     sink = TokenSink(loaded.tokenizer, job.events.put, prompt=tokens, max_tokens=max(limit, 0),

@@ -147,11 +147,8 @@ def sampling_options(f: Fields) -> dict[str, Any]:
         if value is not None:
             options[name] = value
     bias = f.raw("logit_bias")
-    if bias:  # {} and null: nothing to add; checked by the native parser, ids at admission
+    if bias is not None and bias != {}:  # checked by the native parser, the ids at admission
         options["logit_bias"] = bias
-    n = f.int("n")
-    if n is not None and n != 1:
-        raise BadRequest(f"n: {n} choices were asked for; one choice per request is supported")
     stop = f.raw("stop")
     if isinstance(stop, str):
         options["stop"] = [stop]
@@ -160,6 +157,15 @@ def sampling_options(f: Fields) -> dict[str, Any]:
     elif stop is not None:
         raise BadRequest("invalid type for 'stop' field: expected a string or an array of strings")
     return options
+
+
+def choices(body: dict[str, Any]) -> int:
+    """`n`, the number of choices asked for (1 when absent); a remote engine gets it as sent,
+    the bridge's own models answer one (openai.one_choice)."""
+    n = Fields(body, "ChatCompletionRequest").int("n")
+    if n is not None and n < 1:
+        raise BadRequest(f"n: {n} is not a number of choices (at least 1)")
+    return 1 if n is None else n
 
 
 def include_usage(body: dict[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -153,7 +154,7 @@ def parse_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     pairs = {}
     for key, bias in value.items():
         token = str(key).strip()
-        if not token.isdigit():
+        if not re.fullmatch(r"[0-9]{1,10}", token):  # ASCII digits: int() takes others too
             raise BadRequest(f'option "logit_bias": {key!r} is not a token id')
         if not _is_number(bias) or abs(bias) > LOGIT_BIAS_RANGE:
             raise BadRequest(f'option "logit_bias": the bias of token {token} must be a number '
