@@ -34,3 +34,15 @@ def test_db_copy_with_to_still_copies(tmp_path: Path) -> None:
     done = _cli(home, "db", "copy", "--from", str(home / "bridge.db"), "--to", str(dest))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["to"] == str(dest)
+
+
+def test_one_database_under_two_spellings_is_the_same():
+    from pathlib import Path
+
+    from bridge.cli.db import _same_database
+
+    home = Path.home() / ".mlx-bridge" / "bridge.db"
+    assert _same_database("~/.mlx-bridge/bridge.db", f"sqlite:///{home}")
+    assert _same_database("postgres://u@h/db", "postgresql+psycopg://u@h/db")
+    assert not _same_database("postgres://u@h/db", "postgres://u@h/other")
+    assert not _same_database("/tmp/a.db", "/tmp/b.db")

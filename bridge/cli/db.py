@@ -27,7 +27,12 @@ def _same_database(source: str | Path, target: str | Path) -> bool:
     without --to and without MLX_BRIDGE_DATABASE_URL fails instead of copying a file into itself."""
     def key(value: str | Path) -> str:
         text = str(value)
-        return text if "://" in text else str(Path(text).expanduser().resolve())
+        if text.startswith("sqlite:///"):  # a SQLite URL names a file: compare the file
+            text = text.removeprefix("sqlite:///")
+        elif "://" in text:  # postgres:// and postgresql:// (+driver) name the same server
+            scheme, rest = text.split("://", 1)
+            return scheme.split("+")[0].replace("postgresql", "postgres") + "://" + rest
+        return str(Path(text).expanduser().resolve())
     return key(source) == key(target)
 
 
