@@ -58,6 +58,7 @@ def new_turn(model, context: int, new: list[int]) -> float:
         for _ in generate_step(mx.array(new), model, prompt_cache=copy.deepcopy(cache),
                                max_tokens=1):
             break
+        mx.synchronize()  # generate_step queued the next step: not left for the next repeat
 
     return best_ms(turn)
 

@@ -73,8 +73,8 @@ def measure(stream: Stream, complete: Complete | None, work: Workload,
             continue
         # One untimed round first (each engine's batch shapes, first at this width), then the
         # median of the timed rounds: one round alone moved ±10% between runs.
-        rounds = [aggregate(complete or _count(stream), clients, work.agg_tokens)
-                  for _ in range(1 + work.agg_rounds)][1:]
+        rounds = [aggregate(complete or _count(stream), clients, work.agg_tokens, r)
+                  for r in range(1 + work.agg_rounds)][1:]
         out["aggregate_rounds_tok_s"][str(clients)] = rounds
         out["aggregate_tok_s"][str(clients)] = percentile(rounds, 50)
     messages: list[dict] = []
@@ -91,9 +91,11 @@ def _count(stream: Stream) -> Complete:
     return lambda messages, n: stream(messages, n).tokens
 
 
-def aggregate(complete: Complete, clients: int, tokens: int) -> float:
-    """Generated tokens per second of wall time with `clients` requests at once."""
-    asks = [user(f"{QUESTIONS[i % len(QUESTIONS)]} (client {i})") for i in range(clients)]
+def aggregate(complete: Complete, clients: int, tokens: int, round_: int = 0) -> float:
+    """Generated tokens per second of wall time with `clients` requests at once (each round's
+    prompts differ: no round is served from an earlier one's prompt cache)."""
+    asks = [user(f"{QUESTIONS[i % len(QUESTIONS)]} (client {i}, round {round_})")
+            for i in range(clients)]
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         counts = list(pool.map(lambda m: complete(m, tokens), asks))

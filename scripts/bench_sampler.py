@@ -80,12 +80,13 @@ def engine_rates(model: str, tokens: int, rounds: int) -> dict:
     rates: dict = {"bridge": {"1": [], "8": []}, "mlx-lm": {"1": [], "8": []}}
     try:
         run_jobs(engine, model, [QUESTIONS[0]], tokens)  # load and warm up
-        for _ in range(rounds):
+        for r in range(rounds):
             for name, factory in (("bridge", ours), ("mlx-lm", mlx_lm_sampler)):
                 prepare.make_sampler = factory
                 engine.cache.models[model].samplers.clear()
-                for clients in (1, 8):
-                    asks = [f"{QUESTIONS[i % len(QUESTIONS)]} ({i})" for i in range(clients)]
+                for clients in (1, 8):  # prompts new to the prompt cache in every run
+                    asks = [f"{QUESTIONS[i % len(QUESTIONS)]} ({name}, {r}, {i})"
+                            for i in range(clients)]
                     rates[name][str(clients)].append(run_jobs(engine, model, asks, tokens))
     finally:
         prepare.make_sampler = ours
