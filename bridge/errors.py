@@ -60,7 +60,7 @@ class NotFound(BridgeError):
 
 class ModelNotFound(NotFound):
     """`model 'x' not found` — the wording Continue's regex relies on (`text`: an endpoint's own
-    words, bridge.routing.dispatch.not_found_text)."""
+    words, bridge.routing.refusals.not_found_text)."""
 
     def __init__(self, name: str, hint: str = "", text: str | None = None) -> None:
         super().__init__((text or f"model '{name}' not found") + hint)

@@ -14,7 +14,8 @@ from werkzeug.exceptions import NotFound
 from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
-from bridge.routing.dispatch import dispatch, forward, local_only
+from bridge.routing.dispatch import dispatch, forward
+from bridge.routing.refusals import local_only
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import UpstreamUnavailable
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy

@@ -14,7 +14,6 @@ import requests
 from flask import Response, request
 
 from bridge.errors import (
-    BadRequest,
     BridgeError,
     ClientClosed,
     EngineError,
@@ -22,7 +21,6 @@ from bridge.errors import (
     ShuttingDown,
     Unsupported,
     UpstreamError,
-    UpstreamNotRunning,
 )
 from bridge.http.web import (
     RequestContext,
@@ -32,6 +30,7 @@ from bridge.http.web import (
     ndjson_stream,
 )
 from bridge.routing import openai_remote, openai_request, openai_stream
+from bridge.routing.refusals import check_model_name, local_only, not_found_text, unserved
 from bridge.routing.router import Plan, Target
 from bridge.routing.upstream import (
     OnFinal,
@@ -43,7 +42,6 @@ from bridge.routing.upstream import (
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
 from bridge.stats.tracking import CANCELED_ERRORS, record_failed_attempt, record_forwarded
-from bridge.wire.names import InvalidModelName, ModelName
 from bridge.wire.native_out import error_line
 
 log = logging.getLogger(__name__)
@@ -54,18 +52,6 @@ MAX_REMOTE_BODY = 256 << 20  # a non-streamed remote answer read whole (embeddin
 MAX_REMOTE_ERROR = 64 << 10  # of an error answer: only its first 300 characters are shown
 
 LocalHandler = Callable[[LocalModel, Plan], Response]
-
-# Ollama's words for an unknown model where they differ from `model 'x' not found` (reference §5).
-_PULL_FIRST = 'model "{name}" not found, try pulling it first'
-NOT_FOUND_TEXT = {
-    "/api/show": "model '{display}' not found",
-    "/api/embed": _PULL_FIRST,
-    "/api/embeddings": _PULL_FIRST,
-    "/v1/embeddings": _PULL_FIRST,
-    "/api/copy": 'model "{name}" not found',
-    "/api/pull": "pull model manifest: file does not exist",
-}
-
 
 def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
              method: str = "POST") -> Response:
@@ -96,53 +82,6 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
                 raise unserved(model_name, path, target, failed) from None
             note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
-
-
-def local_only(name: str, path: str) -> BadRequest:
-    """A registry or Modelfile operation (/api/copy, /api/push, /api/create) on a model the
-    bridge serves itself: a 400 saying so, not a 404 for a model /api/tags lists."""
-    return BadRequest(f"{path} is not supported for model '{name}': mlx-bridge serves it on MLX "
-                      "from its own files (Modelfile and registry operations belong to Ollama, "
-                      "which does not have it)")
-
-
-def check_model_name(name: str) -> None:
-    """400 `invalid model name` for what Ollama's name rules reject; the empty name is Ollama's
-    404."""
-    if not name:
-        raise ModelNotFound(name)
-    try:
-        ModelName.parse(name)
-    except InvalidModelName:
-        raise BadRequest("invalid model name") from None
-
-
-def unserved(name: str, path: str, last: Target, failed: list[BridgeError]) -> BridgeError:
-    """The error for a request no target could serve: the last target's, or a 404.
-
-    When the last target is an upstream that refuses connections (no Ollama running there) and
-    nothing before it had the model, the name is unknown: the endpoint's 404 in Ollama's words,
-    saying why, instead of a 502.
-    """
-    error = failed[-1]
-    if not _refused(error) or not all(isinstance(e, ModelNotFound) or _refused(e) for e in failed):
-        return error
-    shown = redact_url(last.endpoint)
-    log.warning("model not found request_id=%s model=%s reason=upstream_not_running endpoint=%s",
-                context().request_id, name, shown)
-    return UpstreamNotRunning(not_found_text(name, path)
-                              + f"; the {last.who} at {shown} is not running (connection refused)")
-
-
-def not_found_text(name: str, path: str) -> str:
-    """An unknown model's 404 text in Ollama's words for the endpoint (reference §5), whether no
-    upstream is configured or the configured one is not running."""
-    template = NOT_FOUND_TEXT.get(path, "model '{name}' not found")
-    return template.format(name=name, display=ModelName.parse(name).display)
-
-
-def _refused(exc: BridgeError) -> bool:
-    return isinstance(exc, UpstreamUnavailable) and exc.refused
 
 
 def note_fallback(ctx: RequestContext, failed: Target, nxt: Target, exc: BridgeError) -> None:
