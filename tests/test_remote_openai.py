@@ -357,3 +357,13 @@ def test_n_reaches_a_remote_engine_as_sent(srv):
         "model": "remote-mlx", "messages": HELLO, "max_tokens": 4, "temperature": 0, "n": 2})
     assert r.status_code == 200, r.text
     assert r.json()["model"] == SEED_REPO
+
+
+def test_a_tool_choice_the_bridge_cannot_carry_out_reaches_a_remote_engine(srv):
+    """A tool_choice form the bridge's layer does not know is its 400 only for its own models;
+    the remote engine gets the body as sent (mlx_lm.server ignores tool_choice)."""
+    body = {"model": "remote-mlx", "messages": HELLO, "max_tokens": 4, "temperature": 0,
+            "tools": [WEATHER_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "x"}}}
+    r = requests.post(srv.bridge + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == SEED_REPO

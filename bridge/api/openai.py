@@ -24,10 +24,10 @@ from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
     chat_layer,
-    choices,
     completion_to_native,
     embeddings_check,
     include_usage,
+    many_choices,
 )
 from bridge.wire.openai_out import ChatWriter, CompletionWriter, model_object
 from bridge.wire.schemas import parse_chat, parse_generate
@@ -62,13 +62,14 @@ def chat_completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
     layer = chat_layer(body)
+    refusal = many_choices(body) or layer.refusal
     req = parse_chat(layer.native, active())
     req.forced_tools = layer.forced
     wants = req.logprobs or req.top_logprobs > 0
     writer = ChatWriter(req.model, include_usage(body), wants, layer.max_calls)
     responder = OpenAIResponder(writer, req.stream)
     return dispatch(require_model(req.model), request.path, raw,
-                    one_choice(choices(body), chat_handler(req, responder)))
+                    refused_here(refusal, chat_handler(req, responder)))
 
 
 @bp.post("/v1/completions")
@@ -80,17 +81,18 @@ def completions() -> Response:
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body), top),
                                 req.stream)
     return dispatch(require_model(req.model), request.path, raw,
-                    one_choice(choices(body), generate_handler(req, responder)))
+                    refused_here(many_choices(body), generate_handler(req, responder)))
 
 
-def one_choice(n: int, local: LocalHandler) -> LocalHandler:
-    """The bridge's own models answer one choice: `n` > 1 is a 400 there (a remote engine, which
-    may return several, gets the body as sent)."""
-    if n == 1:
+def refused_here(error: BadRequest | None, local: LocalHandler) -> LocalHandler:
+    """`local`, or, when the request asks what only a remote engine may do (`n` > 1, a
+    tool_choice this layer cannot carry out), a handler answering the bridge's own models with
+    `error`; a remote target still gets the body as sent."""
+    if error is None:
         return local
 
     def refuse(model: LocalModel, plan: Plan) -> Response:
-        raise BadRequest(f"n: {n} choices were asked for; one choice per request is supported")
+        raise error
 
     return refuse
 

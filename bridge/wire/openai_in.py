@@ -32,11 +32,17 @@ class ChatPlan:
     native: dict[str, Any]
     forced: list[str] = field(default_factory=list)  # tool_choice required / a function
     max_calls: int | None = None  # parallel_tool_calls false: at most one call
+    # A tool_choice this layer cannot carry out: the bridge's own models answer it with this
+    # 400; a remote OpenAI-protocol engine gets the body as sent and decides itself.
+    refusal: BadRequest | None = None
 
 
 def chat_to_native(body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/chat/completions body as an /api/chat body."""
-    return chat_layer(body).native
+    plan = chat_layer(body)
+    if plan.refusal is not None:
+        raise plan.refusal
+    return plan.native
 
 
 def chat_layer(body: dict[str, Any]) -> ChatPlan:
@@ -54,7 +60,12 @@ def chat_layer(body: dict[str, Any]) -> ChatPlan:
     fmt = response_format(f.raw("response_format"))
     if fmt is not None:
         native["format"] = fmt
-    forced, tools = tool_choice(f.raw("tool_choice"), f.list("tools", "[]api.Tool"))
+    tools = f.list("tools", "[]api.Tool")
+    refusal = None
+    try:
+        forced, tools = tool_choice(f.raw("tool_choice"), tools)
+    except BadRequest as exc:
+        forced, refusal = [], exc
     if tools:
         native["tools"] = tools
     think = reasoning(f)
@@ -65,7 +76,8 @@ def chat_layer(body: dict[str, Any]) -> ChatPlan:
         native["logprobs"] = logprobs
     if top is not None:  # 0..20, checked by the native parser (Ollama's text)
         native["top_logprobs"] = top
-    return ChatPlan(native, forced, 1 if f.bool("parallel_tool_calls", True) is False else None)
+    return ChatPlan(native, forced, 1 if f.bool("parallel_tool_calls", True) is False else None,
+                    refusal)
 
 
 def tool_choice(choice: Any, tools: list[Any]) -> tuple[list[str], list[Any]]:
@@ -159,13 +171,15 @@ def sampling_options(f: Fields) -> dict[str, Any]:
     return options
 
 
-def choices(body: dict[str, Any]) -> int:
-    """`n`, the number of choices asked for (1 when absent); a remote engine gets it as sent,
-    the bridge's own models answer one (openai.one_choice)."""
+def many_choices(body: dict[str, Any]) -> BadRequest | None:
+    """The bridge's own models answer one choice: `n` > 1 is their 400 (a remote engine gets it
+    as sent and may answer several); `n` < 1 is nobody's request."""
     n = Fields(body, "ChatCompletionRequest").int("n")
     if n is not None and n < 1:
         raise BadRequest(f"n: {n} is not a number of choices (at least 1)")
-    return 1 if n is None else n
+    if n is not None and n > 1:
+        return BadRequest(f"n: {n} choices were asked for; one choice per request is supported")
+    return None
 
 
 def include_usage(body: dict[str, Any]) -> bool:
