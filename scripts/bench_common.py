@@ -216,3 +216,20 @@ def start_server(name: str, cmd: list[str], env: dict[str, str], port: int,
         time.sleep(0.3)
     Server(name, proc, url, log).stop()
     raise RuntimeError(f"{name} did not start in {timeout:.0f} s; see {log}")
+
+
+def finish_jobs(engine, jobs: list) -> list:
+    """Submit the bridge engine's jobs at once and return their Done events (a Failed raises);
+    for the in-process benchmark workers (bench_kv, bench_sampler)."""
+    from bridge.engine import Done, Failed
+
+    for job in jobs:
+        engine.submit(job)
+    ends = []
+    for job in jobs:
+        while not isinstance(event := job.events.get(timeout=600), Done | Failed):
+            pass
+        if isinstance(event, Failed):
+            raise event.error
+        ends.append(event)
+    return ends

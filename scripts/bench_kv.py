@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import QUESTIONS  # noqa: E402
+from bench_common import QUESTIONS, finish_jobs  # noqa: E402
 
-from bridge.engine import Done, Engine, Failed, Job, PromptSpec  # noqa: E402
+from bridge.engine import Engine, Job, PromptSpec  # noqa: E402
 from bridge.wire.options import Options  # noqa: E402
 
 
@@ -31,15 +31,7 @@ def run(model: str, kv: str, tokens: int) -> dict:
         jobs = [Job(model, "m", spec=PromptSpec(messages=[{"role": "user", "content": q}]),
                     options=Options(temperature=0, num_predict=tokens)) for q in QUESTIONS[:4]]
         started = time.perf_counter()
-        for job in jobs:
-            engine.submit(job)
-        outputs = []
-        for job in jobs:
-            while not isinstance(event := job.events.get(timeout=600), Done | Failed):
-                pass
-            if isinstance(event, Failed):
-                raise event.error
-            outputs.append(event.context[event.prompt_eval_count:])
+        outputs = [e.context[e.prompt_eval_count:] for e in finish_jobs(engine, jobs)]
         elapsed = time.perf_counter() - started
         loaded = engine.cache.models[model]
         return {"kv_bits": loaded.kv_bits, "kv_mb_per_1k_tokens":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import QUESTIONS, load_average  # noqa: E402
+from bench_common import QUESTIONS, finish_jobs, load_average  # noqa: E402
 
 SETTINGS = {  # name: (temperature, top_k, top_p, min_p)
     "Ollama defaults (0.8, k40, p0.9)": (0.8, 40, 0.9, 0.0),
@@ -97,20 +97,12 @@ def engine_rates(model: str, tokens: int, rounds: int) -> dict:
 def run_jobs(engine, model: str, asks: list[str], tokens: int) -> float:
     """Submit one request per ask at once (default options but num_predict); the sum of their
     decode rates."""
-    from bridge.engine import Done, Failed, Job, PromptSpec
+    from bridge.engine import Job, PromptSpec
     from bridge.wire.options import Options
 
     jobs = [Job(model, "m", spec=PromptSpec(messages=[{"role": "user", "content": a}]),
                 options=Options(num_predict=tokens)) for a in asks]
-    for job in jobs:
-        engine.submit(job)
-    ends = []
-    for job in jobs:
-        while not isinstance(event := job.events.get(timeout=600), Done | Failed):
-            pass
-        if isinstance(event, Failed):
-            raise event.error
-        ends.append(event)
+    ends = finish_jobs(engine, jobs)
     # The sum of each request's decode rate (Ollama's eval_count / eval_duration): one request's
     # decode tok/s, or a batch's per-step throughput. Sampled answers end at random lengths, so
     # tokens per wall second (the tail runs as a smaller batch) moves ±15% between rounds.
