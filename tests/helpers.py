@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -154,3 +154,17 @@ def finish(job: Any) -> Any:
             raise event.error
         if isinstance(event, Done):
             return event
+
+
+def tiny_app(model_dir: Path, home: Path) -> Iterator[Any]:
+    """An in-process app serving `model_dir` as "tiny" (no upstream), its engine started and
+    stopped around the yield: the body of a module-scoped fixture."""
+    from bridge.app import create_app
+    from bridge.config import load_config
+
+    maps = write_mappings(home / "maps.yaml", {"tiny": {"mlx": str(model_dir), "backend": "mlx"}})
+    application = create_app(load_config({}, mappings_path=str(maps), home=str(home),
+                                         upstream="none"))
+    application.extensions["bridge"].start()
+    yield application
+    application.extensions["bridge"].stop()

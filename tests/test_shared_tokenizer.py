@@ -9,23 +9,14 @@ import threading
 
 import pytest
 
-from bridge.app import create_app
-from bridge.config import load_config
 from bridge.engine.models import Tokenizers
 
-from .conftest import write_mappings
+from .helpers import tiny_app
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("shared-tok-home")
-    maps = write_mappings(home / "maps.yaml", {"tiny": {"mlx": str(tiny_model_dir),
-                                                         "backend": "mlx"}})
-    application = create_app(load_config({}, mappings_path=str(maps), home=str(home),
-                                         upstream="none"))
-    application.extensions["bridge"].start()
-    yield application
-    application.extensions["bridge"].stop()
+    yield from tiny_app(tiny_model_dir, tmp_path_factory.mktemp("shared-tok-home"))
 
 
 def test_engine_and_request_side_use_one_tokenizer(app):

@@ -11,11 +11,10 @@ from pathlib import Path
 import ollama
 import pytest
 
-from bridge.app import create_app
-from bridge.config import load_config
 from bridge.serving.prompting import Transcripts
 
 from .conftest import start_server, stop_server, write_mappings
+from .helpers import tiny_app
 
 QUESTIONS = ["Why is the sky blue?", "And the sea?", "Name three colours.", "What is 12 times 12?"]
 GREEDY = {"temperature": 0, "num_predict": 12}
@@ -37,14 +36,7 @@ def new_turn_tokens(tok, before: list[dict], after: list[dict]) -> int:
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("turn-home")
-    maps = write_mappings(home / "maps.yaml", {"tiny": {"mlx": str(tiny_model_dir),
-                                                         "backend": "mlx"}})
-    application = create_app(load_config({}, mappings_path=str(maps), home=str(home),
-                                         upstream="none"))
-    application.extensions["bridge"].start()
-    yield application
-    application.extensions["bridge"].stop()
+    yield from tiny_app(tiny_model_dir, tmp_path_factory.mktemp("turn-home"))
 
 
 def test_each_turn_prefills_only_its_own_tokens(app, tiny_model_dir, caplog):
