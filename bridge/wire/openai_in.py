@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.errors import BadRequest
 from bridge.wire.jsonbody import Fields
+from bridge.wire.tool_choice import chosen_tools, function_name
 
 # reasoning_effort -> native think (openai.go): "none" turns thinking off.
 REASONING_EFFORT: dict[str, bool | str] = {
@@ -81,46 +82,30 @@ def chat_layer(body: dict[str, Any]) -> ChatPlan:
 
 
 def tool_choice(choice: Any, tools: list[Any]) -> tuple[list[str], list[Any]]:
-    """(names one of which must be called, the tools the model is shown) from `tool_choice`:
-    "auto" / absent, "none" (the model is shown no tools), "required", a named function, or
-    `allowed_tools` (a subset, mode auto or required)."""
-    names = [n for n in map(function_name, tools) if n]
-    if choice in (None, "auto"):
-        return [], tools
-    if choice == "none":
-        return [], []
-    if choice == "required":
-        if not names:
-            raise BadRequest("tool_choice 'required' needs tools")
-        return names, tools
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "function":
-        fn = choice.get("function")
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if name not in names:
-            raise BadRequest(f"tool_choice.function.name: {name!r} is not one of the tools")
-        return [name], tools
-    if kind == "allowed_tools":
-        spec = choice.get("allowed_tools")
-        spec = spec if isinstance(spec, dict) else {}
-        listed = spec.get("tools")
-        allowed = {function_name(t) for t in (listed if isinstance(listed, list) else [])}
-        shown = [t for t in tools if function_name(t) in allowed]
-        mode = spec.get("mode", "auto")
-        if not shown or mode not in ("auto", "required"):
-            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode "
-                             "(auto or required)")
-        return ([function_name(t) for t in shown] if mode == "required" else []), shown
-    raise BadRequest(f"invalid tool_choice: {choice!r} "
-                     "(expected none, auto, required or a function)")
+    """(names one of which must be called, the tools the model is shown) from Chat
+    Completions' `tool_choice`: "auto", "none", "required", `{"type": "function", "function":
+    {"name": ...}}` or `{"type": "allowed_tools", "allowed_tools": {"tools", "mode"}}`."""
+    return chosen_tools(choice, tools, named=_function_choice,
+                        name_field="tool_choice.function.name", allowed=_allowed_tools,
+                        unknown=_unknown_choice)
 
 
-def function_name(tool: Any) -> str | None:
-    """`{"type": "function", "function": {"name": ...}}`'s name (None when malformed: the native
-    parser answers malformed tools)."""
-    fn = tool.get("function") if isinstance(tool, dict) else None
-    name = fn.get("name") if isinstance(fn, dict) else None
-    return name if isinstance(name, str) else None
+def _function_choice(choice: dict) -> Any:
+    fn = choice.get("function")
+    return fn.get("name") if isinstance(fn, dict) else None
+
+
+def _allowed_tools(choice: dict) -> tuple[set[Any], Any]:
+    spec = choice.get("allowed_tools")
+    spec = spec if isinstance(spec, dict) else {}
+    listed = spec.get("tools")
+    return ({function_name(t) for t in (listed if isinstance(listed, list) else [])},
+            spec.get("mode", "auto"))
+
+
+def _unknown_choice(choice: Any) -> BadRequest:
+    return BadRequest(f"invalid tool_choice: {choice!r} "
+                      "(expected none, auto, required or a function)")
 
 
 def completion_to_native(body: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from bridge.errors import BadRequest, Unsupported
 from bridge.wire.jsonbody import Fields
 from bridge.wire.openai_in import REASONING_EFFORT
+from bridge.wire.tool_choice import chosen_tools
 
 STRUCT = "ResponsesRequest"
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -56,8 +57,8 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
     f = Fields(body, STRUCT)
     refuse_stateful(f)
     tools = tools_to_native(f.list("tools", "[]responses.Tool"))
-    forced, max_calls, tools = tool_choice(f.raw("tool_choice"), tools)
-    max_calls = call_limit(f, max_calls)
+    forced, tools = tool_choice(f.raw("tool_choice"), tools)
+    max_calls = call_limit(f)
     instructions = f.str("instructions")
     messages = [{"role": "system", "content": instructions}] if instructions else []
     messages += input_to_messages(f.raw("input"))
@@ -133,10 +134,9 @@ def sampling_options(f: Fields) -> dict[str, Any]:
     return options
 
 
-def call_limit(f: Fields, limit: int | None) -> int | None:
+def call_limit(f: Fields) -> int | None:
     """parallel_tool_calls false -> one call; max_tool_calls -> at most that many."""
-    if f.bool("parallel_tool_calls", True) is False:
-        limit = 1
+    limit = 1 if f.bool("parallel_tool_calls", True) is False else None
     most = f.int("max_tool_calls")
     if most is not None:
         if most < 1:
@@ -239,33 +239,16 @@ def tools_to_native(tools: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def tool_choice(choice: Any, tools: list[dict[str, Any]]
-                ) -> tuple[list[str], int | None, list[dict[str, Any]]]:
-    """(names one of which must be called, max calls, the tools the model is shown)."""
-    names = [t["function"]["name"] for t in tools]
-    if choice in (None, "auto"):
-        return [], None, tools
-    if choice == "none":
-        return [], None, []
-    if choice == "required":
-        if not tools:
-            raise BadRequest("tool_choice 'required' needs tools")
-        return names, None, tools
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "function":
-        if choice.get("name") not in names:
-            raise BadRequest(f"tool_choice.name: {choice.get('name')!r} is not one of the tools")
-        return [choice["name"]], None, tools
-    if kind == "allowed_tools":
-        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
-        shown = [t for t in tools if t["function"]["name"] in allowed]
-        mode = choice.get("mode", "auto")
-        if not shown or mode not in ("auto", "required"):
-            raise BadRequest("tool_choice.allowed_tools: name function tools and a mode "
-                             "(auto or required)")
-        return ([t["function"]["name"] for t in shown] if mode == "required" else []), None, shown
-    raise Unsupported(f"tool_choice {choice!r} is not supported "
-                      "(auto, none, required or a function)")
+def tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(names one of which must be called, the tools the model is shown) from the Responses
+    API's `tool_choice`: "auto", "none", "required", `{"type": "function", "name"}` or
+    `{"type": "allowed_tools", "tools", "mode"}`; another form is Unsupported."""
+    return chosen_tools(
+        choice, tools, named=lambda c: c.get("name"), name_field="tool_choice.name",
+        allowed=lambda c: ({t.get("name") for t in c.get("tools") or [] if isinstance(t, dict)},
+                           c.get("mode", "auto")),
+        unknown=lambda c: Unsupported(f"tool_choice {c!r} is not supported "
+                                      "(auto, none, required or a function)"))
 
 
 def input_to_messages(value: Any) -> list[dict[str, Any]]:
