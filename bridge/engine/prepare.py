@@ -103,13 +103,13 @@ def vocab_width(loaded: LoadedModel) -> int:
     return min(width, logits) if isinstance(logits, int) and logits > 0 else width
 
 
-def make_processors(options: Options, context: int, vocab: int | None = None) -> list[Any]:
+def make_processors(options: Options, context: int, vocab: int) -> list[Any]:
     """mlx-lm logits processors for Ollama's penalties (none with the defaults) and OpenAI's
     `logit_bias` (its token ids checked against the vocabulary: a 400 for one outside it)."""
     from mlx_lm.sample_utils import make_logits_processors
 
     bias = dict(options.logit_bias)
-    if bias and vocab is not None and max(bias) >= vocab:
+    if bias and max(bias) >= vocab:
         raise BadRequest(f'option "logit_bias": token {max(bias)} is outside the vocabulary '
                          f"(0..{vocab - 1})")
     window = context if options.repeat_last_n < 0 else options.repeat_last_n
