@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from bridge.engine import Chunk, Done, Engine, Failed, Job, PromptSpec, blas
+from bridge.engine.rowpad import rule_for
 from bridge.wire.options import Options
 
 from .conftest import start_server, stop_server, write_mappings
@@ -207,6 +208,8 @@ def test_a_real_engine_follows_the_load_idle_and_mid_generation(fast_follow, lon
             fast_follow.others = float(cores) if count == 1 else 0.0
             assert wait_until(lambda c=count: eng.health()["blas_threads"] == c, 10)
             assert openblas_threads(info) == count
+            if eng.health()["row_block"] is not None:  # the matmuls' row padding follows it
+                assert eng.health()["row_block"] == rule_for(count)[0]
             tokens_flow(20)  # still decoding, on the new count
         assert f"blas_threads=1 was={cores}" in caplog.text
         assert f"blas_threads={cores} was=1" in caplog.text

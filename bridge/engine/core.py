@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.engine.admission import Admission, Runner
 from bridge.engine.blas import ThreadFollower, follower, settle_mlx
@@ -28,6 +28,9 @@ from bridge.errors import (
     ServerBusy,
     ShuttingDown,
 )
+
+if TYPE_CHECKING:
+    from bridge.engine.rowpad import RowPadding  # it imports MLX: the engine thread loads it
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Engine(Admission, CrashRecovery):
         self.blas = "unknown"
         self.blas_threads: int | None = None
         self._blas_follow: ThreadFollower | None = None  # re-decides blas_threads as it runs
+        self.row_padding: RowPadding | None = None  # CPU matmuls' rows (engine/rowpad.py)
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -161,6 +165,7 @@ class Engine(Admission, CrashRecovery):
         return {"state": state, "queued": waiting, "active": running,
                 "num_parallel": self.num_parallel,
                 "blas": self.blas, "blas_threads": self.blas_threads,
+                "row_block": self.row_padding.block if self.row_padding is not None else None,
                 "restarts": self.restart_policy.restarts,
                 "last_crash": dict(crash) if (crash := self.restart_policy.last_crash) else None}
 
@@ -191,6 +196,9 @@ class Engine(Admission, CrashRecovery):
             self._blas_follow = follower(info)
         follow = self._blas_follow
         self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
+        from bridge.engine.rowpad import padding_for  # imports MLX: after the BLAS is loaded
+
+        self.row_padding = padding_for(info, self.blas_threads)
         with self._lock:
             if self._stopping:
                 log.info("engine stopped before MLX started")
@@ -239,6 +247,8 @@ class Engine(Admission, CrashRecovery):
         settle_mlx()
         follow.set(n)
         self.blas_threads = n
+        if self.row_padding is not None:
+            self.row_padding.follow(n)
 
     def _close_down(self) -> None:
         """A normal stop: fail what is left, unload; a cleanup failure is logged, not raised."""
@@ -279,6 +289,8 @@ class Engine(Admission, CrashRecovery):
     # ---- scheduling: engine/admission.py; a crashed loop: engine/recovery.py -----------
 
     def _warm_model(self, loaded: LoadedModel) -> None:
+        if self.row_padding is not None and loaded.processor is None:
+            loaded.pad_rows(self.row_padding)
         prepare_loaded(loaded, self.kv_cache_type, self.warm_up)
 
     def _step(self, runner: Runner) -> None:

@@ -50,12 +50,25 @@ class LoadedModel:
     kv_bits: int | None = None  # quantized KV caches (OLLAMA_KV_CACHE_TYPE); None: model dtype
     draft: Any = None  # speculative decoding's draft model (a mapping's `draft:`), loaded once
     draft_key: str = ""
+    rows: Any = None  # the RowPadding its matmuls use (bridge/engine/rowpad.py); None: none
+
+    def pad_rows(self, padding: Any) -> None:
+        """Pad the rows of this model's (and its draft's) CPU matmuls (engine/rowpad.py)."""
+        from bridge.engine.rowpad import install
+
+        self.rows = padding
+        log.info("matmul rows padded model=%s layers=%d block=%d", self.name,
+                 install(self.model, padding), padding.block)
 
     def attach_draft(self, path: str) -> None:
         """Load the draft model beside this one (its memory goes with this model's)."""
         if self.draft is not None and self.draft_key == path:
             return
         draft = load_draft(path)
+        if self.rows is not None:
+            from bridge.engine.rowpad import install
+
+            install(draft, self.rows)
         self.draft, self.draft_key = draft, path
         self.size += _model_bytes(draft)
         log.info("draft model loaded model=%s draft=%s", self.name, path)

@@ -1,0 +1,133 @@
+"""Pad the rows of CPU matmuls to the shapes OpenBLAS computes fast (Linux x86-64 only).
+
+MLX computes a linear layer as `x @ W.T`: one row per token in the step, so a decoding batch
+of B sequences multiplies B rows by every weight matrix. OpenBLAS's x86-64 sgemm kernels work
+on panels of 4 such rows per thread; a row count past a multiple of the panels runs its
+remainder on a slow edge path. Measured on an idle 2-core AMD EPYC with 2 OpenBLAS threads
+(`scripts/bench_rowpad.py`, SmolLM2-135M, JSON in docs/bench/): its 90 MLP matmuls, weights
+streamed from memory, take 26.9 / 30.9 / 25.1 ms for 5 / 6 / 7 rows and 18.7 ms for 8; a
+whole decoding step takes 67 / 80 / 70 ms for 5 / 6 / 7 sequences and 61 ms for 8. Decoding
+streams every weight from memory whatever the row count, so rows of zeros up to the fast
+count cost next to nothing, and the batch runs at the fast shape: 61 / 60 / 64 ms padded.
+A batch of 7 is what a batch of 8 becomes when its first request ends.
+
+Installed on a model the engine loaded (its `nn.Linear` and `nn.Embedding` layers, whose
+`as_linear` is a tied output head, become the subclasses below, sharing the same weights).
+Only where MLX's matmuls run on OpenBLAS on x86-64: Metal (macOS), quantized layers and other
+BLAS libraries are left alone. `MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from bridge.engine.blas import BlasInfo
+
+_OFF = frozenset({"0", "off", "no", "false"})
+PANEL = 4  # rows of one OpenBLAS x86-64 sgemm panel
+
+
+class RowPadding:
+    """The row counts a model's matmuls are padded to; follows OpenBLAS's thread count (the
+    engine's BLAS follower may change it while the process runs)."""
+
+    def __init__(self, threads: int) -> None:
+        self.block, self.least = rule_for(threads)
+
+    def follow(self, threads: int) -> None:
+        self.block, self.least = rule_for(threads)
+
+    def rows(self, n: int) -> int:
+        """The row count to compute `n` rows as: `n` itself where that is as fast."""
+        over = n % self.block
+        if n <= 1 or over == 0 or over < self.least:
+            return n  # one row runs on OpenBLAS's matrix-vector path
+        return n - over + self.block
+
+
+def rule_for(threads: int) -> tuple[int, int]:
+    """(block, least): rows are padded up to a multiple of `block` when at least `least` rows
+    are past the last multiple. Measured (scripts/bench_rowpad.py, SmolLM2, idle 2 cores):
+    with 2 threads whole decoding steps of 3..7 sequences gain 5-34% padded to 8, 2 and
+    9..10 sequences gain nothing (the padding's copy costs what it saves); with 1 thread
+    multiples of 4 are the fast counts. More threads than 2 keep the 2-thread rule (not
+    measured: this machine has 2 cores; while decoding, extra rows cost next to nothing)."""
+    return (PANEL, 1) if threads <= 1 else (2 * PANEL, 3)
+
+
+def padding_for(info: BlasInfo, threads: int | None) -> RowPadding | None:
+    """A RowPadding where MLX's matmuls run on OpenBLAS on x86-64 Linux, else None."""
+    if os.environ.get("MLX_BRIDGE_ROW_PAD", "").strip().lower() in _OFF:
+        return None
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in (
+            "x86_64", "amd64"):
+        return None
+    if info.name != "openblas":
+        return None
+    return RowPadding(threads or 1)
+
+
+def install(model: Any, padding: RowPadding) -> int:
+    """Make `model`'s plain linear layers (and embeddings, for a tied output head) pad their
+    rows; the weights are shared, not copied. Returns how many layers now pad."""
+    from mlx.utils import tree_map
+
+    swapped = 0
+
+    def swap(module: Any) -> Any:
+        nonlocal swapped
+        if type(module) is nn.Linear:
+            swapped += 1
+            return PaddedLinear(module, padding)
+        if type(module) is nn.Embedding:
+            swapped += 1
+            return PaddedEmbedding(module, padding)
+        return module
+
+    model.update_modules(tree_map(swap, model.leaf_modules(), is_leaf=nn.Module.is_module))
+    return swapped
+
+
+def padded(x: mx.array, padding: RowPadding, project: Callable[[mx.array], mx.array]) -> mx.array:
+    """`project(x)`, computed on x's rows padded with zeros to `padding`'s row count."""
+    width = x.shape[-1]
+    n = x.size // width if width else 0
+    target = padding.rows(n)
+    if target == n:
+        return project(x)
+    flat = mx.concatenate([x.reshape(n, width), mx.zeros((target - n, width), x.dtype)])
+    out = project(flat)[:n]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class PaddedLinear(nn.Linear):
+    """An nn.Linear (the same weight and bias) whose rows are padded (RowPadding)."""
+
+    def __init__(self, linear: nn.Linear, padding: RowPadding) -> None:
+        nn.Module.__init__(self)  # not Linear's: it would draw a random weight first
+        self.weight = linear.weight
+        if "bias" in linear:
+            self.bias = linear.bias
+        self.padding = padding
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return padded(x, self.padding, super().__call__)
+
+
+class PaddedEmbedding(nn.Embedding):
+    """An nn.Embedding (the same table) whose `as_linear`, a tied output head, pads its rows."""
+
+    def __init__(self, embedding: nn.Embedding, padding: RowPadding) -> None:
+        nn.Module.__init__(self)
+        self.weight = embedding.weight
+        self.padding = padding
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return padded(x, self.padding, super().as_linear)
