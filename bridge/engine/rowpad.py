@@ -29,8 +29,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from bridge.engine.blas import BlasInfo
+from bridge.envvars import env_str, truthy
 
-_OFF = frozenset({"0", "off", "no", "false"})
 PANEL = 4  # rows of one OpenBLAS x86-64 sgemm panel
 
 
@@ -64,7 +64,8 @@ def rule_for(threads: int) -> tuple[int, int]:
 
 def padding_for(info: BlasInfo, threads: int | None) -> RowPadding | None:
     """A RowPadding where MLX's matmuls run on OpenBLAS on x86-64 Linux, else None."""
-    if os.environ.get("MLX_BRIDGE_ROW_PAD", "").strip().lower() in _OFF:
+    setting = env_str(os.environ, "MLX_BRIDGE_ROW_PAD")
+    if setting is not None and not truthy(setting):  # off, 0, false, no
         return None
     if not sys.platform.startswith("linux") or platform.machine().lower() not in (
             "x86_64", "amd64"):
