@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -231,6 +232,37 @@ def test_top_logprobs_over_20_is_a_clear_400(srv):
     attack(srv, lambda: requests.post(srv.url + "/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
         "top_logprobs": 10_000}), (400,), "top_logprobs")
+
+
+def test_logit_bias_over_the_whole_vocabulary_on_8_concurrent_requests(srv):
+    """A bias for every token of the vocabulary (384 here; at most 1,024 are allowed) on 8
+    requests at once, each a logits processor inside the batch, beside a short chat."""
+    bias = {str(i): (-100 if i % 3 else 2.5) for i in range(384)}
+
+    def one() -> requests.Response:
+        return requests.post(srv.url + "/v1/chat/completions", timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "count"}],
+            "max_tokens": 32, "logit_bias": bias})
+
+    def all_requests() -> requests.Response:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: one(), range(8)))
+        assert [r.status_code for r in answers] == [200] * 8, answers[0].text[:300]
+        return answers[0]
+
+    attack(srv, all_requests, (200,))
+
+
+@pytest.mark.parametrize("bias", [
+    {str(i): 1 for i in range(1025)},  # past the 1,024 allowed
+    {"7" * 100_000: 1},  # a 100 kB token "id"
+    {str(i): 1 for i in range(384, 1024)},  # every id past the vocabulary
+])
+def test_oversized_logit_bias_is_a_clear_400(srv, bias):
+    resp = attack(srv, lambda: requests.post(srv.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+        "logit_bias": bias}), (400,), "logit_bias")
+    assert len(resp.text) < 1000  # the error names the field; it does not echo the input
 
 
 def test_ui_live_hammered_with_the_widest_window(srv):

@@ -155,7 +155,8 @@ def parse_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     for key, bias in value.items():
         token = str(key).strip()
         if not re.fullmatch(r"[0-9]{1,10}", token):  # ASCII digits: int() takes others too
-            raise BadRequest(f'option "logit_bias": {key!r} is not a token id')
+            shown = key if len(str(key)) <= 24 else f"{str(key)[:24]}..."
+            raise BadRequest(f'option "logit_bias": {shown!r} is not a token id')
         if not _is_number(bias) or abs(bias) > LOGIT_BIAS_RANGE:
             raise BadRequest(f'option "logit_bias": the bias of token {token} must be a number '
                              f"between -{LOGIT_BIAS_RANGE:g} and {LOGIT_BIAS_RANGE:g}")
