@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 
 from bridge.engine import Engine, blas, rowpad
+from bridge.engine.models import LoadedModel
 from bridge.engine.rowpad import PaddedEmbedding, PaddedLinear, RowPadding, install, padding_for
 
 from .test_batching import run_alone, run_together, text_of
+
+# MLX binds its BLAS at the first matmul of the process: the fast one, as in the engine (run
+# alone, this file's first matmuls would otherwise bind the bundled one for the engine test too).
+blas.enable()
 
 OPENBLAS = blas.BlasInfo("openblas", "/x/libopenblas.so", threads=2)
 
@@ -81,22 +86,44 @@ def test_install_swaps_plain_linear_layers_and_embeddings_only_sharing_their_wei
     assert set(dict(model.parameters()["layers"][0])) == {"weight", "bias"}
 
 
+def test_half_precision_layers_are_left_alone():
+    """bf16/f16 matmuls run on MLX's own kernels, where padded rows cost compute."""
+    model = Block()
+    model.set_dtype(mx.bfloat16)
+    assert install(model, RowPadding(2)) == 0
+    assert type(model.layers[0]) is nn.Linear and type(model.embed) is nn.Embedding
+
+
+def test_a_failed_install_leaves_the_model_unpadded_and_loaded(monkeypatch, caplog):
+    def broken(model, padding):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(rowpad, "install", broken)
+    loaded = LoadedModel("/m", "m", Block(), tokenizer=None, size=0, context_length=8)
+    loaded.pad_rows(RowPadding(2))  # no exception: padding is an optimisation
+    assert loaded.rows is None
+    assert "matmul rows not padded" in caplog.text
+
+
 def test_padding_applies_only_to_openblas_on_x86_64_linux(monkeypatch):
     monkeypatch.delenv("MLX_BRIDGE_ROW_PAD", raising=False)
     monkeypatch.setattr(rowpad.sys, "platform", "linux")
     monkeypatch.setattr(rowpad.platform, "machine", lambda: "x86_64")
-    assert padding_for(OPENBLAS, 2).block == 8
-    assert padding_for(OPENBLAS, 1).block == 4
+    assert padding_for(OPENBLAS, 2, "cpu").block == 8
+    assert padding_for(OPENBLAS, 1, "cpu").block == 4
+    assert padding_for(OPENBLAS, 2, "gpu") is None  # mlx[cuda]: MLX's own kernels
     for name in ("bundled", "custom", "platform"):
-        assert padding_for(blas.BlasInfo(name), 2) is None
+        assert padding_for(blas.BlasInfo(name), 2, "cpu") is None
     monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "off")
-    assert padding_for(OPENBLAS, 2) is None
+    assert padding_for(OPENBLAS, 2, "cpu") is None
+    monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "on")
+    assert padding_for(OPENBLAS, 2, "cpu") is not None
     monkeypatch.delenv("MLX_BRIDGE_ROW_PAD")
     monkeypatch.setattr(rowpad.platform, "machine", lambda: "aarch64")
-    assert padding_for(OPENBLAS, 2) is None
+    assert padding_for(OPENBLAS, 2, "cpu") is None
     monkeypatch.setattr(rowpad.platform, "machine", lambda: "arm64")
     monkeypatch.setattr(rowpad.sys, "platform", "darwin")  # Metal: MLX's own kernels
-    assert padding_for(OPENBLAS, 2) is None
+    assert padding_for(OPENBLAS, 2, "gpu") is None
 
 
 PROMPTS6 = ["hello", "What is the capital of France?", "Once upon a time",

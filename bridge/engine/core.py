@@ -196,15 +196,15 @@ class Engine(Admission, CrashRecovery):
             self._blas_follow = follower(info)
         follow = self._blas_follow
         self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
-        from bridge.engine.rowpad import padding_for  # imports MLX: after the BLAS is loaded
-
-        self.row_padding = padding_for(info, self.blas_threads)
         with self._lock:
             if self._stopping:
                 log.info("engine stopped before MLX started")
                 return False
             self._mlx_started = True
         self.device = start_mlx()
+        from bridge.engine.rowpad import padding_for  # imports MLX: after the BLAS is loaded
+
+        self.row_padding = padding_for(info, self.blas_threads, self.device)
         return True
 
     def _run(self, delay: float) -> None:

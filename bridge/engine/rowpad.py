@@ -13,8 +13,8 @@ A batch of 7 is what a batch of 8 becomes when its first request ends.
 
 Installed on a model the engine loaded (its `nn.Linear` and `nn.Embedding` layers, whose
 `as_linear` is a tied output head, become the subclasses below, sharing the same weights).
-Only where MLX's matmuls run on OpenBLAS on x86-64: Metal (macOS), quantized layers and other
-BLAS libraries are left alone. `MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
+Only float32 layers, only where MLX runs on the CPU with OpenBLAS on x86-64: Metal (macOS), a
+CUDA build, half-precision and quantized layers and other BLAS libraries are left alone. `MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def rule_for(threads: int) -> tuple[int, int]:
     return (PANEL, 1) if threads <= 1 else (2 * PANEL, 3)
 
 
-def padding_for(info: BlasInfo, threads: int | None) -> RowPadding | None:
-    """A RowPadding where MLX's matmuls run on OpenBLAS on x86-64 Linux, else None."""
+def padding_for(info: BlasInfo, threads: int | None, device: str) -> RowPadding | None:
+    """A RowPadding where MLX's matmuls run on OpenBLAS on the CPU of x86-64 Linux, else None
+    (a GPU, e.g. `mlx[cuda]` on Linux, runs MLX's own kernels, where extra rows cost)."""
+    if device != "cpu":
+        return None
     setting = env_str(os.environ, "MLX_BRIDGE_ROW_PAD")
     if setting is not None and not truthy(setting):  # off, 0, false, no
         return None
@@ -76,14 +79,16 @@ def padding_for(info: BlasInfo, threads: int | None) -> RowPadding | None:
 
 
 def install(model: Any, padding: RowPadding) -> int:
-    """Make `model`'s plain linear layers (and embeddings, for a tied output head) pad their
-    rows; the weights are shared, not copied. Returns how many layers now pad."""
+    """Make `model`'s plain float32 linear layers (and embeddings, for a tied output head) pad
+    their rows; the weights are shared, not copied. Returns how many layers now pad."""
     from mlx.utils import tree_map
 
     swapped = 0
 
     def swap(module: Any) -> Any:
         nonlocal swapped
+        if module.get("weight") is None or module["weight"].dtype != mx.float32:
+            return module  # half precision runs on MLX's own kernels: extra rows cost there
         if type(module) is nn.Linear:
             swapped += 1
             return PaddedLinear(module, padding)
