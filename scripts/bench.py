@@ -87,6 +87,7 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         out["blas"] = health.get("blas")
         out["num_parallel"] = health.get("num_parallel")
         out["blas_threads"] = health.get("blas_threads")
+        out["row_block"] = health.get("row_block")  # matmul rows padded to multiples of this
         out["rss_before_load"] = rss_before
         out["rss_after_unload"] = _rss_after_expiry(server.url, server.proc.pid)
         return out

@@ -27,6 +27,7 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
     table = [
         ("BLAS", col("blas")),
         ("BLAS threads", col("blas_threads")),
+        ("matmul rows padded to multiples of", col("row_block")),
         ("matmul f32 1024 GFLOP/s", col("matmul_gflops")),
         ("OLLAMA_NUM_PARALLEL", col("num_parallel")),
         ("first request TTFT ms (incl. load)", col("first_request_ms")),
