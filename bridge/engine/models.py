@@ -54,16 +54,10 @@ class LoadedModel:
 
     def pad_rows(self, padding: Any) -> None:
         """Pad the rows of this model's (and its draft's) CPU matmuls (engine/rowpad.py)."""
-        from bridge.engine.rowpad import install
+        from bridge.engine.rowpad import try_install
 
-        try:
-            layers = install(self.model, padding)
-        except Exception as exc:  # noqa: BLE001 - an optimisation: the model works without it
-            log.warning("matmul rows not padded model=%s error=%r", self.name, exc)
-            return
-        self.rows = padding
-        log.info("matmul rows padded model=%s layers=%d block=%d", self.name, layers,
-                 padding.block)
+        if try_install(self.model, padding, f"model={self.name}"):
+            self.rows = padding
 
     def attach_draft(self, path: str) -> None:
         """Load the draft model beside this one (its memory goes with this model's)."""
@@ -71,12 +65,9 @@ class LoadedModel:
             return
         draft = load_draft(path)
         if self.rows is not None:
-            from bridge.engine.rowpad import install
+            from bridge.engine.rowpad import try_install
 
-            try:
-                install(draft, self.rows)
-            except Exception as exc:  # noqa: BLE001 - as in pad_rows
-                log.warning("draft rows not padded draft=%s error=%r", path, exc)
+            try_install(draft, self.rows, f"draft={path}")
         self.draft, self.draft_key = draft, path
         self.size += _model_bytes(draft)
         log.info("draft model loaded model=%s draft=%s", self.name, path)

@@ -14,11 +14,13 @@ A batch of 7 is what a batch of 8 becomes when its first request ends.
 Installed on a model the engine loaded (its `nn.Linear` and `nn.Embedding` layers, whose
 `as_linear` is a tied output head, become the subclasses below, sharing the same weights).
 Only float32 layers, only where MLX runs on the CPU with OpenBLAS on x86-64: Metal (macOS), a
-CUDA build, half-precision and quantized layers and other BLAS libraries are left alone. `MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
+CUDA build, half-precision and quantized layers and other BLAS libraries are left alone.
+`MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -30,6 +32,8 @@ import mlx.nn as nn
 
 from bridge.engine.blas import BlasInfo
 from bridge.envvars import env_str, truthy
+
+log = logging.getLogger(__name__)
 
 PANEL = 4  # rows of one OpenBLAS x86-64 sgemm panel
 
@@ -99,6 +103,17 @@ def install(model: Any, padding: RowPadding) -> int:
 
     model.update_modules(tree_map(swap, model.leaf_modules(), is_leaf=nn.Module.is_module))
     return swapped
+
+
+def try_install(model: Any, padding: RowPadding, what: str) -> bool:
+    """install(), logged; a failure is a warning, never a failed load (padding only speeds)."""
+    try:
+        layers = install(model, padding)
+    except Exception as exc:  # noqa: BLE001 - the model works unpadded
+        log.warning("matmul rows not padded %s error=%r", what, exc)
+        return False
+    log.info("matmul rows padded %s layers=%d block=%d", what, layers, padding.block)
+    return True
 
 
 def padded(x: mx.array, padding: RowPadding, project: Callable[[mx.array], mx.array]) -> mx.array:
