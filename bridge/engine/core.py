@@ -83,6 +83,7 @@ class Engine(Admission, CrashRecovery):
         self.blas_threads: int | None = None
         self._blas_follow: ThreadFollower | None = None  # re-decides blas_threads as it runs
         self.row_padding: RowPadding | None = None  # CPU matmuls' rows (engine/rowpad.py)
+        self.fast_attention = False  # x86-64 CPU attention's exp (engine/cpu_attention.py)
         self._snapshot: list[LoadedInfo] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -166,6 +167,7 @@ class Engine(Admission, CrashRecovery):
                 "num_parallel": self.num_parallel,
                 "blas": self.blas, "blas_threads": self.blas_threads,
                 "row_block": self.row_padding.block if self.row_padding is not None else None,
+                "fast_attention": self.fast_attention,
                 "restarts": self.restart_policy.restarts,
                 "last_crash": dict(crash) if (crash := self.restart_policy.last_crash) else None}
 
@@ -205,6 +207,9 @@ class Engine(Admission, CrashRecovery):
         from bridge.engine.rowpad import padding_for  # imports MLX: after the BLAS is loaded
 
         self.row_padding = padding_for(info, self.blas_threads, self.device)
+        from bridge.engine.cpu_attention import wanted
+
+        self.fast_attention = wanted(self.device)
         return True
 
     def _run(self, delay: float) -> None:
@@ -291,6 +296,8 @@ class Engine(Admission, CrashRecovery):
     def _warm_model(self, loaded: LoadedModel) -> None:
         if self.row_padding is not None and loaded.processor is None:
             loaded.pad_rows(self.row_padding)
+        if self.fast_attention and loaded.processor is None:
+            loaded.speed_attention()
         prepare_loaded(loaded, self.kv_cache_type, self.warm_up)
 
     def _step(self, runner: Runner) -> None:

@@ -51,6 +51,7 @@ class LoadedModel:
     draft: Any = None  # speculative decoding's draft model (a mapping's `draft:`), loaded once
     draft_key: str = ""
     rows: Any = None  # the RowPadding its matmuls use (bridge/engine/rowpad.py); None: none
+    fast_attention: bool = False  # its attention uses bridge/engine/cpu_attention.py
 
     def pad_rows(self, padding: Any) -> None:
         """Pad the rows of this model's (and its draft's) CPU matmuls (engine/rowpad.py)."""
@@ -58,6 +59,12 @@ class LoadedModel:
 
         if try_install(self.model, padding, f"model={self.name}"):
             self.rows = padding
+
+    def speed_attention(self) -> None:
+        """Give this model's (and a later draft's) attention the fast CPU exp."""
+        from bridge.engine.cpu_attention import try_install
+
+        self.fast_attention = try_install(f"model={self.name}")
 
     def attach_draft(self, path: str) -> None:
         """Load the draft model beside this one (its memory goes with this model's)."""
@@ -68,6 +75,10 @@ class LoadedModel:
             from bridge.engine.rowpad import try_install
 
             try_install(draft, self.rows, f"draft={path}")
+        if self.fast_attention:  # the draft's architecture may bring its own module
+            from bridge.engine.cpu_attention import try_install as speed_attention
+
+            speed_attention(f"draft={path}")
         self.draft, self.draft_key = draft, path
         self.size += _model_bytes(draft)
         log.info("draft model loaded model=%s draft=%s", self.name, path)
