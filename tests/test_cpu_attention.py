@@ -58,6 +58,15 @@ def test_attention_equals_mlx_for_each_mask(batch, heads, kv_heads, n, s, mask_k
     assert np.allclose(np.array(got), np.array(expected), atol=2e-6, rtol=1e-5)
 
 
+def test_values_narrower_than_keys_as_in_latent_attention():
+    q, k, _ = _qkv(2, 4, 4, 6, 9)
+    v = mx.random.normal((2, 4, 9, 8))  # keys 16 wide, values 8
+    got = attention(q, k, v, None, 0.125, "causal")
+    assert got.shape == (2, 4, 6, 8)
+    assert np.allclose(np.array(got), np.array(mlx_attention(q, k, v, "causal")), atol=2e-6,
+                       rtol=1e-5)
+
+
 @pytest.mark.parametrize("mask_kind", ["causal", "bool"])
 def test_a_long_prompt_in_blocks_equals_mlx(monkeypatch, mask_kind):
     """Blocks of queries (a causal block skips the keys after its last query) change nothing."""

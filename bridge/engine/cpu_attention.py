@@ -78,7 +78,7 @@ def softmax(scores: mx.array) -> mx.array:
 def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
               mask: Any, sinks: mx.array | None = None) -> mx.array:
     """mlx-lm's `scaled_dot_product_attention`, with the fast softmax where it applies."""
-    if not _covered(queries, keys, cache, mask, sinks):
+    if not _covered(queries, keys, values, cache, mask, sinks):
         return _mlx_lm_attention()(queries, keys, values, cache, scale=scale, mask=mask,
                                    sinks=sinks)
     heads, kv_heads = queries.shape[1], keys.shape[1]
@@ -114,14 +114,17 @@ def _attend(queries: mx.array, keys: mx.array, values: mx.array, mask: Any, head
     if mask is not None:
         scores = _masked(scores.reshape(b, kv_heads, group, n, s), mask, heads, kv_heads)
         scores = scores.reshape(b, kv_heads, group * n, s)
-    return (softmax(scores) @ values).reshape(b, heads, n, d)
+    # (values may be narrower than keys: multi-head latent attention)
+    return (softmax(scores) @ values).reshape(b, heads, n, values.shape[-1])
 
 
-def _covered(queries: mx.array, keys: Any, cache: Any, mask: Any, sinks: Any) -> bool:
+def _covered(queries: mx.array, keys: Any, values: Any, cache: Any, mask: Any,
+             sinks: Any) -> bool:
     """Plain float32 keys (a quantized cache hands (data, scales, biases) tuples), no sinks,
     query heads in whole groups per KV head, and a mask shape mlx-lm's models pass."""
     if (sinks is not None or hasattr(cache, "bits") or not isinstance(keys, mx.array)
-            or queries.dtype != mx.float32 or keys.dtype != mx.float32):
+            or not isinstance(values, mx.array)
+            or {queries.dtype, keys.dtype, values.dtype} != {mx.float32}):
         return False
     return queries.shape[1] % keys.shape[1] == 0 and _plain_mask(mask, queries.shape[1])
 
