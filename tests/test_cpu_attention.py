@@ -30,6 +30,15 @@ def test_the_exponential_equals_mlx_exp_to_float32_rounding():
     assert np.isnan(exp_nonpositive(mx.array([mx.nan])).item())
 
 
+@pytest.fixture
+def fast_only(monkeypatch):
+    """Fail if attention hands the call to mlx-lm: these tests check the fast path itself."""
+    def refuse():
+        raise AssertionError("handed to mlx-lm's attention")
+
+    monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", refuse)
+
+
 def _qkv(batch, heads, kv_heads, n, s, seed=0):
     mx.random.seed(seed)
     shape = (batch, kv_heads, s, 16)
@@ -38,13 +47,13 @@ def _qkv(batch, heads, kv_heads, n, s, seed=0):
 
 
 @pytest.mark.parametrize(("batch", "heads", "kv_heads", "n", "s"), [
-    (1, 4, 4, 1, 9),      # decoding one sequence
-    (3, 6, 2, 1, 40),     # a decoding batch, grouped-query heads
-    (1, 6, 2, 12, 12),    # a prompt from scratch
+    (1, 4, 4, 1, 600),    # decoding one sequence over a long context
+    (3, 6, 2, 1, 140),    # a decoding batch, grouped-query heads
+    (1, 6, 2, 24, 24),    # a prompt from scratch
     (2, 6, 3, 5, 70),     # new tokens over a cached context
 ])
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive", "2d", "per-head"])
-def test_attention_equals_mlx_for_each_mask(batch, heads, kv_heads, n, s, mask_kind):
+def test_attention_equals_mlx_for_each_mask(fast_only, batch, heads, kv_heads, n, s, mask_kind):
     q, k, v = _qkv(batch, heads, kv_heads, n, s)
     causal = mx.arange(s)[None] <= mx.arange(s - n, s)[:, None]
     left_pad = mx.arange(s)[None, None, None] >= mx.array([0, 3, 1])[:batch, None, None, None]
@@ -58,21 +67,30 @@ def test_attention_equals_mlx_for_each_mask(batch, heads, kv_heads, n, s, mask_k
     assert np.allclose(np.array(got), np.array(expected), atol=2e-6, rtol=1e-5)
 
 
-def test_values_narrower_than_keys_as_in_latent_attention():
-    q, k, _ = _qkv(2, 4, 4, 6, 9)
-    v = mx.random.normal((2, 4, 9, 8))  # keys 16 wide, values 8
+def test_values_narrower_than_keys_as_in_latent_attention(fast_only):
+    q, k, _ = _qkv(2, 4, 4, 6, 90)
+    v = mx.random.normal((2, 4, 90, 8))  # keys 16 wide, values 8
     got = attention(q, k, v, None, 0.125, "causal")
     assert got.shape == (2, 4, 6, 8)
     assert np.allclose(np.array(got), np.array(mlx_attention(q, k, v, "causal")), atol=2e-6,
                        rtol=1e-5)
 
 
+def test_small_attention_stays_with_mlx(monkeypatch):
+    """A single sequence decoding over a short context: MLX's one call is as fast."""
+    monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", lambda: lambda *a, **k: "mlx-lm")
+    q, k, v = _qkv(1, 9, 3, 1, 100)  # 900 scores
+    assert attention(q, k, v, None, 0.125, None) == "mlx-lm"
+    q, k, v = _qkv(8, 9, 3, 1, 100)  # a batch of 8: 7,200
+    assert attention(q, k, v, None, 0.125, None) != "mlx-lm"
+
+
 @pytest.mark.parametrize("mask_kind", ["causal", "bool"])
-def test_a_long_prompt_in_blocks_equals_mlx(monkeypatch, mask_kind):
+def test_a_long_prompt_in_blocks_equals_mlx(fast_only, monkeypatch, mask_kind):
     """Blocks of queries (a causal block skips the keys after its last query) change nothing."""
-    monkeypatch.setattr(cpu_attention, "CHUNK", 200)  # blocks of 200 // (3 * 40) = 1 query
-    q, k, v = _qkv(1, 6, 2, 17, 40)
-    causal = mx.arange(40)[None] <= mx.arange(23, 40)[:, None]
+    monkeypatch.setattr(cpu_attention, "CHUNK", 1000)  # blocks of 1000 // (3 * 80) = 4 queries
+    q, k, v = _qkv(1, 6, 2, 30, 80)
+    causal = mx.arange(80)[None] <= mx.arange(50, 80)[:, None]
     mask = "causal" if mask_kind == "causal" else causal[None, None]
     got = attention(q, k, v, None, 0.125, mask)
     assert np.allclose(np.array(got), np.array(mlx_attention(q, k, v, mask)), atol=2e-6,
@@ -87,7 +105,7 @@ def test_what_it_does_not_cover_goes_to_mlx_lm(monkeypatch):
         return "mlx-lm"
 
     monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", lambda: recorder)
-    q, k, v = _qkv(1, 4, 2, 3, 5)
+    q, k, v = _qkv(1, 4, 2, 3, 200)
 
     class QuantizedCache:
         bits, group_size = 8, 64
@@ -95,7 +113,7 @@ def test_what_it_does_not_cover_goes_to_mlx_lm(monkeypatch):
     assert attention(q, k, v, QuantizedCache(), 0.125, None) == "mlx-lm"
     assert attention(q, k, v, None, 0.125, None, sinks=mx.zeros((4,))) == "mlx-lm"
     assert attention(q.astype(mx.float16), k, v, None, 0.125, None) == "mlx-lm"
-    assert attention(q, k, v, None, 0.125, mx.ones((1, 3, 5), mx.bool_)) == "mlx-lm"  # 3-D
+    assert attention(q, k, v, None, 0.125, mx.ones((1, 3, 200), mx.bool_)) == "mlx-lm"  # 3-D
     assert attention(q, k, v, None, 0.125, "window") == "mlx-lm"
     assert attention(q, (k, k, k), (v, v, v), object(), 0.125, None) == "mlx-lm"  # quantized
     assert len(calls) == 6

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 LOG2E = 1.4426950408889634
 ROUND = 12582912.0  # 1.5 * 2^23: adding and subtracting it rounds a float to an integer
 FLOOR = -42.0  # e^-42 < 2^-60: below this a softmax term is 0 (2^-n is built in int64)
+# Fewer scores than this (one sequence decoding over a short context) are as fast in MLX's one
+# call as in the dozen operations here, whose graph costs ~10 us a layer to build.
+SMALL = 2048
 CHUNK = 1 << 17  # scores per block of a long prompt's queries (512 KiB of float32)
 POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
         5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1, 1.0)  # MLX's own
@@ -78,11 +81,12 @@ def softmax(scores: mx.array) -> mx.array:
 def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
               mask: Any, sinks: mx.array | None = None) -> mx.array:
     """mlx-lm's `scaled_dot_product_attention`, with the fast softmax where it applies."""
-    if not _covered(queries, keys, values, cache, mask, sinks):
+    if not _covered(queries, keys, values, cache, mask, sinks) or (
+            queries.size // queries.shape[-1] * keys.shape[2] < SMALL):  # scores to compute
         return _mlx_lm_attention()(queries, keys, values, cache, scale=scale, mask=mask,
                                    sinks=sinks)
-    heads, kv_heads = queries.shape[1], keys.shape[1]
-    n, s = queries.shape[2], keys.shape[2]
+    heads, n = queries.shape[1], queries.shape[2]
+    kv_heads, s = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
     step = max(1, CHUNK // (group * s))
     if step >= n:
