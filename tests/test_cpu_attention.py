@@ -114,10 +114,11 @@ def test_what_it_does_not_cover_goes_to_mlx_lm(monkeypatch):
     assert attention(q, k, v, None, 0.125, None, sinks=mx.zeros((4,))) == "mlx-lm"
     assert attention(q.astype(mx.float16), k, v, None, 0.125, None) == "mlx-lm"
     assert attention(q, k, v, None, 0.125, mx.ones((1, 3, 200), mx.bool_)) == "mlx-lm"  # 3-D
+    assert attention(q, k, v, None, 0.125, mx.ones((200,), mx.bool_)) == "mlx-lm"  # 1-D
     assert attention(q, k, v, None, 0.125, "window") == "mlx-lm"
     assert attention(q, (k, k, k), (v, v, v), object(), 0.125, None) == "mlx-lm"  # quantized
-    assert len(calls) == 6
-    assert attention(q, k, v, None, 0.125, None) is not None and len(calls) == 6
+    assert len(calls) == 7
+    assert attention(q, k, v, None, 0.125, None) is not None and len(calls) == 7
 
 
 def test_it_applies_only_on_the_cpu_of_x86_64_linux(monkeypatch):

@@ -83,8 +83,9 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, s
     """mlx-lm's `scaled_dot_product_attention`, with the fast softmax where it applies."""
     if not _covered(queries, keys, values, cache, mask, sinks) or (
             queries.size // queries.shape[-1] * keys.shape[2] < SMALL):  # scores to compute
+        extra = {} if sinks is None else {"sinks": sinks}  # older mlx-lm has no `sinks`
         return _mlx_lm_attention()(queries, keys, values, cache, scale=scale, mask=mask,
-                                   sinks=sinks)
+                                   **extra)
     heads, n = queries.shape[1], queries.shape[2]
     kv_heads, s = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
@@ -138,7 +139,7 @@ def _plain_mask(mask: Any, heads: int) -> bool:
     mlx-lm's models pass; anything else goes to mlx-lm's own attention."""
     if mask is None or isinstance(mask, str):
         return mask in (None, "causal")
-    return mask.ndim <= 2 or (mask.ndim == 4 and mask.shape[1] in (1, heads))
+    return mask.ndim == 2 or (mask.ndim == 4 and mask.shape[1] in (1, heads))
 
 
 def _masked(scores: mx.array, mask: Any, heads: int, kv_heads: int) -> mx.array:
