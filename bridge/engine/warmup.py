@@ -12,7 +12,8 @@ from typing import Any
 
 from bridge.engine.batch import BatchRunner
 from bridge.engine.jobs import Failed, Job, PromptSpec
-from bridge.engine.models import LoadedModel, available_memory
+from bridge.engine.memory import available_memory
+from bridge.engine.models import LoadedModel
 from bridge.engine.prepare import admit
 from bridge.engine.prompt_cache import PromptCache
 from bridge.engine.single import SingleRunner
