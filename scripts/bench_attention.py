@@ -28,23 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import load_average  # noqa: E402
+from bench_common import load_average, timed_ms  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
            "Explain TCP in one paragraph.", "List five fruits.", "Why is the sky blue? " * 30]
-
-
-def timed(fn, reps: int, unit: float = 1000) -> float:
-    """Median wall time of fn() (evaluated), in ms (unit 1000) or us (unit 1e6)."""
-    import mlx.core as mx
-
-    mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        began = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * unit
 
 
 def exp_costs() -> dict:
@@ -54,8 +41,8 @@ def exp_costs() -> dict:
 
     x = -mx.abs(mx.random.normal((9, 20, 424)) * 5)
     mx.eval(x)
-    return {"elements": x.size, "mlx_us": timed(lambda: mx.exp(x), 50, 1e6),
-            "fast_us": timed(lambda: exp_nonpositive(x), 50, 1e6)}
+    return {"elements": x.size, "mlx_us": timed_ms(lambda: mx.exp(x), 50, 1e6),
+            "fast_us": timed_ms(lambda: exp_nonpositive(x), 50, 1e6)}
 
 
 def op_costs() -> list[dict]:
@@ -80,8 +67,8 @@ def op_costs() -> list[dict]:
         mx.eval(q, k, v)
         reps = 5 if n >= 500 else 30
         args = (q, k, v, mask)
-        mlx_us = timed(lambda args=args: mlx(*args), reps, 1e6)
-        fast_us = timed(lambda args=args: fast(*args), reps, 1e6)
+        mlx_us = timed_ms(lambda args=args: mlx(*args), reps, 1e6)
+        fast_us = timed_ms(lambda args=args: fast(*args), reps, 1e6)
         out.append({"shape": label, "batch": batch, "queries": n, "keys": s,
                     "mlx_us": mlx_us, "fast_us": fast_us})
     return out
@@ -108,7 +95,7 @@ def step_costs(model, fns: dict) -> list[dict]:
                 cache = make_prompt_cache(model)
                 mx.eval(model(mx.array([[1] * context] * batch), cache=cache))
                 inp = mx.array([[2]] * batch)
-                row[f"{tag}_ms"] = timed(lambda c=cache, x=inp: model(x, cache=c), 8)
+                row[f"{tag}_ms"] = timed_ms(lambda c=cache, x=inp: model(x, cache=c), 8)
             out.append(row)
     return out
 

@@ -150,6 +150,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+def timed_ms(fn: Callable[[], object], reps: int, unit: float = 1000) -> float:
+    """Median wall time of evaluating fn()'s MLX arrays, after one untimed call: ms (unit 1e6:
+    us)."""
+    import statistics
+
+    import mlx.core as mx
+
+    mx.eval(fn())
+    times = []
+    for _ in range(reps):
+        began = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * unit
+
+
 def load_average() -> float | None:
     try:
         return os.getloadavg()[0]

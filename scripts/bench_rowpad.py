@@ -24,19 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import QUESTIONS, finish_jobs, load_average  # noqa: E402
-
-
-def timed_ms(fn, reps: int) -> float:
-    import mlx.core as mx
-
-    mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        began = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1000
+from bench_common import QUESTIONS, finish_jobs, load_average, timed_ms  # noqa: E402
 
 
 def matmul_costs(model, padding, rows: range) -> list[dict]:
