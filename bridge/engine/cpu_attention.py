@@ -178,10 +178,20 @@ def install() -> int:
     return changed
 
 
+def compile_now() -> None:
+    """Run the fast path once on a small input: MLX compiles the fused exp (g++, ~2 s the first
+    time on a machine, then from its disk cache) here, at the load, not in a user's request (the
+    load's warm-up prompt is too short to take the fast path)."""
+    keys = mx.zeros((1, 1, SMALL, 8), mx.float32)  # 2 query heads x 2,048 keys: the fast path
+    mx.eval(attention(mx.zeros((1, 2, 1, 8), mx.float32), keys, keys, None, 1.0, None))
+
+
 def try_install(what: str) -> bool:
-    """install(), logged; a failure is a warning, never a failed load (it only speeds)."""
+    """install() and compile_now(), logged; a failure is a warning, never a failed load (it
+    only speeds)."""
     try:
         changed = install()
+        compile_now()
     except Exception as exc:  # noqa: BLE001 - the model works with mlx-lm's attention
         log.warning("fast attention not installed %s error=%r", what, exc)
         return False
