@@ -11,7 +11,7 @@ step of a batch.
 
 Here the same polynomial MLX uses (2^n times a degree-6 polynomial of the fraction) is written
 as MLX array operations and fused by `mx.compile` into one vectorizable kernel (MLX compiles it
-with the system's g++ at the model's warm-up; without g++ it runs unfused, still faster), and
+with the system's g++ when the model loads; without g++ it runs unfused, still faster), and
 attention is the same grouped-query matmuls and softmax as MLX's CPU fallback. Outputs agree
 with MLX's to ~1e-7 (float32 rounding); terms below e^-42 of a row's largest are 0 here.
 
