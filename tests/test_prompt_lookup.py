@@ -128,7 +128,7 @@ def test_greedy_output_is_token_identical_and_drafts_are_accepted(engine, tiny_m
                                                                   caplog):
     prompts = [(REPEAT, 60), (ASK, 40)]
     plain = [run(engine, job(tiny_model_dir, None, p, n)).context for p, n in prompts]
-    with caplog.at_level(logging.INFO, logger="bridge.engine.batch"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.solo"):
         looked = [run(engine, job(tiny_model_dir, PromptLookup(), p, n)).context
                   for p, n in prompts]
         small = run(engine, job(tiny_model_dir, PromptLookup(ngram=1, tokens=2))).context
@@ -142,7 +142,7 @@ def test_greedy_output_is_token_identical_and_drafts_are_accepted(engine, tiny_m
 def test_sampling_drafts_too(engine, tiny_model_dir, caplog):
     """Sampled tokens are checked against the draft the same way (each kept token is the
     model's own sample). The tiny model's logits span ~1: a low temperature keeps it repeating."""
-    with caplog.at_level(logging.INFO, logger="bridge.engine.batch"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.solo"):
         done = [run(engine, job(tiny_model_dir, PromptLookup(), n=50, temperature=0.02))
                 for _ in range(2)]
     assert all(0 < d.eval_count <= 50 for d in done)
@@ -155,7 +155,7 @@ def test_a_second_request_puts_the_lookup_job_back_into_the_batch(engine, tiny_m
     alone = [run(engine, job(tiny_model_dir, None, n=200)).context,
              run(engine, job(tiny_model_dir, None, ASK, 40)).context]
     first = job(tiny_model_dir, PromptLookup(), n=200)
-    with caplog.at_level(logging.INFO, logger="bridge.engine.batch"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.solo"):
         engine.submit(first)
         first.events.get(timeout=60)  # decoding alone, drafting from the context
         time.sleep(0.05)

@@ -56,7 +56,7 @@ def test_greedy_output_is_token_identical_to_plain_decoding(engine, tiny_model_d
     draft = tiny_model_dir if which == "self" else draft_dir
     plain = [run(engine, j)
              for j in [job(tiny_model_dir, None), job(tiny_model_dir, None, "Hi.", 30)]]
-    with caplog.at_level(logging.INFO, logger="bridge.engine.batch"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.solo"):
         spec = [run(engine, j)
                 for j in [job(tiny_model_dir, draft), job(tiny_model_dir, draft, "Hi.", 30)]]
     assert spec == plain

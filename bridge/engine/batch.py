@@ -9,97 +9,10 @@ from bridge.engine.jobs import Failed, Job
 from bridge.engine.models import LoadedModel
 from bridge.engine.prepare import Ended, Entry, as_bridge_error, batchable, log_cached
 from bridge.engine.prompt_cache import PromptCache
+from bridge.engine.solo import PREFILL_STEP, Solo
 from bridge.errors import ClientClosed
 
 log = logging.getLogger(__name__)
-
-# Prompt tokens prefilled per step: a long prompt delays the others' next token by one chunk
-# (and a cancel by as much), while chunks this size still run at full BLAS speed on a CPU.
-PREFILL_STEP = 512
-DRAFT_TOKENS = 3  # tokens the draft proposes per step (mlx-lm's default is 2)
-
-
-class Solo:
-    """The one job of a runner, decoding alone on mlx-lm's generate_step: a batch of one costs
-    more per token (measured on the tiny model: 941 against 875 CPU us, issue 17). With a draft
-    model (a mapping's `draft:`) it runs mlx-lm's speculative_generate_step instead: the draft
-    proposes tokens, the model checks them all in one forward pass; with `draft: prompt-lookup`
-    the proposal is what followed the same n-gram earlier in the context (engine/lookup.py).
-
-    `fed` is the prompt and every token yielded; the model's cache holds a prefix of it (all of
-    it on the plain path; on the speculative one the last token may still be unfed)."""
-
-    def __init__(self, entry: Entry, cache: list[Any], tokens: list[int]) -> None:
-        import mlx.core as mx
-        from mlx_lm.models.cache import trim_prompt_cache
-
-        from bridge.engine.single import with_prefix
-
-        self.entry, self.cache, self.fed = entry, cache, list(tokens)
-        self.drafted = 0  # tokens that came from the draft (accepted)
-        self.counts: Any = None  # prompt lookup's proposed/accepted tokens
-        trim_prompt_cache(cache, 1)  # the last token runs again: its logits give the next one
-        loaded, job = entry.loaded, entry.job
-        processors = with_prefix(entry.processors, tokens[:-1])
-        if job.lookup is not None and not entry.processors:  # the context drafts (lookup.py)
-            from bridge.engine.lookup import Counts, lookup_generate_step
-
-            self.counts = Counts()
-            left = max(1, entry.limit - len(entry.sink.tokens)) + 1
-            self.iter = lookup_generate_step(tokens, loaded.model, cache, entry.sampler,
-                                             job.lookup, left, self.counts)
-            self.speculative = True
-        elif (job.draft_path and loaded.draft is not None
-              and loaded.draft_key == job.draft_path):
-            from mlx_lm.generate import speculative_generate_step
-            from mlx_lm.models.cache import make_prompt_cache
-
-            self.draft_cache = make_prompt_cache(loaded.draft)
-            for i in range(0, len(tokens) - 1, PREFILL_STEP):  # the draft sees the context too
-                loaded.draft(mx.array(tokens[i : min(i + PREFILL_STEP, len(tokens) - 1)])[None],
-                             cache=self.draft_cache)
-                mx.eval([c.state for c in self.draft_cache])
-            left = max(1, entry.limit - len(entry.sink.tokens)) + 1  # it takes no -1 (endless)
-            self.iter = speculative_generate_step(
-                mx.array(tokens[-1:]), loaded.model, loaded.draft, max_tokens=left,
-                num_draft_tokens=DRAFT_TOKENS, sampler=entry.sampler,
-                logits_processors=processors, prompt_cache=cache + self.draft_cache)
-            self.speculative = True
-        else:
-            from mlx_lm.generate import generate_step
-
-            self.iter = generate_step(mx.array(tokens[-1:]), loaded.model, max_tokens=-1,
-                                      sampler=entry.sampler, logits_processors=processors,
-                                      prompt_cache=cache)
-            self.speculative = False
-
-    def next(self) -> bool:
-        """Decode one token into the job's sink; True when the job finished."""
-        out = next(self.iter, None)
-        if out is None:  # the generator's own limit (set past the job's): end as the limit
-            return self.entry.sink.finish("length")
-        token = int(out[0])
-        if self.speculative and out[2]:
-            self.drafted += 1
-        self.fed.append(token)
-        return self.entry.sink.add(token)
-
-    def close(self) -> int:
-        """End the generator; returns how many of `fed` the model's cache holds (trimmed to
-        at most all of it)."""
-        from mlx_lm.models.cache import trim_prompt_cache
-
-        self.iter.close()
-        held = self.cache[0].offset if hasattr(self.cache[0], "offset") else len(self.fed)
-        if held > len(self.fed):
-            trim_prompt_cache(self.cache, held - len(self.fed))
-            held = len(self.fed)
-        if self.speculative:
-            log.info("speculative request_id=%s tokens=%d from_draft=%d%s",
-                     self.entry.job.request_id, len(self.entry.sink.tokens), self.drafted,
-                     "" if self.counts is None else
-                     f" draft=prompt-lookup proposed={self.counts.proposed}")
-        return held
 
 
 class BatchRunner:
@@ -138,6 +51,9 @@ class BatchRunner:
             cache = self.loaded.new_cache()
         entry.sink.cached_tokens = cached
         log_cached(entry, cached)
+        if not self.entries and self._may_go_solo(entry):  # alone from its prefill on
+            self._solo = Solo(entry, cache, entry.tokens)
+            return
         (uid,) = self._gen.insert(
             [entry.tokens[cached:]], max_tokens=[entry.limit], caches=[cache],
             all_tokens=[entry.tokens[:cached]], samplers=[entry.sampler],
@@ -182,12 +98,14 @@ class BatchRunner:
         if not self._solo_ok or len(self.entries) != 1:
             return
         uid, entry = next(iter(self.entries.items()))
-        if (not entry.sink.first_token_ns or entry.processors
-                or getattr(entry.job, "logprobs", False)):
-            return  # prefilling; or per-token work the batch does for it (kept simple)
+        if not entry.sink.first_token_ns or not self._may_go_solo(entry):
+            return  # prefilling in the batch; or per-token work the batch does for it
         cache, tokens = self._gen.remove([uid], return_prompt_caches=True)[uid]
         del self.entries[uid]
         self._solo = Solo(entry, cache, tokens)
+
+    def _may_go_solo(self, entry: Entry) -> bool:
+        return self._solo_ok and not entry.processors and not getattr(entry.job, "logprobs", False)
 
     def _rejoin(self) -> None:
         """Another job arrived: the lone one goes back into the batch where it left off."""

@@ -1,14 +1,17 @@
-"""The single path: one job alone on mlx-lm's generate_step (seeded jobs, unbatchable models)."""
+"""The single path: one job alone on mlx-lm's generate_step, or with its first token early on
+the CPU (solo.early_steps); for seeded jobs and unbatchable models."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from bridge.engine.jobs import Failed, Job
 from bridge.engine.models import LoadedModel
 from bridge.engine.prepare import Ended, Entry, log_cached
 from bridge.engine.prompt_cache import PromptCache
+from bridge.engine.solo import PREFILL_STEP, cache_offset, early_steps, pipelines
 from bridge.errors import ClientClosed
 
 log = logging.getLogger(__name__)
@@ -77,12 +80,29 @@ class SingleRunner:
             mx.random.seed(entry.job.options.seed)
         if self._cache is None:
             self._cache = self.loaded.new_cache() or make_prompt_cache(self.loaded.model)
+        if not pipelines() and all(hasattr(c, "offset") for c in self._cache):
+            self._iter = self._early(entry)  # (offsets tell what the cache holds at the end)
+            return
         prefix = entry.tokens[: self._cached]
         self._iter = generate_step(
             mx.array(entry.tokens[self._cached:]), self.loaded.model, max_tokens=-1,
             sampler=entry.sampler, logits_processors=with_prefix(entry.processors, prefix),
             prompt_cache=self._cache, prompt_progress_callback=self._progress,
         )
+
+    def _early(self, entry: Entry) -> Iterator[tuple[int, Any]]:
+        """generate_step's prefill, then the first token handed out as soon as it is computed
+        (solo.pipelines: MLX on the CPU)."""
+        import mlx.core as mx
+
+        tokens, model, cache = entry.tokens, self.loaded.model, self._cache
+        for start in range(self._cached, len(tokens) - 1, PREFILL_STEP):
+            self._progress(start, len(tokens))
+            model(mx.array(tokens[start : min(start + PREFILL_STEP, len(tokens) - 1)])[None],
+                  cache=cache)
+            mx.eval([c.state for c in cache])
+        yield from early_steps(tokens[-1], model, cache, entry.sampler,
+                               with_prefix(entry.processors, tokens[:-1]))
 
     def _progress(self, done: int, total: int) -> None:
         if self.entry is not None and self.entry.job.cancelled.is_set():
@@ -92,8 +112,9 @@ class SingleRunner:
         entry = self.entry
         assert entry is not None
         if keep_cache and self._iter is not None:
-            # generate_step already fed every yielded token: the cache holds exactly `fed`.
-            self.prompts.insert(self.model_key, entry.fed, self._cache)
+            # every yielded token is fed, but the first one while it is the only one out.
+            held = min(cache_offset(self._cache, default=len(entry.fed)), len(entry.fed))
+            self.prompts.insert(self.model_key, entry.fed[:held], self._cache)
         self.close()
         return [Ended(entry.job, entry.loaded, event)]
 

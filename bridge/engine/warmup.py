@@ -77,17 +77,26 @@ def choose_kv(loaded: LoadedModel, kv_cache_type: str) -> None:
 
 
 def warm_run(loaded: LoadedModel) -> None:
-    """Prefill and two decode steps of a 2-token prompt on a runner of its own."""
-    job = Job(loaded.key, loaded.name, spec=PromptSpec(tokens=[0, 0]),
-              options=Options(num_predict=2), request_id="warm-up")
-    entry = admit(job, loaded, 0)
+    """Prefill and two decode steps of a 2-token prompt on a runner of its own: one job alone
+    (a lone request's path), then two together (the batch's), where the model batches."""
+    warm_jobs(loaded, 1)
+    if loaded.batchable:
+        warm_jobs(loaded, 2)
+
+
+def warm_jobs(loaded: LoadedModel, count: int) -> None:
     runner: BatchRunner | SingleRunner = (
-        BatchRunner(loaded, PromptCache(0), 1) if loaded.batchable
+        BatchRunner(loaded, PromptCache(0), count) if loaded.batchable
         else SingleRunner(loaded, PromptCache(0)))
     try:
-        runner.add(entry)
+        for _ in range(count):
+            job = Job(loaded.key, loaded.name, spec=PromptSpec(tokens=[0, 0]),
+                      options=Options(num_predict=2), request_id="warm-up")
+            runner.add(admit(job, loaded, 0))
+        ended = 0
         for _ in range(16):  # prefill, then 2 decode steps; bounded whatever happens
-            if runner.step():
+            ended += len(runner.step())
+            if ended >= count:
                 break
     finally:
         runner.abort(Failed(ShuttingDown()))
