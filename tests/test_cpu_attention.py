@@ -1,15 +1,18 @@
-"""Attention with the fast exponential (bridge/engine/cpu_attention.py): its exp and its
-attention equal MLX's to float32 rounding for every mask and head layout mlx-lm passes, it
-falls back where it does not apply, and a real engine installs it and answers as before."""
+"""Attention and log-softmax with the fast exponential (bridge/engine/cpu_attention.py): its
+exp, attention and logsumexp equal MLX's to float32 rounding for every mask and head layout and
+every call mlx-lm makes, it falls back where it does not apply, and a real engine installs it
+and answers as before."""
 
 from __future__ import annotations
+
+import importlib
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from bridge.engine import Engine, blas, cpu_attention
-from bridge.engine.cpu_attention import attention, exp_nonpositive, install, wanted
+from bridge.engine.cpu_attention import attention, exp_nonpositive, install, logsumexp, wanted
 
 from .test_batching import run_alone
 
@@ -138,14 +141,45 @@ def test_it_applies_only_on_the_cpu_of_x86_64_linux(monkeypatch):
     assert not wanted("cpu") and not wanted("gpu")
 
 
+@pytest.mark.parametrize("axis,keepdims", [(-1, True), (-1, False), (1, True), (None, True),
+                                           (None, False)])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_logsumexp_equals_mlx(rows, axis, keepdims):
+    """As mlx-lm's loops call it: a batch's rows over the last axis, generate_step's one row
+    over all of it; with masked (-inf) logits, a row all -inf and a +inf."""
+    logits = mx.random.normal((rows, 49152), key=mx.random.key(rows)) * 8
+    logits[0, :100] = -mx.inf  # a grammar's masked tokens
+    if rows > 1:
+        logits[1] = -mx.inf
+        logits[2, 7] = mx.inf
+    if axis is None and rows > 1:
+        logits = logits[:1]
+    want = mx.logsumexp(logits, axis=axis, keepdims=keepdims)
+    got = logsumexp(logits, axis=axis, keepdims=keepdims)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.allclose(np.array(got), np.array(want), rtol=1e-6, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("case", ["half", "first-axis", "whole-batch", "scalar"])
+def test_logsumexp_leaves_the_rest_to_mlx(case):
+    a = mx.random.normal((4, 300), key=mx.random.key(3))
+    a, axis = {"half": (a.astype(mx.bfloat16), -1), "first-axis": (a, 0),
+               "whole-batch": (a, None), "scalar": (a[0, 0], None)}[case]
+    assert mx.array_equal(logsumexp(a, axis=axis), mx.logsumexp(a, axis=axis)).item()
+
+
 def test_install_points_model_modules_at_it_and_leaves_mlx_lm_base_alone(monkeypatch):
     import mlx_lm.models.base as base
     import mlx_lm.models.llama as llama
 
+    generate = importlib.import_module("mlx_lm.generate")
     monkeypatch.setattr(llama, "scaled_dot_product_attention", base.scaled_dot_product_attention)
-    assert install() >= 1
+    monkeypatch.setattr(generate, "mx", mx)
+    assert install() >= 2
     assert llama.scaled_dot_product_attention is attention
     assert base.scaled_dot_product_attention is not attention
+    assert generate.mx.logsumexp is logsumexp  # mlx-lm's decoding loops' log-softmax
+    assert generate.mx.array is mx.array and generate.mx.eval is mx.eval  # the rest is MLX
     assert install() == 0  # idempotent
 
 
@@ -154,6 +188,8 @@ def test_greedy_generation_is_the_same_with_it(monkeypatch, tiny_model_dir):
     import mlx_lm.models.llama as llama
     from mlx_lm import load, stream_generate
 
+    generate = importlib.import_module("mlx_lm.generate")
+
     model, tokenizer = load(str(tiny_model_dir))
     prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog " * 6)
 
@@ -161,8 +197,10 @@ def test_greedy_generation_is_the_same_with_it(monkeypatch, tiny_model_dir):
         return [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=40)]
 
     monkeypatch.setattr(llama, "scaled_dot_product_attention", base.scaled_dot_product_attention)
+    monkeypatch.setattr(generate, "mx", mx)
     plain = greedy()
-    monkeypatch.setattr(llama, "scaled_dot_product_attention", attention)
+    install()
+    assert llama.scaled_dot_product_attention is attention and generate.mx is not mx
     assert greedy() == plain
 
 

@@ -1,4 +1,4 @@
-"""Attention with a fast exponential where MLX runs on an x86-64 CPU (Linux).
+"""Attention and log-softmax with a fast exponential where MLX runs on an x86-64 CPU (Linux).
 
 mlx-lm's models call `mx.fast.scaled_dot_product_attention`; on the CPU, MLX computes it as
 matmuls around a softmax, and the softmax is almost all `exp`. The x86-64 MLX wheel computes
@@ -16,7 +16,9 @@ attention is the same grouped-query matmuls and softmax as MLX's CPU fallback. O
 with MLX's to ~1e-7 (float32 rounding); terms below e^-42 of a row's largest are 0 here.
 
 Installed into mlx-lm's model modules when a model loads (their module-level
-`scaled_dot_product_attention`, which mlx-lm's attention layers call). Falls back to mlx-lm's
+`scaled_dot_product_attention`, which mlx-lm's attention layers call), and into mlx-lm's
+decoding loops' log-softmax over the vocabulary (`logsumexp`: 3.8 ms of a batch-of-8 SmolLM2
+step). Falls back to mlx-lm's
 own for quantized KV caches, attention sinks, half precision and masks of unusual shapes.
 Only where MLX runs on the CPU of x86-64 Linux: Metal (macOS) and CUDA keep MLX's fused
 kernels. `MLX_BRIDGE_FAST_ATTENTION=off` turns it off. Engine thread only.
@@ -24,10 +26,12 @@ kernels. `MLX_BRIDGE_FAST_ATTENTION=off` turns it off. Engine thread only.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import platform
 import sys
+import types
 from typing import Any
 
 import mlx.core as mx
@@ -70,6 +74,37 @@ def _exp_nonpositive(x: mx.array) -> mx.array:
 
 
 exp_nonpositive = mx.compile(_exp_nonpositive, shapeless=True)
+
+
+def _shifted_exp(x: mx.array, top: mx.array) -> mx.array:
+    return _exp_nonpositive(x - top)
+
+
+shifted_exp = mx.compile(_shifted_exp, shapeless=True)  # the subtraction in the same kernel
+
+
+def logsumexp(a: mx.array, axis: Any = None, keepdims: bool = False,
+              stream: Any = None) -> mx.array:
+    """`mx.logsumexp` with the fast exponential, for the log-softmax of logits: float32 over the
+    last axis (or over all of an array whose other axes are 1, as generate_step asks); anything
+    else is MLX's. A batch of 8 SmolLM2 rows (8 x 49,152): 1.2 against 3.8 ms."""
+    last = a.ndim > 0 and (axis in (-1, a.ndim - 1) or (axis is None and a.size == a.shape[-1]))
+    if stream is not None or a.dtype != mx.float32 or not last:
+        return mx.logsumexp(a, axis=axis, keepdims=keepdims, stream=stream)
+    top = mx.max(a, axis=-1, keepdims=True)
+    finite = mx.where(mx.isinf(top), 0.0, top)  # a row of -inf sums to 0 terms, not NaN
+    out = mx.where(mx.isinf(top), top,
+                   finite + mx.log(mx.sum(shifted_exp(a, finite), axis=-1, keepdims=True)))
+    if axis is None:
+        return out.reshape([1] * a.ndim if keepdims else [])
+    return out if keepdims else out.squeeze(-1)
+
+
+class _FastMx(types.ModuleType):
+    """mlx.core with `logsumexp` above: what mlx-lm's decoding loops see as `mx`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(mx, name)
 
 
 def softmax(scores: mx.array) -> mx.array:
@@ -165,10 +200,18 @@ def _mlx_lm_attention() -> Any:
 
 
 def install() -> int:
-    """Point every imported mlx-lm model module's attention here; returns how many changed
-    (idempotent: a model loaded later brings its module, so each load installs again)."""
+    """Point every imported mlx-lm model module's attention here, and mlx-lm's decoding loops'
+    log-softmax (`mx.logsumexp` in mlx_lm.generate: every token of every sequence, over the
+    whole vocabulary) at `logsumexp`; returns how many modules changed (idempotent: a model
+    loaded later brings its module, so each load installs again)."""
+    generate = importlib.import_module("mlx_lm.generate")  # (mlx_lm.generate is also a function)
     original = _mlx_lm_attention()
     changed = 0
+    if generate.mx is mx:
+        fast = _FastMx(mx.__name__)
+        fast.logsumexp = logsumexp  # type: ignore[attr-defined]
+        generate.mx = fast  # type: ignore[assignment]
+        changed += 1
     for name, module in list(sys.modules.items()):
         if (name.startswith("mlx_lm.models.") and name != "mlx_lm.models.base"
                 and module is not None
@@ -183,7 +226,8 @@ def compile_now() -> None:
     time on a machine, then from its disk cache) here, at the load, not in a user's request (the
     load's warm-up prompt is too short to take the fast path)."""
     keys = mx.zeros((1, 1, SMALL, 8), mx.float32)  # 2 query heads x 2,048 keys: the fast path
-    mx.eval(attention(mx.zeros((1, 2, 1, 8), mx.float32), keys, keys, None, 1.0, None))
+    mx.eval(attention(mx.zeros((1, 2, 1, 8), mx.float32), keys, keys, None, 1.0, None),
+            logsumexp(keys[0, 0], axis=-1))
 
 
 def try_install(what: str) -> bool:

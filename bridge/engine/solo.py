@@ -160,7 +160,7 @@ def early_steps(token: int, model: Any, cache: list[Any], sampler: Any,
             seen = y if seen is None else mx.concatenate([seen, y])
             for processor in processors:
                 logits = processor(seen, logits)
-        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        logprobs = log_softmax(logits)
         return sampler(logprobs), logprobs.squeeze(0)
 
     y, logprobs = step(mx.array([token]))
@@ -177,3 +177,12 @@ def early_steps(token: int, model: Any, cache: list[Any], sampler: Any,
         n += 1
         if n % 256 == 0:
             mx.clear_cache()
+
+
+def log_softmax(logits: Any) -> Any:
+    """The log-softmax over the last axis that mlx-lm's decoding loops take (with the fast
+    exponential where engine/cpu_attention.py is installed)."""
+    import importlib
+
+    generate = importlib.import_module("mlx_lm.generate")  # (mlx_lm.generate is also a function)
+    return logits - generate.mx.logsumexp(logits, axis=-1, keepdims=True)
