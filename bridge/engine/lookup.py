@@ -105,18 +105,19 @@ def lookup_generate_step(tokens: list[int], model: Any, cache: list[Any], sample
     from mlx_lm.generate import generation_stream
     from mlx_lm.models.cache import trim_prompt_cache
 
-    from bridge.engine.solo import log_softmax
+    from bridge.engine.solo import loops_mx
 
     # The latest INDEXED tokens of the context: built on the engine thread whenever a job goes
     # solo, so a long context would stall every other model's streams (250 ms at 32k tokens).
     index = NgramIndex(tokens[-INDEXED:], lookup.ngram)
+    logsumexp = loops_mx().logsumexp
     y, done, misses, pause, wait = tokens[-1], 0, 0, 0, 0
     while done < max_tokens:
         draft = [] if wait else index.propose(min(lookup.tokens, max_tokens - done - 1))
         wait = max(0, wait - 1)
         with mx.stream(generation_stream):
             logits = model(mx.array([y, *draft], mx.uint32)[None], cache=cache)[0]
-            logprobs = log_softmax(logits)
+            logprobs = logits - logsumexp(logits, axis=-1, keepdims=True)
             sampled = sampler(logprobs)
         sampled = sampled.tolist()
         n = 0

@@ -152,6 +152,7 @@ def early_steps(token: int, model: Any, cache: list[Any], sampler: Any,
     import mlx.core as mx
 
     seen = None  # the tokens the logits processors see (with_prefix adds the cached prompt)
+    logsumexp = loops_mx().logsumexp
 
     def step(y: Any) -> tuple[Any, Any]:
         nonlocal seen
@@ -160,7 +161,7 @@ def early_steps(token: int, model: Any, cache: list[Any], sampler: Any,
             seen = y if seen is None else mx.concatenate([seen, y])
             for processor in processors:
                 logits = processor(seen, logits)
-        logprobs = log_softmax(logits)
+        logprobs = logits - logsumexp(logits, axis=-1, keepdims=True)
         return sampler(logprobs), logprobs.squeeze(0)
 
     y, logprobs = step(mx.array([token]))
@@ -179,10 +180,9 @@ def early_steps(token: int, model: Any, cache: list[Any], sampler: Any,
             mx.clear_cache()
 
 
-def log_softmax(logits: Any) -> Any:
-    """The log-softmax over the last axis that mlx-lm's decoding loops take (with the fast
-    exponential where engine/cpu_attention.py is installed)."""
+def loops_mx() -> Any:
+    """The `mx` mlx-lm's decoding loops see: mlx.core, or with engine/cpu_attention.py
+    installed the same with its fast `logsumexp` (the log-softmax over the vocabulary)."""
     import importlib
 
-    generate = importlib.import_module("mlx_lm.generate")  # (mlx_lm.generate is also a function)
-    return logits - generate.mx.logsumexp(logits, axis=-1, keepdims=True)
+    return importlib.import_module("mlx_lm.generate").mx  # (mlx_lm.generate: also a function)
