@@ -25,8 +25,8 @@ class Solo:
 
     The cache may hold any prefix of `tokens`: the rest of the prompt but its last token is
     prefilled a chunk per `next()`, then the last token runs and decoding starts. `fed` is the
-    prompt and every token yielded; the model's cache holds a prefix of it (all of it on the
-    plain path; on the speculative one the last token may still be unfed)."""
+    prompt and every token yielded; the model's cache holds a prefix of it (all of it once the
+    plain path is past its first token; `close()` says how much)."""
 
     def __init__(self, entry: Entry, cache: list[Any] | None, tokens: list[int]) -> None:
         from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
