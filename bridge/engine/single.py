@@ -11,7 +11,7 @@ from bridge.engine.jobs import Failed, Job
 from bridge.engine.models import LoadedModel
 from bridge.engine.prepare import Ended, Entry, log_cached
 from bridge.engine.prompt_cache import PromptCache
-from bridge.engine.solo import PREFILL_STEP, cache_offset, early_steps, pipelines
+from bridge.engine.solo import PREFILL_STEP, cache_offset, early_steps, feed, pipelines
 from bridge.errors import ClientClosed
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,10 @@ class SingleRunner:
     def _early(self, entry: Entry) -> Iterator[tuple[int, Any]]:
         """generate_step's prefill, then the first token handed out as soon as it is computed
         (solo.pipelines: MLX on the CPU)."""
-        import mlx.core as mx
-
         tokens, model, cache = entry.tokens, self.loaded.model, self._cache
         for start in range(self._cached, len(tokens) - 1, PREFILL_STEP):
             self._progress(start, len(tokens))
-            model(mx.array(tokens[start : min(start + PREFILL_STEP, len(tokens) - 1)])[None],
-                  cache=cache)
-            mx.eval([c.state for c in cache])
+            feed(model, cache, tokens[start : min(start + PREFILL_STEP, len(tokens) - 1)])
         yield from early_steps(tokens[-1], model, cache, entry.sampler,
                                with_prefix(entry.processors, tokens[:-1]))
 

@@ -61,13 +61,10 @@ class Solo:
 
     def _prefill_chunk(self) -> bool:
         """Feed the next chunk of the prompt (all but its last token); False when none is left."""
-        import mlx.core as mx
-
         end = min(self.prefilled + PREFILL_STEP, len(self.fed) - 1)
         if end <= self.prefilled:
             return False
-        self.entry.loaded.model(mx.array(self.fed[self.prefilled:end])[None], cache=self.cache)
-        mx.eval([c.state for c in self.cache])
+        feed(self.entry.loaded.model, self.cache, self.fed[self.prefilled:end])
         self.prefilled = end
         return True
 
@@ -91,10 +88,9 @@ class Solo:
             from mlx_lm.models.cache import make_prompt_cache
 
             self.draft_cache = make_prompt_cache(loaded.draft)
-            for i in range(0, len(tokens) - 1, PREFILL_STEP):  # the draft sees the context too
-                loaded.draft(mx.array(tokens[i : min(i + PREFILL_STEP, len(tokens) - 1)])[None],
-                             cache=self.draft_cache)
-                mx.eval([c.state for c in self.draft_cache])
+            context = tokens[:-1]  # the draft sees the context too
+            for i in range(0, len(context), PREFILL_STEP):
+                feed(loaded.draft, self.draft_cache, context[i : i + PREFILL_STEP])
             self.speculative = True
             return speculative_generate_step(
                 mx.array(tokens[-1:]), loaded.model, loaded.draft, max_tokens=left,
@@ -125,6 +121,14 @@ class Solo:
                      "" if self.counts is None else
                      f" draft=prompt-lookup proposed={self.counts.proposed}")
         return held
+
+
+def feed(model: Any, cache: list[Any], tokens: list[int]) -> None:
+    """Run `tokens` (one prefill chunk) through the model into its KV cache."""
+    import mlx.core as mx
+
+    model(mx.array(tokens)[None], cache=cache)
+    mx.eval([c.state for c in cache])
 
 
 def cache_offset(cache: list[Any], default: int = 0) -> int:
