@@ -217,7 +217,7 @@ def main() -> None:
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Workload.quick() if args.quick or not args.model else Workload.full()
-    if not args.model:  # the tiny model: the per-token overhead run (about 2 s per column)
+    if not args.model:  # the tiny model: the per-token overhead run (5 rounds, ~8 s a column)
         work = replace(work, overhead_tokens=2000)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -60,13 +60,7 @@ def measure(stream: Stream, complete: Complete | None, work: Workload,
         out["decode_tok_s"] = long.tokens / (long.last - started)
         out["decode_note"] = "stream arrived in a burst: tokens / whole request time"
     if work.overhead_tokens:
-        cpu_before = cpu() if cpu else None
-        run = stream(user(LONG_ASK), work.overhead_tokens)
-        cpu_used = cpu() - cpu_before if cpu and cpu_before is not None else None
-        if run.tokens > 1 and run.last > run.first:
-            out["overhead_tokens"] = run.tokens
-            out["overhead_wall_us_per_tok"] = (run.last - run.first) / (run.tokens - 1) * 1e6
-            out["overhead_cpu_us_per_tok"] = cpu_used / run.tokens * 1e6 if cpu_used else None
+        out.update(overhead(stream, work, cpu))
     out["aggregate_rounds_tok_s"] = {}
     for clients in work.clients:
         if complete is None and clients > 1:
@@ -85,6 +79,25 @@ def measure(stream: Stream, complete: Complete | None, work: Workload,
         out["chat_cached_tokens"].append(r.cached)
         messages.append({"role": "assistant", "content": r.text})
     return out
+
+
+def overhead(stream: Stream, work: Workload, cpu: Callable[[], float] | None) -> dict:
+    """The long decode's wall and CPU microseconds per token, the median of the rounds."""
+    walls, cpus, tokens = [], [], 0
+    for _ in range(work.overhead_rounds):
+        cpu_before = cpu() if cpu else None
+        run = stream(user(LONG_ASK), work.overhead_tokens)
+        cpu_used = cpu() - cpu_before if cpu and cpu_before is not None else None
+        if run.tokens > 1 and run.last > run.first:
+            tokens = run.tokens
+            walls.append((run.last - run.first) / (run.tokens - 1) * 1e6)
+            if cpu_used:
+                cpus.append(cpu_used / run.tokens * 1e6)
+    if not walls:
+        return {}
+    return {"overhead_tokens": tokens, "overhead_wall_us_rounds": walls,
+            "overhead_wall_us_per_tok": percentile(walls, 50),
+            "overhead_cpu_us_per_tok": percentile(cpus, 50) if cpus else None}
 
 
 def _count(stream: Stream) -> Complete:

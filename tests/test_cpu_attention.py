@@ -40,6 +40,7 @@ def fast_only(monkeypatch):
         raise AssertionError("handed to mlx-lm's attention")
 
     monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", refuse)
+    monkeypatch.setattr(cpu_attention, "WORK_FLOOR", 0)  # these layers are 64-96 wide
 
 
 def _qkv(batch, heads, kv_heads, n, s, seed=0):
@@ -88,6 +89,18 @@ def test_small_attention_stays_with_mlx(monkeypatch):
     assert attention(q, k, v, None, 0.125, None) != "mlx-lm"
 
 
+def test_a_narrow_layer_decoding_stays_with_mlx(monkeypatch):
+    """A 64-wide layer (the tiny model's) computes faster than its graph is built: one row over
+    2,000 keys (8,000 scores) stays in MLX's one call; a prompt's 24 rows take the fast path."""
+    monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", lambda: lambda *a, **k: "mlx-lm")
+    q, k, v = _qkv(1, 4, 2, 1, 2000)
+    assert attention(q, k, v, None, 0.125, None) == "mlx-lm"
+    q, k, v = _qkv(1, 4, 2, 24, 2000)
+    assert attention(q, k, v, None, 0.125, "causal") != "mlx-lm"
+    q, k, v = _qkv(1, 36, 12, 1, 100)  # 576 wide (SmolLM2's 9 x 64 as 36 x 16), one row
+    assert attention(q, k, v, None, 0.125, None) != "mlx-lm"
+
+
 @pytest.mark.parametrize("mask_kind", ["causal", "bool"])
 def test_a_long_prompt_in_blocks_equals_mlx(fast_only, monkeypatch, mask_kind):
     """Blocks of queries (a causal block skips the keys after its last query) change nothing."""
@@ -108,6 +121,7 @@ def test_what_it_does_not_cover_goes_to_mlx_lm(monkeypatch):
         return "mlx-lm"
 
     monkeypatch.setattr(cpu_attention, "_mlx_lm_attention", lambda: recorder)
+    monkeypatch.setattr(cpu_attention, "WORK_FLOOR", 0)
     q, k, v = _qkv(1, 4, 2, 3, 200)
 
     class QuantizedCache:

@@ -45,6 +45,8 @@ class Admission:
 
     def _admit(self) -> None:
         """Start waiting jobs in arrival order; a job waits only behind work of its own model."""
+        if not self._pending:  # every step asks: most have nothing waiting
+            return
         blocked: set[str] = set()  # models whose earlier job waits: their later jobs wait too
         waiting, self._pending = self._pending, deque()
         try:

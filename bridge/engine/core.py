@@ -268,6 +268,8 @@ class Engine(Admission, CrashRecovery):
         self._finished.set()
 
     def _receive(self, block: bool) -> None:
+        if not block and not self._inbox.queue:  # every decoding step asks: mostly nothing
+            return
         timeout = min(_IDLE_WAIT, self.cache.next_expiry()) if block else 0
         try:
             item = self._inbox.get(timeout=timeout) if block else self._inbox.get_nowait()
@@ -340,9 +342,13 @@ class Engine(Admission, CrashRecovery):
         self._publish()
 
     def _expire(self) -> None:
+        now = time.time()
+        due = [k for k, m in self.cache.models.items() if m.active == 0 and m.expires_at <= now]
+        if not due:  # every step asks: mostly nothing is due
+            return
         busy = {j.model_path for j in self._pending} | set(self._runners)
-        for key in [k for k, m in self.cache.models.items() if m.active == 0 and k not in busy]:
-            if self.cache.models[key].expires_at <= time.time():
+        for key in due:
+            if key not in busy:
                 self.cache.unload(key, reason="keep_alive")
                 self._publish()
 

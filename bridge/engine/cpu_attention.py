@@ -46,6 +46,11 @@ FLOOR = -42.0  # e^-42 < 2^-60: below this a softmax term is 0 (2^-n is built in
 # Fewer scores than this (one sequence decoding over a short context) are as fast in MLX's one
 # call as in the dozen operations here, whose graph costs ~10 us a layer to build.
 SMALL = 2048
+# Query rows x the layer's width squared (its matmuls' work) below this: the layer computes
+# faster than Python builds its graph, so the engine thread, not MLX's worker, bounds the step,
+# and the dozen extra operations only add to it (a 64-wide tiny model decoding over 2,000
+# tokens: +90 us a token). SmolLM2 (576 wide) is past it from one row on.
+WORK_FLOOR = 256 * 256
 # A log-softmax over fewer values than this is cheaper in MLX's one call than in the ~8 graph
 # operations here (a tiny model's 384-token vocabulary: +30 us a token).
 SMALL_VOCAB = 8192
@@ -105,11 +110,13 @@ def logsumexp(a: mx.array, axis: Any = None, keepdims: bool = False,
     return out if keepdims else out.squeeze(-1)
 
 
-class _FastMx(types.ModuleType):
-    """mlx.core with `logsumexp` above: what mlx-lm's decoding loops see as `mx`."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(mx, name)
+def _fast_mx() -> types.ModuleType:
+    """mlx.core with `logsumexp` above: what mlx-lm's decoding loops see as `mx`. A copy of its
+    namespace, so each `mx.` lookup in their per-token code stays a plain dict read."""
+    fast = types.ModuleType(mx.__name__, mx.__doc__)
+    fast.__dict__.update({k: v for k, v in vars(mx).items() if not k.startswith("__")})
+    fast.logsumexp = logsumexp  # type: ignore[attr-defined]
+    return fast
 
 
 def softmax(scores: mx.array) -> mx.array:
@@ -121,8 +128,7 @@ def softmax(scores: mx.array) -> mx.array:
 def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
               mask: Any, sinks: mx.array | None = None) -> mx.array:
     """mlx-lm's `scaled_dot_product_attention`, with the fast softmax where it applies."""
-    if not _covered(queries, keys, values, cache, mask, sinks) or (
-            queries.size // queries.shape[-1] * keys.shape[2] < SMALL):  # scores to compute
+    if not _pays(queries, keys) or not _covered(queries, keys, values, cache, mask, sinks):
         extra = {} if sinks is None else {"sinks": sinks}  # older mlx-lm has no `sinks`
         return _mlx_lm_attention()(queries, keys, values, cache, scale=scale, mask=mask,
                                    **extra)
@@ -146,6 +152,17 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, s
             part_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:end, :]
             parts.append(_attend(q, keys, values, part_mask, heads, kv_heads))
     return mx.concatenate(parts, axis=2)
+
+
+def _pays(queries: mx.array, keys: Any) -> bool:
+    """Whether the fast path saves more than it costs: enough scores to compute (their
+    exponentials), in a layer wide enough that MLX's worker, not the graph's building, is what
+    the step waits for."""
+    if not isinstance(keys, mx.array):  # a quantized cache's (data, scales, biases)
+        return False
+    batch, heads, n, d = queries.shape
+    return (heads * n * keys.shape[-2] * batch >= SMALL
+            and batch * n * (heads * d) ** 2 >= WORK_FLOOR)
 
 
 def _attend(queries: mx.array, keys: mx.array, values: mx.array, mask: Any, heads: int,
@@ -213,9 +230,7 @@ def install() -> int:
     original = _mlx_lm_attention()
     changed = 0
     if generate.mx is mx:
-        fast = _FastMx(mx.__name__)
-        fast.logsumexp = logsumexp  # type: ignore[attr-defined]
-        generate.mx = fast  # type: ignore[assignment]
+        generate.mx = _fast_mx()  # type: ignore[assignment]
         changed += 1
     for name, module in list(sys.modules.items()):
         if (name.startswith("mlx_lm.models.") and name != "mlx_lm.models.base"
@@ -230,8 +245,8 @@ def compile_now() -> None:
     """Run the fast path once on a small input: MLX compiles the fused exp (g++, ~2 s the first
     time on a machine, then from its disk cache) here, at the load, not in a user's request (the
     load's warm-up prompt is too short to take the fast path)."""
-    keys = mx.zeros((1, 1, SMALL, 8), mx.float32)  # 2 query heads x 2,048 keys: the fast path
-    mx.eval(attention(mx.zeros((1, 2, 1, 8), mx.float32), keys, keys, None, 1.0, None),
+    keys = mx.zeros((1, 1, SMALL, 8), mx.float32)  # 2 query heads x 2,048 keys
+    mx.eval(_attend(mx.zeros((1, 2, 1, 8), mx.float32), keys, keys, None, 2, 1),
             logsumexp(keys[0, 0], axis=-1))
 
 

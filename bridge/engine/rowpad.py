@@ -139,6 +139,8 @@ class PaddedLinear(nn.Linear):
         self.padding = padding
 
     def __call__(self, x: mx.array) -> mx.array:
+        if x.size == x.shape[-1]:  # one row (a lone stream's step): nothing to pad, no detour
+            return super().__call__(x)
         return padded(x, self.padding, super().__call__)
 
 
@@ -151,4 +153,6 @@ class PaddedEmbedding(nn.Embedding):
         self.padding = padding
 
     def as_linear(self, x: mx.array) -> mx.array:
+        if x.size == x.shape[-1]:
+            return super().as_linear(x)
         return padded(x, self.padding, super().as_linear)
