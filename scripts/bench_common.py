@@ -65,7 +65,8 @@ class Workload:
     # A long single-stream decode timed for the per-token overhead (the tiny model: compute is
     # negligible, so what is left is the server's own path); 0 = none.
     overhead_tokens: int = 0
-    # Rounds of it (the median is reported): one round moves ±100 us a token between runs.
+    # Rounds of it (the best and the median are reported): one round moves ±100 us a token
+    # and more between runs on a shared machine.
     overhead_rounds: int = 5
 
     @classmethod

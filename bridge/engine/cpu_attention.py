@@ -15,6 +15,9 @@ with the system's g++ when the model loads; without g++ it runs unfused, still f
 attention is the same grouped-query matmuls and softmax as MLX's CPU fallback. Outputs agree
 with MLX's to ~1e-7 (float32 rounding); terms below e^-42 of a row's largest are 0 here.
 
+Fewer scores than SMALL, or a layer so narrow that building the graph costs more than its
+exponentials (WORK_FLOOR: a tiny model decoding), stay with MLX's one call.
+
 Installed into mlx-lm's model modules when a model loads (their module-level
 `scaled_dot_product_attention`, which mlx-lm's attention layers call), and into mlx-lm's
 decoding loops' log-softmax over the vocabulary (`logsumexp`: 3.8 ms of a batch-of-8 SmolLM2
