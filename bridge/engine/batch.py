@@ -95,7 +95,7 @@ class BatchRunner:
 
     def _maybe_solo(self) -> None:
         """One job left, decoding (its prompt done): take it out of the batch to run alone."""
-        if not self._solo_ok or len(self.entries) != 1:
+        if len(self.entries) != 1:
             return
         uid, entry = next(iter(self.entries.items()))
         if not entry.sink.first_token_ns or not self._may_go_solo(entry):
