@@ -63,3 +63,42 @@ def test_n_other_than_one_is_a_400(server):
     r = requests.post(server + "/v1/completions", json={"model": "tiny", "prompt": "Hi",
                                                         "max_tokens": 2, "n": 3}, timeout=60)
     assert r.status_code == 400
+
+
+def _byte_token(tiny_model_dir, byte: int) -> int:
+    """The id of the ByteLevel token standing for one raw byte."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return tok.convert_tokens_to_ids(_bytes_to_unicode()[byte])
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (what ByteLevel tokens are written in)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])
+def test_a_character_cut_off_by_the_limit_is_dropped_not_replaced(server, tiny_model_dir, path):
+    """The answer's last token is the first byte of a 4-byte character (forced by logit_bias):
+    its text is dropped, as Ollama's runner drops incomplete bytes at the end, not a U+FFFD."""
+    lead = _byte_token(tiny_model_dir, 0xF0)
+    if path == "/api/generate":
+        body = {"model": "tiny", "prompt": "Once", "stream": False, "raw": True,
+                "options": {"temperature": 0, "num_predict": 1, "logit_bias": {str(lead): 100}}}
+        r = requests.post(server + path, json=body, timeout=120)
+        text, count = r.json()["response"], r.json()["eval_count"]
+    else:
+        body = {"model": "tiny", "prompt": "Once", "max_tokens": 1, "temperature": 0,
+                "logit_bias": {str(lead): 100}}
+        r = requests.post(server + path, json=body, timeout=120)
+        text, count = r.json()["choices"][0]["text"], r.json()["usage"]["completion_tokens"]
+    assert r.status_code == 200, r.text
+    assert count == 1
+    assert text == ""

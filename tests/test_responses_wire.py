@@ -171,6 +171,9 @@ def test_response_object():
     cut = ResponsesWriter("m", ECHO).response(final("length", content="Hi"))
     assert (cut["status"] == "incomplete"
             and cut["incomplete_details"] == {"reason": "max_output_tokens"})
+    # The message the limit cut off says so too, its text kept (OpenAI's shape).
+    assert cut["output"][0]["status"] == "incomplete"
+    assert cut["output"][0]["content"][0]["text"] == "Hi"
     only_calls = ResponsesWriter("m", ECHO, max_calls=1).response(final(tool_calls=[CALL, CALL]))
     assert [o["type"] for o in only_calls["output"]] == ["function_call"]
     encrypted = ResponsesWriter("m", ECHO, encrypted_reasoning=True).response(final(thinking="t"))
@@ -224,6 +227,10 @@ def test_event_stream_incomplete_and_failed():
                                                                final("length")])))
     assert (cut[-1]["type"] == "response.incomplete"
             and cut[-1]["response"]["status"] == "incomplete")
+    item_done = next(e for e in cut if e["type"] == "response.output_item.done")
+    assert item_done["item"]["status"] == "incomplete"
+    assert item_done["item"]["content"][0]["text"] == "a"
+    assert cut[-1]["response"]["output"][0]["status"] == "incomplete"
     failed = parse_sse("".join(ResponsesWriter("m", ECHO).events([chunk(content="a"),
                                                                   {"error": "engine died"}])))
     assert failed[-1]["type"] == "response.failed"

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from bridge.errors import BadRequest, ModelNotFound
+from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.http.limits import active
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import LocalHandler, dispatch
@@ -23,11 +23,14 @@ from bridge.serving.local import LocalModel
 from bridge.wire.jsonbody import parse_body
 from bridge.wire.names import ModelName
 from bridge.wire.openai_in import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
     chat_layer,
     completion_to_native,
     embeddings_check,
     include_usage,
     many_choices,
+    unsupported_field,
 )
 from bridge.wire.openai_out import ChatWriter, CompletionWriter, model_object
 from bridge.wire.schemas import parse_chat, parse_generate
@@ -62,7 +65,7 @@ def chat_completions() -> Response:
     raw = request.get_data()
     body = parse_body(raw, "ChatCompletionRequest")
     layer = chat_layer(body)
-    refusal = many_choices(body) or layer.refusal
+    refusal = many_choices(body) or layer.refusal or unsupported_field(body, CHAT_FIELDS)
     req = parse_chat(layer.native, active())
     req.forced_tools = layer.forced
     wants = req.logprobs or req.top_logprobs > 0
@@ -81,10 +84,12 @@ def completions() -> Response:
     responder = OpenAIResponder(CompletionWriter(req.model, include_usage(body), top),
                                 req.stream)
     return dispatch(require_model(req.model), request.path, raw,
-                    refused_here(many_choices(body), generate_handler(req, responder)))
+                    refused_here(many_choices(body)
+                                 or unsupported_field(body, COMPLETION_FIELDS),
+                                 generate_handler(req, responder)))
 
 
-def refused_here(error: BadRequest | None, local: LocalHandler) -> LocalHandler:
+def refused_here(error: BridgeError | None, local: LocalHandler) -> LocalHandler:
     """`local`, or, when the request asks what only a remote engine may do (`n` > 1, a
     tool_choice this layer cannot carry out), a handler answering the bridge's own models with
     `error`; a remote target still gets the body as sent."""

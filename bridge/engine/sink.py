@@ -99,7 +99,9 @@ class TokenSink:
         self.finished = True
         if flush:
             self.detokenizer.finalize()
-            self.pending += self.detokenizer.last_segment
+            # A character whose bytes were cut off by the end decodes as U+FFFD: dropped, as
+            # Ollama's runner drops incomplete bytes at the end (spec §9).
+            self.pending += self.detokenizer.last_segment.rstrip("\ufffd")
             self._flush()
         if self.scored:  # tokens whose text never came out (a stop string): still reported
             self._send("")

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, Unsupported
 from bridge.wire.jsonbody import Fields
 from bridge.wire.tool_choice import chosen_tools, function_name
 
@@ -20,6 +20,23 @@ REASONING_EFFORT: dict[str, bool | str] = {
     "max": "max", "xhigh": "max", "ultra": "max",
 }
 ROLE_ALIASES = {"developer": "system"}
+# What the bridge's own models do with each field of a request; any other field (audio output,
+# legacy `functions`, web search, `verbosity`, a misspelling) is refused with a 400 naming it, as
+# OpenAI refuses an unrecognized argument. A remote engine still gets the body as sent.
+_SAMPLING = frozenset({"model", "stream", "stream_options", "max_tokens", "temperature", "top_p",
+                       "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias",
+                       "n", "top_k", "min_p", "repeat_penalty"})
+CHAT_FIELDS = _SAMPLING | {"messages", "max_completion_tokens", "response_format", "tools",
+                           "tool_choice", "parallel_tool_calls", "reasoning_effort", "reasoning",
+                           "logprobs", "top_logprobs"}
+COMPLETION_FIELDS = _SAMPLING | {"prompt", "suffix", "logprobs"}
+# Fields that ask nothing of the output, accepted at these values only: who is asking, a cache
+# key (the prompt cache is automatic), a prediction (it only speeds OpenAI up; the answer is the
+# same without it), stored-completion metadata without storing.
+NEUTRAL: dict[str, Any] = {"user": str, "safety_identifier": str, "prompt_cache_key": str,
+                           "prompt_cache_retention": str, "prediction": dict, "metadata": dict,
+                           "store": (False,), "service_tier": ("auto", "default"),
+                           "modalities": (["text"],), "echo": (False,), "best_of": (1,)}
 
 
 @dataclass
@@ -139,7 +156,10 @@ def sampling_options(f: Fields) -> dict[str, Any]:
         value = f.int(name)
         if value is not None:
             options[name] = value
-    for name in ("frequency_penalty", "presence_penalty"):
+    top_k = f.int("top_k")  # not OpenAI's; the name local OpenAI-protocol servers read
+    if top_k is not None:
+        options["top_k"] = top_k
+    for name in ("frequency_penalty", "presence_penalty", "min_p", "repeat_penalty"):
         value = f.number(name)
         if value is not None:
             options[name] = value
@@ -154,6 +174,22 @@ def sampling_options(f: Fields) -> dict[str, Any]:
     elif stop is not None:
         raise BadRequest("invalid type for 'stop' field: expected a string or an array of strings")
     return options
+
+
+def unsupported_field(body: dict[str, Any], honoured: frozenset[str]) -> Unsupported | None:
+    """The 400 for the first field the bridge's own models would not honour (None: none)."""
+    for key, value in body.items():
+        if key in honoured or value is None:
+            continue
+        allowed = NEUTRAL.get(key)
+        if isinstance(allowed, type) and isinstance(value, allowed):
+            continue
+        if isinstance(allowed, tuple) and value in allowed:
+            continue
+        return Unsupported(f"{key}: not supported by mlx-bridge for MLX models"
+                           + (f" (only {', '.join(map(json.dumps, allowed))})"
+                              if isinstance(allowed, tuple) else ""))
+    return None
 
 
 def many_choices(body: dict[str, Any]) -> BadRequest | None:

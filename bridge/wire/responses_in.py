@@ -26,6 +26,14 @@ STATEFUL = {"previous_response_id":
             "responses are not stored (send the whole conversation in input)",
             "conversation": "conversations are not stored (send the whole conversation in input)",
             "prompt": "stored prompt templates are not available"}
+# Every field this layer reads (honoured, echoed, or refused by value below); any other is a 400
+# naming it, as OpenAI refuses an unrecognized argument. prompt_cache_retention: caching is
+# automatic (the prompt cache), nothing to retain.
+FIELDS = frozenset({"model", "input", "instructions", "tools", "tool_choice", "stream",
+                    "stream_options", "parallel_tool_calls", "max_tool_calls", "temperature",
+                    "top_p", "max_output_tokens", "truncation", "text", "reasoning", "include",
+                    "top_logprobs", "metadata", "user", "safety_identifier", "prompt_cache_key",
+                    "prompt_cache_retention", "store", "background", "service_tier", *STATEFUL})
 INCLUDABLE = ("reasoning.encrypted_content", "message.output_text.logprobs")
 IMAGE_PREFIXES = ("data:image/jpeg;base64,", "data:image/jpg;base64,", "data:image/png;base64,",
                   "data:image/webp;base64,", "data:;base64,")
@@ -98,7 +106,11 @@ def responses_to_native(body: dict[str, Any]) -> ResponsesPlan:
 
 
 def refuse_stateful(f: Fields) -> None:
-    """Fields a stateless, single-tier, non-streaming-obfuscated bridge cannot honour."""
+    """Fields a stateless, single-tier, non-streaming-obfuscated bridge cannot honour, and
+    fields it does not know."""
+    for key, value in f.body.items():
+        if key not in FIELDS and value is not None:
+            raise Unsupported(f"{key}: not supported by mlx-bridge for MLX models")
     for key, why in STATEFUL.items():
         if f.raw(key) is not None:
             raise Unsupported(f"{key}: {why}")

@@ -65,8 +65,8 @@ class ResponsesWriter:
         calls = self._allowed(msg.get("tool_calls") or [])
         if msg.get("content") or not calls:
             scored = chat_logprobs(final.get("logprobs") or []) if self.logprobs else []
-            output.append(self._message(new_id("msg"), msg.get("content", ""), "completed",
-                                        scored))
+            status = "completed" if calls else _item_status(final)
+            output.append(self._message(new_id("msg"), msg.get("content", ""), status, scored))
         output += [self._call(c, "completed") for c in calls]
         return self._body(final, output)
 
@@ -99,7 +99,7 @@ class ResponsesWriter:
     def _message(item_id: str, text: str, status: str,
                  logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-                "content": [text_part(text, logprobs)] if status == "completed" else []}
+                "content": [text_part(text, logprobs)] if status != "in_progress" else []}
 
     @staticmethod
     def _call(call: dict[str, Any], status: str) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class ResponsesWriter:
     def _finish(self, final: dict[str, Any]) -> Iterator[str]:
         if not self.output and self.item is None:  # nothing was said: one empty message
             yield from self._text("")
-        yield from self._close()
+        yield from self._close(_item_status(final))
         body = self._body(final, self.output)
         yield self._event(f"response.{body['status']}", response=body)
 
@@ -175,8 +175,9 @@ class ResponsesWriter:
             yield self._event("response.output_text.delta", **self._where(content_index=0),
                               delta=delta, logprobs=scored)
 
-    def _close(self) -> Iterator[str]:
-        """Finish the reasoning or message item being streamed."""
+    def _close(self, status: str = "completed") -> Iterator[str]:
+        """Finish the reasoning or message item being streamed (a message cut off by the token
+        limit is `incomplete`, as OpenAI marks it)."""
         item, self.item = self.item, None
         if item is None:
             return
@@ -190,7 +191,7 @@ class ResponsesWriter:
                               part={"type": "summary_text", "text": text})
         else:
             scored, self.scored = item["logprobs"] + self.scored, []  # with tokens held back
-            done = self._message(item["id"], text, "completed", scored)
+            done = self._message(item["id"], text, status, scored)
             yield self._event("response.output_text.done", **where, content_index=0, text=text,
                               logprobs=scored)
             yield self._event("response.content_part.done", **where, content_index=0,
@@ -220,3 +221,8 @@ class ResponsesWriter:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return sse(payload, kind)
+
+
+def _item_status(final: dict[str, Any]) -> str:
+    """The last output item's status: `incomplete` when the token limit cut it off."""
+    return "incomplete" if final.get("done_reason") == "length" else "completed"
