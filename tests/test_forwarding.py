@@ -258,6 +258,20 @@ def test_unknown_models_are_404_for_ollama_python(down):
     assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done
 
 
+def test_blobs_without_a_running_upstream_are_404_not_502(down):
+    """`ollama create` asks HEAD /api/blobs first: with no Ollama running no blob exists (its
+    404, as Ollama answers a missing blob), and a POST says why it cannot be stored."""
+    url, _ = down
+    blob = url + "/api/blobs/sha256:" + "0" * 64
+    head = requests.head(blob, timeout=30)
+    assert head.status_code == 404
+    post = requests.post(blob, data=b"x" * 1000, timeout=30)
+    assert post.status_code == 404
+    error = post.json()["error"]
+    assert error.startswith("cannot store blob sha256:") and "is not running" in error
+    assert "hunter2" not in error
+
+
 def test_unknown_models_are_not_found_for_the_openai_sdk_without_retries(down):
     url, _ = down
     sent: list[str] = []

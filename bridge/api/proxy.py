@@ -11,13 +11,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
-from bridge.errors import BadRequest, BridgeError, ModelNotFound
+from bridge.errors import BadRequest, BridgeError, ModelNotFound, UpstreamNotRunning
 from bridge.errors import NotFound as BridgeNotFound
 from bridge.http.web import handle_bridge_error, handle_http_error, json_response, request_id
 from bridge.routing.dispatch import dispatch, forward
 from bridge.routing.refusals import local_only
 from bridge.routing.router import Plan, Target
-from bridge.routing.upstream import UpstreamUnavailable
+from bridge.routing.upstream import UpstreamUnavailable, redact_url
 from bridge.serving.embeddings import embed_body, legacy_body, parse_embed, parse_legacy
 from bridge.serving.local import LocalModel
 from bridge.state import bridge
@@ -118,7 +118,19 @@ def blobs(digest: str) -> Response:
     if not _DIGEST.fullmatch(digest):
         raise BadRequest("invalid digest format")
     body = request.stream if request.method == "POST" else None  # stream big uploads through
-    return forward(default_target(), f"/api/blobs/{digest}", body, method=request.method)
+    target = default_target()
+    try:
+        return forward(target, f"/api/blobs/{digest}", body, method=request.method)
+    except UpstreamUnavailable as error:
+        if not error.refused:
+            raise
+        # No Ollama listens there: no blob exists (HEAD's 404, as Ollama answers a missing one)
+        # and none can be stored; a 404 saying so, not a 502 the clients would retry.
+        why = f"the {target.who} at {redact_url(target.endpoint)} is not running"
+        if request.method == "HEAD":
+            raise UpstreamNotRunning(f"blob {digest} not found; {why}") from None
+        raise UpstreamNotRunning(f"cannot store blob {digest}: blobs are kept by the upstream "
+                                 f"Ollama and {why} (connection refused)") from None
 
 
 @bp.app_errorhandler(NotFound)
