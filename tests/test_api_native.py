@@ -283,3 +283,27 @@ def test_line_separators_are_escaped():
     line = dumps({"response": "a\u2028b\u2029c\x85d"})
     assert "\u2028" not in line and "\u2029" not in line and "\x85" not in line
     assert json.loads(line)["response"] == "a\u2028b\u2029c\x85d"
+
+
+def test_debug_render_only_answers_the_rendered_prompt_and_generates_nothing(client):
+    """Ollama's `_debug_render_only`: the template's output in `_debug_info`, no generation."""
+    chat = client.post("/api/chat", json={
+        "model": "tiny", "messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Hi there"}],
+        "_debug_render_only": True})  # streamed or not: one object
+    assert chat.status_code == 200 and chat.headers["Content-Type"].startswith("application/json")
+    body = chat.get_json()
+    rendered = body["_debug_info"]["rendered_template"]
+    assert rendered == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n")
+    assert body["done"] is False and body["message"] == {"role": "", "content": ""}
+    assert "eval_count" not in body and "image_count" not in body["_debug_info"]
+    gen = client.post("/api/generate", json={"model": "tiny", "prompt": "Hello", "stream": False,
+                                             "system": "S", "_debug_render_only": True})
+    assert gen.get_json()["_debug_info"]["rendered_template"] == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert gen.get_json()["response"] == ""
+    raw = client.post("/api/generate", json={"model": "tiny", "prompt": "As is", "raw": True,
+                                             "_debug_render_only": True})
+    assert raw.get_json()["_debug_info"]["rendered_template"] == "As is"

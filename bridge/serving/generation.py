@@ -20,7 +20,7 @@ from flask import Response
 from bridge.engine import Chunk, Done, Job, PromptSpec
 from bridge.engine.jobs import TokenLogprob
 from bridge.errors import BridgeError, Unsupported
-from bridge.http.web import client_gone_probe, context, rfc3339
+from bridge.http.web import client_gone_probe, context, json_response, rfc3339
 from bridge.routing.dispatch import LocalHandler
 from bridge.routing.router import Plan
 from bridge.serving.images import decode_images
@@ -176,6 +176,8 @@ def load_or_unload(req: Common, model: LocalModel, plan: Plan,
 def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, shape: Shape,
         output: OutputPlan, responder: Responder) -> Response:
     """Submit the job; errors before the first event become an HTTP status, later ones a line."""
+    if req.debug_render_only:
+        return json_response(debug_render(req, model, spec, shape))
     state, job = bridge(), make_job(req, model, plan, spec)
     # top_logprobs alone asks for logprobs too (rather than being ignored, as in Ollama).
     job.logprobs, job.top_logprobs = req.logprobs or req.top_logprobs > 0, req.top_logprobs
@@ -189,6 +191,20 @@ def run(req: Common, model: LocalModel, plan: Plan, spec: PromptSpec, shape: Sha
         raise
     outcome = LocalOutcome(state.tracker, context())
     return responder.result(Generation(first, events, stream, shape, outcome, output))
+
+
+def debug_render(req: Common, model: LocalModel, spec: PromptSpec, shape: Shape) -> dict:
+    """Ollama's answer to `_debug_render_only`: the prompt as the template renders it, nothing
+    generated (one object, streamed or not; `message`/`response` empty, `done` false)."""
+    text = bridge().local.tokenizers.render(model.key, model.description.digest, spec)
+    images = len(spec.images) + sum(len(m.get("images") or []) for m in spec.messages or [])
+    info: dict[str, Any] = {"rendered_template": text}
+    if images:
+        info["image_count"] = images
+    empty = ({"message": {"role": "", "content": ""}} if isinstance(shape, ChatShape)
+             else {"response": ""})
+    return {"model": req.model, "created_at": rfc3339(), **empty, "done": False,
+            "_debug_info": info}
 
 
 class Generation:

@@ -20,7 +20,8 @@ from typing import Any
 
 from bridge.engine import PromptSpec
 from bridge.engine.models import Tokenizers
-from bridge.engine.prompts import chat_prompt, chat_text, encode, prompt_tokens
+from bridge.engine.prompts import chat_prompt, chat_text, encode, generate_text, prompt_tokens
+from bridge.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ class PromptTokenizers:
             spec.rendered = text
             return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
+
+    def render(self, path: str, digest: str, spec: PromptSpec) -> str:
+        """The prompt text the model would be given (`_debug_render_only`), not tokenized."""
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path, self.shared):
+                raise ModelLoadError(f"cannot load the tokenizer of {path}")
+        if spec.messages is not None:
+            return chat_prompt(slot.tokenizer, spec)
+        return generate_text(slot.tokenizer, spec)
 
     def preload(self, path: str, digest: str) -> None:
         """Load a model's tokenizer and compile its chat template now (at a model load), so the

@@ -55,6 +55,7 @@ class Common:
     truncate: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = False  # `_debug_render_only`: answer the rendered prompt only
 
 
 @dataclass
@@ -102,6 +103,7 @@ def _common(f: Fields) -> dict[str, Any]:
         "truncate": f.bool("truncate", True),
         "logprobs": f.bool("logprobs", False),
         "top_logprobs": top_logprobs,
+        "debug_render_only": bool(f.bool("_debug_render_only", False)),
     }
 
 
