@@ -44,26 +44,33 @@ def test_ready_exactly_when_the_last_byte_arrives(request_bytes):
     assert set(verdicts[:-1]) == {Verdict.MORE}
 
 
-@pytest.mark.parametrize("headers", [
-    b"Content-Length: 1001\r\n",  # over the body cap: the app answers 413 without reading it
-    b"Content-Length: 5\r\nContent-Length: 6\r\n",  # gunicorn answers 400
-    b"Content-Length: -1\r\n",
-    b"Transfer-Encoding: gzip\r\n",
-    b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+@pytest.mark.parametrize("headers,verdict", [
+    # over the body cap: the app answers 413 (in the path's error shape) without reading it
+    (b"Content-Length: 1001\r\n", Verdict.STREAM),
+    # the worker answers these itself: no request thread waits for a body
+    (b"Content-Length: 5\r\nContent-Length: 6\r\n", Verdict.BAD_FRAMING),
+    (b"Content-Length: -1\r\n", Verdict.BAD_FRAMING),
+    (b"Content-Length: " + b"1" * 5000 + b"\r\n", Verdict.BODY_TOO_LARGE),  # int() would raise
+    (b"Transfer-Encoding: gzip\r\n", Verdict.UNSUPPORTED_CODING),
+    (b"Transfer-Encoding: gzip, chunked\r\n", Verdict.UNSUPPORTED_CODING),
+    (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", Verdict.BAD_FRAMING),
 ])
-def test_handed_over_after_the_headers_when_there_is_nothing_to_wait_for(headers):
-    assert RequestBuffer(1000).feed(HEAD + headers + b"\r\n") is Verdict.STREAM
+def test_after_the_headers_when_there_is_nothing_to_wait_for(headers, verdict):
+    assert RequestBuffer(1000).feed(HEAD + headers + b"\r\n") is verdict
 
 
-def test_blob_uploads_stream_and_chunked_bodies_past_the_cap_stop_being_buffered():
+def test_blob_uploads_stream_and_chunked_bodies_past_the_cap_are_refused_at_once():
     blob = b"POST /api/blobs/sha256:00 HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
     assert RequestBuffer(1000).feed(blob) is Verdict.STREAM
     r = RequestBuffer(1000)
     assert r.feed(HEAD + b"Transfer-Encoding: chunked\r\n\r\n") is Verdict.MORE
     assert r.feed(b"200\r\n" + b"x" * 512 + b"\r\n") is Verdict.MORE
-    assert r.feed(b"200\r\n") is Verdict.STREAM  # 1024 bytes announced: past the cap
-    bad_size = HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
-    assert RequestBuffer(1000).feed(bad_size) is Verdict.STREAM
+    assert r.feed(b"200\r\n") is Verdict.BODY_TOO_LARGE  # 1024 bytes announced: past the cap
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    for bad in (b"zz\r\n", b"-2\r\n", b"0x2\r\n", b"\r\n", b"2\r\n{}XX0\r\n\r\n",
+                b"f" * 5000):
+        assert RequestBuffer(1000).feed(chunked + bad) is Verdict.BAD_FRAMING, bad
+    assert RequestBuffer(1000).feed(chunked + b"f" * 19 + b"\r\n") is Verdict.BODY_TOO_LARGE
 
 
 def test_pipelined_requests_are_complete_after_the_first():
@@ -226,3 +233,35 @@ def test_chunked_body_pipelining_and_expect_continue(slow_server):
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]  # no second 100 Continue
+
+
+@pytest.mark.parametrize("framing,status", [
+    (b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n{}", b"413"),  # killed the worker once
+    (b"Transfer-Encoding: chunked\r\n\r\nffffffffffff\r\n{", b"413"),  # a chunk past the cap
+    (b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\n{", b"501"),
+    (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", b"400"),  # was a 500
+    (b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n", b"400"),  # was a 500
+])
+def test_unservable_framing_is_answered_at_once_and_kept_open_by_no_one(slow_server, framing,
+                                                                        status):
+    """Answered by the worker before any body is waited for (these held a request thread for
+    the whole read timeout, 64 of them every thread; the first killed the worker), while the
+    client keeps its connection open and silent."""
+    port = int(slow_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n" + framing)
+        sock.settimeout(READ_TIMEOUT / 2)
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert took < 2, f"answered after {took:.1f}s"
+    assert "error" in json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert_answers_promptly(slow_server)
+
+
+def test_a_chunk_arriving_in_pieces_counts_once_against_the_cap():
+    """900 bytes in one chunk, received 10 at a time, under a 1000-byte cap: served, not 413."""
+    body = HEAD + b"Transfer-Encoding: chunked\r\n\r\n384\r\n" + b"x" * 900 + b"\r\n0\r\n\r\n"
+    verdicts = feed_bytewise(body)
+    assert verdicts[-1] is Verdict.READY and set(verdicts[:-1]) == {Verdict.MORE}

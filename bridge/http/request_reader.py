@@ -3,8 +3,10 @@
 The worker (bridge/http/worker.py) reads each request on its main loop, without a thread, and
 hands the connection to a request thread only once this says the request is all there. It only
 frames the request (end of the header block, Content-Length or chunked framing); gunicorn's
-parser still validates everything when the thread parses the buffered bytes, and whatever this
-cannot frame is handed over as soon as the headers are complete, for gunicorn to refuse.
+parser still validates everything when the thread parses the buffered bytes. Framing that
+cannot be served (a malformed chunk, an unsupported transfer coding, a body past the cap) is a
+verdict the worker answers itself, at once: no request thread waits for a body that may never
+come.
 
 >>> r = RequestBuffer(max_body=100)
 >>> r.feed(b"POST /api/chat HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\nab")
@@ -25,6 +27,7 @@ import enum
 MAX_HEADER_BYTES = 64 * 1024  # nginx's default allows 32 KiB; a longer header block is refused
 STREAMED_PREFIXES = (b"/api/blobs/",)  # model files streamed to the upstream, never buffered
 _MAX_CHUNK_LINE = 4096
+_MAX_LENGTH_DIGITS = 18  # more digits than any body this side of an exabyte (and int() limits)
 
 
 class Verdict(enum.Enum):
@@ -32,6 +35,11 @@ class Verdict(enum.Enum):
     READY = "ready"  # the whole request (headers and body) is buffered
     STREAM = "stream"  # headers complete; hand over now, the body is read by the request thread
     HEADERS_TOO_LARGE = "headers too large"
+    # Answered by the worker at once, the connection then closed: handing these to a request
+    # thread would leave it waiting for a body that may never come.
+    BODY_TOO_LARGE = "body too large"  # 413: a chunked body past the cap, an absurd length
+    BAD_FRAMING = "bad framing"  # 400: a malformed chunk, both framings, a duplicated length
+    UNSUPPORTED_CODING = "unsupported transfer coding"  # 501: anything but plain `chunked`
 
 
 class RequestBuffer:
@@ -46,6 +54,7 @@ class RequestBuffer:
         self._chunked = False
         self._chunk_pos = 0  # where the next chunk-size line starts (chunked bodies)
         self._chunk_total = 0
+        self._counted = -1  # the chunk whose size _chunk_total already holds
         self._trailer_scan = 0
         self._scan = 0  # the header block's end is searched for from here on
 
@@ -87,12 +96,16 @@ class RequestBuffer:
             elif name == b"expect":
                 expect = value.lower()
         if codings:
-            if codings != [b"chunked"] or lengths:
-                return Verdict.STREAM  # gunicorn refuses or handles it before reading a body
+            if lengths:
+                return Verdict.BAD_FRAMING  # both: how a request smuggles another
+            if codings != [b"chunked"]:
+                return Verdict.UNSUPPORTED_CODING
             self._chunked, self._chunk_pos = True, self.body_start
         elif lengths:
             if len(lengths) != 1 or not lengths[0].isdigit():
-                return Verdict.STREAM  # an invalid length: gunicorn answers 400
+                return Verdict.BAD_FRAMING
+            if len(lengths[0]) > _MAX_LENGTH_DIGITS:
+                return Verdict.BODY_TOO_LARGE
             self._length = int(lengths[0])
             if self._length == 0:
                 return Verdict.READY
@@ -111,20 +124,25 @@ class RequestBuffer:
             line_end = self.data.find(b"\r\n", self._chunk_pos)
             if line_end < 0:
                 too_long = len(self.data) - self._chunk_pos > _MAX_CHUNK_LINE
-                return Verdict.STREAM if too_long else Verdict.MORE
+                return Verdict.BAD_FRAMING if too_long else Verdict.MORE
             size_text = bytes(self.data[self._chunk_pos:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                return Verdict.STREAM  # malformed: gunicorn answers 400 from the buffer
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                return Verdict.BAD_FRAMING  # not hex digits ("-2", "0x2", "zz")
+            if len(size_text) > _MAX_LENGTH_DIGITS:
+                return Verdict.BODY_TOO_LARGE
+            size = int(size_text, 16)
             if size == 0:
                 return self._trailers(line_end + 2)
-            self._chunk_total += size
+            if self._counted != self._chunk_pos:  # each chunk once, however many reads it takes
+                self._counted = self._chunk_pos
+                self._chunk_total += size
             if self._chunk_total > self.max_body:
-                return Verdict.STREAM  # the app answers 413 once it has read past the cap
+                return Verdict.BODY_TOO_LARGE
             following = line_end + 2 + size + 2  # the data and its CRLF
             if len(self.data) < following:
                 return Verdict.MORE
+            if self.data[following - 2:following] != b"\r\n":
+                return Verdict.BAD_FRAMING  # the chunk is longer than its size said
             self._chunk_pos = following
 
     def _trailers(self, start: int) -> Verdict:

@@ -111,8 +111,19 @@ def handle_http_error(exc: HTTPException) -> Response:
 
 
 def handle_unexpected(exc: Exception) -> Response:
+    if _malformed_body(exc):  # gunicorn's parser, reading a body the main loop did not frame
+        return json_response(error_body(f"malformed request body: {type(exc).__name__}", 400),
+                             400)
     log.exception("unhandled error request_id=%s path=%s", request_id(), request.path)
     return json_response(error_body(f"internal error: {type(exc).__name__}", 500), 500)
+
+
+def _malformed_body(exc: Exception) -> bool:
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # another WSGI server
+        return False
+    return isinstance(exc, ParseException)
 
 
 @dataclass

@@ -52,6 +52,9 @@ MIN_BUDGET = 256 * 1024 * 1024  # request bytes buffered at once, all connection
 STREAM_RATE = 64 * 1024  # bytes/s a streamed upload must average after its first read_timeout
 LINGER = 2.0  # seconds a closing connection waits for the client's close (gunicorn's value)
 LINGER_DRAIN = 64 * 1024
+# After refusing a body that is still arriving: how much more of it is read and dropped so that
+# the client, still sending, reads the answer instead of a reset (a close with unread bytes).
+REFUSED_DRAIN = 4 << 20
 ACCEPT_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -69,6 +72,7 @@ class BridgeConn(TConn):
         self.streamed = False  # handed over before its body arrived
         self.reads: DeadlineReads | None = None
         self.drained = 0
+        self.drain_limit = LINGER_DRAIN
 
     def close(self, graceful: bool = False) -> None:
         if graceful:  # only ever called on the main loop (finish_request)
@@ -110,6 +114,19 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
         return bool(sel.select(timeout))
+
+
+# Requests the main loop answers itself (status line, message), never handing them to a thread.
+_REFUSALS = {
+    Verdict.HEADERS_TOO_LARGE: ("431 Request Header Fields Too Large",
+                                "request header fields too large"),
+    Verdict.BODY_TOO_LARGE: ("413 Request Entity Too Large",
+                             "request body too large: more than {cap} bytes (the limit is {cap} "
+                             "bytes; MLX_BRIDGE_MAX_BODY)"),
+    Verdict.BAD_FRAMING: ("400 Bad Request", "malformed request body framing "
+                          "(Content-Length or chunked encoding)"),
+    Verdict.UNSUPPORTED_CODING: ("501 Not Implemented", "unsupported transfer encoding"),
+}
 
 
 def _answer(sock: socket.socket, status: str, message: str) -> None:
@@ -205,9 +222,14 @@ class BridgeWorker(ThreadWorker):
                 with contextlib.suppress(OSError):
                     conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             return False
-        if verdict is Verdict.HEADERS_TOO_LARGE:
-            self._drop(conn, "431 Request Header Fields Too Large",
-                       "request header fields too large")
+        refusal = _REFUSALS.get(verdict)
+        if refusal is not None:
+            status, message = refusal
+            self._stop_reading(conn)
+            _answer(conn.sock, status, message.format(cap=self.max_body))
+            self.nr_conns -= 1
+            conn.request, conn.drain_limit = None, REFUSED_DRAIN
+            self._linger(conn)
             return True
         self._hand_over(conn, streamed=verdict is Verdict.STREAM)
         return True
@@ -309,7 +331,7 @@ class BridgeWorker(ThreadWorker):
         if data is None:
             return
         conn.drained += len(data)
-        if not data or conn.drained >= LINGER_DRAIN:
+        if not data or conn.drained >= conn.drain_limit:
             self._end_linger(conn)
 
     def _end_linger(self, conn: BridgeConn) -> None:
