@@ -304,6 +304,20 @@ def test_any_schema_compiles_or_is_a_400(schema):
         assert exc.status == 400
 
 
+def test_an_allof_of_enums_is_their_intersection_at_any_repetition():
+    """`allOf` members' enums intersect (1 and True kept apart, as JSON does); one enum repeated
+    by `$ref` 10,000 times costs one pass (membership tests made this hours of CPU)."""
+    from bridge.engine.json_grammar import lark_for
+
+    ref = {"$defs": {"e": {"enum": list(range(1000))}}, "type": "object",
+           "properties": {"a": {"allOf": [{"$ref": "#/$defs/e"}] * 10_000}}, "required": ["a"]}
+    grammar = lark_for(ref)
+    assert '"999"' in grammar and '"1000"' not in grammar
+    two = {"allOf": [{"enum": [1, True, "x", {"k": [1, 2]}]}, {"enum": [{"k": [1, 2]}, True, 2]}]}
+    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', lark_for(two))
+    assert "true" in literals and "1" not in literals and "x" not in literals
+
+
 # ---- Gemma 3 270M (a real model, imported from the GGUF the package index ships) ----------
 
 @pytest.fixture(scope="module")
