@@ -45,7 +45,8 @@ class AnthropicResponder:
 
     def result(self, generation: Generation) -> Response:
         if self.stream:
-            return sse_response(self.writer.events(with_stop_sequence(generation)))
+            return generation.streamed(
+                sse_response(self.writer.events(with_stop_sequence(generation))))
         final = generation.merged()
         return json_response(self.writer.message(
             {**final, "stop_sequence": generation.stop_sequence}))

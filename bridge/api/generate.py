@@ -45,7 +45,7 @@ class NativeResponder:
 
     def result(self, generation: Generation) -> Response:
         if self.stream:
-            return ndjson_stream(generation.lines())
+            return generation.streamed(ndjson_stream(generation.lines()))
         return json_response(generation.merged())
 
     def loaded(self, body: dict[str, Any]) -> Response:

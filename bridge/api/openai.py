@@ -45,7 +45,7 @@ class OpenAIResponder:
 
     def result(self, generation: Generation) -> Response:
         if self.stream:
-            return sse_response(self.writer.events(generation.lines()))
+            return generation.streamed(sse_response(self.writer.events(generation.lines())))
         return json_response(self.writer.completion(generation.merged()))
 
     def loaded(self, body: dict[str, Any]) -> Response:

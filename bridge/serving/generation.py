@@ -216,6 +216,8 @@ class Generation:
         self.shape, self.outcome, self.output = shape, outcome, output
         self.started = outcome.ctx.started_ns  # total_duration counts from the request's start
         self.done: Done | None = None  # the job's last event, once it has come
+        self._items: Iterator[Delta | Done] | None = None  # the running _parsed(), if any
+        self._ended = False  # the job stopped and its outcome recorded
 
     @property
     def stop_sequence(self) -> str:
@@ -226,8 +228,27 @@ class Generation:
         """Chunk objects, then the final one; a failure mid-way becomes a last {"error"} line."""
         return errors_as_last_line(self._objects())
 
+    def close(self) -> None:
+        """End it now: the response is closed (written out, or the client went away). Run by
+        the server through `Response.call_on_close`. Closing the writers' generators is not
+        enough: the /v1/messages and /v1/responses writers send their opening events before
+        asking for a line, and a generator never started has no `finally` to run, so a client
+        that hung up after those events left its job generating to the limit."""
+        if self._items is not None:
+            self._items.close()  # its `finally`: the job cancelled, the outcome recorded
+        if not self._ended:  # closed before its lines were asked for (a hang-up that early)
+            self._ended = True
+            self.stream.close()
+            self.outcome.finish(None, "client disconnected")
+
+    def streamed(self, response: Response) -> Response:
+        """`response` (a stream of this generation), ending it when the server closes it."""
+        response.call_on_close(self.close)
+        return response
+
     def _objects(self) -> Iterator[dict[str, Any]]:
         with closing(self._parsed()) as items:
+            self._items = items
             for item in items:
                 if isinstance(item, Done):
                     yield self.shape.final(item, self.started)
@@ -271,6 +292,7 @@ class Generation:
             error = exc.message
             raise
         finally:
+            self._ended = True
             self.stream.close()  # a client that went away cancels its generation
             self.outcome.finish(done, error)
 
