@@ -243,3 +243,70 @@ def test_a_long_input_is_forwarded_in_pieces_and_equals_one_pass(client, tiny_mo
     hidden = model.model(mx.array([tokens]))  # the whole input at once, for reference
     reference = normalise(mx.mean(hidden[0].astype(mx.float32), axis=0).tolist())
     assert close(body["embeddings"][0], reference, tol=1e-4)
+
+
+def test_a_huge_input_is_cut_before_it_is_encoded_with_the_same_vector(client):
+    """Only the start that the window can hold is encoded (on the request thread): the vector
+    and count equal those of the input cut to the window; without truncation a 400 at once."""
+    words = "the quick brown fox jumps over the lazy dog " * 2_000
+    huge = words * 50  # ~4.4 MB: encoded whole, it stalled every stream for seconds
+    status, body = embed(client, input=huge, options={"num_ctx": 64})
+    assert status == 200 and body["prompt_eval_count"] == 64
+    _, cut = embed(client, input=words, options={"num_ctx": 64})
+    assert close(body["embeddings"][0], cut["embeddings"][0])
+    status, body = embed(client, input=huge, truncate=False, options={"num_ctx": 64})
+    assert status == 400 and body == {"error": "the input length exceeds the context length"}
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory, long_model_dir):
+    """A real server on the 128k-context tiny model: a stream that outlasts an embedding."""
+    from .conftest import start_server, stop_server, write_mappings
+
+    root = tmp_path_factory.mktemp("embed-long")
+    mappings = write_mappings(root / "m.yaml", {"tiny": {"mlx": str(long_model_dir)}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(root / "home"),
+                              "--upstream", "none"])
+    yield url
+    stop_server(proc)
+
+
+def test_a_huge_embedding_does_not_stall_a_stream_beside_it(long_server):
+    """A stream's tokens keep coming while a 20 MB input is embedded next to it (the engine
+    thread encoded such an input whole: seconds without a token for everyone)."""
+    import threading
+    import time
+
+    import requests
+
+    gaps: list[float] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "tiny", "prompt": "Once", "raw": True,
+                "options": {"temperature": 0, "num_predict": 100_000, "num_ctx": 100_000}}
+        last = None
+        with requests.post(long_server + "/api/generate", json=body, stream=True,
+                           timeout=120) as r:
+            for _ in r.iter_lines():
+                now = time.monotonic()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+                first.set()
+                if done.is_set():
+                    return
+
+    done = threading.Event()
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first.wait(60)
+    huge = "lorem ipsum dolor sit amet " * 750_000
+    r = requests.post(long_server + "/api/embed", timeout=120,
+                      json={"model": "tiny", "input": huge, "options": {"num_ctx": 2048}})
+    time.sleep(0.5)  # the stream goes on a moment after
+    done.set()
+    reader.join(120)
+    assert r.status_code == 200, r.text[:300]
+    assert len(gaps) > 100
+    assert max(gaps) < 1.0, f"the stream stalled {max(gaps):.2f}s"

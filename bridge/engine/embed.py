@@ -33,8 +33,17 @@ def backbone(model: Any) -> Any:
                       "on the MLX backend")
 
 
-def input_tokens(tokenizer: Any, text: str, context: int, truncate: bool) -> list[int]:
-    """The tokens of one input as the tokenizer encodes it (BOS included), fitted to the context."""
+def input_tokens(tokenizer: Any, text: str, context: int, truncate: bool,
+                 max_chars: int | None = None) -> list[int]:
+    """The tokens of one input as the tokenizer encodes it (BOS included), fitted to the context.
+
+    `max_chars`: more characters than `context` tokens can cover (bridge/serving/prompting.py):
+    only that start of the text is encoded, so a huge input costs no more than a full window.
+    """
+    if max_chars is not None and len(text) > max_chars:
+        if not truncate:
+            raise BadRequest("the input length exceeds the context length")
+        text = text[:max_chars]
     tokens = list(tokenizer.encode(text))
     if not tokens:  # "" with a tokenizer that adds no BOS: pool over one special token instead
         special = (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
@@ -58,6 +67,8 @@ class EmbedTask:
         self.texts, self.truncate = job.spec.embed_inputs, job.spec.truncate
         self.batch: list[list[int]] = []  # tokens of the inputs tokenized so far
         self.count = 0
+        for tokens in job.spec.embed_tokens or []:  # made on the request thread
+            self._add(tokens)
         self.vectors: list[list[float]] = []
         self._long: tuple[Any, Any, int] | None = None  # (KV cache, hidden-state sum, tokens done)
         self.started = time.perf_counter_ns()
@@ -78,8 +89,10 @@ class EmbedTask:
                 return None
 
     def _tokenize_next(self) -> None:
-        tokens = input_tokens(self.loaded.tokenizer, self.texts[len(self.batch)], self.context,
-                              self.truncate)
+        self._add(input_tokens(self.loaded.tokenizer, self.texts[len(self.batch)], self.context,
+                               self.truncate))
+
+    def _add(self, tokens: list[int]) -> None:
         self.batch.append(tokens)
         self.count += len(tokens)
         if len(self.batch) == len(self.texts) and self.count > self.max_tokens:

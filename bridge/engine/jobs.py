@@ -41,6 +41,8 @@ class PromptSpec:
     rendered: str | None = None
     # Set for an embedding job: the texts to embed (no template, no generation).
     embed_inputs: list[str] | None = None
+    # Their tokens, fitted to the context on the request thread; None: the engine makes them.
+    embed_tokens: list[list[int]] | None = None
     # Structured output: called on the engine thread with the model's tokenizer; returns an
     # mlx-lm logits processor `(tokens, logits) -> logits`. `tokens` is the whole sequence so
     # far (prompt, then generated), in the batched and the single path alike.

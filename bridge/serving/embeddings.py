@@ -98,8 +98,10 @@ def run(req: EmbedRequest, model: LocalModel, plan: Plan) -> Embedded | Done:
         raise Unsupported(f'"{model.entry.name}" is a vision model and does not support '
                           "embeddings")
     spec = PromptSpec(embed_inputs=req.inputs, truncate=req.truncate) if req.inputs else None
+    job = make_job(req, model, plan, spec)
+    bridge().local.tokenize(model, job)  # here: a huge input stalls no one on the engine thread
     result: Embedded | Done | None = None
-    for event in bridge().local.run(make_job(req, model, plan, spec)):
+    for event in bridge().local.run(job):
         if isinstance(event, (Embedded, Done)):
             result = event
     assert result is not None

@@ -192,15 +192,19 @@ class LocalBackend:
         self.tokenizers.remember(job.model_path, spec.rendered + text, done.context)
 
     def tokenize(self, model: LocalModel, job: Job) -> None:
-        """Render and tokenize a generation job's prompt here, on the request thread, so that the
-        engine thread never spends time on it (bridge/serving/prompting.py)."""
+        """Render and tokenize a job's prompt (or embedding inputs) here, on the request thread,
+        so that the engine thread never spends time on it (bridge/serving/prompting.py)."""
         spec = job.spec
-        if spec is None or spec.embed_inputs is not None or spec.tokens is not None:
+        if spec is None or spec.tokens is not None or spec.embed_tokens is not None:
+            return
+        context = job.options.context(model.description.context_length)
+        digest = model.description.digest
+        if spec.embed_inputs is not None:
+            spec.embed_tokens = self.tokenizers.embed_tokens(model.key, digest, spec, context)
             return
         if "vision" in model.description.capabilities and has_images(spec):
             return  # mlx-vlm's processor makes the tokens with the images (engine/vision.py)
-        context = job.options.context(model.description.context_length)
-        spec.tokens = self.tokenizers.tokens(model.key, model.description.digest, spec, context)
+        spec.tokens = self.tokenizers.tokens(model.key, digest, spec, context)
 
     def draft_path(self, model: LocalModel) -> str | None:
         """The directory of the mapping's speculative draft (a mapped name or a source)."""

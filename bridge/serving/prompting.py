@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 from bridge.engine import PromptSpec
+from bridge.engine.embed import input_tokens
 from bridge.engine.models import Tokenizers
 from bridge.engine.prompts import chat_prompt, chat_text, encode, generate_text, prompt_tokens
 from bridge.errors import ModelLoadError
@@ -70,6 +71,19 @@ class PromptTokenizers:
             spec.rendered = text
             return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
+
+    def embed_tokens(self, path: str, digest: str, spec: PromptSpec,
+                     context: int) -> list[list[int]] | None:
+        """Each embedding input's tokens fitted to `context`, encoding no more of a huge input
+        than the window can hold; None if no tokenizer loads here (the engine does it)."""
+        assert spec.embed_inputs is not None
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path, self.shared):
+                return None
+        max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
+        return [input_tokens(slot.tokenizer, text, context, spec.truncate, max_chars)
+                for text in spec.embed_inputs]
 
     def render(self, path: str, digest: str, spec: PromptSpec) -> str:
         """The prompt text the model would be given (`_debug_render_only`), not tokenized."""
