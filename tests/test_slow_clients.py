@@ -265,3 +265,26 @@ def test_a_chunk_arriving_in_pieces_counts_once_against_the_cap():
     body = HEAD + b"Transfer-Encoding: chunked\r\n\r\n384\r\n" + b"x" * 900 + b"\r\n0\r\n\r\n"
     verdicts = feed_bytewise(body)
     assert verdicts[-1] is Verdict.READY and set(verdicts[:-1]) == {Verdict.MORE}
+
+
+def test_a_buffered_request_is_served_from_the_preload_and_the_rest_kept():
+    """The parser reads the main loop's buffer through DeadlineReads (gunicorn's `unread` made
+    a body's reading quadratic); what it leaves (a pipelined request) is handed back."""
+    from gunicorn import http
+    from gunicorn.config import Config
+    from werkzeug.wsgi import LimitedStream
+
+
+    body = b"x" * (3 << 20)
+    first = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    second = b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+    a, b = socket.socketpair()
+    with a, b:
+        parser = http.get_parser(Config(), a, ("127.0.0.1", 1))
+        reads = DeadlineReads(a)
+        parser.unreader.sock = reads
+        reads.preload(first + second)
+        req = next(parser)
+        assert req.path == "/a" and LimitedStream(req.body, len(body)).read() == body
+        left = parser.unreader.take_buffered() + reads.take_buffered()
+        assert left == second
