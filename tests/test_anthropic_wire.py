@@ -4,6 +4,7 @@ native objects -> Messages JSON/SSE."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -242,6 +243,9 @@ def test_event_stream_error_and_empty_output():
 def test_error_shape():
     assert anthropic_error(404, "model 'x' not found", "abc") == {
         "type": "error", "error": {"type": "not_found_error", "message": "model 'x' not found"},
-        "request_id": "abc"}
+        "request_id": "req_000000000000000000000abc"}
+    # Anthropic's shape, req_ and 24 hex digits, whatever the bridge's request id looks like
+    assert re.fullmatch(r"req_[0-9a-f]{24}",
+                        anthropic_error(400, "x", "my id from a header")["request_id"])
     assert anthropic_error(529, "busy")["error"]["type"] == "overloaded_error"
     assert anthropic_error(500, "boom")["error"]["type"] == "api_error"

@@ -97,3 +97,12 @@ def test_responses_accepts_its_own_neutral_fields(server):
             "prompt_cache_retention": "24h", "user": "u", "metadata": {"a": "b"}}
     r = requests.post(server + "/v1/responses", json=body, timeout=120)
     assert r.status_code == 200, r.text
+
+
+def test_a_format_that_is_not_an_object_says_what_it_got(server):
+    r = _chat(server, response_format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith('invalid response_format: "json"')
+    body = {"model": "tiny", "input": "Hi", "text": {"format": 5}}
+    r = requests.post(server + "/v1/responses", json=body, timeout=120)
+    assert r.status_code == 400 and "invalid text.format: 5" in r.json()["error"]["message"]

@@ -7,6 +7,7 @@ plus what Ollama leaves out: `stop_sequence` (the engine reports which stop stri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterable, Iterator
@@ -36,8 +37,21 @@ def anthropic_error(status: int, message: str, request_id: str = "",
     if details:
         out["error"]["details"] = details
     if request_id:
-        out["request_id"] = request_id
+        out["request_id"] = anthropic_request_id(request_id)
     return out
+
+
+def anthropic_request_id(request_id: str) -> str:
+    """Anthropic's `req_<24 hex>` for the bridge's request id (its hex digits zero-padded, so
+    the log's `request_id=` is still found in it; another id is hashed).
+
+    >>> anthropic_request_id("58d9422f3846473d")
+    'req_0000000058d9422f3846473d'
+    """
+    digits = request_id.lower()
+    if not (0 < len(digits) <= 24 and all(c in "0123456789abcdef" for c in digits)):
+        digits = hashlib.sha256(request_id.encode()).hexdigest()
+    return "req_" + digits[-24:].rjust(24, "0")
 
 
 def stop_reason(done_reason: str | None, tool_calls: bool, stop_sequence: str) -> str:

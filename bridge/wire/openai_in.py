@@ -212,7 +212,10 @@ def response_format(value: Any) -> str | dict[str, Any] | None:
     """`response_format` as native `format`: json_object -> "json", json_schema -> its schema."""
     if value is None:
         return None
-    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        raise BadRequest(f"invalid response_format: {json.dumps(value)} (expected an object "
+                         'such as {"type": "json_object"})')
+    kind = value.get("type")
     if kind == "text":
         return None
     if kind == "json_object":

@@ -194,7 +194,10 @@ def text_config(value: Any) -> tuple[str | dict[str, Any] | None, dict[str, Any]
     if value.get("verbosity") not in (None, "medium"):
         raise Unsupported("text.verbosity: only medium is supported")
     fmt = value.get("format") or {"type": "text"}
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if not isinstance(fmt, dict):
+        raise BadRequest(f"invalid text.format: {json.dumps(fmt)} (expected an object such as "
+                         '{"type": "json_object"})')
+    kind = fmt.get("type")
     echo = {**value, "format": fmt}
     if kind == "text":
         return None, echo
