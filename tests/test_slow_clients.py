@@ -288,3 +288,33 @@ def test_a_buffered_request_is_served_from_the_preload_and_the_rest_kept():
         assert req.path == "/a" and LimitedStream(req.body, len(body)).read() == body
         left = parser.unreader.take_buffered() + reads.take_buffered()
         assert left == second
+
+
+def test_silent_connections_past_the_cap_make_room_for_real_clients(tmp_path, tiny_model_dir):
+    """2,000 connections that never send a byte (more than the worker's ~1,850 slots): the
+    oldest idle ones are closed, and a real request is answered within moments, not after
+    the idle ones' read timeout (30 s here) while it waited in the kernel's backlog."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2_000
+    if hard != resource.RLIM_INFINITY and hard < wanted + 200:
+        pytest.skip(f"the open-files limit ({hard}) is too low for {wanted} sockets")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted + 200), hard))
+    mappings = write_mappings(tmp_path / "m.yaml", {"tiny": {"mlx": str(tiny_model_dir)}})
+    proc, url = start_server(["--mappings", str(mappings), "--home", str(tmp_path / "home"),
+                              "--upstream", "none"])
+    port = int(url.rsplit(":", 1)[1])
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(wanted):
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(1.5)  # accepted up to the cap; the rest wait in the backlog
+        took, version = timed("GET", url + "/api/version")
+        assert not isinstance(version, Exception) and version.status_code == 200, version
+        assert took < 5, f"/api/version took {took:.1f}s behind {wanted} silent connections"
+    finally:
+        for sock in silent:
+            sock.close()
+        stop_server(proc)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -324,6 +324,23 @@ class BridgeWorker(ThreadWorker):
                 self._drop(conn)  # an idle connection: closed silently, as gthread does
         for conn in [c for c in self.lingering if c.deadline <= now]:
             self._end_linger(conn)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """At the connection cap, close the oldest idle connections (no byte of a request yet:
+        opened and silent, or kept alive between requests), as nginx drains its reusable ones.
+        Otherwise a flood of silent connections holds every slot and a real client waits in
+        the kernel's backlog until they time out (2,200 of them stalled everyone for 17 s)."""
+        if self.nr_conns < self.worker_connections or not self.alive:
+            return
+        room = max(16, self.worker_connections // 16)
+        idle = sorted((c for c in self.reading if not self._has_bytes(c)),
+                      key=lambda c: c.deadline)
+        for conn in idle[:room]:
+            self._drop(conn)
+        if idle:
+            log.warning("connection cap reached, closed idle connections closed=%d open=%d",
+                        min(room, len(idle)), self.nr_conns)
 
     @staticmethod
     def _has_bytes(conn: BridgeConn) -> bool:
