@@ -351,3 +351,23 @@ def test_gemma_schema_output_validates(gemma):
     value = json.loads(text)
     jsonschema.validate(value, CITY)
     assert lines[-1]["done_reason"] == "stop"
+
+
+def test_the_grammar_matcher_is_made_on_the_request_thread(tiny_model_dir):
+    """`prepare` (LocalBackend.tokenize, request thread) builds the matcher; the engine
+    thread's call takes it instead of building another (a large enum's took 0.25 s there)."""
+    from bridge.engine.models import load_text_tokenizer
+    from bridge.engine.structured import TokenizerTables
+    from bridge.serving.output import plan_output
+
+    tokenizer = load_text_tokenizer(str(tiny_model_dir))
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"]}
+    factory = plan_output(None, [], None, schema).factory(TokenizerTables())
+    factory.prepare(tokenizer)
+    prepared = factory._prepared[1]
+    assert factory(tokenizer).constraint is prepared
+    assert factory(tokenizer).constraint is not prepared  # used once; the next job makes its own
+    other = load_text_tokenizer(str(tiny_model_dir))  # another object: not handed the matcher
+    factory.prepare(tokenizer)
+    second = factory._prepared[1]
+    assert factory(other).constraint is not second

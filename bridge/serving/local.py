@@ -205,6 +205,10 @@ class LocalBackend:
         if "vision" in model.description.capabilities and has_images(spec):
             return  # mlx-vlm's processor makes the tokens with the images (engine/vision.py)
         spec.tokens = self.tokenizers.tokens(model.key, digest, spec, context)
+        prepare = getattr(spec.logits_processor_factory, "prepare", None)
+        tokenizer = self.tokenizers.loaded(model.key, digest) if prepare else None
+        if prepare is not None and tokenizer is not None:
+            prepare(tokenizer)  # the grammar's matcher, off the engine thread
 
     def draft_path(self, model: LocalModel) -> str | None:
         """The directory of the mapping's speculative draft (a mapped name or a source)."""

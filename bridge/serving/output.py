@@ -8,7 +8,6 @@ request thread then splits the streamed text (OutputParser).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,20 +67,42 @@ class OutputPlan:
     def needed(self) -> bool:
         return bool(self.think or self.tools or self.grammar)
 
-    def factory(self, tables: TokenizerTables) -> Callable[[Any], Any] | None:
+    def factory(self, tables: TokenizerTables) -> ProcessorFactory | None:
         """The PromptSpec.logits_processor_factory for this plan (None when nothing to do)."""
         if not self.needed:
             return None
-        probe, grammar, think = self.probe, self.grammar, self.think
-
-        def build(tokenizer: Any) -> Any:
-            constraint = Constraint(tables, tokenizer, grammar) if grammar else None
-            return JobProcessor(probe, traits_of(tokenizer), constraint, think, tokenizer)
-
-        return build
+        return ProcessorFactory(self, tables)
 
     def parser(self) -> OutputParser:
         return OutputParser(self, self.probe.traits or Traits())
+
+
+class ProcessorFactory:
+    """Makes a job's logits processor on the engine thread (PromptSpec.logits_processor_factory).
+
+    The grammar's matcher can be made beforehand on the request thread (`prepare`): llguidance
+    builds it without the GIL, in up to a quarter second for a large enum, which the engine
+    thread then no longer spends while every stream waits.
+    """
+
+    def __init__(self, plan: OutputPlan, tables: TokenizerTables) -> None:
+        self.plan, self.tables = plan, tables
+        self._prepared: tuple[Any, Constraint] | None = None  # (for this tokenizer, matcher)
+
+    def prepare(self, tokenizer: Any) -> None:
+        """Request thread: the matcher for `tokenizer` now (a grammar it refuses: a 400)."""
+        if self.plan.grammar:
+            self._prepared = (tokenizer, Constraint(self.tables, tokenizer, self.plan.grammar))
+
+    def __call__(self, tokenizer: Any) -> JobProcessor:
+        plan, constraint = self.plan, None
+        if plan.grammar:
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared[0] is tokenizer:
+                constraint = prepared[1]
+            else:  # another tokenizer object than the request thread had (or none was made)
+                constraint = Constraint(self.tables, tokenizer, plan.grammar)
+        return JobProcessor(plan.probe, traits_of(tokenizer), constraint, plan.think, tokenizer)
 
 
 def plan_output(think: bool | str | None, capabilities: list[str], tools: list[dict] | None,

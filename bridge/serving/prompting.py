@@ -72,6 +72,12 @@ class PromptTokenizers:
             return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
 
+    def loaded(self, path: str, digest: str) -> Any:
+        """The model's tokenizer if one is loaded here (None otherwise); loads nothing."""
+        slot = self._slot(path, digest)
+        with slot.lock:
+            return slot.tokenizer
+
     def embed_tokens(self, path: str, digest: str, spec: PromptSpec,
                      context: int) -> list[list[int]] | None:
         """Each embedding input's tokens fitted to `context`, encoding no more of a huge input
