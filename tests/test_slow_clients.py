@@ -15,8 +15,8 @@ import time
 import pytest
 import requests
 
+from bridge.http.deadline_reads import DeadlineReads
 from bridge.http.request_reader import MAX_HEADER_BYTES, RequestBuffer, Verdict
-from bridge.http.worker import DeadlineReads
 
 from .conftest import start_server, stop_server, write_mappings
 from .slow_util import KINDS, SHORT_CHAT, Trickle, timed
