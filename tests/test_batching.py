@@ -89,7 +89,9 @@ def run_together(engine: Engine, path, prompts, **kw) -> list[Job]:
 
 
 def first_chunk_ns(job: Job) -> int:
-    return next(t for t, ev in job.events.times if isinstance(ev, Chunk))
+    """When the job's first output came (its Done, when the answer's text was all dropped:
+    a few sampled byte tokens that make no character)."""
+    return next(t for t, ev in job.events.times if isinstance(ev, Chunk | Done | Failed))
 
 
 def end_ns(job: Job) -> int:

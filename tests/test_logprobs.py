@@ -82,9 +82,10 @@ def test_generate_not_streamed_has_one_entry_per_token(app):
     assert len(body["logprobs"]) == body["eval_count"] == GREEDY["num_predict"]
     for entry in body["logprobs"]:
         check_entry(entry, 3)
-    # the tokens' bytes are the response (the detokenizer drops a leading space only)
+    # the tokens' bytes are the response (the detokenizer drops a leading space, and bytes at
+    # the end that make no character: Ollama's runner drops them)
     joined = b"".join(bytes(e["bytes"]) for e in body["logprobs"]).decode("utf-8", "replace")
-    assert joined.lstrip(" ") == body["response"].lstrip(" ")
+    assert joined.rstrip("\ufffd").lstrip(" ") == body["response"].lstrip(" ")
 
 
 def test_chat_streamed_chunks_carry_the_same_logprobs(app):

@@ -318,3 +318,29 @@ def test_silent_connections_past_the_cap_make_room_for_real_clients(tmp_path, ti
             sock.close()
         stop_server(proc)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_event_for_a_connection_closed_earlier_in_the_same_batch_is_ignored():
+    """A stop closes idle kept-alive connections from the main loop; a readable event for one
+    already taken by the same select() then reached gthread's handler, whose unregister of the
+    closed socket (fd -1) raised and killed the worker (seen once in CI, at a SIGTERM)."""
+    import collections
+    import selectors
+
+    from bridge.http.worker import BridgeWorker
+
+    class Conn:  # hashable, as gunicorn's connections are
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.request = sock, None
+
+    worker = object.__new__(BridgeWorker)  # only the state these handlers read
+    worker.poller = selectors.DefaultSelector()
+    worker.keepalived_conns = collections.deque()
+    worker.lingering = set()
+    a, b = socket.socketpair()
+    b.close()
+    a.close()  # fileno() is now -1, as after murder_keepalived(force=True)
+    conn = Conn(a)
+    worker.on_client_socket_readable(conn, a)  # raised ValueError: Invalid file descriptor: -1
+    worker._on_readable(conn, a)
+    worker._on_linger_readable(conn, a)

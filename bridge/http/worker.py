@@ -163,9 +163,18 @@ class BridgeWorker(ThreadWorker):
             return
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A kept-alive connection's next request (gthread's), unless a forced close earlier in
+        the same batch of events has closed it: unregistering its socket (fd -1) raised and
+        ended the worker during a stop."""
+        if conn.sock.fileno() < 0 or conn not in self.keepalived_conns:
+            return
+        super().on_client_socket_readable(conn, client)
+
     def _on_readable(self, conn: BridgeConn, _sock: Any) -> None:
         request = conn.request
-        assert request is not None
+        if request is None:  # dropped earlier in the same batch of events (a stop, the cap)
+            return
         data = _recv(conn.sock, RECV_BYTES)
         if data is None:
             return
@@ -313,6 +322,8 @@ class BridgeWorker(ThreadWorker):
         self.lingering.add(conn)
 
     def _on_linger_readable(self, conn: BridgeConn, _sock: Any) -> None:
+        if conn not in self.lingering:  # closed earlier in the same batch of events
+            return
         data = _recv(conn.sock, LINGER_DRAIN)
         if data is None:
             return

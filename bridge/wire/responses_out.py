@@ -190,7 +190,10 @@ class ResponsesWriter:
             yield self._event("response.reasoning_summary_part.done", **where, summary_index=0,
                               part={"type": "summary_text", "text": text})
         else:
-            scored, self.scored = item["logprobs"] + self.scored, []  # with tokens held back
+            if self.scored:  # tokens whose text never came out (a cut character, a stop string):
+                yield self._event("response.output_text.delta", **where, content_index=0,
+                                  delta="", logprobs=self.scored)  # every token in some delta
+            scored, self.scored = item["logprobs"] + self.scored, []
             done = self._message(item["id"], text, status, scored)
             yield self._event("response.output_text.done", **where, content_index=0, text=text,
                               logprobs=scored)
