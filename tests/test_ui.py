@@ -428,3 +428,17 @@ def test_keyboard_and_a_narrow_window(browser, servers, shots):
         assert page.evaluate("document.activeElement.id") == "admin-token"
     finally:
         context.close()
+
+
+def test_the_skip_link_moves_the_focus_and_keeps_the_page(page, servers):
+    """Tab then Enter on "Skip to content" from the Live page: the focus is on the page's main
+    region and the page (and what its forms held) stays; the link's "#main" used to route to
+    the Models page."""
+    url, _ = servers
+    _open(page, url, "live")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == "#live"
+    assert page.evaluate("document.activeElement.id") == "main"
+    assert page.get_attribute("main", "data-page") == "live"

@@ -49,6 +49,13 @@ function setupToken() {
   showTokenState();
 }
 
+// The hash names the page: following the skip link ("#main") would leave this one (and what
+// a form held), so it moves the focus instead.
+document.querySelector("a.skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
+});
+
 setupToken();
 window.addEventListener("hashchange", route);
 route();
