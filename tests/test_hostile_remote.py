@@ -206,3 +206,17 @@ def test_an_endless_line_through_the_v1_passthrough_keeps_memory_flat(srv):
     run.assert_unhurt()
     assert run.result > 100 << 20
     assert run.peak_rss - before < 40 << 20, (run.peak_rss >> 20, before >> 20)
+
+
+def test_a_remote_closing_mid_stream_through_the_v1_passthrough_ends_with_an_error(srv):
+    """/v1 is relayed as it came; a remote that closes after one event (a crash, a kill -9 of
+    mlx_lm.server) looked like a whole answer: 200, the event, EOF, recorded ok. Now the
+    stream's last event is an error the openai SDK raises on."""
+    with requests.post(srv.url + "/v1/chat/completions", timeout=60, stream=True, json={
+            "model": "h-close-mid", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        assert resp.status_code == 200
+        events = [line for line in resp.iter_lines() if line.startswith(b"data:")]
+    assert len(events) == 2, events
+    last = json.loads(events[-1][5:])
+    assert "ended before the answer was complete" in last["error"]["message"], last

@@ -262,6 +262,8 @@ def _error_tail(kind: str | None, partial: bool, message: str) -> Iterator[bytes
 def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
                 stopping: threading.Event) -> Iterator[bytes]:
     scanner = FinalLineScanner()
+    content_type = resp.headers.get("Content-Type", "")
+    streamed = "event-stream" in content_type or "x-ndjson" in content_type
     error: str | None = None
     first: float | None = None
     try:
@@ -273,6 +275,14 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
             first = first or time.perf_counter()
             scanner.feed(chunk)
             yield chunk
+        else:
+            scanner.close()
+            if streamed and resp.status_code < 300 and not scanner.ended:
+                # The upstream closed the connection mid-answer (a crash, a kill): without a
+                # last line the client would take the partial answer for a whole one.
+                error = "upstream stream ended before the answer was complete"
+                log.warning("upstream stream cut url=%s", redact_url(resp.url))
+                yield from _error_tail(kind, scanner.partial, error)
     except requests.RequestException as exc:
         error = (ShuttingDown().message if stopping.is_set()
                  else f"upstream connection lost: {_reason(exc)}")
@@ -284,6 +294,11 @@ def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
         on_final(scanner.final, error or scanner.error, first)
 
 
+# The SSE event types that end an Anthropic Messages or Responses API stream.
+_LAST_EVENTS = (b"message_stop", b"response.completed", b"response.incomplete",
+                b"response.failed", b"error")
+
+
 class FinalLineScanner:
     """Watches NDJSON bytes going by and keeps the last `done: true` object (for metrics); in an
     OpenAI or Anthropic answer (JSON or SSE), the token counts of its `usage`."""
@@ -292,6 +307,7 @@ class FinalLineScanner:
         self.buf = b""
         self.final: dict[str, Any] | None = None
         self.error: str | None = None
+        self.ended = False  # the stream's own last event went by (an answer not cut short)
 
     @property
     def partial(self) -> bool:
@@ -306,8 +322,14 @@ class FinalLineScanner:
             self.buf = b""  # kept (an endless line would grow the bridge without bound)
 
     def _look(self, line: bytes) -> None:
+        if line.startswith(b"event:"):  # Anthropic's and the Responses API's last events
+            self.ended = self.ended or line[6:].strip() in _LAST_EVENTS
+            return
         if line.startswith(b"data:"):  # an SSE event of the /v1 layers
             line = line[5:].strip()
+            if line == b"[DONE]":  # Chat Completions' end
+                self.ended = True
+                return
         if not any(k in line for k in (b'"done"', b'"error"', b'"status"', b'"usage"')):
             return
         try:
@@ -316,16 +338,19 @@ class FinalLineScanner:
             return
         if isinstance(obj, dict):
             if obj.get("done") is True or obj.get("status") == "success":
-                self.final = obj
+                self.final, self.ended = obj, True
             elif isinstance(obj.get("usage"), dict):  # OpenAI's / Anthropic's token counts
                 usage = obj["usage"]
                 self.final = {
                     "prompt_eval_count": usage.get("prompt_tokens") or usage.get("input_tokens"),
                     "eval_count": usage.get("completion_tokens") or usage.get("output_tokens")}
-            if isinstance(obj.get("error"), str):
-                self.error = obj["error"]
+            if obj.get("error"):  # an error line or event ends a stream too
+                self.ended = True
+                if isinstance(obj["error"], str):
+                    self.error = obj["error"]
 
     def close(self) -> None:
         if self.buf.strip():
             self._look(self.buf)
+        self.buf = b""
 
