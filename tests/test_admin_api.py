@@ -424,3 +424,18 @@ def test_rows_and_stats_survive_kill_and_restart(tmp_path, mappings_file) -> Non
         assert [x["id"] for x in lookup["rows"]] == [made[0]["id"]]
     finally:
         stop_server(proc)
+
+
+def test_a_model_loaded_under_an_admin_rows_name_is_in_ps(admin_app, tiny_model_dir) -> None:
+    """A row naming a model no mapping entry has, served from its own `mlx_model` directory:
+    once it has answered, /api/ps lists it under the row's name (it was left out, while
+    /metrics counted it as loaded)."""
+    admin_app.extensions["bridge"].start()
+    client = admin_app.test_client()
+    create(client, model_name="coder:7b", mlx_model=str(tiny_model_dir))
+    r = client.post("/api/chat", json={"model": "coder:7b", "stream": False, "options": {
+        "num_predict": 2}, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.headers["X-Bridge-Backend"] == "mlx", r.json
+    ps = client.get("/api/ps").json["models"]
+    row = next(m for m in ps if m["name"] == "coder:7b")
+    assert row["size"] > 0 and row["digest"] and row["details"]["format"]

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from bridge import __version__
-from bridge.errors import BadRequest, ModelNotFound
+from bridge.errors import BadRequest, BridgeError, ModelNotFound
 from bridge.http.web import json_response, rfc3339
 from bridge.routing.dispatch import dispatch
 from bridge.routing.upstream import redact_url
@@ -51,7 +51,11 @@ def ps() -> Response:
         by_key[(m.key, m.entry.name)] = m
     rows = []
     for info in backend.engine.snapshot():
-        model = by_key.get((info.key, info.name)) or by_key.get((info.key, ""))
+        model = (by_key.get((info.key, info.name))
+                 # loaded under an admin row's name from its own mlx_model (which a mapped
+                 # name may share: listed under the name it was loaded as)
+                 or _loaded_elsewhere(backend, info.name, info.key)
+                 or by_key.get((info.key, "")))
         if model is None:
             continue
         rows.append((info.expires_at, {
@@ -65,6 +69,15 @@ def ps() -> Response:
     entries += upstream_models("/api/ps", {ModelName.parse(e["name"]).key for e in entries})
     entries.sort(key=lambda e: str(e.get("expires_at", "")), reverse=True)
     return json_response({"models": entries})
+
+
+def _loaded_elsewhere(backend: Any, name: str, path: str) -> LocalModel | None:
+    """A resident model no mapping entry names (an admin row's `mlx_model`), described from
+    its directory; None if it cannot be."""
+    try:
+        return backend.find(name, source=path)
+    except (BridgeError, InvalidModelName, OSError):
+        return None
 
 
 def requested_name(body: dict[str, Any], struct: str) -> str:
