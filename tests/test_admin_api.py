@@ -439,3 +439,22 @@ def test_a_model_loaded_under_an_admin_rows_name_is_in_ps(admin_app, tiny_model_
     ps = client.get("/api/ps").json["models"]
     row = next(m for m in ps if m["name"] == "coder:7b")
     assert row["size"] > 0 and row["digest"] and row["details"]["format"]
+
+
+def test_the_lookup_of_a_mapped_remote_engine_shows_its_endpoint(tmp_path) -> None:
+    """A mapping entry that names a remote engine: its row form and `effective_backend` carry
+    the endpoint, protocol and remote model (they read null, while the plan named them)."""
+    mappings = tmp_path / "m.yaml"
+    mappings.write_text("models:\n  remote-mlx:\n    backend: mlx\n"
+                        "    endpoint_url: http://mac-b.local:8080\n"
+                        "    protocol: openai\n    remote_model: mlx-community/Some-4bit\n")
+    app = make_app(tmp_path / "home", mappings, TOKEN)
+    try:
+        body = app.test_client().get(f"{URL}/model/remote-mlx").json
+    finally:
+        app.extensions["bridge"].stop()
+    assert body["source"] == "mappings"
+    assert (body["endpoint_url"], body["protocol"], body["remote_model"]) == (
+        "http://mac-b.local:8080", "openai", "mlx-community/Some-4bit")
+    assert body["effective_backend"]["endpoint_url"] == "http://mac-b.local:8080"
+    assert body["plan"]["targets"][0]["endpoint_url"] == body["endpoint_url"]

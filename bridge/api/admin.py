@@ -162,9 +162,12 @@ def backends_for_model(model_name: str) -> Response:
 
 def _mapping_row(name: str, effective: dict[str, Any]) -> dict[str, Any]:
     """The mapping file's entry in the shape of an admin row (it has no id, stats or times)."""
+    entry = bridge().registry.lookup(name)
+    remote = {"endpoint_url": redact_url(entry.endpoint_url), "protocol": entry.protocol,
+              "remote_model": entry.remote_model} if entry is not None else {}
     return {**dict.fromkeys(ROW_FIELDS), "model_name": name,
             "backend_type": effective["backend_type"], "mlx_model": effective["mlx_model"],
-            "enabled": True, "priority": 0, "description": "from the mapping file"}
+            **remote, "enabled": True, "priority": 0, "description": "from the mapping file"}
 
 
 def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
@@ -174,8 +177,9 @@ def _effective(name: str, rows: list[BackendRow]) -> dict[str, Any]:
         top = rows[0]
         source, backend = "backends", top.backend_type
         mlx_model, endpoint = top.mlx_model, top.endpoint_url
-    elif (entry := state.registry.lookup(name)) is not None:
-        source, backend, mlx_model, endpoint = "mappings", entry.backend, entry.source, None
+    elif (entry := state.registry.lookup(name)) is not None:  # a remote engine's endpoint too
+        source, backend, mlx_model = "mappings", entry.backend, entry.source
+        endpoint = entry.endpoint_url
     else:
         source, backend, mlx_model, endpoint = "default", "ollama", None, None
     if backend != "mlx" and endpoint is None:
