@@ -222,6 +222,22 @@ def test_text_only_to_a_vlm(url):
     assert gen.status_code == 200 and gen.json()["eval_count"] > 0, gen.text
 
 
+def test_a_context_with_image_placeholders_is_a_400_with_or_without_new_images(url):
+    """An answer about an image returns a `context` holding its placeholders; continuing it
+    without the pixels was generated over empty placeholders when the follow-up had no images
+    (it takes the text path): a 400 either way now, as docs/vision.md says."""
+    first = requests.post(url + "/api/generate", timeout=60, json={
+        "model": VLM, "prompt": QUESTION, "images": [b64(IMG_A)], "stream": False,
+        "options": GREEDY})
+    assert first.status_code == 200, first.text
+    context = first.json()["context"]
+    for extra in ({}, {"images": [b64(IMG_B)]}):
+        resp = requests.post(url + "/api/generate", timeout=60, json={
+            "model": VLM, "prompt": "more", "context": context, "stream": False, **extra})
+        assert resp.status_code == 400, (extra, resp.text)
+        assert "context holds image placeholders" in resp.json()["error"]
+
+
 def test_a_template_only_in_chat_template_json_is_used_for_text(url):
     """Text-only prompts go through the tokenizer, which does not read chat_template.json: the
     bridge gives it that template, so the answer is the one the template-in-tokenizer copy gives

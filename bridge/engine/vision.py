@@ -55,6 +55,7 @@ def admit_vision(job: Job, loaded: LoadedModel, load_ns: int) -> VisionEntry:
     """Render the chat with its images, run the processor, fit the window (raises BridgeError)."""
     assert job.spec is not None
     if job.spec.tokens is not None:  # text only, tokenized on the request thread (cut to fit)
+        _no_media_in_context(job.spec, loaded)  # the request thread put `context` first
         images: list[Any] = []
         inputs: dict[str, Any] = {}
         processed = tokens = list(job.spec.tokens)
@@ -167,12 +168,19 @@ def _with_context(spec: PromptSpec, tokens: list[int], loaded: LoadedModel) -> l
     if any(not 0 <= t < vocab for t in spec.context):
         raise BadRequest("context contains token ids outside this model's vocabulary "
                          f"(0..{vocab - 1})")
+    _no_media_in_context(spec, loaded)
+    return list(spec.context) + tokens
+
+
+def _no_media_in_context(spec: PromptSpec, loaded: LoadedModel) -> None:
+    """An earlier answer's image placeholders cannot be fed again without their pixels."""
+    if not spec.context or spec.messages is not None:
+        return
     media = {getattr(loaded.model.config, k, None) for k in ("image_token_id", "video_token_id",
                                                              "image_token_index")} - {None}
-    if media.intersection(spec.context):  # placeholders without their pixels: cannot be fed
+    if media.intersection(spec.context):
         raise BadRequest("context holds image placeholders from an answer about images; "
                          "send the conversation with its images as a chat instead")
-    return list(spec.context) + tokens
 
 
 class VisionRunner:
