@@ -344,3 +344,22 @@ def test_fuzzed_requests_never_answer_5xx_while_the_upstream_is_down(down, case)
     resp = requests.post(url + path, data=raw, headers={"Content-Type": "application/json"},
                          timeout=60)
     assert resp.status_code < 500, (path, raw[:120], resp.status_code, resp.text[:200])
+
+
+def test_a_request_its_down_endpoint_could_not_take_is_counted_as_its_error(down):
+    """The last target refusing connections: the client's 404 as before, and the endpoint's
+    failure in the metrics and request log (a remote engine that was down looked healthy
+    there: error rate 0)."""
+    url, _ = down
+
+    def errors() -> float:
+        text = requests.get(url + "/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("mlx_bridge_requests_total{")
+                   and 'model="gone-x:latest"' in line and 'status="error"' in line)
+
+    before = errors()
+    r = requests.post(url + "/api/chat", timeout=30, json={
+        "model": "gone-x", "messages": CHAT, "stream": False})
+    assert r.status_code == 404 and "is not running" in r.json()["error"]
+    assert errors() == before + 1

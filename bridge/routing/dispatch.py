@@ -79,6 +79,10 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
         except FALLBACK_ERRORS as exc:
             failed.append(exc)
             if i == len(targets) - 1:
+                if isinstance(exc, UpstreamUnavailable):  # the endpoint is down: its failure
+                    record_failed_attempt(state.tracker, ctx, target.backend,
+                                          redact_url(target.endpoint), type(exc).__name__,
+                                          exc.message)
                 raise unserved(model_name, path, target, failed) from None
             note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
