@@ -59,11 +59,10 @@ class PromptTokenizers:
         BridgeError (a template that rejects the messages, ids outside the vocabulary) is
         raised: the request is at fault, whichever thread finds it.
         """
-        slot = self._slot(path, digest)
-        with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path, self.shared):
-                return None
-        max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
+        slot = self._ready(path, digest)
+        if slot is None:
+            return None
+        max_chars = _window_chars(slot, context)
         if spec.messages is not None:
             text = chat_prompt(slot.tokenizer, spec)
             if max_chars is not None and len(text) > max_chars:  # cut: no whole turn to reuse
@@ -71,6 +70,15 @@ class PromptTokenizers:
             spec.rendered = text
             return slot.transcripts.tokens(slot.tokenizer, text)
         return prompt_tokens(slot.tokenizer, spec, max_chars)
+
+    def _ready(self, path: str, digest: str) -> _Slot | None:
+        """The model's slot with its tokenizer loaded (loading it now), or None if it cannot
+        be loaded here."""
+        slot = self._slot(path, digest)
+        with slot.lock:
+            if slot.tokenizer is None and not _load(slot, path, self.shared):
+                return None
+        return slot
 
     def loaded(self, path: str, digest: str) -> Any:
         """The model's tokenizer if one is loaded here (None otherwise); loads nothing."""
@@ -83,20 +91,18 @@ class PromptTokenizers:
         """Each embedding input's tokens fitted to `context`, encoding no more of a huge input
         than the window can hold; None if no tokenizer loads here (the engine does it)."""
         assert spec.embed_inputs is not None
-        slot = self._slot(path, digest)
-        with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path, self.shared):
-                return None
-        max_chars = _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
+        slot = self._ready(path, digest)
+        if slot is None:
+            return None
+        max_chars = _window_chars(slot, context)
         return [input_tokens(slot.tokenizer, text, context, spec.truncate, max_chars)
                 for text in spec.embed_inputs]
 
     def render(self, path: str, digest: str, spec: PromptSpec) -> str:
         """The prompt text the model would be given (`_debug_render_only`), not tokenized."""
-        slot = self._slot(path, digest)
-        with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path, self.shared):
-                raise ModelLoadError(f"cannot load the tokenizer of {path}")
+        slot = self._ready(path, digest)
+        if slot is None:
+            raise ModelLoadError(f"cannot load the tokenizer of {path}")
         if spec.messages is not None:
             return chat_prompt(slot.tokenizer, spec)
         return generate_text(slot.tokenizer, spec)
@@ -104,10 +110,9 @@ class PromptTokenizers:
     def preload(self, path: str, digest: str) -> None:
         """Load a model's tokenizer and compile its chat template now (at a model load), so the
         first request does not pay for them; any failure is left for that request to report."""
-        slot = self._slot(path, digest)
-        with slot.lock:
-            if slot.tokenizer is None and not _load(slot, path, self.shared):
-                return
+        slot = self._ready(path, digest)
+        if slot is None:
+            return
         try:
             chat_text(slot.tokenizer, [{"role": "user", "content": "hi"}], None, None)
         except Exception as exc:  # noqa: BLE001 - a template that fails fails the request later
@@ -175,6 +180,11 @@ class Transcripts:
             return encode(tokenizer, text)
         rest = text[len(best):]
         return head + (list(tokenizer.encode(rest, add_special_tokens=False)) if rest else [])
+
+
+def _window_chars(slot: _Slot, context: int) -> int | None:
+    """More characters than `context` tokens can cover (None: the vocabulary is unknown)."""
+    return _NORMALIZER_SLACK * (context + 2) * slot.longest if slot.longest else None
 
 
 def _load(slot: _Slot, path: str, shared: Tokenizers) -> bool:
