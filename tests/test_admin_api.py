@@ -458,3 +458,25 @@ def test_the_lookup_of_a_mapped_remote_engine_shows_its_endpoint(tmp_path) -> No
         "http://mac-b.local:8080", "openai", "mlx-community/Some-4bit")
     assert body["effective_backend"]["endpoint_url"] == "http://mac-b.local:8080"
     assert body["plan"]["targets"][0]["endpoint_url"] == body["endpoint_url"]
+
+
+def test_an_ollama_row_with_no_upstream_says_why_its_model_is_not_served(tmp_path,
+                                                                        mappings_file) -> None:
+    """A row sending a mapped model to the upstream while none is configured: still Ollama's
+    404 text (clients match it), now saying why (it read as if the model did not exist)."""
+    app = create_app(load_config({}, mappings_path=mappings_file, home=tmp_path,
+                                 admin_token=TOKEN, upstream="none"))
+    try:
+        client = app.test_client()
+        create(client, model_name="tiny", backend_type="ollama")
+        r = client.post("/api/chat", json={"model": "tiny", "stream": False,
+                                           "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 404
+        assert r.json["error"].startswith("model 'tiny' not found")
+        assert "its backend is ollama" in r.json["error"]
+        assert "none is configured (--upstream none)" in r.json["error"]
+        unknown = client.post("/api/chat", json={"model": "never-mapped", "stream": False,
+                                                 "messages": [{"role": "user", "content": "hi"}]})
+        assert unknown.status_code == 404 and "its backend" not in unknown.json["error"]
+    finally:
+        app.extensions["bridge"].stop()

@@ -64,7 +64,8 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
     if not targets:
         if plan.targets:  # served here, by the MLX engine, which has no handler for this path
             raise local_only(model_name, path)
-        raise ModelNotFound(model_name, text=not_found_text(model_name, path))
+        raise ModelNotFound(model_name, text=not_found_text(model_name, path)
+                            + _nowhere_to_forward(model_name, plan))
     failed: list[BridgeError] = []
     for i, target in enumerate(targets):
         ctx.backend = target.label
@@ -86,6 +87,17 @@ def dispatch(model_name: str, path: str, raw: bytes, local: LocalHandler | None,
                 raise unserved(model_name, path, target, failed) from None
             note_fallback(ctx, target, targets[i + 1], exc)
     raise AssertionError("unreachable")
+
+
+def _nowhere_to_forward(model_name: str, plan: Plan) -> str:
+    """Why a model the bridge knows (an admin row or a mapping entry whose backend is
+    `ollama`) has no target: no upstream is configured to forward it to ("" otherwise)."""
+    state = bridge()
+    known = state.registry.lookup(model_name) is not None or state.router.has_rows(model_name)
+    if not known or state.upstream_url:
+        return ""
+    return (f"; its backend is {plan.policy} (an admin row or the mapping file), which forwards "
+            "to the upstream Ollama, and none is configured (--upstream none)")
 
 
 def note_fallback(ctx: RequestContext, failed: Target, nxt: Target, exc: BridgeError) -> None:

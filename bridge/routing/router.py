@@ -172,6 +172,10 @@ class Router:
             out.append(left.pop(self.rng.choices(range(len(left)), weights)[0]))
         return out
 
+    def has_rows(self, name: str) -> bool:
+        """Whether an enabled admin row names the model."""
+        return bool(self._rows(name))
+
     def _rows(self, name: str) -> list[Any]:
         if self.rows_for_model is None:
             return []
