@@ -203,11 +203,7 @@ class BridgeWorker(ThreadWorker):
         refusal = _REFUSALS.get(verdict)
         if refusal is not None:
             status, message = refusal
-            self._stop_reading(conn)
-            _answer(conn.sock, status, message.format(cap=self.max_body))
-            self.nr_conns -= 1
-            conn.request, conn.drain_limit = None, REFUSED_DRAIN
-            self._linger(conn)
+            self._drop(conn, status, message.format(cap=self.max_body), drain=REFUSED_DRAIN)
             return True
         self._hand_over(conn, streamed=verdict is Verdict.STREAM)
         return True
@@ -238,14 +234,20 @@ class BridgeWorker(ThreadWorker):
             with contextlib.suppress(OSError, KeyError, ValueError):
                 self.poller.unregister(conn.sock)
 
-    def _drop(self, conn: BridgeConn, status: str = "", message: str = "") -> None:
-        """Close a connection whose request will not be served (an answer first, if given)."""
+    def _drop(self, conn: BridgeConn, status: str = "", message: str = "",
+              drain: int = 0) -> None:
+        """Close a connection whose request will not be served (an answer first, if given;
+        `drain`: linger, reading up to that much of a body still arriving, before closing)."""
         self._stop_reading(conn)
         if status:
             _answer(conn.sock, status, message)
         self.nr_conns -= 1
         conn.request = None
-        TConn.close(conn)
+        if drain:
+            conn.drain_limit = drain
+            self._linger(conn)
+        else:
+            TConn.close(conn)
 
     def handle(self, conn: Any) -> Any:
         result = super().handle(conn)

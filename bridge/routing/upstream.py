@@ -262,8 +262,7 @@ def _error_tail(kind: str | None, partial: bool, message: str) -> Iterator[bytes
 def _relay_body(resp: requests.Response, kind: str | None, on_final: OnFinal,
                 stopping: threading.Event) -> Iterator[bytes]:
     scanner = FinalLineScanner()
-    content_type = resp.headers.get("Content-Type", "")
-    streamed = "event-stream" in content_type or "x-ndjson" in content_type
+    streamed = kind == "sse" or "x-ndjson" in resp.headers.get("Content-Type", "")
     error: str | None = None
     first: float | None = None
     try:
