@@ -48,7 +48,8 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None,
                               max_queue=config.max_queue, num_parallel=config.num_parallel,
                               max_embed_tokens=config.max_embed_tokens,
                               max_model_bytes=config.max_model_bytes,
-                              kv_cache_type=config.kv_cache_type)
+                              kv_cache_type=config.kv_cache_type,
+                              warm_start=config.warm_start)
     store = Store(config.database_url or config.home / DB_FILE)
     metrics = Metrics(engine.snapshot)
     keys = auth.KeyGate(config, store, metrics)

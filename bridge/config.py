@@ -117,6 +117,7 @@ class Config:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_model_bytes: int = 0  # byte budget for resident MLX models; 0 = none (count only)
     kv_cache_type: str = "f16"  # OLLAMA_KV_CACHE_TYPE: f16 (model dtype), q8_0 or q4_0
+    warm_start: bool = True  # MLX_BRIDGE_WARM_START: a tiny model run once at start (engine)
     # the shared registry (docs/registry.md): PostgreSQL URL, else the SQLite file in `home`
     database_url: str | None = None
     bridge_name: str | None = None  # this bridge in request records; default hostname:port
@@ -196,7 +197,14 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "require_keys": truthy(env_str(env, "MLX_BRIDGE_REQUIRE_KEYS")),
         "max_model_bytes": env_bytes(env, "MLX_BRIDGE_MAX_MODEL_BYTES"),
         "kv_cache_type": _kv_cache_type(env),
+        "warm_start": _on_unless_off(env, "MLX_BRIDGE_WARM_START"),
     }
+
+
+def _on_unless_off(env: Mapping[str, str], name: str) -> bool:
+    """A switch that is on unless set to off, 0, false or no."""
+    value = env_str(env, name)
+    return value is None or truthy(value)
 
 
 def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Build a tiny, real, randomly initialised llama model for tests and benchmarks (no downloads)."""
+"""Build a tiny, real, randomly initialised llama model (no downloads): for tests and
+benchmarks, and for the engine's warm start (bridge/engine/warmup.py)."""
 
 from __future__ import annotations
 

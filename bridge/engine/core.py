@@ -21,7 +21,7 @@ from bridge.engine.prompt_cache import DEFAULT_BYTES, PromptCache
 from bridge.engine.recovery import CrashRecovery
 from bridge.engine.restarts import RESTART_DELAY, RESTART_LIMIT, RestartPolicy
 from bridge.engine.snapshot import LoadedInfo, loaded_infos
-from bridge.engine.warmup import prepare_loaded, start_mlx
+from bridge.engine.warmup import prepare_loaded, start_mlx, warm_start
 from bridge.errors import (
     BridgeError,
     EngineUnavailable,
@@ -49,7 +49,7 @@ class Engine(Admission, CrashRecovery):
     def __init__(self, *, keep_alive: float = 300.0, max_loaded: int = 3, max_queue: int = 512,
                  num_parallel: int = 4, prompt_cache_bytes: int = DEFAULT_BYTES,
                  max_embed_tokens: int = DEFAULT_MAX_EMBED_TOKENS, max_model_bytes: int = 0,
-                 kv_cache_type: str = "f16", warm_up: bool = True,
+                 kv_cache_type: str = "f16", warm_up: bool = True, warm_start: bool = False,
                  restart_delay: float = RESTART_DELAY,
                  restart_limit: int = RESTART_LIMIT,
                  on_fatal: Callable[[], None] | None = None) -> None:
@@ -60,6 +60,8 @@ class Engine(Admission, CrashRecovery):
         self.max_model_bytes = max_model_bytes
         self.kv_cache_type = kv_cache_type  # OLLAMA_KV_CACHE_TYPE: f16 (model dtype), q8_0, q4_0
         self.warm_up = warm_up  # a short generation at each load (tests of the cold path: off)
+        self.warm_start = warm_start  # a tiny model loaded, run and unloaded at start (the server)
+        self.warm_start_ms: float | None = None  # how long it took; None: not (yet) done
         self.prompt_cache_bytes = prompt_cache_bytes
         self.max_embed_tokens = max_embed_tokens
         self.restart_policy = RestartPolicy(restart_delay, restart_limit)
@@ -92,6 +94,7 @@ class Engine(Admission, CrashRecovery):
         self.device = "unknown"
         self._ready = False  # this thread warmed up (a first start that cannot is not retried)
         self._mlx_started = False  # MLX was imported in this process (never reset)
+        self._warm_started = False  # the warm start ran in this process (never again)
         self._finished = threading.Event()
 
     def _model_cache(self) -> ModelCache:
@@ -168,6 +171,7 @@ class Engine(Admission, CrashRecovery):
                 "blas": self.blas, "blas_threads": self.blas_threads,
                 "row_block": self.row_padding.block if self.row_padding is not None else None,
                 "fast_attention": self.fast_attention,
+                "warm_start_ms": self.warm_start_ms,
                 "restarts": self.restart_policy.restarts,
                 "last_crash": dict(crash) if (crash := self.restart_policy.last_crash) else None}
 
@@ -192,7 +196,6 @@ class Engine(Admission, CrashRecovery):
         """Load the fast BLAS (and follow the load from here on), then start MLX; False when
         stop() came first (MLX is then never started)."""
         from bridge.engine.blas import enable
-
         info = enable()  # before MLX's first matmul binds its BLAS symbols
         if self._blas_follow is None:  # kept across restarts: it knows the count it set last
             self._blas_follow = follower(info)
@@ -210,6 +213,9 @@ class Engine(Admission, CrashRecovery):
         from bridge.engine.cpu_attention import wanted
 
         self.fast_attention = wanted(self.device)
+        if self.warm_start and not self._warm_started and not self.cache.models:
+            self._warm_started = True  # once: a restarted thread finds this process warm
+            self.warm_start_ms = warm_start(self.cache)
         return True
 
     def _run(self, delay: float) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.engine.memory import free_memory
+from bridge.engine.memory import allocator_phase, free_memory
 from bridge.errors import ModelLoadError
 from bridge.modelinfo.vision import adopt_chat_template, is_vision_config
 
@@ -285,6 +285,20 @@ class ModelCache:
         need = weights_bytes(key)
         self._check_budget(name, need)
         self._make_room(need)
+        allocator_phase("load")
+        try:
+            loaded = self._read(key, name)
+        finally:
+            allocator_phase("serve" if self.models else "idle")  # a failed first load: idle
+        if self.on_load is not None:
+            self.on_load(loaded)
+        elapsed = time.perf_counter_ns() - t0
+        log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size,
+                 elapsed / 1e6)
+        return loaded, elapsed
+
+    def _read(self, key: str, name: str) -> LoadedModel:
+        """Load the weights and tokenizer (and processor) of `key` and add it to the cache."""
         if is_vision_dir(key):
             model, tokenizer, processor = load_vision(key, self.tokenizers)
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
@@ -294,12 +308,7 @@ class ModelCache:
             loaded = LoadedModel(key, name, model, tokenizer, _model_bytes(model),
                                  _context_length(key), batchable=_batchable(model))
         self.models[key] = loaded
-        if self.on_load is not None:
-            self.on_load(loaded)
-        elapsed = time.perf_counter_ns() - t0
-        log.info("model loaded model=%s path=%s size=%d load_ms=%.0f", name, key, loaded.size,
-                 elapsed / 1e6)
-        return loaded, elapsed
+        return loaded
 
     def _check_budget(self, name: str, need: int) -> None:
         """A model bigger than the whole budget can never fit: say so before reading it."""
@@ -324,6 +333,8 @@ class ModelCache:
         loaded = self.models.pop(key, None)
         if loaded is None:
             return False
+        if not self.models:  # before the model's memory goes: its frees hand it back
+            allocator_phase("idle")
         name = loaded.name
         del loaded
         if self.on_unload is not None:
@@ -338,7 +349,7 @@ class ModelCache:
         """Free the memory of unloaded models once nothing references them any more."""
         if self._garbage:
             self._garbage = False
-            free_memory()
+            free_memory(idle=not self.models)
 
     def next_expiry(self) -> float:
         """Seconds until the next model expires (inf if none will)."""
