@@ -96,7 +96,9 @@ def start_server(args: list[str], env: dict[str, str] | None = None, port: int |
                  timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """Start `mlx-bridge serve` as a real process and wait until it answers."""
     port = port or free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    # The engine's warm start (0.1-0.2 s a server here) is tested where it matters
+    # (test_warm_start, test_unload_memory); the suite's other servers skip it for time.
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLX_BRIDGE_WARM_START": "off", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--port", str(port), *args],
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

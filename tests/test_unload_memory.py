@@ -41,7 +41,8 @@ def server(tmp_path_factory, wide):
     d = tmp_path_factory.mktemp("unload-memory")
     maps = write_mappings(d / "maps.yaml", {"wide": {"mlx": str(wide), "backend": "mlx"}})
     proc, url = start_server(["--mappings", str(maps), "--home", str(d / "home"),
-                              "--upstream", "none", "--no-demo"])
+                              "--upstream", "none", "--no-demo"],
+                             env={"MLX_BRIDGE_WARM_START": "on"})  # the default: users get it
     yield proc, url
     stop_server(proc)
 

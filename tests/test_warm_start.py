@@ -93,10 +93,12 @@ def test_the_warm_start_switch(value, on):
 
 
 def test_a_served_bridge_warm_starts_and_lists_nothing(tmp_path, tiny_model_dir):
+    """Through a real server: warm_start_ms in /health, nothing listed, a model served."""
     maps = write_mappings(tmp_path / "maps.yaml",
                           {"tiny": {"mlx": str(tiny_model_dir), "backend": "mlx"}})
     proc, url = start_server(["--mappings", str(maps), "--home", str(tmp_path / "home"),
-                              "--upstream", "none", "--no-demo"])
+                              "--upstream", "none", "--no-demo"],
+                             env={"MLX_BRIDGE_WARM_START": "on"})  # tests/helpers.py: off
     try:
         deadline = time.time() + 60
         while (warm := requests.get(url + "/health", timeout=5).json()["engine"]
