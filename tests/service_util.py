@@ -28,6 +28,8 @@ def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     """os.environ without the bridge's settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env["HF_HUB_OFFLINE"] = "1"
+    # As tests/helpers.py: no warm start (its log lines would land mid-test; it has its own tests)
+    env["MLX_BRIDGE_WARM_START"] = "off"
     if home is not None:
         env["MLX_BRIDGE_HOME"] = str(home)
     env.update(extra)
