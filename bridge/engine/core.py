@@ -196,6 +196,7 @@ class Engine(Admission, CrashRecovery):
         """Load the fast BLAS (and follow the load from here on), then start MLX; False when
         stop() came first (MLX is then never started)."""
         from bridge.engine.blas import enable
+
         info = enable()  # before MLX's first matmul binds its BLAS symbols
         if self._blas_follow is None:  # kept across restarts: it knows the count it set last
             self._blas_follow = follower(info)

@@ -65,7 +65,8 @@ _PHASES: dict[str, dict[int, int]] = {
     "load": {_M_MMAP_THRESHOLD: 256 << 10, _M_TRIM_THRESHOLD: 64 << 20},
     # Serving: the ceiling glibc's dynamic thresholds climb to, fixed: activations and KV
     # caches come from the heaps, and a heap keeps up to 64 MB of free top for the next
-    # steps (a 256 kB threshold here cost 10-25% of 8 clients' throughput on SmolLM2).
+    # steps (with 256 kB here 8 clients on SmolLM2 read 67-74 tok/s, 80-93 without, single
+    # runs: docs/performance.md, rerun XIV).
     "serve": {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20},
     # No model loaded: glibc's defaults, fixed: a heap's free top goes back as it is freed,
     # in every thread's arena (malloc_trim never shrinks a thread arena's top: an unload left
