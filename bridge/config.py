@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.envvars import env_bytes, env_int, env_str, truthy
+from bridge.envvars import env_bytes, env_int, env_on, env_str, truthy
 from bridge.hosts import HostSpec, parse_host
 from bridge.wire.durations import env_keep_alive
 
@@ -197,14 +197,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "require_keys": truthy(env_str(env, "MLX_BRIDGE_REQUIRE_KEYS")),
         "max_model_bytes": env_bytes(env, "MLX_BRIDGE_MAX_MODEL_BYTES"),
         "kv_cache_type": _kv_cache_type(env),
-        "warm_start": _on_unless_off(env, "MLX_BRIDGE_WARM_START"),
+        "warm_start": env_on(env, "MLX_BRIDGE_WARM_START"),
     }
-
-
-def _on_unless_off(env: Mapping[str, str], name: str) -> bool:
-    """A switch that is on unless set to off, 0, false or no."""
-    value = env_str(env, name)
-    return value is None or truthy(value)
 
 
 def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> None:

@@ -75,3 +75,9 @@ def truthy(value: str | None) -> bool:
         return True
     digits = v[1:] if v[:1] in "+-" else v
     return digits.isascii() and digits.isdigit() and int(v) != 0
+
+
+def env_on(env: Mapping[str, str], key: str) -> bool:
+    """A switch that is on unless ``key`` is set to off, 0, false or no (unset or blank: on)."""
+    value = env_str(env, key)
+    return value is None or truthy(value)

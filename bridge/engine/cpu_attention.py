@@ -39,7 +39,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from bridge.envvars import env_str, truthy
+from bridge.envvars import env_on
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def wanted(device: str) -> bool:
     """Whether attention should use the fast exponential: MLX on the CPU of x86-64 Linux."""
     if device != "cpu":
         return False
-    setting = env_str(os.environ, "MLX_BRIDGE_FAST_ATTENTION")
-    if setting is not None and not truthy(setting):  # off, 0, false, no
+    if not env_on(os.environ, "MLX_BRIDGE_FAST_ATTENTION"):  # off, 0, false, no
         return False
     return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
 

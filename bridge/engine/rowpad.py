@@ -31,7 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from bridge.engine.blas import BlasInfo
-from bridge.envvars import env_str, truthy
+from bridge.envvars import env_on
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def padding_for(info: BlasInfo, threads: int | None, device: str) -> RowPadding 
     (a GPU, e.g. `mlx[cuda]` on Linux, runs MLX's own kernels, where extra rows cost)."""
     if device != "cpu":
         return None
-    setting = env_str(os.environ, "MLX_BRIDGE_ROW_PAD")
-    if setting is not None and not truthy(setting):  # off, 0, false, no
+    if not env_on(os.environ, "MLX_BRIDGE_ROW_PAD"):  # off, 0, false, no
         return None
     if not sys.platform.startswith("linux") or platform.machine().lower() not in (
             "x86_64", "amd64"):
