@@ -155,7 +155,7 @@ def test_another_models_job_runs_beside_a_long_job(engine, long_model_dir, tmp_p
     other = build_tiny_model(tmp_path / "other", seed=3)
     expected_other = run_alone(engine, other, ["hello"], n=20)
     expected_late = run_alone(engine, long_model_dir, [PROMPTS[2]], n=5)
-    long_a = chat_job(long_model_dir, PROMPTS[0], n=4000, timed=True, num_ctx=8192)
+    long_a = chat_job(long_model_dir, PROMPTS[0], n=2000, timed=True, num_ctx=4096)
     engine.submit(long_a)
     assert isinstance(long_a.events.get(timeout=30), Chunk)
     b_job = chat_job(other, "hello", n=20, timed=True)
@@ -169,7 +169,7 @@ def test_another_models_job_runs_beside_a_long_job(engine, long_model_dir, tmp_p
     assert (first_chunk_ns(b_job) - submitted) / 1e9 < 3, "B did not wait for A's long job"
     assert (text_of([ev for _, ev in b_job.events.times]), 20) == expected_other[0]
     assert (text_of([ev for _, ev in late_a.events.times]), 5) == expected_late[0]
-    assert long_a.events.times[-1][1].eval_count == 4000
+    assert long_a.events.times[-1][1].eval_count == 2000
 
 
 def test_jobs_of_one_model_keep_their_order_behind_a_single_job(engine, tiny_model_dir):
@@ -186,7 +186,7 @@ def test_jobs_of_one_model_keep_their_order_behind_a_single_job(engine, tiny_mod
 def long_and_short_ttft(url: str) -> tuple[float, dict]:
     """TTFT of a short chat on model `b` sent while a long generation on model `a` runs."""
     long_body = {"model": "a", "prompt": "The quick brown fox", "raw": True, "stream": True,
-                 "options": {"temperature": 0, "num_predict": 8000, "num_ctx": 10000}}
+                 "options": {"temperature": 0, "num_predict": 3000, "num_ctx": 4000}}
     short_body = {"model": "b", "messages": [{"role": "user", "content": "hello"}], "stream": True,
                   "options": {"temperature": 0, "num_predict": 5}}
     with requests.post(url + "/api/generate", json=long_body, stream=True,
@@ -212,7 +212,7 @@ def test_a_short_chat_on_another_model_is_not_stuck_behind_a_long_job(tmp_path, 
     try:
         ttft, final = long_and_short_ttft(url)
         assert ttft < 3, f"the short chat waited {ttft:.1f} s"
-        assert (final["done"] is True and final["eval_count"] == 8000
+        assert (final["done"] is True and final["eval_count"] == 3000
                 and final["done_reason"] == "length")
     finally:
         stop_server(proc)

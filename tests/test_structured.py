@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .scripted_model import start_app
+from .structured_models import Order, Team
 
 Q = [{"role": "user", "content": "Describe a person."}]
 PERSON = {
@@ -249,6 +250,16 @@ SEMANTICS = [  # (format, text, accepted?) from spec §3c
     ({"$defs": {"N": {"type": "object", "required": ["next"], "properties": {
         "next": {"anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}}}}, "$ref": "#/$defs/N"},
      '{"next":{"next":null}}', True),
+    # Lists of $ref objects and optional $refs, as Pydantic writes them (test_structured_demo
+    # leaves Order and Team to scripts/structured_validity.py for time)
+    (Order.model_json_schema(), '{"order_id": 7, "items": [{"name": "pizza", "quantity": 2, '
+                                '"price": 9.5}, {"name": "cola", "quantity": 1, "price": 2}]}',
+     True),
+    (Order.model_json_schema(), '{"order_id": 7, "items": [{"name": "pizza", "quantity": 2}]}',
+     False),  # an item's required key missing
+    (Team.model_json_schema(), '{"team": "a", "members": [{"name": "Al", "age": 30, '
+                               '"email": null}], "lead": null}', True),
+    (Team.model_json_schema(), '{"team": "a", "members": [], "lead": {"name": "Al"}}', False),
 ]
 
 
@@ -371,3 +382,21 @@ def test_the_grammar_matcher_is_made_on_the_request_thread(tiny_model_dir):
     factory.prepare(tokenizer)
     second = factory._prepared[1]
     assert factory(other).constraint is not second
+
+
+def test_the_tables_leave_the_engines_tokenizer_as_it_was(tiny_model_dir):
+    """llguidance needs padding and truncation off: a tokenizer with them on is copied (its own
+    settings stay); one with them off (the usual case) is read as it is, without a copy."""
+    from bridge.engine.models import load_text_tokenizer
+    from bridge.engine.structured import _ll_tokenizer
+
+    tokenizer = load_text_tokenizer(str(tiny_model_dir))
+    backend = tokenizer._tokenizer.backend_tokenizer
+    assert backend.padding is None and backend.truncation is None
+    plain = _ll_tokenizer(tokenizer)
+    backend.enable_padding(length=16)
+    backend.enable_truncation(max_length=8)
+    padded = _ll_tokenizer(tokenizer)
+    assert backend.padding["length"] == 16 and backend.truncation["max_length"] == 8
+    ids = tokenizer.encode("hello world", add_special_tokens=False)
+    assert plain.tokenize_str("hello world") == padded.tokenize_str("hello world") == ids

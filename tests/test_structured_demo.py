@@ -68,11 +68,16 @@ def ask(url: str, model, question: str, via: str, seed: int) -> tuple[str, str, 
     return choice.message.content, choice.finish_reason, done.usage.completion_tokens
 
 
-# Each schema through one client, the clients taken in turn (every client carries two or three
-# schemas): the grammar is the server's, the clients differ only in how the schema travels. The
-# full 8 x 3 matrix took 6 minutes of a 2-core box; scripts/structured_validity.py measures it all.
+# Each schema through one client, the clients taken in turn: the grammar is the server's, the
+# clients differ only in how the schema travels. The full 8 x 3 matrix took 6 minutes of a 2-core
+# box; scripts/structured_validity.py measures it all. Order (openai-parse: its first seed runs
+# the whole num_predict, 42 s) and Team (chat, 10 s) took half this module's time for no path the
+# other six do not take (nested objects and lists: Customer, Book, Meeting), so only the script
+# runs those two.
 VIAS = ("chat", "generate", "openai-parse")
-CASES = [(model, question, VIAS[i % len(VIAS)]) for i, (model, question) in enumerate(SCHEMA_SET)]
+LEFT_TO_THE_SCRIPT = {"Order", "Team"}
+CASES = [(model, question, VIAS[i % len(VIAS)]) for i, (model, question) in enumerate(SCHEMA_SET)
+         if model.__name__ not in LEFT_TO_THE_SCRIPT]
 
 
 @pytest.mark.slow
@@ -124,12 +129,12 @@ def test_tight_num_predict_cuts_the_json_with_done_reason_length(smol_url):
     model, question = SCHEMA_SET[1]  # Customer: nested, longer than 8 tokens
     schema, msgs = model.model_json_schema(), messages(model, question)
     client = ollama.Client(host=smol_url)
-    full = client.chat(model=MODEL, messages=msgs, format=schema,
-                       options={"seed": SEED, "temperature": 0, "num_predict": NUM_PREDICT})
+    longer = client.chat(model=MODEL, messages=msgs, format=schema,
+                         options={"seed": SEED, "temperature": 0, "num_predict": 40})
     cut = client.chat(model=MODEL, messages=msgs, format=schema,
                       options={"seed": SEED, "temperature": 0, "num_predict": 8})
     assert cut.done_reason == "length" and cut.eval_count == 8
-    assert (full.message.content.startswith(cut.message.content)
+    assert (longer.message.content.startswith(cut.message.content)
             and cut.message.content.startswith("{"))
     with pytest.raises(json.JSONDecodeError):
         json.loads(cut.message.content)

@@ -66,9 +66,12 @@ def _ll_tokenizer(tokenizer: Any) -> Any:
     backend = getattr(getattr(tokenizer, "_tokenizer", tokenizer), "backend_tokenizer", None)
     if backend is None:
         raise Unsupported("format: structured output needs a fast (tokenizers) tokenizer")
-    backend = backend.__class__.from_str(backend.to_str())  # a copy: padding off, untouched
-    backend.no_padding()
-    backend.no_truncation()
+    if backend.padding is not None or backend.truncation is not None:
+        # llguidance needs both off: turn them off on a copy (the engine's stays as it is).
+        # A copy costs seconds for a 262k-token vocabulary, so only when one is on.
+        backend = backend.__class__.from_str(backend.to_str())
+        backend.no_padding()
+        backend.no_truncation()
     eos = sorted(tokenizer.eos_token_ids)
     return llguidance.LLTokenizer(backend.to_str(), n_vocab=len(tokenizer), eos_token=eos)
 
