@@ -115,6 +115,12 @@ def test_padding_applies_only_to_openblas_on_x86_64_linux(monkeypatch):
     assert padding_for(OPENBLAS, 2, "gpu") is None  # mlx[cuda]: MLX's own kernels
     for name in ("bundled", "custom", "platform"):
         assert padding_for(blas.BlasInfo(name), 2, "cpu") is None
+    for core in ("Haswell", "Zen", ""):  # AVX2 kernels (and a core OpenBLAS did not name)
+        assert padding_for(blas.BlasInfo("openblas", detail=core), 2, "cpu").block == 8
+    for core in ("SkylakeX", "Cooperlake", "SapphireRapids"):  # AVX-512: no slow edge
+        assert padding_for(blas.BlasInfo("openblas", detail=core), 2, "cpu") is None
+    monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "on")  # asked for: padded on any core
+    assert padding_for(blas.BlasInfo("openblas", detail="SkylakeX"), 2, "cpu").block == 8
     monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "off")
     assert padding_for(OPENBLAS, 2, "cpu") is None
     monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "on")
@@ -132,7 +138,8 @@ PROMPTS6 = ["hello", "What is the capital of France?", "Once upon a time",
 
 
 @pytest.fixture
-def padded_engine():
+def padded_engine(monkeypatch):
+    monkeypatch.setenv("MLX_BRIDGE_ROW_PAD", "on")  # padded whatever OpenBLAS core runs here
     eng = Engine(keep_alive=300, max_loaded=2, max_queue=16, num_parallel=8, prompt_cache_bytes=0)
     eng.start()
     yield eng

@@ -16,6 +16,12 @@ Installed on a model the engine loaded (its `nn.Linear` and `nn.Embedding` layer
 Only float32 layers, only where MLX runs on the CPU with OpenBLAS on x86-64: Metal (macOS), a
 CUDA build, half-precision and quantized layers and other BLAS libraries are left alone.
 `MLX_BRIDGE_ROW_PAD=off` turns it off. Engine thread only.
+
+Only OpenBLAS's AVX2 kernels (its cores Haswell, Zen, ...) have that edge. Its AVX-512 cores
+(SkylakeX, Cooperlake, SapphireRapids: an AMD EPYC Zen 4 runs SkylakeX) take 25-30 ms for the
+same matmuls at any count of 1-8 rows, and padding made decoding steps of 3-4 sequences
+0.86-0.90x as fast and 8 clients 0.91-1.04x (`scripts/bench_rowpad.py`, two idle runs): there
+the rows are left as they are unless `MLX_BRIDGE_ROW_PAD=on` asks for padding anyway.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from bridge.engine.blas import BlasInfo
-from bridge.envvars import env_on
+from bridge.envvars import env_on, env_str
 
 log = logging.getLogger(__name__)
 
 PANEL = 4  # rows of one OpenBLAS x86-64 sgemm panel
+# OpenBLAS cores (openblas_get_corename, lower case) whose sgemm has no slow edge to pad past.
+FLAT_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
 
 class RowPadding:
@@ -67,16 +75,21 @@ def rule_for(threads: int) -> tuple[int, int]:
 
 
 def padding_for(info: BlasInfo, threads: int | None, device: str) -> RowPadding | None:
-    """A RowPadding where MLX's matmuls run on OpenBLAS on the CPU of x86-64 Linux, else None
-    (a GPU, e.g. `mlx[cuda]` on Linux, runs MLX's own kernels, where extra rows cost)."""
+    """A RowPadding where MLX's matmuls run on OpenBLAS's AVX2 kernels on the CPU of x86-64
+    Linux (any OpenBLAS core with MLX_BRIDGE_ROW_PAD=on), else None (a GPU, e.g. `mlx[cuda]`
+    on Linux, runs MLX's own kernels, where extra rows cost)."""
     if device != "cpu":
         return None
     if not env_on(os.environ, "MLX_BRIDGE_ROW_PAD"):  # off, 0, false, no
         return None
+    asked = env_str(os.environ, "MLX_BRIDGE_ROW_PAD") is not None  # set, and not off: on
     if not sys.platform.startswith("linux") or platform.machine().lower() not in (
             "x86_64", "amd64"):
         return None
     if info.name != "openblas":
+        return None
+    if info.detail.lower() in FLAT_CORES and not asked:
+        log.info("matmul rows not padded: OpenBLAS core %s has no slow edge", info.detail)
         return None
     return RowPadding(threads or 1)
 
