@@ -49,7 +49,7 @@ def gemma_gguf(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def imported(tmp_path_factory):
     """import_model(gguf, name=...) once per session and name (test_import_real,
-    test_structured, smollm2_dir)."""
+    smollm2_dir)."""
     from bridge.importer import import_model
 
     home = tmp_path_factory.mktemp("real-home")

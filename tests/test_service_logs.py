@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import requests
 
@@ -57,7 +58,12 @@ def test_a_running_server_rotates_its_log(tmp_path, mappings_file):
             assert p.stat().st_size <= 4096 + 1024, p  # one record may straddle the limit check
         assert "server.log.3" not in {p.name for p in log.parent.iterdir()}
 
-        shown = mlx_bridge("logs", "-n", "3", env=env)
+        for _ in range(50):  # the engine logs its MLX start a moment after the server is up
+            size = log.stat().st_size
+            shown = mlx_bridge("logs", "-n", "3", env=env)
+            if log.stat().st_size == size:
+                break
+            time.sleep(0.1)
         assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 3
         assert shown.stdout.splitlines() == [line.rstrip("\n") for line in tail(log, 3)]
 

@@ -329,41 +329,6 @@ def test_an_allof_of_enums_is_their_intersection_at_any_repetition():
     assert "true" in literals and "1" not in literals and "x" not in literals
 
 
-# ---- Gemma 3 270M (a real model, imported from the GGUF the package index ships) ----------
-
-@pytest.fixture(scope="module")
-def gemma(tmp_path_factory, gemma_gguf, imported):
-    path = imported(gemma_gguf, "gemma3:270m")  # the import test_import_real.py checked, shared
-    app = start_app(tmp_path_factory.mktemp("gemma"),
-                    {"gemma3:270m": {"mlx": str(path), "backend": "mlx"}})
-    yield app.test_client()
-    app.extensions["bridge"].stop()
-
-
-CITY = {"type": "object", "additionalProperties": False,
-        "required": ["city", "country", "population_millions"],
-        "properties": {"city": {"type": "string", "maxLength": 20},
-                       "country": {"enum": ["France", "Germany", "Italy"]},
-                       "population_millions": {"type": "integer", "minimum": 0, "maximum": 50}}}
-
-
-@pytest.mark.slow
-def test_gemma_schema_output_validates(gemma):
-    prompt = (f"Answer in JSON matching this schema: {json.dumps(CITY)}\n"
-              "What is the capital of France?")
-    body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": prompt}],
-            "format": CITY,
-            "stream": True, "options": {"temperature": 0, "num_predict": 60}}
-    resp = gemma.post("/api/chat", json=body)
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    lines = [json.loads(x) for x in resp.get_data(as_text=True).splitlines()]
-    text = "".join(x["message"]["content"] for x in lines)
-    print("gemma3:270m ->", text)
-    value = json.loads(text)
-    jsonschema.validate(value, CITY)
-    assert lines[-1]["done_reason"] == "stop"
-
-
 def test_the_grammar_matcher_is_made_on_the_request_thread(tiny_model_dir):
     """`prepare` (LocalBackend.tokenize, request thread) builds the matcher; the engine
     thread's call takes it instead of building another (a large enum's took 0.25 s there)."""
