@@ -19,7 +19,7 @@ from .conftest import free_port, start_server, stop_server, write_mappings
 
 REPO = "mlx-community/Big-Pull"
 FAKEHUB = Path(__file__).with_name("fakehub.py")
-PADDING = 80 * 1024 * 1024  # huggingface_hub reports progress (and can stop) every 10 MiB
+PADDING = 48 * 1024 * 1024  # huggingface_hub reports progress (and can stop) every 10 MiB
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def slow_hub(tmp_path_factory):
     build_tiny_model(root / REPO)
     (root / REPO / "padding.safetensors").write_bytes(b"\0" * PADDING)
     port = free_port()
-    # 5 ms per 64 KiB: the padding takes about 7 s to serve
+    # 5 ms per 64 KiB: the padding takes about 4 s to serve
     proc = subprocess.Popen([sys.executable, str(FAKEHUB), str(root), str(port), "0.005"])
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
