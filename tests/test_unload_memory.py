@@ -19,7 +19,7 @@ from bridge.testing import build_tiny_model
 from .conftest import start_server, stop_server, write_mappings
 
 MB = 1 << 20
-CYCLES = 4
+CYCLES = 3
 ASK = {"stream": False, "options": {"temperature": 0, "num_predict": 4}}
 # What a further cycle may add after the first one: allocator noise on a busy machine, far below
 # the ~60 MB of weights that stay when an unload does not free them.
