@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,36 @@ from .helpers import free_port, start_server, stop_server, write_mappings
 __all__ = ["TINY", "free_port", "start_server", "stop_server", "write_mappings"]
 
 TINY = "tiny:latest"
+
+
+# ---- two workers (pytest-xdist, `-n 2` in pyproject.toml), and tests that need the machine ----
+# A test marked `serial` reads the machine's load or times itself against a bound an idle CPU
+# keeps: it runs while the other worker runs nothing. Two flock()s shared by the run's workers:
+# every test holds the main lock shared and a `serial` test exclusively; the turnstile, held by a
+# `serial` test while it waits, keeps the other worker from slipping in test after test.
+
+
+def _run_locks(config: pytest.Config) -> tuple[Path, Path] | None:
+    worker = getattr(config, "workerinput", None)
+    if worker is None:  # one process: nothing runs beside a test
+        return None
+    base = Path(tempfile.gettempdir()) / f"mlx-bridge-tests-{worker['testrunuid']}"
+    return base.with_suffix(".turn"), base.with_suffix(".lock")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Setup, call and teardown of one test (a module's fixtures too) under the run's lock."""
+    locks = _run_locks(item.config)
+    if locks is None:
+        yield
+        return
+    serial = item.get_closest_marker("serial") is not None
+    with locks[0].open("a") as turn, locks[1].open("a") as main:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        fcntl.flock(main, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        yield  # the locks go with the files' closing
 
 
 @pytest.fixture(scope="session")

@@ -246,6 +246,7 @@ def chat(url: str) -> None:
     assert requests.post(url + "/api/chat", json=body, timeout=60).status_code == 200
 
 
+@pytest.mark.serial  # its busy loops and the idle it waits for are the whole machine's
 def test_a_real_server_drops_to_one_thread_under_load_started_later_and_comes_back(served):
     cores = blas.physical_cores()
     if cores < 2 or blas.enable().name not in ("openblas", "custom"):

@@ -16,6 +16,9 @@ from .scripted_model import ANSWER, WEATHER
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 HI = [{"role": "user", "content": "hi"}]
+# Greedy where a test counts tokens: a sampled token of the random tiny model may be its EOS
+# (seen once in a run), which ends the answer before max_tokens.
+GREEDY = {"temperature": 0}
 
 
 class GetWeather(BaseModel):
@@ -34,14 +37,15 @@ def oai(url) -> openai.OpenAI:
 
 def test_chat_and_completion_logprobs(oai):
     out = oai.chat.completions.create(model="tiny", messages=HI, max_tokens=3, logprobs=True,
-                                      top_logprobs=2)
+                                      top_logprobs=2, **GREEDY)
     entries = out.choices[0].logprobs.content
     assert len(entries) == 3 and all(len(e.top_logprobs) == 2 and e.logprob <= 0
                                      for e in entries)
     streamed = [c.choices[0].logprobs for c in oai.chat.completions.create(
-        model="tiny", messages=HI, max_tokens=2, logprobs=True, stream=True) if c.choices]
+        model="tiny", messages=HI, max_tokens=2, logprobs=True, stream=True, **GREEDY) if c.choices]
     assert sum(len(lp.content) for lp in streamed if lp and lp.content) == 2
-    legacy = oai.completions.create(model="tiny", prompt="hi", max_tokens=2, logprobs=2)
+    legacy = oai.completions.create(model="tiny", prompt="hi", max_tokens=2, logprobs=2,
+                                    **GREEDY)
     assert len(legacy.choices[0].logprobs.tokens) == 2
 
 
@@ -69,9 +73,10 @@ def test_tool_round_trip(oai):
 def test_async_client(url):
     async def run():
         client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
-        whole = await client.chat.completions.create(model="tiny", messages=HI, max_tokens=2)
+        whole = await client.chat.completions.create(model="tiny", messages=HI, max_tokens=2,
+                                                     **GREEDY)
         parts = [c async for c in await client.chat.completions.create(
-            model="tiny", messages=HI, max_tokens=2, stream=True)]
+            model="tiny", messages=HI, max_tokens=2, stream=True, **GREEDY)]
         await client.close()
         return whole, parts
 

@@ -133,6 +133,7 @@ def first_request_seconds(model_dir, tmp_path, warm: bool) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a 0.5 s bound an idle CPU keeps
 def test_the_first_request_after_a_load_does_not_pay_kernel_compilation(tiny_model_dir,
                                                                         tmp_path):
     """With the warm-up at load, and even without it: the compiled kernels a first request used
