@@ -148,6 +148,7 @@ def ollama_client(url: str, model: str) -> tuple[Stream, Complete]:
                     parts.append(text)
                 if obj.get("done"):
                     final = obj
+        first = first or time.perf_counter()  # no text at all: the end is the first
         return Result(first - sent, final.get("eval_count", 0), first, last, "".join(parts),
                       final.get("cached_tokens"))
 
@@ -187,6 +188,7 @@ def openai_client(url: str) -> tuple[Stream, Complete]:
                         first = first or last
                         parts.append(text)
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        first = first or time.perf_counter()  # no text at all: the end is the first
         return Result(first - sent, usage.get("completion_tokens", 0), first, last, "".join(parts),
                       cached)
 

@@ -53,6 +53,7 @@ def mlx_stream(model_dir: str):
                 first = first or last
             tokens = r.generation_tokens
             parts.append(r.text)
+        first = first or time.perf_counter()  # no text at all: the end is the first
         return Result(first - sent, tokens, first, last, "".join(parts))
 
     return stream
@@ -75,6 +76,7 @@ def llamacpp_stream(gguf: str, threads: int):
                 first = first or last
                 tokens += 1  # one chunk per token
                 parts.append(text)
+        first = first or time.perf_counter()  # no text at all: the end is the first
         return Result(first - sent, tokens, first, last, "".join(parts))
 
     return stream
