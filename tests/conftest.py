@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +30,24 @@ TINY = "tiny:latest"
 # `serial` test while it waits, keeps the other worker from slipping in test after test.
 
 
+LOCKS_ENV = "MLX_BRIDGE_TEST_LOCKS"  # the run's lock folder, made by the controller
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller: its workers inherit the variable
+        os.environ[LOCKS_ENV] = tempfile.mkdtemp(prefix="mlx-bridge-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(LOCKS_ENV, ""), ignore_errors=True)
+
+
 def _run_locks(config: pytest.Config) -> tuple[Path, Path] | None:
-    worker = getattr(config, "workerinput", None)
-    if worker is None:  # one process: nothing runs beside a test
+    folder = os.environ.get(LOCKS_ENV)
+    if not hasattr(config, "workerinput") or not folder:  # one process: nothing runs beside
         return None
-    base = Path(tempfile.gettempdir()) / f"mlx-bridge-tests-{worker['testrunuid']}"
-    return base.with_suffix(".turn"), base.with_suffix(".lock")
+    return Path(folder) / "turn", Path(folder) / "main"
 
 
 @pytest.hookimpl(hookwrapper=True)
