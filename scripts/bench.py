@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from bench_ab import run_ab  # noqa: E402
 from bench_common import (  # noqa: E402
     PeakRss,
     Workload,
@@ -64,8 +65,10 @@ def run_raw(engine: str, model: str, work: Workload, env: dict[str, str] | None 
     return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
-def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None = None) -> dict:
-    """The bridge as users run it, plus RSS before load and after a keep_alive unload."""
+def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None = None,
+               ab_rounds: int = 0) -> dict:
+    """The bridge as users run it, plus RSS before load and after a keep_alive unload; with
+    `ab_rounds`, single-stream decode rounds alternated with raw mlx-lm's (scripts/bench_ab.py)."""
     import yaml
 
     mappings = tmp / "model_mappings.yaml"
@@ -81,9 +84,13 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         rss_before = _settled_rss(server.proc.pid)
         health = requests.get(server.url + "/health", timeout=5).json()["engine"]
         peak = PeakRss(server.proc.pid)
-        out = measure(*ollama_client(server.url, "bench"), work,
-                      cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
+        client = ollama_client(server.url, "bench")
+        out = measure(*client, work, cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
         out["peak_rss"] = peak.stop()
+        if ab_rounds:
+            print("... decode rounds alternated with raw mlx-lm", flush=True)
+            out["decode_ab"] = run_ab(model, client[0], ab_rounds,
+                                      work.overhead_tokens or work.decode_tokens)
         out["blas"] = health.get("blas")
         out["num_parallel"] = health.get("num_parallel")
         out["blas_threads"] = health.get("blas_threads")
@@ -212,6 +219,9 @@ def main() -> None:
     p.add_argument("--draft-layers", type=int, default=-1,
                    help="cut a draft from the model's first N layers (default: 1 on the tiny "
                         "model, none otherwise); 0 skips the speculative run")
+    p.add_argument("--ab-rounds", type=int, default=4,
+                   help="single-stream decode rounds alternated between raw mlx-lm and the "
+                        "bridge, both up at once (drift between the columns cancels); 0 skips")
     p.add_argument("--kv-types", default="f16,q8_0,q4_0",
                    help="KV cache types to compare ('' to skip)")
     args = p.parse_args()
@@ -231,7 +241,7 @@ def main() -> None:
             slow = replace(work, ttft_requests=min(work.ttft_requests, 4), turns=min(work.turns, 3))
             steps.append(("raw (bundled BLAS)",
                           lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
-        steps.append(("bridge", lambda: run_bridge(model, work, tmp)))
+        steps.append(("bridge", lambda: run_bridge(model, work, tmp, ab_rounds=args.ab_rounds)))
         if args.bridge_threads:
             steps.append((f"bridge ({args.bridge_threads} BLAS threads)",
                           lambda: run_bridge(model, work, tmp, {

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import Workload  # noqa: E402
+from bench_common import LONG_ASK, Workload, decode_rate, user  # noqa: E402
 from bench_measure import Result, measure  # noqa: E402
 
 
@@ -82,12 +82,24 @@ def llamacpp_stream(gguf: str, threads: int):
     return stream
 
 
+def serve(stream) -> None:
+    """Decode rounds on request, so that another engine's rounds can alternate with these."""
+    print("AB_READY", flush=True)
+    for line in sys.stdin:
+        r = stream(user(LONG_ASK), int(line))
+        print("AB_JSON " + json.dumps({"decode_tok_s": decode_rate(r.tokens, r.first, r.last),
+                                       "tokens": r.tokens}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--engine", choices=["mlx", "llamacpp"], required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--workload", required=True, help="JSON of a Workload")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--serve", action="store_true",
+                   help="stay up: one long decode per line read from stdin (its token count), "
+                        "each answered with an AB_JSON line (scripts/bench_ab.py)")
     args = p.parse_args()
     work = Workload(**json.loads(args.workload))
     out: dict = {}
@@ -100,6 +112,9 @@ def main() -> None:
         stream = mlx_stream(args.model)
     else:
         stream = llamacpp_stream(args.model, args.threads)
+    if args.serve:
+        serve(stream)
+        return
     out.update(measure(stream, None, work, cpu=time.process_time))
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("BENCH_JSON " + json.dumps(out))

@@ -82,6 +82,8 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
         ("bridge decode / raw decode", _ratio(br.get("decode_tok_s"), raw.get("decode_tok_s")),
          ">= 0.97",
          lambda v: v >= 0.97),
+        ("bridge decode / raw, alternated rounds", (br.get("decode_ab") or {}).get("ratio"),
+         ">= 0.97", lambda v: v >= 0.97),
         ("bridge TTFT p50 - raw TTFT p50 (ms)",
          None if br.get("ttft_ms_p50") is None or raw.get("ttft_ms_p50") is None
          else br["ttft_ms_p50"] - raw["ttft_ms_p50"], "<= 10", lambda v: v <= 10),
@@ -139,6 +141,14 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None 
     for what, value, target, met in checks:
         mark = {True: "ok", False: "MISSED", None: ""}[met]
         print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
+    ab = columns.get("bridge", {}).get("decode_ab")
+    if ab:
+        def tok_s(values: list) -> str:
+            return " ".join(_fmt(v) for v in values)
+
+        print(f"\nsingle-stream decode in alternated rounds ({ab['rounds']} pairs of "
+              f"{ab['tokens']} tokens, tok/s): raw {tok_s(ab['raw_tok_s'])}; bridge "
+              f"{tok_s(ab['bridge_tok_s'])}; per-pair ratios {tok_s(ab['pair_ratios'])}")
     if kv:
         print_kv(kv)
     if spec:
