@@ -15,7 +15,7 @@ Prints a table of values and ratios against the targets, writes bench.json and b
 Each run records the load average: on a busy machine the wall-clock numbers move 2-4x; the
 CPU microseconds per token move far less.
 
-    python scripts/bench.py --quick                     # tiny random model, under a minute
+    python scripts/bench.py --quick                     # tiny random model, about 2 minutes
     python scripts/bench.py --model DIR [--gguf FILE]   # a real MLX model (+ its GGUF)
 """
 
