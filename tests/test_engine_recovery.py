@@ -154,7 +154,9 @@ def test_a_crash_loop_gives_up_reports_it_and_refuses_work(tiny_model_dir, monke
     fatal: list[str] = []
     eng = Engine(max_queue=4, restart_delay=0.01, restart_limit=2,
                  on_fatal=lambda: fatal.append("called"))
-    monkeypatch.setattr(Engine, "_expire", boom)  # every engine incarnation crashes
+    # On this engine only (each incarnation is this object): a patch of the class would crash
+    # every engine in the process, the shared app's too.
+    monkeypatch.setattr(eng, "_expire", boom)
     eng.start()
     deadline = time.monotonic() + 20
     while not fatal:

@@ -89,7 +89,18 @@ def test_a_model_bigger_than_the_budget_is_a_clear_error_before_loading(small_bu
     assert requests.get(small_budget_server + "/api/version", timeout=5).ok
 
 
-def test_ps_size_counts_the_cached_kv_and_size_vram_the_gpu_part(app, tiny_model_dir):
+def test_ps_size_counts_the_cached_kv_and_size_vram_the_gpu_part(tmp_path, two_models,
+                                                                 tiny_model_dir):
+    # An app of its own: on the shared one, earlier modules' chats may fill tiny's prompt cache
+    # to its budget, and a new entry then only replaces an old one.
+    app = make_app(tmp_path / "home", two_models, 0)
+    try:
+        _ps_size_counts_the_cached_kv(app, tiny_model_dir)
+    finally:
+        app.extensions["bridge"].stop()
+
+
+def _ps_size_counts_the_cached_kv(app, tiny_model_dir) -> None:
     client = app.test_client()
     client.post("/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": 0})
     client.post("/api/generate", json={"model": "tiny", "prompt": ""})

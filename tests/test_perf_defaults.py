@@ -16,6 +16,8 @@ from bridge.config import load_config
 from bridge.engine import Done, Engine, Job, PromptSpec, blas, warmup
 from bridge.wire.options import Options
 
+from .helpers import tiny_app
+
 
 @pytest.fixture
 def no_thread_override(monkeypatch):
@@ -147,8 +149,16 @@ def test_the_first_request_after_a_load_does_not_pay_kernel_compilation(tiny_mod
     assert warm < 0.5 and cold < 0.5, (warm, cold, time.perf_counter() - began)
 
 
-def test_a_load_also_readies_the_request_side_tokenizer(app, tiny_model_dir):
+@pytest.fixture
+def own_app(tiny_model_dir, tmp_path):
+    """An app of this test's own: on the session's shared one a job another module left running
+    on tiny defers the keep_alive 0 unload this test starts from (as Ollama's does)."""
+    yield from tiny_app(tiny_model_dir, tmp_path)
+
+
+def test_a_load_also_readies_the_request_side_tokenizer(own_app, tiny_model_dir):
     """`ollama run` loads first: after that, the first chat must not load a tokenizer."""
+    app = own_app
     client = app.test_client()
     client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
     tokenizers = app.extensions["bridge"].local.tokenizers
@@ -173,3 +183,19 @@ def test_a_failing_warm_up_never_fails_the_load(tiny_model_dir, monkeypatch, cap
     finally:
         eng.stop()
     assert "warm-up failed" in caplog.text
+
+
+def test_an_unload_of_a_model_not_loaded_drops_the_tokenizer_a_request_readied(own_app,
+                                                                               tiny_model_dir):
+    """A render-only request readies tiny's tokenizer without loading the model; a keep_alive 0
+    unload (nothing loaded to unload) still hands that memory back."""
+    client = own_app.test_client()
+    tokenizers = own_app.extensions["bridge"].local.tokenizers
+    key = str(tiny_model_dir.resolve())
+    rendered = client.post("/api/generate", json={"model": "tiny", "prompt": "hi",
+                                                  "_debug_render_only": True, "stream": False})
+    assert rendered.status_code == 200 and key in tokenizers._slots
+    assert client.get("/api/ps").get_json()["models"] == []  # the model itself never loaded
+    unloaded = client.post("/api/generate", json={"model": "tiny", "keep_alive": 0}).get_json()
+    assert unloaded["done_reason"] == "unload"
+    assert key not in tokenizers._slots

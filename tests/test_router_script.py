@@ -67,8 +67,10 @@ def test_list_and_run_through_the_bridge(server):
     assert any(line.startswith("tiny:latest ") and line.endswith("KB")
                for line in listed.stdout.splitlines())
     ran = router("run", "tiny", "hello", "there", bridge=server, ollama=_dead())
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip()
+    # The random tiny model's sampled reply may be empty (its EOS drawn first): a stream that
+    # ran to its end prints the reply and a closing newline, and no error line.
+    assert ran.returncode == 0 and "error" not in ran.stderr, ran.stderr
+    assert ran.stdout.endswith("\n")
 
 
 def test_falls_back_to_ollama_when_the_bridge_is_down(server):

@@ -31,7 +31,7 @@ class Admission:
     loads, unloads and places each on its model's runner or the embedding queue."""
 
     # The Engine's state (bridge/engine/core.py), read and changed here on the engine thread;
-    # _send, _end and _publish are the Engine's too.
+    # _send, _end, _publish and _unloaded are the Engine's too.
     cache: ModelCache
     prompts: PromptCache
     keep_alive: float
@@ -134,8 +134,10 @@ class Admission:
             if busy:
                 loaded.keep_alive = 0  # _release unloads it when its last running job ends
             del loaded  # so the unload frees it now, before the client hears "unloaded"
-            if not busy:
-                self.cache.unload(job.model_path)
+            if not busy and not self.cache.unload(job.model_path):
+                # Not loaded, yet a request may have readied its tokenizer (a render-only
+                # request, one refused before its load): that goes too, as after an unload.
+                self._unloaded(job.model_path)
             self._publish()
             self._send(job, Done(done_reason="unload"))
             return
