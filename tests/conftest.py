@@ -14,6 +14,9 @@ from bridge.testing import build_tiny_model
 # Re-exported: test modules import these from here (`from .conftest import start_server`).
 from .helpers import free_port, start_server, stop_server, write_mappings
 
+# `own_process` tests run in a pytest process of their own (own_process.py).
+from .own_process import pytest_pyfunc_call  # noqa: F401
+
 # Two workers (pytest-xdist), and `serial` tests that run with nothing beside them: the hooks
 # live in serial_lock.py (tests/test_serial_lock.py runs them in a two-worker session of its own).
 from .serial_lock import (  # noqa: F401

@@ -172,7 +172,8 @@ def fast_follow(monkeypatch):
     return machine
 
 
-@pytest.mark.serial  # the engines other tests left in this process follow the real load
+@pytest.mark.serial  # it sets OpenBLAS's thread count, and reads it back
+@pytest.mark.own_process  # the engines earlier modules left in a worker set it too
 def test_a_real_engine_follows_the_load_idle_and_mid_generation(fast_follow, long_model_dir,
                                                                  caplog):
     """OpenBLAS's own count changes while the engine is idle and between decode steps, and the

@@ -1,12 +1,17 @@
 """The suite's two workers and its `serial` tests (tests/serial_lock.py), in a session of their
 own: a serial test runs with nothing of the other worker beside it (without the lock, the other
-module's 3 s of tests run beside its 1.5 s)."""
+module's 3 s of tests run beside its 1.5 s); and an `own_process` test (tests/own_process.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from .own_process import INNER_ENV
 
 TESTS = Path(__file__).resolve().parent
 
@@ -57,3 +62,10 @@ def test_a_serial_test_runs_alone_and_the_rest_beside_it(tmp_path):
     assert len(spans) == 12
     beside = [n for n, (a, b) in spans.items() if a < ended and b > began]
     assert not beside, (began, ended, spans)
+
+
+@pytest.mark.own_process
+def test_an_own_process_test_runs_its_body_in_a_pytest_process_of_its_own():
+    """tests/own_process.py: the body runs only where the inner run's variable is set (were it
+    run here, this fails)."""
+    assert os.environ.get(INNER_ENV) == "1"
