@@ -85,7 +85,9 @@ def test_ollama_client_passes_with_a_key_and_gets_401_without(server):
         with pytest.raises(ollama.ResponseError) as err:
             ollama.Client(host=url, headers=headers).generate(model="tiny", prompt="hi")
         assert err.value.status_code == 401
-    assert requests.get(url + "/api/version", timeout=5).status_code == 200  # open paths
+    for open_path in ("/api/version", "/health", "/api/health"):  # open paths
+        assert requests.get(url + open_path, timeout=5).status_code == 200, open_path
+    assert requests.get(url + "/api/models", timeout=5).status_code == 401  # the gateway's reads
     assert requests.get(url + "/api/tags", headers=ADMIN, timeout=5).status_code == 200
 
 

@@ -106,6 +106,18 @@ def test_demo_model_missing(tmp_path, tiny_model_dir):
     assert check.fix == f"mlx-bridge pull {DEMO_MODEL}"
 
 
+def test_demo_model_before_the_first_start_is_fine(tmp_path):
+    """After `pip install -e .` and before the first `serve`, the demo is not there yet: the
+    first start imports it, so the doctor says so rather than warn (operations.md's order)."""
+    home = tmp_path / "home"
+    shipped = Registry(write_mappings(tmp_path / "s.yaml", {}), home)
+    check = check_demo_model(shipped, home)
+    assert check.status == "ok" and "imported on the first start" in check.detail
+    home.mkdir()
+    (home / "demo-imported").write_text("deleted by its user since\n")
+    assert check_demo_model(shipped, home).status == "warn"  # imported once: not again
+
+
 def test_report_format():
     report = format_report([Check("python", "ok", "3.11"),
                             Check("port", "fail", "taken", "move it"),

@@ -136,6 +136,15 @@ def test_launchd_install_and_uninstall_commands(tmp_path):
     assert installer.uninstall() == []
 
 
+def test_the_service_gets_the_remote_engines_keys_and_not_the_rest(tmp_path):
+    """An endpoint's key lives in MLX_BRIDGE_KEY_<NAME> (api_key_env): without it in the unit,
+    the service would answer 502 for that endpoint."""
+    env = _spec(tmp_path, env={"PATH": "/bin", "MLX_BRIDGE_KEY_GPU_BOX": "k1",
+                               "OLLAMA_NUM_PARALLEL": "4", "AWS_SECRET_ACCESS_KEY": "no"}).env
+    assert env["MLX_BRIDGE_KEY_GPU_BOX"] == "k1" and env["OLLAMA_NUM_PARALLEL"] == "4"
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+
+
 def test_launchd_install_reports_a_failed_bootstrap(tmp_path):
     installer = Installer(platform="darwin", target_dir=tmp_path, uid=501,
                           runner=Recorder(fail={"bootstrap": 5}))

@@ -114,6 +114,19 @@ def test_stats_match_model_backend_and_endpoint(store: Store) -> None:
     assert store.stats(auto).total_requests == 5  # MLX records + upstream records at http://a:1
 
 
+def test_a_remote_mlx_row_counts_its_engine_not_the_local_one(store: Store) -> None:
+    local = store.create({"model_name": "m", "backend_type": "mlx"})
+    remote = store.create({"model_name": "m", "backend_type": "mlx",
+                           "endpoint_url": "http://mac-a.local:8080"})
+    store.record_many([
+        rec("m", "mlx", status="error", latency=5, tps=None), rec("m", "mlx", latency=100, tps=40),
+        rec("m", "mlx", "http://mac-a.local:8080", latency=30, tps=90),
+    ])
+    s = store.stats(remote)
+    assert (s.total_requests, s.total_errors, s.avg_tokens_per_sec) == (1, 0, 90.0)
+    assert store.stats(local).total_requests == 2
+
+
 def test_stats_empty_row(store: Store) -> None:
     row = store.create({"model_name": "m", "backend_type": "mlx"})
     s = store.stats(row)

@@ -166,7 +166,8 @@ def restart(wait: float, grace: float | None, **opts: Any) -> None:
 @click.option("--host", help="Address to probe when no PID file exists (env MLX_BRIDGE_HOST).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(home: str | None, host: str | None, as_json: bool) -> None:
-    """Show pid, address, uptime, health, loaded models and upstream (exit 0 running, 3 not)."""
+    """Show pid, address, uptime, health, loaded models and upstream (exit 0 running and
+    healthy, 1 running but not answering, 3 not running)."""
     config = load_config(home=home, host=host)
     info = collect_status(ServicePaths(config.home), config.host.url)
     if as_json:

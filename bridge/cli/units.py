@@ -11,6 +11,7 @@ import click
 from bridge.cli.service import server_options, validated_config
 from bridge.config import load_config
 from bridge.http.server import DEFAULT_GRACE
+from bridge.importer import demo as demo_model
 from bridge.service import doctor as doctor_checks
 from bridge.service.process import ServiceError
 from bridge.service.units import Installer, build_spec
@@ -71,6 +72,7 @@ def doctor(host: str | None, port: int | None, mappings: str | None, upstream: s
            home: str | None) -> None:
     """Check the installation and print what to fix (exit 1 when something is broken)."""
     config = load_config(host=host, port=port, mappings_path=mappings, upstream=upstream, home=home)
-    checks = doctor_checks.run_checks(config)
+    demo = demo_model.wanted(None, bool(mappings or os.environ.get("MLX_BRIDGE_MAPPINGS")))
+    checks = doctor_checks.run_checks(config, demo_on_first_start=demo)
     click.echo(doctor_checks.format_report(checks, doctor_checks.use_color(sys.stdout)))
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)

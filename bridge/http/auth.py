@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "mlxb-"
 WINDOW = 60.0  # seconds: the limits are per minute
 LOG_EVERY = 10.0  # seconds between two "over its limit" lines for one key
-OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/metrics",
+# /api/health is /health's answer under the gateway's name: a probe needs no key for either
+OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/api/health", "/metrics",
                         "/api/performance/comparison", "/ui"})
 # the admin token guards the admin API; the Admin UI's page and its read-only views
 # (/ui/..., /api/ui/...) are token-free like the comparison

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bridge.config import Config
 from bridge.hosts import parse_host
+from bridge.importer.demo import MARKER as DEMO_MARKER
 from bridge.routing.registry import MappingError, Registry
 from bridge.service.portinfo import find_listener, port_in_use
 from bridge.service.process import probe_health, upstream_reachable
@@ -38,8 +39,10 @@ class Check:
 
 
 def run_checks(config: Config, *, python: str = sys.executable,
-               probe_env: Mapping[str, str] | None = None) -> list[Check]:
-    """Every check, in the order a user would fix them."""
+               probe_env: Mapping[str, str] | None = None,
+               demo_on_first_start: bool = False) -> list[Check]:
+    """Every check, in the order a user would fix them. `demo_on_first_start`: `serve` would
+    import the demo model into this state dir (bridge/importer/demo.py's `wanted`)."""
     checks = [check_python()]
     checks += check_mlx(python, probe_env)
     checks.append(check_state_dir(config.home))
@@ -47,7 +50,7 @@ def run_checks(config: Config, *, python: str = sys.executable,
     checks.append(mapping_check)
     checks.append(check_port(config))
     checks.append(check_upstream(config, registry))
-    checks.append(check_demo_model(registry))
+    checks.append(check_demo_model(registry, config.home if demo_on_first_start else None))
     return checks
 
 
@@ -142,10 +145,15 @@ def check_upstream(config: Config, registry: Registry | None) -> Check:
                  "start Ollama there (OLLAMA_HOST=127.0.0.1:11435 ollama serve) or set --upstream")
 
 
-def check_demo_model(registry: Registry | None) -> Check:
+def check_demo_model(registry: Registry | None, first_start_home: Path | None = None) -> Check:
+    """`first_start_home`: the state dir `serve` imports the demo into on its first start."""
     if registry is None:
         return Check("demo model", "warn", "skipped: the mapping files are invalid")
     entry = registry.lookup(DEMO_MODEL)
+    if entry is None and first_start_home is not None and not (first_start_home
+                                                                / DEMO_MARKER).exists():
+        return Check("demo model", "ok",
+                     f"{DEMO_MODEL} is imported on the first start (mlx-bridge serve or start)")
     if entry is None:
         return Check("demo model", "warn", f"{DEMO_MODEL} is not in the mapping files",
                      f"add {DEMO_MODEL} to model_mappings.yaml, or update mlx-bridge")

@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from bridge.config import Config
+from bridge.routing.registry import KEY_ENV_PREFIX
 from bridge.service.process import STOP_MARGIN, ServiceError, ServicePaths, serve_argv
 
 LABEL = "com.mlx-bridge.server"
@@ -56,7 +57,9 @@ def build_spec(config: Config, grace: float, environ: Mapping[str, str] | None =
     """The service's command line and environment for `config`."""
     environ = os.environ if environ is None else environ
     paths = ServicePaths(config.home.resolve())
-    env = {k: environ[k] for k in PASSED_ENV if environ.get(k)}
+    # A row's or mapping's api_key_env names a MLX_BRIDGE_KEY_* variable: the service needs it.
+    env = {k: v for k, v in environ.items()
+           if v and (k in PASSED_ENV or k.startswith(KEY_ENV_PREFIX))}
     env["MLX_BRIDGE_HOME"] = str(paths.home)
     env["PATH"] = environ.get("PATH") or "/usr/bin:/bin:/usr/sbin:/sbin"
     argv = serve_argv(config, paths.log_file, grace, mappings_given=mappings_given, demo=demo)

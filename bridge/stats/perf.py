@@ -10,7 +10,9 @@ Which records belong to a backend row (model, backend_type, endpoint_url):
 - `mlx` rows count records answered by MLX; `ollama` rows records answered by an upstream;
   `auto` rows both;
 - an upstream record counts when its endpoint equals the row's `endpoint_url`; a row without
-  one (the default upstream) counts the endpoints that no other row of that model names.
+  one (the default upstream) counts the endpoints that no other row of that model names;
+- local MLX records (no endpoint) count for `mlx` and `auto` rows, except an `mlx` row with an
+  `endpoint_url`: that is a remote MLX engine, which counts its own endpoint's records only.
 
 Percentiles are nearest-rank: the ceil(p/100 * n)-th smallest latency, a value that was observed.
 """
@@ -66,12 +68,14 @@ def backend_stats(conn: Connection, model_name: str, backend_type: str,
         named = sa.select(backends.c.endpoint_url).where(backends.c.model_key == key,
                                                          backends.c.endpoint_url.is_not(None))
         endpoint = sa.or_(R.endpoint.is_(None), R.endpoint.not_in(named))
+    if backend_type != "mlx" or not endpoint_url:
+        # a local MLX record has no endpoint; a remote MLX engine's counts by its URL
+        endpoint = sa.or_(sa.and_(R.backend == "mlx", R.endpoint.is_(None)), endpoint)
+    # else an `mlx` row with an endpoint_url is that remote engine alone (routing/router.py)
     r = conn.execute(
         sa.select(sa.func.count(), _count(R.status == "error"), _ok_avg(R.tokens_per_sec),
                   _ok_avg(R.latency_ms))
-        .where(R.model_key == key, R.backend.in_(answered_by),
-               # a local MLX record has no endpoint; a remote MLX engine's counts by its URL
-               sa.or_(sa.and_(R.backend == "mlx", R.endpoint.is_(None)), endpoint))).one()
+        .where(R.model_key == key, R.backend.in_(answered_by), endpoint)).one()
     return BackendStats(int(r[0]), int(r[1]), _r(r[2]), _r(r[3]))
 
 
