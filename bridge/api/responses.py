@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from bridge.http.limits import active
+from bridge.http.limits import active, zstd_aware_body
 from bridge.http.web import json_response, sse_response
 from bridge.routing.dispatch import dispatch
 from bridge.routing.router import Plan
@@ -45,7 +45,7 @@ class ResponsesResponder:
 
 @bp.post("/v1/responses")
 def responses() -> Response:
-    raw = request.get_data()
+    raw = zstd_aware_body()  # forwarded decompressed: the upstream gets plain JSON
     body = parse_body(raw, STRUCT)
     name = responses_check(body)
 

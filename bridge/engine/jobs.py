@@ -84,6 +84,10 @@ class Done:
     # The `stop` string that ended the job (done_reason "stop"); "" for EOS or another end.
     # Not in Ollama's objects: the Anthropic layer reports it as `stop_sequence`.
     stop_sequence: str = ""
+    # The last tokens' bytes made no whole character and were dropped from the text, so the text
+    # is short of `context`: the next turn must not take those ids for that text.
+    cut_tail: bool = False
+    answer_tokens: int = 0  # the generated ids at the end of `context` (EOS not among them)
 
 
 @dataclass

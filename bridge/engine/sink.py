@@ -44,6 +44,7 @@ class TokenSink:
         self.finished = False
         self.eos_hit = False
         self.stop_hit = ""  # the stop string that matched, if one did
+        self.cut_tail = False  # the end dropped incomplete bytes (Done.cut_tail)
         self.final: Done | None = None  # sent by the engine once the model is released
 
     def add(self, token: int, logprobs: Any = None) -> bool:
@@ -101,7 +102,9 @@ class TokenSink:
             self.detokenizer.finalize()
             # A character whose bytes were cut off by the end decodes as U+FFFD: dropped, as
             # Ollama's runner drops incomplete bytes at the end (spec §9).
-            self.pending += self.detokenizer.last_segment.rstrip("\ufffd")
+            last = self.detokenizer.last_segment
+            self.cut_tail = last.endswith("\ufffd")
+            self.pending += last.rstrip("\ufffd")
             self._flush()
         if self.scored:  # tokens whose text never came out (a stop string): still reported
             self._send("")
@@ -121,6 +124,8 @@ class TokenSink:
             cached_tokens=self.cached_tokens,
             context=self.prompt + self.tokens,
             stop_sequence=self.stop_hit if reason == "stop" else "",
+            cut_tail=self.cut_tail,
+            answer_tokens=len(self.tokens),
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, current_app, has_app_context, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bridge.errors import PayloadTooLarge
+from bridge.errors import BadRequest, PayloadTooLarge
 from bridge.state import KEY, bridge, bridge_of
 from bridge.wire import limits as caps
 from bridge.wire.limits import Limits
@@ -60,6 +60,29 @@ def check_length() -> None:
         request.max_content_length = cap + 1
         if len(request.get_data(cache=True)) > cap:
             raise _refuse(None)
+
+
+def zstd_aware_body() -> bytes:
+    """The body, decompressed when it came `Content-Encoding: zstd` (the Responses API accepts
+    such bodies, as Ollama's does: Codex compresses its requests); the decompressed size has
+    the same cap as a plain body, so a small bomb cannot expand into the server's memory."""
+    raw = request.get_data()
+    if request.headers.get("Content-Encoding", "").strip().lower() != "zstd":
+        return raw
+    import zstandard  # only for the rare compressed request
+
+    cap = active().max_body
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        body = reader.read(cap + 1)
+        while len(body) <= cap and (more := reader.read(cap + 1 - len(body))):
+            body += more
+    except zstandard.ZstdError:
+        raise BadRequest("failed to decompress zstd body") from None
+    if len(body) > cap:
+        raise PayloadTooLarge(f"request body too large: more than {cap} bytes decompressed "
+                              f"(the limit is {cap} bytes; MLX_BRIDGE_MAX_BODY)")
+    return body
 
 
 def too_large(exc: RequestEntityTooLarge) -> Any:

@@ -184,12 +184,14 @@ class LocalBackend:
 
     def _remember(self, job: Job, text: str, done: Done) -> None:
         """The chat's prompt and answer as text and as the ids the model saw, for the next turn
-        (not when a stop string cut the text short of the ids, or the prompt was truncated)."""
+        (not when a stop string cut the text short of the ids, or the prompt was truncated;
+        without the last ids when their bytes made no whole character)."""
         spec = job.spec
         if (spec is None or spec.rendered is None or spec.tokens is None or done.stop_sequence
                 or done.prompt_eval_count != len(spec.tokens)):
             return
-        self.tokenizers.remember(job.model_path, spec.rendered + text, done.context)
+        self.tokenizers.remember(job.model_path, spec.rendered + text, done.context,
+                                 done.answer_tokens if done.cut_tail else 0)
 
     def tokenize(self, model: LocalModel, job: Job) -> None:
         """Render and tokenize a job's prompt (or embedding inputs) here, on the request thread,

@@ -118,13 +118,23 @@ class PromptTokenizers:
         except Exception as exc:  # noqa: BLE001 - a template that fails fails the request later
             log.info("chat template not precompiled path=%s error=%s", path, exc)
 
-    def remember(self, path: str, text: str, ids: list[int]) -> None:
+    def remember(self, path: str, text: str, ids: list[int], cut: int = 0) -> None:
         """A finished chat turn: `text` (prompt and answer) is exactly `ids` (what the model saw
-        and generated), so the next turn, whose prompt starts with it, reuses those ids."""
+        and generated), so the next turn, whose prompt starts with it, reuses those ids.
+
+        `cut`: the answer's last tokens made an incomplete character, dropped from `text`; the
+        turn is remembered without them (and the text they began), as far as `cut` answer ids go.
+        """
         with self._lock:
             slot = self._slots.get(path)
-        if slot is not None:
-            slot.transcripts.add(text, ids)
+        if slot is None:
+            return
+        if cut:
+            kept = _whole_characters(slot.tokenizer, text, ids, cut)
+            if kept is None:
+                return
+            text, ids = kept
+        slot.transcripts.add(text, ids)
 
     def _slot(self, path: str, digest: str) -> _Slot:
         with self._lock:
@@ -144,6 +154,29 @@ class PromptTokenizers:
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
+
+
+def _whole_characters(tokenizer: Any, text: str, ids: list[int],
+                      answer: int) -> tuple[str, list[int]] | None:
+    """`text` and `ids` without the last tokens whose bytes made no whole character: the
+    longest `ids[:-k]` (k ≤ 64, within the `answer`'s ids: a tail of stray bytes, each its own
+    U+FFFD, is dropped whole) whose answer part decodes to a prefix of the text's end, with the
+    text shortened to match; None when none does."""
+    if tokenizer is None:
+        return None
+    for k in range(1, min(answer, 64) + 1):
+        tail = tokenizer.decode(ids[len(ids) - answer:len(ids) - k])
+        if tail.endswith("\ufffd"):
+            continue
+        cut_text = len(text) - _answer_chars(tokenizer, ids[len(ids) - answer:])
+        if cut_text >= 0 and text[cut_text:].startswith(tail):
+            return text[:cut_text + len(tail)], ids[:len(ids) - k]
+    return None
+
+
+def _answer_chars(tokenizer: Any, answer_ids: list[int]) -> int:
+    """Characters the whole answer's text has: its ids decoded, less the incomplete end."""
+    return len(tokenizer.decode(answer_ids).rstrip("\ufffd"))
 
 
 class Transcripts:
