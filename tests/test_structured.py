@@ -124,7 +124,8 @@ def test_generate_endpoint_and_batched_requests(client):
     ({"type": "nonsense"}, 400, "Unrecognized schema"),
     ({"type": "object", "dependentSchemas": {"a": {}}}, 400,
      "['dependentSchemas'] are not supported"),
-    ({"type": "string", "pattern": "(?<=a)b"}, 400, "look-around"),
+    ({"type": "string", "pattern": "^(?<=a)b$"}, 400, "look-around"),
+    ({"type": "string", "pattern": "abc"}, 400, "Pattern must start with '^' and end with '$'"),
     ("yaml", 400, 'invalid format: "yaml"'),
     # llguidance's parser would give up mid-answer past ~1000 branches at one position
     ({"type": "object", "properties": {f"k{i}": {} for i in range(600)}}, 400,
@@ -137,6 +138,17 @@ def test_generate_endpoint_and_batched_requests(client):
 def test_unusable_schemas_are_a_clear_400(client, fmt, status, words):
     resp = client.post("/api/chat", json={"model": "tiny", "messages": Q, "format": fmt})
     assert resp.status_code == status and words in resp.get_json()["error"]
+
+
+def test_an_empty_schema_means_any_json_object(client):
+    """`format: {}` is llama.cpp's any-object rule (spec §3c), not "no format" (it was: `{}` is
+    falsy)."""
+    for seed in (5, 6):
+        out = client.post("/api/chat", json={"model": "tiny", "messages": Q, "format": {},
+                                             "stream": False,
+                                             "options": {"num_predict": 20, "seed": seed}})
+        assert out.status_code == 200
+        assert out.get_json()["message"]["content"].lstrip().startswith("{")
 
 
 def test_v1_response_format(client):

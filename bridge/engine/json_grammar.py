@@ -323,6 +323,10 @@ class _Builder:
     def formatted_string(self, schema: dict[str, Any]) -> str:
         fmt = schema.get("format")
         if "pattern" in schema:  # llguidance's regex engine, via its JSON compiler
+            pattern = schema["pattern"]
+            if not (isinstance(pattern, str) and pattern.startswith("^")
+                    and pattern.endswith("$")):  # llama.cpp's rule, so Ollama's error
+                raise BadRequest("format: Pattern must start with '^' and end with '$'")
             keep = {k: schema[k] for k in ("pattern", "minLength", "maxLength") if k in schema}
             return self.rule("%json " + json.dumps({"type": "string", **keep}))
         rx = FORMATS["uuid" if _uuid(fmt) else fmt]

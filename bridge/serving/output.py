@@ -113,11 +113,11 @@ def plan_output(think: bool | str | None, capabilities: list[str], tools: list[d
     """
     thinks = "thinking" in capabilities and think is not False
     if forced:
-        if fmt:
+        if fmt is not None:
             raise BadRequest("a required tool call cannot be combined with a response format")
         fmt = forced_call_schema(tools or [], forced)
-    return OutputPlan(think=thinks, tools=tools or None, grammar=grammar_for(fmt) if fmt else None,
-                      forced=bool(forced))
+    grammar = None if fmt is None else grammar_for(fmt)  # `{}` too: any JSON object
+    return OutputPlan(think=thinks, tools=tools or None, grammar=grammar, forced=bool(forced))
 
 
 def traits_of(tokenizer: Any) -> Traits:
