@@ -373,6 +373,12 @@ def test_unknown_path_is_plain_404(client):
         assert resp.mimetype == "text/plain"
 
 
+def test_an_unknown_v1_path_is_openais_not_found_error(client):
+    resp = client.post("/v1/nope", json={})
+    assert resp.status_code == 404
+    assert resp.get_json()["error"]["type"] == "not_found_error"
+
+
 @pytest.mark.parametrize(("method", "path"), [("GET", G), ("GET", C), ("PUT", G), ("GET", S),
                                               ("GET", D),
                                               ("POST", D), ("DELETE", G), ("POST", "/api/tags")])

@@ -106,7 +106,8 @@ def handle_http_error(exc: HTTPException) -> Response:
     if code in (404, 405) and not request.path.startswith("/v1/"):
         text = "404 page not found" if code == 404 else "405 method not allowed"
         return Response(text, status=code, content_type="text/plain; charset=utf-8")
-    g.openai_error_type = "invalid_request_error" if code < 500 else "api_error"
+    g.openai_error_type = ("not_found_error" if code == 404  # OpenAI's type for a 404 (spec §3)
+                           else "invalid_request_error" if code < 500 else "api_error")
     return json_response(error_body(exc.description or exc.name, code), code)
 
 
