@@ -159,18 +159,3 @@ def test_relay_ends_with_an_error_line_once_stopping_is_set(chunked_server: HTTP
     assert len(rest) == 1 and "shutting down" in rest[0]["error"]
     (final, error, _), = finals
     assert final is None and error == rest[0]["error"]
-
-
-def test_api_status_is_the_upstreams_own_or_cloud_off(routed_app: Flask,
-                                                      httpserver: HTTPServer) -> None:
-    """`GET /api/status` (Ollama's newer cloud switch): the upstream's answer when it has one
-    (cloud models go to it), else cloud disabled (MLX serves none)."""
-    httpserver.expect_oneshot_request("/api/status", method="GET").respond_with_json(
-        {"cloud": {"disabled": False, "source": "default"}})
-    client = routed_app.test_client()
-    assert client.get("/api/status").get_json() == {
-        "cloud": {"disabled": False, "source": "default"}}
-    httpserver.expect_oneshot_request("/api/status", method="GET").respond_with_data(
-        "404 page not found", status=404)  # an Ollama from before the endpoint
-    assert client.get("/api/status").get_json() == {
-        "cloud": {"disabled": True, "source": "mlx-bridge"}}

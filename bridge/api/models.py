@@ -33,20 +33,6 @@ def version() -> Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
-@bp.get("/api/status")
-def status() -> Response:
-    """Ollama's newer `{"cloud": {"disabled", "source"}}`: the upstream's own answer when it
-    gives one (cloud models are forwarded to it), else cloud off: MLX serves no cloud model."""
-    state = bridge()
-    url = state.upstream_url
-    data = state.upstream.get_json(url, "/api/status") if url else None
-    cloud = data.get("cloud") if isinstance(data, dict) else None
-    if isinstance(cloud, dict) and isinstance(cloud.get("disabled"), bool):
-        return json_response({"cloud": {"disabled": cloud["disabled"],
-                                        "source": str(cloud.get("source", "upstream"))}})
-    return json_response({"cloud": {"disabled": True, "source": "mlx-bridge"}})
-
-
 @bp.route("/api/tags", methods=["GET", "HEAD"])
 def tags() -> Response:
     local = sorted(served_locally(), key=lambda m: m.description.modified_at, reverse=True)
