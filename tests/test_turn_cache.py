@@ -115,6 +115,19 @@ def test_an_answer_whose_last_bytes_were_dropped_is_not_remembered_as_its_ids(ap
     assert {a["message"]["content"] for a in answers} == {""}
 
 
+def test_a_cut_character_is_left_out_of_the_remembered_turn(tiny_model_dir):
+    """An answer that ended two bytes into "日" (3 byte tokens in the tiny vocabulary) streamed
+    "ab": the turn is remembered as "ab" and the ids up to the "b"."""
+    from bridge.serving.prompting import _whole_characters
+
+    tok = tokenizer_for(tiny_model_dir)
+    prompt = tok.encode("Say it:", add_special_tokens=False)
+    answer = tok.encode("ab日", add_special_tokens=False)[:-1]  # the last byte never came
+    assert [tok.decode([i]) for i in answer][-2:] == ["\ufffd", "\ufffd"]
+    kept = _whole_characters(tok, "Say it:ab", prompt + answer, len(answer))
+    assert kept == ("Say it:ab", prompt + answer[:2])
+
+
 def test_transcripts_keep_the_longest_prefix_and_stay_bounded(tiny_model_dir):
     tok = tokenizer_for(tiny_model_dir)
     store = Transcripts(max_entries=2)

@@ -160,23 +160,19 @@ def _whole_characters(tokenizer: Any, text: str, ids: list[int],
                       answer: int) -> tuple[str, list[int]] | None:
     """`text` and `ids` without the last tokens whose bytes made no whole character: the
     longest `ids[:-k]` (k ≤ 64, within the `answer`'s ids: a tail of stray bytes, each its own
-    U+FFFD, is dropped whole) whose answer part decodes to a prefix of the text's end, with the
-    text shortened to match; None when none does."""
+    U+FFFD, goes whole) whose answer part decodes to the start of the text's answer, and the
+    text cut to match; None when none does (a decoding that differs from the streamed text)."""
     if tokenizer is None:
         return None
+    start = len(ids) - answer
+    answer_at = len(text) - len(tokenizer.decode(ids[start:]).rstrip("\ufffd"))
+    if answer_at < 0:
+        return None
     for k in range(1, min(answer, 64) + 1):
-        tail = tokenizer.decode(ids[len(ids) - answer:len(ids) - k])
-        if tail.endswith("\ufffd"):
-            continue
-        cut_text = len(text) - _answer_chars(tokenizer, ids[len(ids) - answer:])
-        if cut_text >= 0 and text[cut_text:].startswith(tail):
-            return text[:cut_text + len(tail)], ids[:len(ids) - k]
+        kept = tokenizer.decode(ids[start:len(ids) - k])
+        if not kept.endswith("\ufffd") and text[answer_at:].startswith(kept):
+            return text[:answer_at + len(kept)], ids[:len(ids) - k]
     return None
-
-
-def _answer_chars(tokenizer: Any, answer_ids: list[int]) -> int:
-    """Characters the whole answer's text has: its ids decoded, less the incomplete end."""
-    return len(tokenizer.decode(answer_ids).rstrip("\ufffd"))
 
 
 class Transcripts:
