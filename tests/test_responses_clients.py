@@ -36,7 +36,8 @@ def test_create_and_stream_agree(oai):
     kw = {"model": "tiny", "input": Q, "max_output_tokens": 8, "temperature": 0}
     whole = oai.responses.create(**kw)
     assert whole.object == "response" and whole.model == "tiny" and whole.id.startswith("resp_")
-    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    # cut by max_output_tokens, and `completed` all the same, as Ollama (spec §3b)
+    assert whole.status == "completed" and whole.incomplete_details is None
     assert (whole.usage.output_tokens == 8
             and whole.usage.total_tokens == whole.usage.input_tokens + 8)
     events = list(oai.responses.create(**kw, stream=True))
@@ -44,11 +45,22 @@ def test_create_and_stream_agree(oai):
     assert [e.type for e in events[:4]] == ["response.created", "response.in_progress",
                                             "response.output_item.added",
                                             "response.content_part.added"]
-    assert (events[-1].type == "response.incomplete"
+    assert (events[-1].type == "response.completed"
             and events[-1].response.output_text == whole.output_text)
     assert ("".join(e.delta for e in events if e.type == "response.output_text.delta")
             == whole.output_text)
     assert len({e.response.id for e in events if hasattr(e, "response")}) == 1
+
+
+def test_the_stream_helper_reads_an_answer_the_token_limit_cut(oai):
+    """`responses.stream(...).get_final_response()` raises without `response.completed`: a cut
+    answer gets it, as from Ollama."""
+    with oai.responses.stream(model="tiny", input=Q, max_output_tokens=4,
+                              temperature=0) as stream:
+        streamed = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.usage.output_tokens == 4
+    assert final.output_text == streamed
 
 
 def test_reasoning_and_the_stream_helper(oai):

@@ -169,10 +169,11 @@ def test_response_object():
         "arguments": '{"city": "Paris"}'}
     assert out["usage"]["input_tokens"] == 7 and out["usage"]["total_tokens"] == 10
     cut = ResponsesWriter("m", ECHO).response(final("length", content="Hi"))
-    assert (cut["status"] == "incomplete"
-            and cut["incomplete_details"] == {"reason": "max_output_tokens"})
-    # The message the limit cut off says so too, its text kept (OpenAI's shape).
-    assert cut["output"][0]["status"] == "incomplete"
+    # Cut by the token limit: `completed` all the same, as Ollama (spec §3b; OpenAI would say
+    # `incomplete`), its text kept.
+    assert (cut["status"] == "completed" and cut["incomplete_details"] is None
+            and cut["completed_at"] is not None)
+    assert cut["output"][0]["status"] == "completed"
     assert cut["output"][0]["content"][0]["text"] == "Hi"
     only_calls = ResponsesWriter("m", ECHO, max_calls=1).response(final(tool_calls=[CALL, CALL]))
     assert [o["type"] for o in only_calls["output"]] == ["function_call"]
@@ -222,15 +223,17 @@ def test_event_stream():
     assert done["output"][1]["content"][0]["text"] == "Hello"
 
 
-def test_event_stream_incomplete_and_failed():
+def test_event_stream_cut_and_failed():
+    """A stream the token limit cut ends with `response.completed` (Ollama never sends
+    `response.incomplete`; the openai SDK's stream helper needs `response.completed`)."""
     cut = parse_sse("".join(ResponsesWriter("m", ECHO).events([chunk(content="a"),
                                                                final("length")])))
-    assert (cut[-1]["type"] == "response.incomplete"
-            and cut[-1]["response"]["status"] == "incomplete")
+    assert (cut[-1]["type"] == "response.completed"
+            and cut[-1]["response"]["status"] == "completed")
+    assert not [e for e in cut if e["type"] == "response.incomplete"]
     item_done = next(e for e in cut if e["type"] == "response.output_item.done")
-    assert item_done["item"]["status"] == "incomplete"
+    assert item_done["item"]["status"] == "completed"
     assert item_done["item"]["content"][0]["text"] == "a"
-    assert cut[-1]["response"]["output"][0]["status"] == "incomplete"
     failed = parse_sse("".join(ResponsesWriter("m", ECHO).events([chunk(content="a"),
                                                                   {"error": "engine died"}])))
     assert failed[-1]["type"] == "response.failed"

@@ -2,9 +2,11 @@
 
 Mirrors Ollama's openai/responses.go `ToResponse` and `ResponsesStreamConverter` (spec §3b):
 `event: <type>` + `data:` frames, each payload with a 0-based `sequence_number`, no `[DONE]`.
-Where Ollama is looser the bridge follows OpenAI: a generation cut by the token limit is
-`status: "incomplete"` (`response.incomplete`), text is kept beside tool calls, and a failure
-after streaming began is a `response.failed` event.
+As Ollama, a generation cut by the token limit is `status: "completed"` too (OpenAI says
+`incomplete`; the openai SDK's `responses.stream(...).get_final_response()` needs
+`response.completed`, so a cut answer reads as one there, as against Ollama). Where Ollama is
+looser the bridge follows OpenAI: text is kept beside tool calls, and a failure after streaming
+began is a `response.failed` event.
 """
 
 from __future__ import annotations
@@ -65,25 +67,23 @@ class ResponsesWriter:
         calls = self._allowed(msg.get("tool_calls") or [])
         if msg.get("content") or not calls:
             scored = chat_logprobs(final.get("logprobs") or []) if self.logprobs else []
-            status = "completed" if calls else _item_status(final)
-            output.append(self._message(new_id("msg"), msg.get("content", ""), status, scored))
+            # completed also when cut by the token limit, as Ollama (module docstring)
+            output.append(self._message(new_id("msg"), msg.get("content", ""), "completed",
+                                        scored))
         output += [self._call(c, "completed") for c in calls]
         return self._body(final, output)
 
     def _body(self, final: dict[str, Any] | None, output: list[dict[str, Any]],
               error: str | None = None) -> dict[str, Any]:
         """The response object; `final` None while in progress."""
-        status, incomplete = "in_progress", None
+        status = "in_progress" if final is None else "completed"  # a cut answer too (Ollama)
         if error is not None:
             status = "failed"
-        elif final is not None:
-            status = "incomplete" if final.get("done_reason") == "length" else "completed"
-            incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         return {"id": self.id, "object": "response", "created_at": self.created_at,
                 "completed_at": int(time.time()) if status == "completed" else None,
                 "status": status,
                 "error": {"code": "server_error", "message": error} if error is not None else None,
-                "incomplete_details": incomplete, "model": self.model, "output": output,
+                "incomplete_details": None, "model": self.model, "output": output,
                 "previous_response_id": None, "presence_penalty": 0, "frequency_penalty": 0,
                 "top_logprobs": 0, "store": False, "background": False, "service_tier": "default",
                 **self.echo, "usage": usage(final) if final is not None else None}
@@ -143,9 +143,8 @@ class ResponsesWriter:
     def _finish(self, final: dict[str, Any]) -> Iterator[str]:
         if not self.output and self.item is None:  # nothing was said: one empty message
             yield from self._text("")
-        yield from self._close(_item_status(final))
-        body = self._body(final, self.output)
-        yield self._event(f"response.{body['status']}", response=body)
+        yield from self._close()
+        yield self._event("response.completed", response=self._body(final, self.output))
 
     def _thinking(self, delta: str) -> Iterator[str]:
         if self.item is None or self.item["type"] != "reasoning":
@@ -175,9 +174,8 @@ class ResponsesWriter:
             yield self._event("response.output_text.delta", **self._where(content_index=0),
                               delta=delta, logprobs=scored)
 
-    def _close(self, status: str = "completed") -> Iterator[str]:
-        """Finish the reasoning or message item being streamed (a message cut off by the token
-        limit is `incomplete`, as OpenAI marks it)."""
+    def _close(self) -> Iterator[str]:
+        """Finish the reasoning or message item being streamed."""
         item, self.item = self.item, None
         if item is None:
             return
@@ -194,7 +192,7 @@ class ResponsesWriter:
                 yield self._event("response.output_text.delta", **where, content_index=0,
                                   delta="", logprobs=self.scored)  # every token in some delta
             scored, self.scored = item["logprobs"] + self.scored, []
-            done = self._message(item["id"], text, status, scored)
+            done = self._message(item["id"], text, "completed", scored)
             yield self._event("response.output_text.done", **where, content_index=0, text=text,
                               logprobs=scored)
             yield self._event("response.content_part.done", **where, content_index=0,
@@ -225,7 +223,3 @@ class ResponsesWriter:
         self.seq += 1
         return sse(payload, kind)
 
-
-def _item_status(final: dict[str, Any]) -> str:
-    """The last output item's status: `incomplete` when the token limit cut it off."""
-    return "incomplete" if final.get("done_reason") == "length" else "completed"
