@@ -32,7 +32,6 @@ SERVICE_TIERS = ("auto", "standard_only")
 THREAD_UNSUPPORTED = {"error_code": "thread_unsupported_request"}
 # output_config.effort -> native think level (Ollama: xhigh reads as high).
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
-MIN_THINKING_BUDGET = 1024
 
 
 @dataclass
@@ -74,7 +73,7 @@ def messages_to_native(body: dict[str, Any], counting: bool = False) -> Messages
     refuse_unknown(body)
     tools = tools_to_native(f.list("tools", "[]anthropic.Tool"))
     forced, max_calls, tools = tool_choice(f.raw("tool_choice"), tools)
-    think, show = thinking(f.raw("thinking"), f.int("max_tokens"), counting)
+    think, show = thinking(f.raw("thinking"))
     config = output_config(f.raw("output_config"))
     if think is None and "effort" in config:
         think = config["effort"]
@@ -315,7 +314,7 @@ def tool_choice(choice: Any, tools: list[dict[str, Any]]
     return names, max_calls, tools
 
 
-def thinking(value: Any, max_tokens: int | None, counting: bool) -> tuple[bool | None, bool]:
+def thinking(value: Any) -> tuple[bool | None, bool]:
     """(native think, show thinking text) from `thinking`."""
     if value is None:
         return None, True
@@ -326,12 +325,11 @@ def thinking(value: Any, max_tokens: int | None, counting: bool) -> tuple[bool |
     if kind == "disabled":
         return False, True
     if kind == "enabled":
+        # As Ollama (spec §3a): the budget only switches thinking on, whatever its size or its
+        # absence (Anthropic would ask for ≥ 1024 and < max_tokens); a non-number is Go's 400.
         budget = value.get("budget_tokens")
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
-            raise BadRequest("thinking.budget_tokens: must be an integer of at least "
-                             f"{MIN_THINKING_BUDGET}")
-        if not counting and max_tokens is not None and max_tokens <= budget:
-            raise BadRequest("max_tokens must be greater than thinking.budget_tokens")
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+            raise BadRequest("thinking.budget_tokens: must be an integer")
         return True, display != "omitted"
     if kind == "adaptive":
         return True, display != "omitted"
