@@ -136,7 +136,7 @@ def test_output_config_format_is_the_native_format():
     (body(tool_choice={"type": "any"}), BadRequest, "tool_choice.type 'any' needs tools"),
     (body(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), BadRequest, None),
     (body(thinking={"type": "enabled", "budget_tokens": "lots"}), BadRequest,
-     "thinking.budget_tokens: must be an integer"),
+     "thinking.budget_tokens: must be a non-negative integer"),
     (body(temperature=1.5), BadRequest, "temperature: must be between 0 and 1"),
     (body(stop_sequences=["ok", ""]), BadRequest, None),
     (body(metadata={"user_id": "u", "team": "x"}), BadRequest,

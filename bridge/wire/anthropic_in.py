@@ -326,10 +326,12 @@ def thinking(value: Any) -> tuple[bool | None, bool]:
         return False, True
     if kind == "enabled":
         # As Ollama (spec §3a): the budget only switches thinking on, whatever its size or its
-        # absence (Anthropic would ask for ≥ 1024 and < max_tokens); a non-number is Go's 400.
+        # absence (Anthropic would ask for ≥ 1024 and < max_tokens); a non-number or a negative
+        # one is a 400.
         budget = value.get("budget_tokens")
-        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
-            raise BadRequest("thinking.budget_tokens: must be an integer")
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)
+                                   or budget < 0):
+            raise BadRequest("thinking.budget_tokens: must be a non-negative integer")
         return True, display != "omitted"
     if kind == "adaptive":
         return True, display != "omitted"
