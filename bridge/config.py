@@ -221,6 +221,18 @@ def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> No
     values.update(given)
 
 
+def mappings_given(flag: str | None, env: Mapping[str, str] | None = None) -> bool:
+    """The user named a mapping file (`--mappings`, given as `flag`, or MLX_BRIDGE_MAPPINGS):
+    then no demo is imported unless asked for, and a service keeps naming that file.
+
+    >>> mappings_given(None, {}), mappings_given("m.yaml", {})
+    (False, True)
+    >>> mappings_given(None, {"MLX_BRIDGE_MAPPINGS": "m.yaml"})
+    True
+    """
+    return bool(flag or (os.environ if env is None else env).get("MLX_BRIDGE_MAPPINGS"))
+
+
 def _resolve_mappings(home: Path) -> Path:
     """Default mappings file: ``$MLX_BRIDGE_HOME/model_mappings.yaml`` if present, else packaged."""
     user_file = home / "model_mappings.yaml"

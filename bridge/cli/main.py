@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -44,9 +43,10 @@ def serve(host: str | None, port: int | None, mappings: str | None, upstream: st
     from bridge.http.server import serve as run_server
 
     config = validated_config(host, port, mappings, upstream, home, verbose)
+    from bridge.config import mappings_given
     from bridge.importer import demo as demo_model
 
-    if demo_model.wanted(demo, bool(mappings or os.environ.get("MLX_BRIDGE_MAPPINGS"))):
+    if demo_model.wanted(demo, mappings_given(mappings)):
         demo_model.start_background_import(config.home)
     run_server(config, log_file=Path(log_file) if log_file else None, grace=grace)
 

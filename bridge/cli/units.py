@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import click
 
 from bridge.cli.service import server_options, validated_config
-from bridge.config import load_config
+from bridge.config import load_config, mappings_given
 from bridge.http.server import DEFAULT_GRACE
 from bridge.importer import demo as demo_model
 from bridge.service import doctor as doctor_checks
@@ -24,7 +23,7 @@ from bridge.service.units import Installer, build_spec
 def install_service(dry_run: bool, grace: float | None, **opts: Any) -> None:
     """Run the bridge at login: a LaunchAgent on macOS, a systemd user unit on Linux."""
     config = validated_config(**opts)
-    given = bool(opts.get("mappings") or os.environ.get("MLX_BRIDGE_MAPPINGS"))
+    given = mappings_given(opts.get("mappings"))
     spec = build_spec(config, DEFAULT_GRACE if grace is None else grace, mappings_given=given,
                       demo=opts.get("demo"))
     installer = Installer()
@@ -72,7 +71,7 @@ def doctor(host: str | None, port: int | None, mappings: str | None, upstream: s
            home: str | None) -> None:
     """Check the installation and print what to fix (exit 1 when something is broken)."""
     config = load_config(host=host, port=port, mappings_path=mappings, upstream=upstream, home=home)
-    demo = demo_model.wanted(None, bool(mappings or os.environ.get("MLX_BRIDGE_MAPPINGS")))
+    demo = demo_model.wanted(None, mappings_given(mappings))
     checks = doctor_checks.run_checks(config, demo_on_first_start=demo)
     click.echo(doctor_checks.format_report(checks, doctor_checks.use_color(sys.stdout)))
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
