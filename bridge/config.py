@@ -230,7 +230,7 @@ def mappings_given(flag: str | None, env: Mapping[str, str] | None = None) -> bo
     >>> mappings_given(None, {"MLX_BRIDGE_MAPPINGS": "m.yaml"})
     True
     """
-    return bool(flag or (os.environ if env is None else env).get("MLX_BRIDGE_MAPPINGS"))
+    return bool(flag or env_str(os.environ if env is None else env, "MLX_BRIDGE_MAPPINGS"))
 
 
 def _resolve_mappings(home: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import click
 
-from bridge.config import Config, load_config
+from bridge.config import Config, load_config, mappings_given
 from bridge.http.server import DEFAULT_GRACE
 from bridge.routing.registry import MappingError, Registry
 from bridge.service import process as service
@@ -87,9 +86,9 @@ def start(wait: float, grace: float | None, **opts: Any) -> None:
 
 def argv_for(config: Config, grace: float, opts: dict[str, Any]) -> list[str]:
     """The `serve` command line for these options (the mapping file only when one was chosen)."""
-    given = bool(opts.get("mappings") or os.environ.get("MLX_BRIDGE_MAPPINGS"))
     return service.serve_argv(config, ServicePaths(config.home).log_file, grace,
-                              mappings_given=given, demo=opts.get("demo"))
+                              mappings_given=mappings_given(opts.get("mappings")),
+                              demo=opts.get("demo"))
 
 
 def _start(config: Config, grace: float, wait: float, argv: list[str] | None,
