@@ -87,7 +87,6 @@ class Done:
     # The last tokens' bytes made no whole character and were dropped from the text, so the text
     # is short of `context`: the next turn must not take those ids for that text.
     cut_tail: bool = False
-    answer_tokens: int = 0  # the generated ids at the end of `context` (EOS not among them)
 
 
 @dataclass

@@ -125,7 +125,6 @@ class TokenSink:
             context=self.prompt + self.tokens,
             stop_sequence=self.stop_hit if reason == "stop" else "",
             cut_tail=self.cut_tail,
-            answer_tokens=len(self.tokens),
         )
 
 

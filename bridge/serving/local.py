@@ -190,8 +190,9 @@ class LocalBackend:
         if (spec is None or spec.rendered is None or spec.tokens is None or done.stop_sequence
                 or done.prompt_eval_count != len(spec.tokens)):
             return
+        answer = len(done.context) - done.prompt_eval_count  # the generated ids after the prompt
         self.tokenizers.remember(job.model_path, spec.rendered + text, done.context,
-                                 done.answer_tokens if done.cut_tail else 0)
+                                 answer if done.cut_tail else 0)
 
     def tokenize(self, model: LocalModel, job: Job) -> None:
         """Render and tokenize a job's prompt (or embedding inputs) here, on the request thread,
