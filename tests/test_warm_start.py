@@ -161,3 +161,46 @@ def test_freed_heap_memory_is_kept_while_serving_and_handed_back_when_idle():
         allocator_phase("idle")
     assert kept > 30 * MB, kept // MB
     assert returned < 5 * MB, returned // MB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.own_process  # the thresholds are the process's: other engines in a worker set them
+def test_an_unload_hands_back_the_heap_top_kept_while_serving():
+    """What the engine thread freed while serving stays in its heap's top; malloc_trim never
+    shrinks a thread's heap, so an unload's free_memory trims it with a free of its own."""
+    if _libc_function("mallopt") is None:
+        pytest.skip("not glibc")
+    import mlx.core as mx
+
+    from bridge.engine.memory import _malloc_trim, free_memory
+
+    mx.eval(mx.zeros(4) + 1)  # MLX started before the readings (its first use maps ~5 MB)
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    grew: dict[str, int] = {}
+
+    def run() -> None:  # as the engine thread: serve, free, unload
+        before = _rss()
+        blocks = [libc.malloc(MB) for _ in range(40)]
+        for b in blocks:
+            ctypes.memset(b, 1, MB)
+        for b in reversed(blocks):
+            libc.free(b)
+        grew["served"] = _rss() - before
+        allocator_phase("idle")  # the unload's first step (ModelCache.unload)
+        _malloc_trim()
+        grew["malloc_trim"] = _rss() - before
+        free_memory(idle=True)
+        grew["unloaded"] = _rss() - before
+
+    try:
+        allocator_phase("serve")
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    finally:
+        allocator_phase("idle")
+    assert grew["served"] > 30 * MB, grew
+    assert grew["malloc_trim"] > 30 * MB, grew  # why free_memory needs more than malloc_trim
+    assert grew["unloaded"] < 5 * MB, grew

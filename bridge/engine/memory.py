@@ -33,27 +33,37 @@ def available_memory() -> int:
 
 def free_memory(idle: bool = False) -> None:
     """Collect dropped arrays and return MLX's buffer cache (mlx-lm #1757); `idle` (no model
-    is loaded): also the free tops of the heaps MLX computes in (below)."""
+    is loaded): also the free top of the engine thread's heap (below)."""
     import mlx.core as mx
 
     gc.collect()
     mx.synchronize()  # no async work may outlive the arrays (or the engine thread)
-    if idle:
-        _trim_mlx_heaps(mx)
     mx.clear_cache()
+    if idle:
+        _trim_heap_top()
     _malloc_trim()
 
 
-def _trim_mlx_heaps(mx: Any) -> None:
-    """glibc shrinks a thread arena's top only when a large block is freed in that arena, and
-    malloc_trim never does: the KV caches and activations a finished request freed while the
-    model was loaded (heap memory kept for reuse then) stay resident in the arena of the
-    thread MLX computes on until it frees a block again. One array of 256 kB computed and
-    dropped there does it, now that the "idle" phase has lowered the threshold."""
-    block = mx.zeros((1 << 16,), dtype=mx.float32) + 1
-    mx.eval(block)
-    del block
-    mx.synchronize()
+# A block glibc serves from the calling thread's heap (under the idle phase's 128 kB mmap
+# threshold) and whose free is large enough (64 kB, glibc's FASTBIN_CONSOLIDATION_THRESHOLD)
+# to make it trim that heap.
+_TRIM_BLOCK = 96 << 10
+
+
+def _trim_heap_top() -> None:
+    """Hand back the free top of this thread's glibc heap. Engine thread only.
+
+    MLX computes the engine's arrays in the engine thread's arena; the KV caches and
+    activations a finished request freed went back to its top, which glibc keeps while serving
+    (64 MB trim threshold) and malloc_trim never shrinks in a thread's arena: only a large free
+    in that arena does, once the "idle" phase has lowered the threshold. Without it an unload
+    after 8 clients left the arena's last 64 MB heap resident one time in three (127 -> 207 MB;
+    seen with gdb: a malloc/free of 100 kB on this thread gave the 65 MB back). The block is
+    malloc'd directly: an MLX array would come from MLX's own buffer cache, or above the
+    threshold be mapped on its own, and trim nothing."""
+    malloc, free = _libc_function("malloc"), _libc_function("free")
+    if malloc is not None and free is not None:
+        free(malloc(_TRIM_BLOCK))
 
 
 # glibc's mallopt parameters, and the values each phase sets (engine/models.py switches).
@@ -92,9 +102,9 @@ def _malloc_trim() -> None:
 
 
 @functools.cache  # once per process: each CDLL makes a new ctypes class, cyclic garbage
-def _libc_function(name: str) -> Callable[[int], int] | Callable[[int, int], int] | None:
-    """glibc's `name` (malloc_trim, mallopt), or None (not Linux, or not glibc: musl has
-    neither).
+def _libc_function(name: str) -> Callable[..., Any] | None:
+    """glibc's `name` (malloc_trim, mallopt, malloc, free), or None (not Linux, or not glibc:
+    musl has no malloc_trim or mallopt).
 
     Looked up once: a new CDLL per unload left a few kB of cyclic garbage (a ctypes class and
     its function objects) made after the unload's collection, which kept a pymalloc arena
@@ -102,6 +112,15 @@ def _libc_function(name: str) -> Callable[[int], int] | Callable[[int, int], int
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return getattr(ctypes.CDLL("libc.so.6"), name)
+        libc = ctypes.CDLL("libc.so.6")
+        # malloc_trim and mallopt must exist: they mark glibc (musl also has malloc and free)
+        if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+            return None
+        function = getattr(libc, name)
     except (OSError, AttributeError):
         return None
+    if name == "malloc":  # a pointer, not ctypes' default int (which would cut it to 32 bits)
+        function.restype, function.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    elif name == "free":
+        function.restype, function.argtypes = None, [ctypes.c_void_p]
+    return function
