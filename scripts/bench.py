@@ -238,7 +238,8 @@ def main() -> None:
         steps = [("raw", lambda: run_raw("mlx", model, work))]
         if "raw-bundled" not in skip:
             # The reference BLAS is slow: fewer TTFT samples and chat turns keep the run short.
-            slow = replace(work, ttft_requests=min(work.ttft_requests, 4), turns=min(work.turns, 3))
+            slow = replace(work, ttft_requests=min(work.ttft_requests, 4), turns=min(work.turns, 3),
+                           chats=1)
             steps.append(("raw (bundled BLAS)",
                           lambda: run_raw("mlx", model, slow, {"MLX_BRIDGE_BLAS": "off"})))
         steps.append(("bridge", lambda: run_bridge(model, work, tmp, ab_rounds=args.ab_rounds)))

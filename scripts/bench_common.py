@@ -62,6 +62,10 @@ class Workload:
     agg_rounds: int = 3  # timed rounds per client count (the median is reported)
     turns: int = 10
     turn_tokens: int = 24
+    # Growing chats, each with other questions; each turn's TTFT is the median over them: one
+    # chat's turns moved 156-216 ms with no trend (SmolLM2, the engine's prefill alike), so
+    # turn 10 against turn 2 of one chat read 1.04-1.18 for the same server.
+    chats: int = 3
     # A long single-stream decode timed for the per-token overhead (the tiny model: compute is
     # negligible, so what is left is the server's own path); 0 = none.
     overhead_tokens: int = 0

@@ -71,14 +71,24 @@ def measure(stream: Stream, complete: Complete | None, work: Workload,
                   for r in range(1 + work.agg_rounds)][1:]
         out["aggregate_rounds_tok_s"][str(clients)] = rounds
         out["aggregate_tok_s"][str(clients)] = percentile(rounds, 50)
-    messages: list[dict] = []
-    for turn in range(work.turns):
-        messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
-        r = stream(messages, work.turn_tokens)
-        out["chat_ttft_ms"].append(r.ttft * 1000)
-        out["chat_cached_tokens"].append(r.cached)
-        messages.append({"role": "assistant", "content": r.text})
+    chats = [chat(stream, work, offset=c * 7) for c in range(max(1, work.chats))]
+    out["chat_ttft_ms_rounds"] = [[ttft for ttft, _ in turns] for turns in chats]
+    out["chat_ttft_ms"] = [percentile(list(by_turn), 50)
+                           for by_turn in zip(*out["chat_ttft_ms_rounds"], strict=True)]
+    out["chat_cached_tokens"] = [cached for _, cached in chats[0]]
     return out
+
+
+def chat(stream: Stream, work: Workload, offset: int) -> list[tuple[float, int | None]]:
+    """One growing chat from QUESTIONS[offset]: (TTFT ms, cached tokens) per turn."""
+    messages: list[dict] = []
+    turns = []
+    for turn in range(work.turns):
+        messages.append({"role": "user", "content": QUESTIONS[(offset + turn) % len(QUESTIONS)]})
+        r = stream(messages, work.turn_tokens)
+        turns.append((r.ttft * 1000, r.cached))
+        messages.append({"role": "assistant", "content": r.text})
+    return turns
 
 
 def overhead(stream: Stream, work: Workload, cpu: Callable[[], float] | None) -> dict:
