@@ -219,7 +219,7 @@ def main() -> None:
     p.add_argument("--draft-layers", type=int, default=-1,
                    help="cut a draft from the model's first N layers (default: 1 on the tiny "
                         "model, none otherwise); 0 skips the speculative run")
-    p.add_argument("--ab-rounds", type=int, default=4,
+    p.add_argument("--ab-rounds", type=int, default=6,
                    help="single-stream decode rounds alternated between raw mlx-lm and the "
                         "bridge, both up at once (drift between the columns cancels); 0 skips")
     p.add_argument("--kv-types", default="f16,q8_0,q4_0",

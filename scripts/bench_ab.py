@@ -3,22 +3,25 @@
 The benchmark's columns run one after another, a minute or more apart; on a VM whose speed
 drifts (rerun XVI: raw mlx-lm's decode moved 11.7-16.4 tok/s between runs 3 minutes apart) that
 drift lands in the ratio. Here both stay up and take turns, A B B A ..., and the ratio is the
-median of the per-pair ratios: what drifts over minutes cancels out. Each round starts after
-IDLE seconds of nothing: the bridge's BLAS threads follow other work's CPU use, and the other
-engine's round just before is other work (1 thread until ~4 s after it ends: blas.ThreadFollower),
-which a user's request on an idle machine would not find.
+median of the per-pair ratios: what drifts over minutes cancels out (for an even count the
+mean of the middle two; the lower one, a nearest-rank median, read 0.95 for pairs 0.73 0.95
+0.97 1.26). Each round starts after IDLE seconds of nothing: the bridge's BLAS threads follow
+other work's CPU use, and the other engine's round just before is other work (1 thread until
+~4 s after it ends: blas.ThreadFollower), which a user's request on an idle machine would not
+find.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_common import LONG_ASK, decode_rate, percentile, user
+from bench_common import LONG_ASK, decode_rate, user
 from bench_measure import Stream
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +72,7 @@ def alternate(raw: Callable[[], float], bridge: Callable[[], float], rounds: int
         bridges.append(b if first is raw else a)
     pairs = [b / a for a, b in zip(raws, bridges, strict=True) if a and b]
     return {"rounds": rounds, "raw_tok_s": raws, "bridge_tok_s": bridges, "pair_ratios": pairs,
-            "ratio": percentile(pairs, 50) if pairs else None}
+            "ratio": statistics.median(pairs) if pairs else None}
 
 
 def run_ab(model: str, stream: Stream, rounds: int, tokens: int) -> dict:
