@@ -167,14 +167,11 @@ def test_freed_heap_memory_is_kept_while_serving_and_handed_back_when_idle():
 @pytest.mark.own_process  # the thresholds are the process's: other engines in a worker set them
 def test_an_unload_hands_back_the_heap_top_kept_while_serving():
     """What the engine thread freed while serving stays in its heap's top; malloc_trim never
-    shrinks a thread's heap, so an unload's free_memory trims it with a free of its own."""
+    shrinks a thread's heap, a free of 96 kB on the thread does (_trim_heap_top)."""
     if _libc_function("mallopt") is None:
         pytest.skip("not glibc")
-    import mlx.core as mx
+    from bridge.engine.memory import _malloc_trim, _trim_heap_top
 
-    from bridge.engine.memory import _malloc_trim, free_memory
-
-    mx.eval(mx.zeros(4) + 1)  # MLX started before the readings (its first use maps ~5 MB)
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -191,8 +188,8 @@ def test_an_unload_hands_back_the_heap_top_kept_while_serving():
         allocator_phase("idle")  # the unload's first step (ModelCache.unload)
         _malloc_trim()
         grew["malloc_trim"] = _rss() - before
-        free_memory(idle=True)
-        grew["unloaded"] = _rss() - before
+        _trim_heap_top()
+        grew["trimmed"] = _rss() - before
 
     try:
         allocator_phase("serve")
@@ -203,4 +200,17 @@ def test_an_unload_hands_back_the_heap_top_kept_while_serving():
         allocator_phase("idle")
     assert grew["served"] > 30 * MB, grew
     assert grew["malloc_trim"] > 30 * MB, grew  # why free_memory needs more than malloc_trim
-    assert grew["unloaded"] < 5 * MB, grew
+    assert grew["trimmed"] < 5 * MB, grew
+
+
+def test_free_memory_trims_the_heap_top_only_when_no_model_is_loaded(monkeypatch):
+    """An unload's free_memory trims the engine thread's heap top once no model is loaded
+    (while one is, the serving phase keeps the top on purpose)."""
+    from bridge.engine import memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "_trim_heap_top", lambda: calls.append("trim"))
+    memory.free_memory(idle=False)
+    assert calls == []
+    memory.free_memory(idle=True)
+    assert calls == ["trim"]
