@@ -57,7 +57,7 @@ def _trim_heap_top() -> None:
     activations a finished request freed went back to its top, which glibc keeps while serving
     (64 MB trim threshold) and malloc_trim never shrinks in a thread's arena: only a large free
     in that arena does, once the "idle" phase has lowered the threshold. Without it an unload
-    after 8 clients left the arena's last 64 MB heap resident one time in three (127 -> 207 MB;
+    after 8 clients left the arena's last 64 MB heap resident two times in five (127 -> 207 MB;
     seen with gdb: a malloc/free of 100 kB on this thread gave the 65 MB back). The block is
     malloc'd directly: an MLX array would come from MLX's own buffer cache, or above the
     threshold be mapped on its own, and trim nothing."""
