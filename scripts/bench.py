@@ -90,7 +90,7 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         if ab_rounds:
             print("... decode rounds alternated with raw mlx-lm", flush=True)
             out["decode_ab"] = run_ab(model, client[0], ab_rounds,
-                                      work.overhead_tokens or work.decode_tokens)
+                                      work.overhead_tokens or work.ab_tokens)
         out["blas"] = health.get("blas")
         out["num_parallel"] = health.get("num_parallel")
         out["blas_threads"] = health.get("blas_threads")

@@ -72,6 +72,9 @@ class Workload:
     # Rounds of it (the best and the median are reported): one round moves ±100 us a token
     # and more between runs on a shared machine.
     overhead_rounds: int = 5
+    # Tokens per round of single-stream decode alternated with raw mlx-lm (bench_ab.py): 64-token
+    # rounds (4 s of SmolLM2) read pairs 0.73-1.26 in one run, 160-token ones 0.98-1.12.
+    ab_tokens: int = 160
 
     @classmethod
     def quick(cls) -> Workload:
@@ -79,7 +82,8 @@ class Workload:
 
     @classmethod
     def full(cls) -> Workload:
-        return cls(ttft_requests=20, decode_tokens=200, agg_tokens=128, turn_tokens=48)
+        return cls(ttft_requests=20, decode_tokens=200, agg_tokens=128, turn_tokens=48,
+                   ab_tokens=200)
 
     def to_dict(self) -> dict:
         return asdict(self)
