@@ -22,6 +22,7 @@ CPU microseconds per token move far less.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -29,8 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -38,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_ab import run_ab  # noqa: E402
+from bench_ab import run_ab, run_ab_aggregate  # noqa: E402
 from bench_common import (  # noqa: E402
     PeakRss,
     Workload,
@@ -65,22 +68,34 @@ def run_raw(engine: str, model: str, work: Workload, env: dict[str, str] | None 
     return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
-def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None = None,
-               ab_rounds: int = 0) -> dict:
-    """The bridge as users run it, plus RSS before load and after a keep_alive unload; with
-    `ab_rounds`, single-stream decode rounds alternated with raw mlx-lm's (scripts/bench_ab.py)."""
+@contextlib.contextmanager
+def bridge_server(model: str, tmp: Path, env: dict[str, str] | None = None,
+                  name: str = "bridge") -> Iterator[Any]:
+    """The bridge as users run it (`mlx-bridge serve`, defaults), serving `model` as "bench"."""
     import yaml
 
-    mappings = tmp / "model_mappings.yaml"
+    home = tmp / name
+    home.mkdir(parents=True, exist_ok=True)
+    mappings = home / "model_mappings.yaml"
     mappings.write_text(yaml.safe_dump({"models": {"bench": {"mlx": model, "backend": "mlx"}}}))
     port = free_port()
     cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port),
-           "--mappings", str(mappings), "--home", str(tmp / "home")]
-    server = start_server("bridge", cmd, {"HF_HUB_OFFLINE": "1", **(env or {})}, port,
+           "--mappings", str(mappings), "--home", str(home / "home")]
+    server = start_server(name, cmd, {"HF_HUB_OFFLINE": "1", **(env or {})}, port,
                           lambda url: requests.get(url + "/health", timeout=2)
                           .json()["engine"]["state"] == "running",
                           tmp)
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None = None,
+               ab_rounds: int = 0) -> dict:
+    """The bridge as users run it, plus RSS before load and after a keep_alive unload; with
+    `ab_rounds`, single-stream decode rounds alternated with raw mlx-lm's (scripts/bench_ab.py)."""
+    with bridge_server(model, tmp, env) as server:
         rss_before = _settled_rss(server.proc.pid)
         health = requests.get(server.url + "/health", timeout=5).json()["engine"]
         peak = PeakRss(server.proc.pid)
@@ -98,8 +113,6 @@ def run_bridge(model: str, work: Workload, tmp: Path, env: dict[str, str] | None
         out["rss_before_load"] = rss_before
         out["rss_after_unload"] = _rss_after_expiry(server.url, server.proc.pid)
         return out
-    finally:
-        server.stop()
 
 
 def _settled_rss(pid: int, timeout: float = 30.0) -> int:
@@ -128,8 +141,9 @@ def _rss_after_expiry(url: str, pid: int) -> int:
     return rss_bytes(tree_pids(pid))
 
 
-def run_peer(model: str, work: Workload, tmp: Path) -> dict:
-    """mlx_lm.server with its defaults (continuous batching, prompt cache), on the same BLAS."""
+def run_peer(model: str, work: Workload, tmp: Path, ab_rounds: int = 0) -> dict:
+    """mlx_lm.server with its defaults (continuous batching, prompt cache), on the same BLAS;
+    with `ab_rounds`, its rounds of the widest client count alternated with a fresh bridge's."""
     from bridge.engine import blas
     from bridge.engine.blas_build import patched_openblas
 
@@ -143,11 +157,18 @@ def run_peer(model: str, work: Workload, tmp: Path) -> dict:
                           lambda url: requests.get(url + "/v1/models", timeout=2).ok, tmp)
     try:
         peak = PeakRss(server.proc.pid)
-        out = measure(*openai_client(server.url), work,
-                      cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
+        client = openai_client(server.url)
+        out = measure(*client, work, cpu=lambda: cpu_seconds(tree_pids(server.proc.pid)))
         out["peak_rss"] = peak.stop()
         out["blas_threads"] = int(env["OPENBLAS_NUM_THREADS"]) if "OPENBLAS_NUM_THREADS" in env \
             else None
+        clients = max(work.clients)
+        if ab_rounds and clients > 1:
+            print(f"... {clients} clients alternated with the bridge", flush=True)
+            with bridge_server(model, tmp, name="bridge-ab") as bridge:
+                out["aggregate_ab"] = run_ab_aggregate(
+                    client[1], ollama_client(bridge.url, "bench")[1], clients, work.agg_tokens,
+                    ab_rounds)
         return out
     finally:
         server.stop()
@@ -251,7 +272,8 @@ def main() -> None:
             steps.append(("bridge (bundled BLAS)",
                           lambda: run_bridge(model, work, tmp, {"MLX_BRIDGE_BLAS": "off"})))
         if "peer" not in skip:
-            steps.append(("mlx_lm.server", lambda: run_peer(model, work, tmp)))
+            steps.append(("mlx_lm.server",
+                          lambda: run_peer(model, work, tmp, ab_rounds=args.ab_rounds)))
         if args.gguf and "llamacpp" not in skip and importlib.util.find_spec("llama_cpp"):
             steps.append(("llama.cpp", lambda: run_raw("llamacpp", args.gguf, work)))
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])

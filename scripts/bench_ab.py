@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_common import LONG_ASK, decode_rate, user
-from bench_measure import Stream
+from bench_measure import Complete, Stream, aggregate
 
 HERE = Path(__file__).resolve().parent
 IDLE = 5.0  # seconds before each round (TAU 1.5 s from 2 busy cores to < 0.25: 3.1 s, + a reading)
@@ -58,7 +58,7 @@ class RawWorker:
 
 
 def alternate(raw: Callable[[], float], bridge: Callable[[], float], rounds: int) -> dict:
-    """A warm-up each, then `rounds` pairs in A B / B A order; decode tok/s per round."""
+    """A warm-up each, then `rounds` pairs in A B / B A order; a rate (tok/s) per round."""
     def after_idle(run: Callable[[], float]) -> float:
         time.sleep(IDLE)
         return run()
@@ -86,3 +86,24 @@ def run_ab(model: str, stream: Stream, rounds: int, tokens: int) -> dict:
         return {"tokens": tokens, **alternate(lambda: worker.decode(tokens), bridge, rounds)}
     finally:
         worker.close()
+
+
+def run_ab_aggregate(peer: Complete, bridge: Complete, clients: int, tokens: int,
+                     rounds: int) -> dict:
+    """`clients` requests at once, mlx_lm.server's rounds alternated with the bridge's (both up):
+    its @8 and the bridge's, read in columns minutes apart, moved 45.9-65.1 and 61.5-75.4 tok/s
+    between runs on one VM. Both servers get the same new prompts in a pair (round numbers from
+    100; the columns used 0-3)."""
+    calls = [0]  # alternate() runs the two in pairs (warm-up first): calls 2k, 2k+1 share k
+
+    def one(complete: Complete) -> Callable[[], float]:
+        def run() -> float:
+            round_ = 100 + calls[0] // 2
+            calls[0] += 1
+            return aggregate(complete, clients, tokens, round_)
+        return run
+
+    out = alternate(one(peer), one(bridge), rounds)
+    return {"clients": clients, "tokens": tokens, "rounds": rounds,
+            "peer_tok_s": out["raw_tok_s"], "bridge_tok_s": out["bridge_tok_s"],
+            "pair_ratios": out["pair_ratios"], "ratio": out["ratio"]}

@@ -92,6 +92,8 @@ def targets(columns: dict[str, dict]) -> list[tuple[str, float | None, str, bool
         ("bridge aggregate @8 / mlx_lm.server @8",
          _ratio(agg.get("8"), peer.get("aggregate_tok_s", {}).get("8")), ">= 1.2",
          lambda v: v >= 1.2),
+        ("aggregate @8 / mlx_lm.server, alternated",
+         (peer.get("aggregate_ab") or {}).get("ratio"), ">= 1.2", lambda v: v >= 1.2),
         ("overhead/token, wall us, best rounds",
          _minus(br.get("overhead_wall_us_per_tok"), raw.get("overhead_wall_us_per_tok"))
          if br.get("overhead_wall_us_per_tok") is not None
@@ -141,14 +143,20 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None 
     for what, value, target, met in checks:
         mark = {True: "ok", False: "MISSED", None: ""}[met]
         print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
+    def tok_s(values: list) -> str:
+        return " ".join(_fmt(v) for v in values)
+
     ab = columns.get("bridge", {}).get("decode_ab")
     if ab:
-        def tok_s(values: list) -> str:
-            return " ".join(_fmt(v) for v in values)
-
         print(f"\nsingle-stream decode in alternated rounds ({ab['rounds']} pairs of "
               f"{ab['tokens']} tokens, tok/s): raw {tok_s(ab['raw_tok_s'])}; bridge "
               f"{tok_s(ab['bridge_tok_s'])}; per-pair ratios {tok_s(ab['pair_ratios'])}")
+    agg_ab = columns.get("mlx_lm.server", {}).get("aggregate_ab")
+    if agg_ab:
+        print(f"\n{agg_ab['clients']} clients in alternated rounds ({agg_ab['rounds']} pairs of "
+              f"{agg_ab['tokens']} tokens a client, tok/s): mlx_lm.server "
+              f"{tok_s(agg_ab['peer_tok_s'])}; bridge {tok_s(agg_ab['bridge_tok_s'])}; "
+              f"per-pair ratios {tok_s(agg_ab['pair_ratios'])}")
     if kv:
         print_kv(kv)
     if spec:
