@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -44,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench_ab import run_ab, run_ab_aggregate  # noqa: E402
 from bench_common import (  # noqa: E402
     PeakRss,
+    Server,
     Workload,
     cpu_seconds,
     free_port,
@@ -70,7 +70,7 @@ def run_raw(engine: str, model: str, work: Workload, env: dict[str, str] | None 
 
 @contextlib.contextmanager
 def bridge_server(model: str, tmp: Path, env: dict[str, str] | None = None,
-                  name: str = "bridge") -> Iterator[Any]:
+                  name: str = "bridge") -> Iterator[Server]:
     """The bridge as users run it (`mlx-bridge serve`, defaults), serving `model` as "bench"."""
     import yaml
 

@@ -13,6 +13,7 @@ find.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -94,14 +95,10 @@ def run_ab_aggregate(peer: Complete, bridge: Complete, clients: int, tokens: int
     its @8 and the bridge's, read in columns minutes apart, moved 45.9-65.1 and 61.5-75.4 tok/s
     between runs on one VM. Both servers get the same new prompts in a pair (round numbers from
     100; the columns used 0-3)."""
-    calls = [0]  # alternate() runs the two in pairs (warm-up first): calls 2k, 2k+1 share k
+    calls = itertools.count()  # alternate() runs the two in pairs (warm-up first): 2k, 2k+1
 
     def one(complete: Complete) -> Callable[[], float]:
-        def run() -> float:
-            round_ = 100 + calls[0] // 2
-            calls[0] += 1
-            return aggregate(complete, clients, tokens, round_)
-        return run
+        return lambda: aggregate(complete, clients, tokens, 100 + next(calls) // 2)
 
     out = alternate(one(peer), one(bridge), rounds)
     return {"clients": clients, "tokens": tokens, "rounds": rounds,

@@ -58,6 +58,11 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, list]]:
     return table
 
 
+def tok_s(values: list) -> str:
+    """Rates of rounds, side by side."""
+    return " ".join(_fmt(v) for v in values)
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -143,9 +148,6 @@ def report(columns: dict[str, dict], meta: dict, out_dir: Path, kv: dict | None 
     for what, value, target, met in checks:
         mark = {True: "ok", False: "MISSED", None: ""}[met]
         print(f"  {what:<42} {_fmt(value):>10}   target {target:<8} {mark}")
-    def tok_s(values: list) -> str:
-        return " ".join(_fmt(v) for v in values)
-
     ab = columns.get("bridge", {}).get("decode_ab")
     if ab:
         print(f"\nsingle-stream decode in alternated rounds ({ab['rounds']} pairs of "
