@@ -102,25 +102,28 @@ def _malloc_trim() -> None:
 
 
 @functools.cache  # once per process: each CDLL makes a new ctypes class, cyclic garbage
-def _libc_function(name: str) -> Callable[..., Any] | None:
-    """glibc's `name` (malloc_trim, mallopt, malloc, free), or None (not Linux, or not glibc:
-    musl has no malloc_trim or mallopt).
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, or None (not Linux, or musl: no malloc_trim or mallopt).
 
-    Looked up once: a new CDLL per unload left a few kB of cyclic garbage (a ctypes class and
+    Loaded once: a new CDLL per unload left a few kB of cyclic garbage (a ctypes class and
     its function objects) made after the unload's collection, which kept a pymalloc arena
     in use until the next one."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        # malloc_trim and mallopt must exist: they mark glibc (musl also has malloc and free)
-        if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
-            return None
-        function = getattr(libc, name)
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    if name == "malloc":  # a pointer, not ctypes' default int (which would cut it to 32 bits)
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+@functools.cache  # its argument and result types are set once
+def _libc_function(name: str) -> Callable[..., Any] | None:
+    """glibc's `name` (malloc_trim, mallopt, malloc, free), or None where _glibc() is None."""
+    libc = _glibc()
+    function = getattr(libc, name, None) if libc is not None else None
+    if name == "malloc" and function is not None:  # a pointer, not ctypes' default int (32 bits)
         function.restype, function.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    elif name == "free":
+    elif name == "free" and function is not None:
         function.restype, function.argtypes = None, [ctypes.c_void_p]
     return function
