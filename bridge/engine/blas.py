@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.engine import blas_rows
 from bridge.engine.blas_build import patched_openblas
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class BlasInfo:
     path: str = ""
     detail: str = ""
     threads: int | None = None
+    gemv_rows: int = 0  # matmuls of at most this many rows run as sgemv (engine/blas_rows.py)
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,21 @@ def enable() -> BlasInfo:
         return BlasInfo("bundled", detail="MLX_BRIDGE_BLAS=off")
     try:
         path = Path(choice) if choice else patched_openblas()
-        lib = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+        # Local first: the few-row shim (blas_rows) must enter the global scope ahead of it.
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        rows = 0 if choice else blas_rows.configured_rows()
+        if rows and blas_rows.install(lib, rows) is None:
+            rows = 0  # no compiler: MLX calls OpenBLAS's sgemm for every matmul
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)  # promoted to global
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("fast BLAS unavailable, MLX keeps its reference BLAS: %s", exc)
         return BlasInfo("bundled", detail=str(exc))
     if "mlx.core" in sys.modules:
         log.debug("BLAS loaded after mlx.core: effective only if no matmul ran yet")
     info = BlasInfo("custom" if choice else "openblas", str(path), _corename(lib),
-                    _set_threads(lib))
-    log.info("blas=%s path=%s core=%s threads=%s", info.name, info.path, info.detail or "?",
-             info.threads)
+                    _set_threads(lib), gemv_rows=rows)
+    log.info("blas=%s path=%s core=%s threads=%s gemv_rows=%d", info.name, info.path,
+             info.detail or "?", info.threads, rows)
     return info
 
 

@@ -28,7 +28,7 @@ def patched_openblas(cache_dir: Path | None = None) -> Path:
     stat = source.stat()
     tag = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     error: OSError | None = None
-    for folder in [cache_dir] if cache_dir else _cache_dirs():
+    for folder in [cache_dir] if cache_dir else cache_dirs():
         target = folder / f"libopenblas-mlx-bridge-{tag}.so"
         if target.is_file():
             return target
@@ -108,7 +108,8 @@ def _patchelf() -> str:
     return found
 
 
-def _cache_dirs() -> list[Path]:
+def cache_dirs() -> list[Path]:
+    """Where built libraries are cached: the user's cache dir, else a per-user temp dir."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return [Path(base) / "mlx-bridge" / "blas",
             Path(tempfile.gettempdir()) / f"mlx-bridge-blas-{os.getuid()}"]

@@ -55,8 +55,23 @@ def effective_blas() -> dict[str, str]:
         address = _symbol(lib, "cblas_sgemm")
         if address:
             path = _library_of(address)
+            shim = _shim_target(path)
+            if shim is not None:  # bridge/engine/blas_rows.py: few rows as sgemv, the rest on
+                rows, path = shim
+                return {"path": path, "kind": _identify(path), "gemv_rows": str(rows)}
             return {"path": path, "kind": _identify(path)}
     return {"path": "", "kind": "none"}
+
+
+def _shim_target(path: str) -> tuple[int, str] | None:
+    """(rows, the BLAS library it forwards to) where `path` is the bridge's sgemv shim."""
+    try:
+        lib = ctypes.CDLL(path)
+        target, rows = lib.mlx_bridge_rows_target, lib.mlx_bridge_rows_max
+    except (OSError, AttributeError):
+        return None
+    target.restype = ctypes.c_void_p
+    return rows(), _library_of(target())
 
 
 def _symbol(lib: ctypes.CDLL | None, name: str) -> int | None:

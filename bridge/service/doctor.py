@@ -96,7 +96,9 @@ def check_blas(blas: Mapping[str, str], setup: Mapping[str, str]) -> Check:
                      "MLX_BRIDGE_BLAS at a libopenblas.so")
     if kind in ("none", "unknown"):
         return Check("blas", "warn", f"could not tell which BLAS MLX uses ({kind}) {path}".rstrip())
-    return Check("blas", "ok", f"{kind} [{path}]")
+    rows = blas.get("gemv_rows")
+    shim = f", matmuls of 1-{rows} rows as sgemv" if rows and rows != "0" else ""
+    return Check("blas", "ok", f"{kind}{shim} [{path}]")
 
 
 def check_state_dir(home: Path) -> Check:
