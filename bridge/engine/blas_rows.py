@@ -24,6 +24,8 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sysconfig
@@ -38,6 +40,10 @@ DEFAULT_ROWS = 3  # measured above: sgemv a row wins at 1-3 rows, ties at 4, los
 
 SOURCE = r"""
 /* mlx-bridge: few-row sgemm as one sgemv a row (bridge/engine/blas_rows.py). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+
 typedef void (*sgemm_t)(int, int, int, int, int, int, float, const float *, int,
                         const float *, int, float, float *, int);
 typedef void (*sgemv_t)(int, int, int, int, float, const float *, int, const float *, int,
@@ -63,7 +69,9 @@ int mlx_bridge_rows_max(void) { return max_rows; }
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta,
                  float *c, int ldc) {
-    if (order == ROW_MAJOR && m >= 1 && m <= max_rows && n > 0 && k > 0
+    if (!real_sgemm) /* never initialised: the next cblas_sgemm in the search order */
+        real_sgemm = (sgemm_t)dlsym(RTLD_NEXT, "cblas_sgemm");
+    if (order == ROW_MAJOR && m >= 1 && m <= max_rows && n > 0 && k > 0 && real_sgemv
         && (ta == NO_TRANS || ta == TRANS) && (tb == NO_TRANS || tb == TRANS)) {
         for (int i = 0; i < m; i++) {
             /* row i of op(A): contiguous, or a column of A (stride lda) when transposed */
@@ -75,7 +83,7 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha,
             else /* B is k x n: y = B^T x */
                 real_sgemv(ROW_MAJOR, TRANS, k, n, alpha, b, ldb, x, incx, beta, y, 1);
         }
-        forwarded++;
+        __atomic_fetch_add(&forwarded, 1, __ATOMIC_RELAXED);
         return;
     }
     real_sgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -92,23 +100,27 @@ def configured_rows() -> int:
 
 def shim_library(cache_dir: Path | None = None) -> Path | None:
     """The compiled shim (built once, cached); None where no C compiler builds it."""
-    compiler = _compiler()
-    if compiler is None:
+    compilers = _compilers()
+    if not compilers:
         log.info("few-row matmuls stay on sgemm: no C compiler to build the sgemv shim")
         return None
-    tag = hashlib.sha256(f"{compiler}\0{SOURCE}".encode()).hexdigest()[:16]
-    for folder in [cache_dir] if cache_dir else cache_dirs():
-        target = folder / f"libmlx-bridge-rows-{tag}.so"
-        if target.is_file():
-            return target
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return _build(compiler, target)
-        except PermissionError:
-            continue
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("few-row matmuls stay on sgemm: the sgemv shim did not build: %s", exc)
-            return None
+    for compiler in compilers:
+        key = f"{platform.machine()}\0{' '.join(compiler)}\0{SOURCE}"
+        tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+        for folder in [cache_dir] if cache_dir else cache_dirs():
+            target = folder / f"libmlx-bridge-rows-{tag}.so"
+            if target.is_file():
+                return target
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return _build(compiler, target)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                detail = (exc.stderr or b"").decode(errors="replace").strip()[-300:]
+                log.warning("the sgemv shim did not build with %s: %s", compiler[0], detail)
+                break  # this compiler fails here: try the next one
+            except OSError:
+                continue  # an unwritable folder: try the next one
+    log.warning("few-row matmuls stay on sgemm: the sgemv shim did not build")
     return None
 
 
@@ -117,36 +129,46 @@ def install(blas: ctypes.CDLL, rows: int) -> Path | None:
     after loading `blas` with RTLD_LOCAL and before making `blas` global (blas.enable)."""
     if rows <= 0:
         return None
+    try:  # before the shim enters the global scope: it must never run without them
+        sgemm = ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p)
+        sgemv = ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p)
+    except AttributeError as exc:
+        log.warning("few-row matmuls stay on sgemm: %s", exc)
+        return None
     path = shim_library()
     if path is None:
         return None
     try:
         shim = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)
         shim.mlx_bridge_rows_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        shim.mlx_bridge_rows_init(ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p),
-                                  ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p), rows)
+        shim.mlx_bridge_rows_init(sgemm, sgemv, rows)
     except (OSError, AttributeError) as exc:
         log.warning("few-row matmuls stay on sgemm: %s", exc)
         return None
     return path
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC", "").split() or [None])[:1] + [
-            sysconfig.get_config_var("CC"), "cc", "gcc", "clang"]:
-        if name:
-            found = shutil.which(str(name).split()[0])
-            if found:
-                return found
-    return None
+def _compilers() -> list[list[str]]:
+    """C compiler commands to try: CC, the one Python was built with, cc, gcc, clang."""
+    found: list[list[str]] = []
+    for spec in (os.environ.get("CC", ""), sysconfig.get_config_var("CC") or "", "cc", "gcc",
+                 "clang"):
+        try:
+            words = shlex.split(spec)
+        except ValueError:
+            continue
+        path = shutil.which(words[0]) if words else None
+        if path and [path, *words[1:]] not in found:
+            found.append([path, *words[1:]])
+    return found
 
 
-def _build(compiler: str, target: Path) -> Path:
+def _build(compiler: list[str], target: Path) -> Path:
     source = target.with_name(f"{target.stem}.{os.getpid()}.c")
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
         source.write_text(SOURCE)
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(source)],
+        subprocess.run([*compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(source), "-ldl"],
                        check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)  # atomic: concurrent servers may build it at the same time
     finally:
