@@ -173,6 +173,7 @@ def test_a_real_engine_pads_and_batches_of_six_answer_as_each_alone(padded_engin
     layers = [m for _, m in loaded.model.named_modules() if isinstance(m, nn.Linear)]
     assert layers and all(isinstance(m, PaddedLinear) for m in layers)
     assert padded_engine.health()["row_block"] == padded_engine.row_padding.block
+    assert padded_engine.health()["gemv_rows"] == padded_engine.row_padding.gemv_rows
     jobs = run_together(padded_engine, tiny_model_dir, PROMPTS6, n=40)
     together = [(text_of([ev for _, ev in j.events.times]), j.events.times[-1][1].eval_count)
                 for j in jobs]

@@ -83,6 +83,7 @@ class Engine(Admission, CrashRecovery):
         self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
         self.blas_threads: int | None = None
+        self.gemv_rows = 0  # matmuls of at most this many rows run as sgemv (engine/blas_rows.py)
         self._blas_follow: ThreadFollower | None = None  # re-decides blas_threads as it runs
         self.row_padding: RowPadding | None = None  # CPU matmuls' rows (engine/rowpad.py)
         self.fast_attention = False  # x86-64 CPU attention's exp (engine/cpu_attention.py)
@@ -170,6 +171,7 @@ class Engine(Admission, CrashRecovery):
                 "num_parallel": self.num_parallel,
                 "blas": self.blas, "blas_threads": self.blas_threads,
                 "row_block": self.row_padding.block if self.row_padding is not None else None,
+                "gemv_rows": self.gemv_rows,
                 "fast_attention": self.fast_attention,
                 "warm_start_ms": self.warm_start_ms,
                 "restarts": self.restart_policy.restarts,
@@ -202,6 +204,7 @@ class Engine(Admission, CrashRecovery):
             self._blas_follow = follower(info)
         follow = self._blas_follow
         self.blas, self.blas_threads = info.name, follow.current if follow else info.threads
+        self.gemv_rows = info.gemv_rows
         with self._lock:
             if self._stopping:
                 log.info("engine stopped before MLX started")
