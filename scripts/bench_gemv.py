@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""What computing few-row matmuls as sgemv buys (bridge/engine/blas_rows.py), against OpenBLAS's
-sgemm, alternated in one process (the shim's row count is switched between rounds):
+"""What the few-row kernel buys (bridge/engine/blas_rows.py), against OpenBLAS's sgemm,
+alternated in one process (the kernel's row count is switched between rounds):
 
   matmul   every float32 matmul of one decoding step (each linear layer and the tied output
-           head, weights streamed from memory) for 1..8 rows: ms, sgemm against one sgemv a row
-  step     one decoding step of the whole model for batches of 1..8 sequences: ms, with the
-           shim at its default row count against off (rows not padded: the model as loaded)
+           head, weights streamed from memory) for 1..16 rows: ms, sgemm against the kernel
+  step     one decoding step of the whole model for batches of 1..16 sequences: ms, with the
+           kernel at its default row count against off (rows not padded: the model as loaded)
   engine   the bridge's engine in this process: one greedy stream alone, and 8 at once (fresh
            prompts; the first ends early, as real requests do): generated tokens per second,
            default against off, median of the rounds
@@ -31,22 +31,18 @@ from bench_common import QUESTIONS, finish_jobs, load_average, timed_ms  # noqa:
 
 
 def shim_switch(blas_path: str) -> Callable[[int], None]:
-    """A function setting the loaded shim's row count (0: every matmul on sgemm); only between
+    """A function setting the loaded kernel's row count (0: every matmul on sgemm); only between
     evaluations: no matmul may run while it changes."""
     from bridge.engine import blas_rows
 
     path = blas_rows.shim_library()
     if path is None:
-        raise SystemExit("the sgemv shim is not built here (no C compiler?)")
-    shim, blas = ctypes.CDLL(str(path)), ctypes.CDLL(blas_path)
-    shim.mlx_bridge_rows_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    gemm = ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p)
-    gemv = ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p)
-    return lambda rows: shim.mlx_bridge_rows_init(gemm, gemv, rows)
+        raise SystemExit("the few-row kernel is not built here (no C compiler?)")
+    return ctypes.CDLL(str(path)).mlx_bridge_rows_set_max
 
 
-def matmul_costs(model, set_rows, rows: range, rounds: int) -> list[dict]:
-    """Every weight of a decoding step times `n` rows, as sgemm and as sgemv (rounds alternated)."""
+def matmul_costs(model, set_rows, rows: tuple[int, ...], rounds: int) -> list[dict]:
+    """Every weight of a decoding step times `n` rows, on sgemm and on the kernel (alternated)."""
     import mlx.core as mx
 
     weights = [m.weight for _, m in model.named_modules() if type(m).__name__ == "Linear"]
@@ -56,9 +52,9 @@ def matmul_costs(model, set_rows, rows: range, rounds: int) -> list[dict]:
     for n in rows:
         xs = {w.shape[1]: mx.random.normal((n, w.shape[1])) for w in weights}
         mx.eval(list(xs.values()))
-        times: dict[str, list[float]] = {"sgemm_ms": [], "sgemv_ms": []}
+        times: dict[str, list[float]] = {"sgemm_ms": [], "kernel_ms": []}
         for _ in range(rounds):
-            for name, count in (("sgemm_ms", 0), ("sgemv_ms", max(rows))):
+            for name, count in (("sgemm_ms", 0), ("kernel_ms", max(rows))):
                 set_rows(count)
                 times[name].append(timed_ms(lambda xs=xs: [xs[w.shape[1]] @ w.T
                                                           for w in weights], 3))
@@ -66,9 +62,9 @@ def matmul_costs(model, set_rows, rows: range, rounds: int) -> list[dict]:
     return out
 
 
-def step_costs(model, set_rows, default: int, batches: range, rounds: int,
+def step_costs(model, set_rows, default: int, batches: tuple[int, ...], rounds: int,
                context: int = 80) -> list[dict]:
-    """One decoding step, `context` tokens cached, the shim at `default` rows against off."""
+    """One decoding step, `context` tokens cached, the kernel at `default` rows against off."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -111,7 +107,7 @@ def engine_runs(model: str, set_rows, default: int, tokens: int, rounds: int) ->
                 arms = (("off", 0), ("default", default))
                 for name, count in arms if r % 2 == 0 else arms[::-1]:  # A B, then B A
                     set_rows(count)  # the engine is idle between runs: no matmul in flight
-                    if engine.row_padding is not None:  # off pads 2-3 rows again, as before
+                    if engine.row_padding is not None:  # off pads rows again, as before
                         engine.row_padding.gemv_rows = count
                     # the same prompts for both: answers of other lengths weigh otherwise
                     runs[f"{name}@{clients}"].append(run(f"round {r}", clients))
@@ -133,14 +129,14 @@ def main() -> None:
 
     info = blas.enable()
     if not info.gemv_rows:
-        raise SystemExit(f"the shim is off here (blas={info.name}, MLX_BRIDGE_GEMV_ROWS?)")
+        raise SystemExit(f"the kernel is off here (blas={info.name}, MLX_BRIDGE_GEMV_ROWS?)")
     set_rows = shim_switch(info.path)
     from mlx_lm import load
 
     before = load_average()
     model, _ = load(args.model)
-    matmuls = matmul_costs(model, set_rows, range(1, 9), args.rounds)
-    steps = step_costs(model, set_rows, info.gemv_rows, range(1, 9), args.rounds)
+    matmuls = matmul_costs(model, set_rows, (1, 2, 3, 4, 6, 8, 12, 16), args.rounds)
+    steps = step_costs(model, set_rows, info.gemv_rows, (1, 2, 4, 8, 16), args.rounds)
     del model
     runs = engine_runs(args.model, set_rows, info.gemv_rows, args.tokens, args.rounds)
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -149,11 +145,11 @@ def main() -> None:
            "load": [before, load_average()], "matmul": matmuls, "step": steps, "engine": runs,
            "engine_median": med}
     print(f"model {args.model}  BLAS {info.name} {info.detail} ({info.threads} threads), "
-          f"default sgemv rows {info.gemv_rows}  load {before} -> {out['load'][1]}")
-    print(f"{'rows':>4} {'step matmuls sgemm ms':>22} {'sgemv ms':>9} {'gain':>6}")
+          f"default kernel rows {info.gemv_rows}  load {before} -> {out['load'][1]}")
+    print(f"{'rows':>4} {'step matmuls sgemm ms':>22} {'kernel ms':>10} {'gain':>6}")
     for r in matmuls:
-        print(f"{r['rows']:>4} {r['sgemm_ms']:>22.1f} {r['sgemv_ms']:>9.1f}"
-              f" {r['sgemm_ms'] / r['sgemv_ms']:>5.2f}x")
+        print(f"{r['rows']:>4} {r['sgemm_ms']:>22.1f} {r['kernel_ms']:>10.1f}"
+              f" {r['sgemm_ms'] / r['kernel_ms']:>5.2f}x")
     print(f"{'batch':>5} {'decode step off ms':>19} {'default ms':>11} {'gain':>6}")
     for r in steps:
         print(f"{r['batch']:>5} {r['off_ms']:>19.1f} {r['default_ms']:>11.1f}"

@@ -37,7 +37,7 @@ if forwarded:
     forwarded.restype = ctypes.c_long
 before = forwarded() if forwarded else 0
 rows_err = 0.0
-for m in (1, 2, 3, 4, 9):  # few rows (the sgemv shim) and many (sgemm), every transposition
+for m in (1, 2, 3, 4, 9, 16, 17):  # few rows (the kernel) and many (sgemm), every transposition
     for ta in (False, True):
         for tb in (False, True):
             x = np.random.default_rng(m).standard_normal((m, 70)).astype(np.float32)
@@ -72,22 +72,23 @@ def test_openblas_is_loaded_and_computes_correct_matmuls(tmp_path):
     result = probe({"XDG_CACHE_HOME": str(tmp_path)})
     assert result["name"] == "openblas"
     assert Path(result["path"]).is_relative_to(tmp_path)
-    # libmlx's cblas_sgemm: the sgemv shim, which hands many-row calls to OpenBLAS's
+    # libmlx's cblas_sgemm: the few-row kernel, which hands many-row calls to OpenBLAS's
     assert result["same_symbol"] or result["shim_symbol"]
     assert result["err"] < 1e-3
 
 
-compiler = pytest.mark.skipif(not blas_rows._compilers(), reason="no C compiler: no shim")
+compiler = pytest.mark.skipif(not blas_rows._compilers(), reason="no C compiler: no kernel")
 
 
 @linux
 @compiler
-def test_few_row_matmuls_run_through_the_sgemv_shim(tmp_path):
+def test_few_row_matmuls_run_on_the_bridge_kernel(tmp_path):
     result = probe({"XDG_CACHE_HOME": str(tmp_path)})
-    assert result["gemv_rows"] == blas_rows.DEFAULT_ROWS
-    assert result["shim_symbol"], "libmlx's cblas_sgemm binds to the shim, ahead of OpenBLAS"
-    # 1, 2 and 3 rows in 4 transpositions each went to sgemv; 4 and 9 rows to sgemm
-    assert result["forwarded"] == 3 * 4
+    assert result["gemv_rows"] == blas_rows.DEFAULT_ROWS == 16
+    assert result["shim_symbol"], "libmlx's cblas_sgemm binds to the kernel, ahead of OpenBLAS"
+    # 1-16 rows with A as it is, B either way, ran on the kernel (6 row counts x 2); a
+    # transposed A and 17 rows went to OpenBLAS's sgemm
+    assert result["forwarded"] == 6 * 2
     assert result["rows_err"] < 1e-3 and result["err"] < 1e-3
 
 
@@ -120,7 +121,8 @@ def test_the_shim_keeps_blas_semantics_for_alpha_beta_and_garbage_outputs(tmp_pa
     openblas = ctypes.CDLL(str(blas_build.patched_openblas(tmp_path)), mode=os.RTLD_LOCAL)
     shim = ctypes.CDLL(str(blas_rows.shim_library(tmp_path)), mode=os.RTLD_LOCAL)
     shim.mlx_bridge_rows_init(ctypes.cast(openblas.cblas_sgemm, ctypes.c_void_p),
-                              ctypes.cast(openblas.cblas_sgemv, ctypes.c_void_p), 3)
+                              ctypes.cast(openblas.openblas_get_num_threads, ctypes.c_void_p),
+                              3)
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     shim.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
     x = np.arange(2 * 6, dtype=np.float32).reshape(2, 6)
@@ -147,7 +149,125 @@ def test_the_shim_keeps_blas_semantics_for_alpha_beta_and_garbage_outputs(tmp_pa
                              b_mem.ctypes.data, b_mem.shape[1], 0.0, wide.ctypes.data, 7)
             np.testing.assert_allclose(wide[:, :4], a @ b, rtol=1e-5, atol=1e-5)
             assert (wide[:, 4:] == 9.0).all()
-    assert shim.mlx_bridge_rows_forwarded() == 6
+    assert shim.mlx_bridge_rows_forwarded() == 4  # A as it is: the kernel; transposed: sgemm
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """The few-row kernel over the patched OpenBLAS at 2 threads, called through ctypes."""
+    import ctypes
+
+    from bridge.engine import blas_build
+
+    cache = tmp_path_factory.mktemp("kernel")
+    openblas = ctypes.CDLL(str(blas_build.patched_openblas(cache)), mode=os.RTLD_LOCAL)
+    openblas.openblas_set_num_threads(2)
+    lib = ctypes.CDLL(str(blas_rows.shim_library(cache)), mode=os.RTLD_LOCAL)
+    lib.mlx_bridge_rows_init(ctypes.cast(openblas.cblas_sgemm, ctypes.c_void_p),
+                             ctypes.cast(openblas.openblas_get_num_threads, ctypes.c_void_p), 16)
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+    lib.mlx_bridge_rows_forwarded.restype = ctypes.c_long
+    return lib
+
+
+def kernel_matmul(lib, a, b, trans_b: bool, out, alpha=1.0, beta=0.0) -> None:
+    """out = alpha * a @ op(b) + beta * out, row-major, leading dimensions from the strides."""
+    m, k = a.shape[0], (b.shape[1] if trans_b else b.shape[0])
+    n = out.shape[1]
+    lib.cblas_sgemm(101, 111, 112 if trans_b else 111, m, n, k, alpha, a.ctypes.data,
+                    a.strides[0] // 4, b.ctypes.data, b.strides[0] // 4, beta, out.ctypes.data,
+                    out.strides[0] // 4)
+
+
+@linux
+@compiler
+@pytest.mark.parametrize("trans_b", [True, False], ids=["x@W.T", "x@W"])
+def test_the_kernel_matches_float64_at_every_tile_edge(kernel, trans_b):
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    before = kernel.mlx_bridge_rows_forwarded()
+    calls = 0
+    # rows past whole tiles of 4, columns past whole tiles and vectors, depths past the vector
+    # width and past one cached pass (2048); big enough ones split between 2 threads
+    for m in (1, 3, 4, 5, 8, 13, 16):
+        for n, k in ((1, 1), (5, 7), (17, 64), (33, 100), (577, 576), (1536, 2100)):
+            a = rng.standard_normal((m, k + 3)).astype(np.float32)[:, :k]  # lda > k
+            b = rng.standard_normal((n, k) if trans_b else (k, n + 2)).astype(np.float32)
+            b = b if trans_b else b[:, :n]
+            want = a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+            scale = np.abs(a) @ np.abs(b.T if trans_b else b)
+            out = np.full((m, n + 5), np.nan, np.float32)  # beta 0: the NaNs never leak in
+            kernel_matmul(kernel, a, b, trans_b, out[:, :n])
+            assert np.all(np.abs(out[:, :n] - want) <= 1e-5 * scale + 1e-6), (m, n, k)
+            assert np.isnan(out[:, n:]).all(), "nothing written past n (ldc > n)"
+            acc = np.ones((m, n), np.float32)
+            kernel_matmul(kernel, a, b, trans_b, acc, alpha=0.5, beta=2.0)
+            assert np.all(np.abs(acc - (0.5 * want + 2.0)) <= 1e-5 * scale + 1e-5), (m, n, k)
+            calls += 2
+    assert kernel.mlx_bridge_rows_forwarded() - before == calls
+
+
+@linux
+@compiler
+@pytest.mark.parametrize("trans_b", [True, False], ids=["x@W.T", "x@W"])
+def test_a_row_gets_the_same_bits_alone_as_in_a_batch(kernel, trans_b):
+    import numpy as np
+
+    rng = np.random.default_rng(8)
+    for n, k in ((576, 576), (1536, 576), (576, 1536), (100, 4100)):  # 2 threads, 2 passes
+        a = rng.standard_normal((16, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        batch = np.zeros((16, n), np.float32)
+        kernel_matmul(kernel, a, b, trans_b, batch)
+        for m in (1, 3, 5, 8):
+            alone = np.zeros((m, n), np.float32)
+            kernel_matmul(kernel, np.ascontiguousarray(a[-m:]), b, trans_b, alone)
+            assert np.array_equal(alone, batch[-m:]), (n, k, m)
+
+
+@linux
+@compiler
+def test_the_kernel_hands_what_it_does_not_take_to_openblas(kernel):
+    import numpy as np
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((17, 40)).astype(np.float32)
+    b = rng.standard_normal((30, 40)).astype(np.float32)
+    b[0, 0] = np.nan  # alpha 0: B is not read, C is only scaled (as BLAS specifies)
+    before = kernel.mlx_bridge_rows_forwarded()
+    out = np.full((17, 30), 3.0, np.float32)
+    kernel_matmul(kernel, a, b, True, out, alpha=0.0, beta=0.5)
+    assert (out == 1.5).all()
+    kernel_matmul(kernel, a, np.nan_to_num(b), True, out)  # 17 rows: OpenBLAS's sgemm
+    np.testing.assert_allclose(out, a @ np.nan_to_num(b).T, rtol=1e-4, atol=1e-4)
+    assert kernel.mlx_bridge_rows_forwarded() == before
+
+
+@linux
+@compiler
+def test_matmuls_from_several_threads_at_once_stay_correct(kernel):
+    """One caller holds the worker pool; another thread's matmul runs on its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((1536, 576)).astype(np.float32)
+    xs = [rng.standard_normal((8, 576)).astype(np.float32) for _ in range(4)]
+    want = [x @ w.T for x in xs]
+
+    def run(i: int) -> float:
+        worst = 0.0
+        for _ in range(30):
+            out = np.zeros((8, 1536), np.float32)
+            kernel_matmul(kernel, xs[i], w, True, out)
+            worst = max(worst, float(np.abs(out - want[i]).max()))
+        return worst
+
+    with ThreadPoolExecutor(4) as pool:
+        assert max(pool.map(run, range(4))) < 1e-3
 
 
 @linux

@@ -40,7 +40,7 @@ def test_healthy_setup(tmp_path, tiny_model_dir, server):
         assert (("[  ok]" in blas and "OpenBLAS" in blas)
                 or ("[warn]" in blas and "reference" in blas))
         if "OpenBLAS" in blas and blas_rows._compilers():  # the shim built: it says so
-            assert f"matmuls of 1-{blas_rows.DEFAULT_ROWS} rows as sgemv" in blas
+            assert f"matmuls of 1-{blas_rows.DEFAULT_ROWS} rows on the few-row kernel" in blas
             assert "libopenblas" in blas
 
 

@@ -24,7 +24,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ class BlasInfo:
     path: str = ""
     detail: str = ""
     threads: int | None = None
-    gemv_rows: int = 0  # matmuls of at most this many rows run as sgemv (engine/blas_rows.py)
+    gemv_rows: int = 0  # matmuls of at most this many rows run on engine/blas_rows.c
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,12 @@ def enable() -> BlasInfo:
         return BlasInfo("bundled", detail="MLX_BRIDGE_BLAS=off")
     try:
         path = Path(choice) if choice else patched_openblas()
-        # Local first: the few-row shim (blas_rows) must enter the global scope ahead of it.
-        lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL | os.RTLD_NOW)
         rows = 0 if choice else blas_rows.configured_rows()
-        if rows and blas_rows.install(lib, rows) is None:
+        kernel = blas_rows.shim_library() if rows > 0 else None
+        # Local first: the few-row kernel (blas_rows) must enter the global scope ahead of it.
+        with _brief_idle_spin(kernel is not None):
+            lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        if kernel is None or not blas_rows.install(lib, kernel, rows):
             rows = 0  # no compiler: MLX calls OpenBLAS's sgemm for every matmul
         lib = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)  # promoted to global
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -94,6 +96,23 @@ def enable() -> BlasInfo:
     log.info("blas=%s path=%s core=%s threads=%s gemv_rows=%d", info.name, info.path,
              info.detail or "?", info.threads, rows)
     return info
+
+
+@contextlib.contextmanager
+def _brief_idle_spin(short: bool) -> Iterator[None]:
+    """Load OpenBLAS with its idle threads spinning 2^18 cycles (~0.1 ms) instead of 2^28
+    (~0.1 s) before they sleep, unless OPENBLAS_THREAD_TIMEOUT is set: with the few-row kernel
+    a decoding step never calls OpenBLAS, and its threads, still spinning from a prefill's last
+    matmul, would take the cores from the kernel's (measured: 38 ms against 20 for a SmolLM2
+    step's matmuls). 0.1 ms still spans the gaps between one prefill's matmuls."""
+    if not short or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        yield
+        return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "18"  # OpenBLAS reads it once, as it loads
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
 
 
 def threads(load: float | None = None) -> int:

@@ -83,7 +83,7 @@ class Engine(Admission, CrashRecovery):
         self._running = 0  # jobs in the runners, published for health()
         self.blas = "unknown"
         self.blas_threads: int | None = None
-        self.gemv_rows = 0  # matmuls of at most this many rows run as sgemv (engine/blas_rows.py)
+        self.gemv_rows = 0  # matmuls of at most this many rows run on engine/blas_rows.c
         self._blas_follow: ThreadFollower | None = None  # re-decides blas_threads as it runs
         self.row_padding: RowPadding | None = None  # CPU matmuls' rows (engine/rowpad.py)
         self.fast_attention = False  # x86-64 CPU attention's exp (engine/cpu_attention.py)

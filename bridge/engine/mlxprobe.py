@@ -56,7 +56,7 @@ def effective_blas() -> dict[str, str]:
         if address:
             path = _library_of(address)
             shim = _shim_target(path)
-            if shim is not None:  # bridge/engine/blas_rows.py: few rows as sgemv, the rest on
+            if shim is not None:  # bridge/engine/blas_rows.py: few rows on its kernel, the rest on
                 rows, path = shim
                 return {"path": path, "kind": _identify(path), "gemv_rows": str(rows)}
             return {"path": path, "kind": _identify(path)}
@@ -64,7 +64,7 @@ def effective_blas() -> dict[str, str]:
 
 
 def _shim_target(path: str) -> tuple[int, str] | None:
-    """(rows, the BLAS library it forwards to) where `path` is the bridge's sgemv shim."""
+    """(rows, the BLAS library it forwards to) where `path` is the bridge's few-row kernel."""
     try:
         lib = ctypes.CDLL(path)
         target, rows = lib.mlx_bridge_rows_target, lib.mlx_bridge_rows_max

@@ -97,7 +97,7 @@ def check_blas(blas: Mapping[str, str], setup: Mapping[str, str]) -> Check:
     if kind in ("none", "unknown"):
         return Check("blas", "warn", f"could not tell which BLAS MLX uses ({kind}) {path}".rstrip())
     rows = blas.get("gemv_rows")
-    shim = f", matmuls of 1-{rows} rows as sgemv" if rows and rows != "0" else ""
+    shim = f", matmuls of 1-{rows} rows on the few-row kernel" if rows and rows != "0" else ""
     return Check("blas", "ok", f"{kind}{shim} [{path}]")
 
 
