@@ -7,8 +7,8 @@ whole weight into its panel layout (`sgemm_incopy`: half of a lone stream's CPU 
 memory, and reuses it from L1 for every row: register tiles of 4 rows by 4 weight rows (dot
 products, B transposed: the linear layers) or by two vectors of columns (B as it is: the
 attention's scores @ V), AVX-512/AVX2/NEON as the compiler finds the machine, the columns split
-between OpenBLAS's thread count of threads (a small pool of its own, spinning briefly, then
-asleep on a futex). Measured on an idle 2-core AMD EPYC (Zen 5, OpenBLAS 0.3.34's Haswell
+between OpenBLAS's thread count of threads (a small pool of its own, spinning 2 ms, then
+asleep on a futex). Measured on an idle 2-core Intel Xeon (AVX-512; OpenBLAS 0.3.34's SkylakeX
 kernels, 2 threads), all 211 matmuls of a SmolLM2-135M decoding step: 20 ms against OpenBLAS's
 49 at 1 row (its sgemv: 25), 33 against 55 at 8 rows, 48 against 68 at 16, level by 32-48
 (docs/performance.md, "A few-row kernel").
