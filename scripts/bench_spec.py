@@ -91,8 +91,9 @@ def main() -> None:
     if args.draft == LOOKUP:
         draft = PromptLookup(ngram=args.ngram, tokens=args.lookup_tokens)
     handler = Drafted()
-    logging.getLogger("bridge.engine.batch").addHandler(handler)
-    logging.getLogger("bridge.engine.batch").setLevel(logging.INFO)
+    engine_log = logging.getLogger("bridge.engine")  # the line comes from engine/solo.py
+    engine_log.addHandler(handler)
+    engine_log.setLevel(logging.INFO)
     engine = Engine(prompt_cache_bytes=0)
     engine.start()
     try:
