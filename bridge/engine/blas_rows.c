@@ -181,6 +181,7 @@ static int pool_gen;      /* futex word: (generation << 8) | the number of share
 static int pool_done;     /* shares finished this generation, the caller's not counted */
 static int pool_sleepers;
 static int pool_workers;
+static int pool_start[MAX_THREADS]; /* the generation current when each worker was started */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void share(int part, int parts, int n, int *n0, int *n1) {
@@ -206,8 +207,7 @@ static long now_ns(void) {
 }
 
 static void *worker(void *arg) {
-    /* arg: its number, and the generation current when it started (its first job is the next) */
-    int id = (int)((unsigned long)arg & 0xffff), seen = (int)((unsigned long)arg >> 16);
+    int id = (int)(long)arg, seen = pool_start[id]; /* its first job is the generation after */
     for (;;) {
         int g;
         unsigned spins = 0;
@@ -247,8 +247,8 @@ static int grow_pool(int want) { /* under pool_lock */
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_attr_setstacksize(&attr, 1 << 18);
-        unsigned long arg = (unsigned long)(unsigned)pool_gen << 16 | (unsigned)(pool_workers + 1);
-        int rc = pthread_create(&t, &attr, worker, (void *)arg);
+        pool_start[pool_workers + 1] = pool_gen; /* read by the worker: no job changes it first */
+        int rc = pthread_create(&t, &attr, worker, (void *)(long)(pool_workers + 1));
         pthread_attr_destroy(&attr);
         if (rc) break; /* fewer threads, still correct */
         pool_workers++;
