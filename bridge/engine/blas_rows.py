@@ -63,9 +63,10 @@ def shim_library(cache_dir: Path | None = None) -> Path | None:
     if not compilers:
         log.info("few-row matmuls stay on sgemm: no C compiler to build the few-row kernel")
         return None
+    cpu = _cpu_signature()
     for compiler in compilers:
         for flags in FLAGS:
-            key = "\0".join([platform.machine(), _cpu_signature(), *compiler, *flags, SOURCE])
+            key = "\0".join([platform.machine(), cpu, *compiler, *flags, SOURCE])
             tag = hashlib.sha256(key.encode()).hexdigest()[:16]
             for folder in [cache_dir] if cache_dir else cache_dirs():
                 target = folder / f"libmlx-bridge-rows-{tag}.so"
