@@ -64,7 +64,7 @@ class RowPadding:
         """The row count to compute `n` rows as: `n` itself where that is as fast."""
         over = n % self.block
         if n <= max(1, self.gemv_rows) or over == 0 or over < self.least:
-            return n  # few rows run on OpenBLAS's matrix-vector kernel (engine/blas_rows.py)
+            return n  # few rows run on the bridge's few-row kernel (engine/blas_rows.c)
         return n - over + self.block
 
 
